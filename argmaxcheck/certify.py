@@ -1,0 +1,455 @@
+"""Independent checks of certificates, with rigorous floating-point error bounds.
+
+Nothing here trusts a solver. A *witness* ``x`` proves token ``i`` argmaxable
+when ``s_i(x) - max_{j != i} s_j(x) > 0`` holds after accounting for every
+rounding error of the product that computed it. A *convex certificate*
+``lambda >= 0`` over other tokens proves token ``i`` unargmaxable when
+
+    min_{x in D}  sum_j lambda_j (s_j(x) - s_i(x))  >=  0,
+
+because then some competitor scores at least as high as ``i`` everywhere on
+``D`` (a tie is not a win). With ``sum lambda = 1`` the negated minimum is an
+upper bound on the best gap ``sup_x s_i(x) - max_j s_j(x)``, which is what the
+report calls the margin of an unargmaxable token.
+
+Error bounds use the classical ``gamma_k = k u / (1 - k u)`` bounds for dot
+products in IEEE arithmetic with round-to-nearest (Higham, *Accuracy and
+Stability of Numerical Algorithms*, ch. 3), doubled for safety. On R^d, or on
+an open side of a box, the certificate must satisfy equalities exactly; those
+are proven by a verified solve of the support's linear system (an a-posteriori
+enclosure of its exact solution) or, for small supports, in exact rationals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from .domains import Ball, Box, Unbounded
+
+U64 = 2.0**-53
+U32 = 2.0**-24
+
+
+def gamma(k: int, unit: float) -> float:
+    """Twice Higham's gamma_k: a bound on the relative error of a k-term dot product."""
+    ku = k * unit
+    return 2.0 * ku / (1.0 - ku)
+
+
+# --------------------------------------------------------------------------- witnesses
+
+
+def witness_gap_bounds(scores: np.ndarray, own_rows: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """Certified lower bounds of ``s_i - max_{j != i} s_j`` for a block of witnesses.
+
+    Parameters
+    ----------
+    scores : (m, B) float64 array
+        Computed logits (bias included) of all m competitors at B witnesses.
+        Modified in place: each column's own entry is masked.
+    own_rows : (B,) int array
+        Row of ``scores`` that belongs to the token each column tests.
+    error : (B,) float64 array
+        A bound on the absolute error of any single computed score in that column.
+
+    Returns
+    -------
+    (B,) float64 array: ``gap - 2 * error``; a positive entry is a proof.
+    """
+    cols = np.arange(scores.shape[1])
+    own = scores[own_rows, cols].copy()
+    scores[own_rows, cols] = -np.inf
+    best_other = scores.max(axis=0)
+    scores[own_rows, cols] = own
+    return own - best_other - 2.0 * error
+
+
+def score_error_bound(x_norms: np.ndarray, max_row_norm: float, dim: int, unit: float,
+                      cast_unit: float = 0.0) -> np.ndarray:
+    """Bound on |computed w_j.x - exact w_j.x| for every row j (Cauchy-Schwarz on |w||x|).
+
+    ``cast_unit`` covers weights that were rounded to the working precision
+    before the product (float64 weights multiplied in float32).
+    """
+    return (gamma(dim + 2, unit) * (1.0 + cast_unit) + cast_unit) * max_row_norm * x_norms
+
+
+def in_domain(x: np.ndarray, domain) -> bool:
+    """Exact membership test of a candidate witness (ball: with a rounding margin)."""
+    if isinstance(domain, Unbounded):
+        return True
+    if isinstance(domain, Box):
+        return bool(np.all(x >= domain.lower) and np.all(x <= domain.upper))
+    diff = x - domain.center
+    sq = float(diff @ diff)
+    return sq * (1.0 + gamma(x.size + 2, U64)) <= domain.radius**2
+
+
+def check_witness(weight: np.ndarray, bias: np.ndarray | None, row: int, x: np.ndarray,
+                  domain, row_norms: np.ndarray) -> float:
+    """Certified lower bound on token ``row``'s gap at ``x``, in float64 (``-inf`` if x not in D)."""
+    if not np.isfinite(x).all() or not in_domain(x, domain):
+        return -np.inf
+    scores = weight @ x
+    if bias is not None:
+        scores = scores + bias
+    err = score_error_bound(np.array([np.linalg.norm(x) * (1 + 4 * U64)]), float(row_norms.max()),
+                            weight.shape[1], U64)
+    err = err + 4 * U64 * np.abs(scores).max()
+    return float(witness_gap_bounds(scores[:, None], np.array([row]), err)[0])
+
+
+# --------------------------------------------------------------------------- convex certificates
+
+
+@dataclass(frozen=True)
+class CertificateCheck:
+    """Outcome of checking a convex certificate for one token.
+
+    ``bound`` is a certified upper bound on the token's best gap over the
+    domain (valid only when ``ok``); ``method`` says how it was proven.
+    """
+
+    ok: bool
+    bound: float
+    method: str
+    reason: str
+    support: np.ndarray
+    weights: np.ndarray
+
+
+def check_certificate(weight: np.ndarray, bias: np.ndarray | None, row: int, support: np.ndarray,
+                      lam: np.ndarray, domain) -> CertificateCheck:
+    """Check that ``lam`` over rows ``support`` proves token ``row`` unargmaxable on ``domain``."""
+    support = np.asarray(support, dtype=np.int64)
+    lam = np.asarray(lam, dtype=np.float64)
+    keep = lam > 0
+    support, lam = support[keep], lam[keep]
+
+    def fail(reason: str) -> CertificateCheck:
+        return CertificateCheck(False, np.nan, "", reason, support, lam)
+
+    if support.size == 0:
+        return fail("certificate has no positive weight")
+    if np.any(support == row) or np.any(support < 0) or np.any(support >= weight.shape[0]):
+        return fail("certificate names the token itself or a row out of range")
+    if not np.isfinite(lam).all():
+        return fail("certificate weights are not finite")
+    lam = lam / lam.sum()
+
+    w_i = weight[row]
+    rows = weight[support]
+    m, d = rows.shape
+    g = gamma(m + 3, U64)
+    v = lam @ (rows - w_i)
+    v_err = g * (lam @ (np.abs(rows) + np.abs(w_i))) + U64 * np.abs(v)
+    if bias is None:
+        beta, beta_err = 0.0, 0.0
+    else:
+        diffs = bias[support] - bias[row]
+        beta = float(lam @ diffs)
+        beta_err = g * float(lam @ (np.abs(bias[support]) + abs(bias[row])))
+    sum_hi = float(lam.sum()) * (1.0 + g)  # divide a negative bound by an upper bound of sum(lam)
+
+    bound, undecided = _bound_from_interval(v, v_err, beta, beta_err, domain)
+    if not undecided.any():
+        if bound <= 0.0:
+            return CertificateCheck(True, min(bound / sum_hi, 0.0), "float64 with rounding bounds", "",
+                                    support, lam)
+        return fail(f"certificate does not hold: the averaged competitor can be beaten by {bound:.3g}")
+    # Where the exact certificate has v_k = 0, the solver leaves noise of either sign: a
+    # coordinate on an open side whose |v_k| is at noise level must be an equality too.
+    scale = lam @ (np.abs(rows) + np.abs(w_i))
+    near_zero = _open_coordinates(domain, d) & (np.abs(v) <= 1e-9 * np.maximum(scale, 1e-300))
+    return _check_exactly(weight, bias, row, support, lam, domain, [undecided, undecided | near_zero])
+
+
+def _open_coordinates(domain, d: int) -> np.ndarray:
+    if isinstance(domain, Unbounded):
+        return np.ones(d, dtype=bool)
+    if isinstance(domain, Box):
+        return ~(np.isfinite(domain.lower) & np.isfinite(domain.upper))
+    return np.zeros(d, dtype=bool)
+
+
+def _bound_from_interval(v, v_err, beta, beta_err, domain) -> tuple[float, np.ndarray]:
+    """Upper bound of ``max_{x in D} -(v.x + beta)`` for v within ``v +- v_err``.
+
+    Returns the bound and a mask of coordinates whose sign must be known
+    exactly (open directions of the domain where the interval straddles the
+    required sign). The bound ignores those coordinates.
+    """
+    d = v.size
+    lo_v, hi_v = v - v_err, v + v_err
+    undecided = np.zeros(d, dtype=bool)
+    if isinstance(domain, Ball):
+        c = domain.center
+        norm_hi = float(np.linalg.norm(np.abs(v) + v_err)) * (1.0 + gamma(d + 2, U64))
+        dot_hi = float(-(v @ c)) + float(v_err @ np.abs(c)) + gamma(d + 2, U64) * float(np.abs(v) @ np.abs(c))
+        total = dot_hi - beta + beta_err + domain.radius * norm_hi
+        return total * (1.0 + 4 * U64) + 4 * U64 * abs(beta), undecided
+    if isinstance(domain, Unbounded):
+        lower = np.full(d, -np.inf)
+        upper = np.full(d, np.inf)
+    else:
+        lower, upper = domain.lower, domain.upper
+    # term_k = max over x_k in [lower, upper] and v_k in [lo_v, hi_v] of -v_k x_k
+    terms = np.zeros(d)
+    fin_lo, fin_hi = np.isfinite(lower), np.isfinite(upper)
+    both = fin_lo & fin_hi
+    with np.errstate(invalid="ignore"):
+        cand = np.stack([-lo_v * lower, -hi_v * lower, -lo_v * upper, -hi_v * upper])
+    terms[both] = cand[:, both].max(axis=0)
+    # upper open (x_k -> +inf): need v_k >= 0; then the worst x_k is the lower side.
+    only_lo = fin_lo & ~fin_hi
+    ok = only_lo & (lo_v >= 0)
+    terms[ok] = np.maximum(-lo_v[ok] * lower[ok], -hi_v[ok] * lower[ok])
+    undecided |= only_lo & (lo_v < 0)
+    # lower open (x_k -> -inf): need v_k <= 0.
+    only_hi = ~fin_lo & fin_hi
+    ok = only_hi & (hi_v <= 0)
+    terms[ok] = np.maximum(-lo_v[ok] * upper[ok], -hi_v[ok] * upper[ok])
+    undecided |= only_hi & (hi_v > 0)
+    # fully open: v_k must be exactly 0.
+    neither = ~fin_lo & ~fin_hi
+    exact_zero = neither & (v == 0) & (v_err == 0)
+    undecided |= neither & ~exact_zero
+    total = float(terms[~undecided].sum()) - beta + beta_err
+    return total * (1.0 + gamma(d + 2, U64)) + gamma(d + 2, U64) * float(np.abs(terms).sum()), undecided
+
+
+def _check_exactly(weight, bias, row, support, lam, domain, masks) -> CertificateCheck:
+    """Prove the equalities ``sum_j lam_j w_jk = w_ik`` exactly, for the first mask that fits.
+
+    Each mask is a candidate set of coordinates where the certificate must
+    hold with equality; the rest is then bounded with intervals.
+    """
+    m = support.size
+    candidates = []
+    for mask in masks:
+        coords = _independent_equations(weight[support], weight[row], np.flatnonzero(mask))
+        if not any(np.array_equal(coords, c) for c in candidates):
+            candidates.append(coords)
+    for coords in candidates:
+        if coords.size + 1 > m:
+            continue
+        result = _enclose(weight[support], weight[row], coords, lam)
+        if result is not None and np.all(result[0] - result[1] >= 0):
+            check = _finish_interval(weight, bias, row, support, result[0], result[1], coords, domain)
+            if check.ok:
+                return check
+    coords = candidates[0]
+    if m <= 16 and (coords.size + 1) * m * m <= 4_000_000:
+        return _check_rational(weight, bias, row, support, lam, coords, domain)
+    return CertificateCheck(
+        False, np.nan, "",
+        f"the token lies within rounding error of the boundary of its competitors' hull"
+        f" ({m} rows, {coords.size} exact equalities needed); float64 cannot decide it",
+        support, lam)
+
+
+def _independent_equations(rows, w_i, coords) -> np.ndarray:
+    """Drop equations that hold trivially: all-zero coordinates and exact repeats of another."""
+    # Coordinates where every row involved is exactly 0 hold as 0 = 0; identical
+    # equations are one equation. Both are common in rank-deficient layers.
+    block = np.column_stack([rows[:, coords].T, w_i[coords]])
+    nonzero = np.any(block != 0, axis=1)
+    block, coords = block[nonzero], coords[nonzero]
+    if coords.size:
+        _, first = np.unique(block, axis=0, return_index=True)
+        coords = np.sort(coords[first])
+    return coords
+
+
+def _enclose(rows, w_i, coords, lam) -> tuple[np.ndarray, np.ndarray] | None:
+    """Enclose an exact solution of ``[rows[:, coords].T; 1] lam = [w_i[coords]; 1]`` near ``lam``.
+
+    The support may be larger than the number of equations. Then the exact
+    solution is taken as ``lam`` corrected on a well-conditioned basis of
+    columns (pivoted QR) and left unchanged elsewhere, which keeps the
+    correction tiny when ``lam`` is strictly positive ("deep" certificates).
+
+    Returns (midpoint, radius) with |lam_exact - midpoint| <= radius
+    componentwise, or None when the system cannot be verified. The matrix
+    entries are the exact weights; only rounding in *our* arithmetic is bounded.
+    """
+    import scipy.linalg  # noqa: PLC0415 - only needed here
+
+    m = rows.shape[0]
+    # Scale column j by a power of two near lam_j (exact in binary floating point), so that
+    # every unknown is about 1 and one radius fits weights of very different sizes.
+    scale = 2.0 ** np.round(np.log2(np.clip(lam, 1e-300, None)))
+    lam = lam / scale
+    # Differences w_j - w_i describe the geometry (clusters of near-identical rows are
+    # common); use them when float64 holds them exactly (always for float32 weights).
+    diffs = rows[:, coords] - w_i[coords]
+    if _exact_differences(rows[:, coords], w_i[coords], diffs):
+        a_full = np.vstack([diffs.T, np.ones((1, m))]) * scale
+        r = np.concatenate([np.zeros(coords.size), [1.0]])
+    else:
+        a_full = np.vstack([rows[:, coords].T, np.ones((1, m))]) * scale
+        r = np.concatenate([w_i[coords], [1.0]])
+    neq = a_full.shape[0]
+    if m < neq:
+        return None
+    if m == neq:
+        basis = np.arange(m)
+    else:
+        _, _, piv = scipy.linalg.qr(a_full, mode="economic", pivoting=True)
+        basis = np.sort(piv[:neq])
+    rest = np.setdiff1d(np.arange(m), basis)
+    a = a_full[:, basis]
+    try:
+        inv = np.linalg.inv(a)
+    except np.linalg.LinAlgError:
+        return None
+    fixed = lam[rest]
+    # Right-hand side for the basis columns: r - A_rest lam_rest, enclosed.
+    g_all = gamma(m + 2, U64)
+    rhs = r - a_full[:, rest] @ fixed
+    rhs_err = g_all * (np.abs(r) + np.abs(a_full[:, rest]) @ np.abs(fixed))
+    x = lam[basis].copy()
+    for _ in range(3):
+        x = x + inv @ (rhs - a @ x)
+    g = gamma(neq + 2, U64)
+    c_bound = np.abs(np.eye(neq) - inv @ a) * (1 + 2 * U64) + g * (np.abs(inv) @ np.abs(a))
+    alpha = float(c_bound.sum(axis=1).max()) * (1 + g)
+    if not alpha < 1.0:
+        return None
+    res = rhs - a @ x
+    res_bound = float(np.abs(res).max()) + float(rhs_err.max()) + g * float(
+        (np.abs(rhs) + np.abs(a) @ np.abs(x)).max())
+    inv_norm = float(np.abs(inv).sum(axis=1).max()) * (1 + g)
+    radius = inv_norm * res_bound / (1.0 - alpha) * (1 + 4 * U64)
+    mid = lam.astype(np.float64).copy()
+    mid[basis] = x
+    rad = np.zeros(m)
+    rad[basis] = radius
+    return mid * scale, rad * scale
+
+
+def _exact_differences(a: np.ndarray, b: np.ndarray, diff: np.ndarray) -> bool:
+    """True when ``diff = fl(a - b)`` has no rounding error anywhere (Knuth's TwoSum)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        nb = -b
+        bb = diff - a
+        err = (a - (diff - bb)) + (nb - bb)
+    return bool(np.all(err == 0))
+
+
+def _finish_interval(weight, bias, row, support, lam_mid, lam_rad, coords, domain) -> CertificateCheck:
+    """With exact lambda enclosed, bound the remaining terms of the certificate.
+
+    Since sum(lam) = 1 exactly, v = sum lam_j (w_j - w_i) and beta = sum
+    lam_j (b_j - b_i); working with differences keeps the enclosure's radius
+    from being multiplied by the rows' size, which matters for near-duplicates.
+    """
+    diffs = weight[support] - weight[row]
+    g = gamma(support.size + 3, U64)
+    v = lam_mid @ diffs
+    v_err = lam_rad @ np.abs(diffs) + g * (np.abs(lam_mid) @ np.abs(diffs)) + U64 * np.abs(v)
+    v[coords] = 0.0
+    v_err[coords] = 0.0
+    if bias is None:
+        beta, beta_err = 0.0, 0.0
+    else:
+        bdiff = bias[support] - bias[row]
+        beta = float(lam_mid @ bdiff)
+        beta_err = float(lam_rad @ np.abs(bdiff)) + g * float(np.abs(lam_mid) @ np.abs(bdiff)) \
+            + U64 * float(np.abs(lam_mid) @ (np.abs(bias[support]) + abs(bias[row])))
+    bound, undecided = _bound_from_interval(v, v_err, beta, beta_err, domain)
+    lam_out = np.clip(lam_mid, 0, None)
+    if undecided.any() or bound > 0.0:
+        return CertificateCheck(False, np.nan, "", "verified solve left the certificate inconclusive",
+                                support, lam_out)
+    return CertificateCheck(True, min(bound, 0.0), "verified linear solve (exact equalities enclosed)", "",
+                            support, lam_out / lam_out.sum())
+
+
+def _check_rational(weight, bias, row, support, lam, coords, domain) -> CertificateCheck:
+    """Solve the equalities in exact rationals (small supports only) and check everything exactly."""
+    m = support.size
+    rows = [[Fraction(float(weight[j, k])) for k in coords] for j in support]
+    target = [Fraction(float(weight[row, k])) for k in coords]
+    # Augmented system: one equation per coordinate plus sum(lam) = 1.
+    eqs = [[rows[j][t] for j in range(m)] + [target[t]] for t in range(len(coords))]
+    eqs.append([Fraction(1)] * m + [Fraction(1)])
+    solution = _solve_unique(eqs, m)
+    if solution is None:
+        return CertificateCheck(False, np.nan, "",
+                                "the token is within rounding error of a face of its competitors' hull,"
+                                " but not exactly on it; exact arithmetic finds no certificate",
+                                support, lam)
+    if any(s < 0 for s in solution):
+        return CertificateCheck(False, np.nan, "", "exact solution of the certificate has negative weights",
+                                support, lam)
+    exact_lam = solution
+    # Remaining coordinates and bias, exactly.
+    d = weight.shape[1]
+    others = np.setdiff1d(np.arange(d), coords)
+    v = {int(k): sum(exact_lam[j] * Fraction(float(weight[support[j], k])) for j in range(m))
+         - Fraction(float(weight[row, k])) for k in others}
+    beta = Fraction(0)
+    if bias is not None:
+        beta = sum(exact_lam[j] * Fraction(float(bias[support[j]])) for j in range(m)) - Fraction(float(bias[row]))
+    bound = _exact_bound(v, beta, domain)
+    lam_out = np.array([float(s) for s in exact_lam])
+    if bound is None or bound > 0:
+        return CertificateCheck(False, np.nan, "", "exact check of the certificate failed", support, lam_out)
+    return CertificateCheck(True, float(bound), "exact rational arithmetic", "", support, lam_out)
+
+
+def _solve_unique(eqs: list[list[Fraction]], m: int) -> list[Fraction] | None:
+    """Gauss-Jordan in rationals; the unique solution of a consistent system, else None."""
+    eqs = [list(e) for e in eqs]
+    pivots = []
+    r = 0
+    for col in range(m):
+        piv = next((i for i in range(r, len(eqs)) if eqs[i][col] != 0), None)
+        if piv is None:
+            continue
+        eqs[r], eqs[piv] = eqs[piv], eqs[r]
+        p = eqs[r][col]
+        eqs[r] = [val / p for val in eqs[r]]
+        for i in range(len(eqs)):
+            if i != r and eqs[i][col] != 0:
+                f = eqs[i][col]
+                eqs[i] = [a - f * b for a, b in zip(eqs[i], eqs[r], strict=True)]
+        pivots.append(col)
+        r += 1
+    if any(all(val == 0 for val in e[:m]) and e[m] != 0 for e in eqs):
+        return None  # inconsistent
+    if len(pivots) < m:
+        return None  # not unique; the caller's support was not minimal
+    return [eqs[i][m] for i in range(m)]
+
+
+def _exact_bound(v: dict[int, Fraction], beta: Fraction, domain) -> Fraction | None:
+    """Exact ``max_{x in D} -(v.x + beta)``; None when it is +inf."""
+    if isinstance(domain, Ball):
+        # sqrt is not rational: bound ||v|| from above by a rational.
+        norm_sq = sum(val * val for val in v.values())
+        c = domain.center
+        dot = sum(val * Fraction(float(c[k])) for k, val in v.items())
+        norm_hi = Fraction(float(np.sqrt(float(norm_sq)))) * Fraction(1 + 2**-50) if norm_sq else Fraction(0)
+        return -dot - beta + Fraction(float(domain.radius)) * norm_hi
+    total = -beta
+    for k, val in v.items():
+        if isinstance(domain, Unbounded):
+            lo, hi = -np.inf, np.inf
+        else:
+            lo, hi = float(domain.lower[k]), float(domain.upper[k])
+        if val == 0:
+            continue
+        if val > 0:  # -v x is largest at the lower end
+            if not np.isfinite(lo):
+                return None
+            total += -val * Fraction(lo)
+        else:
+            if not np.isfinite(hi):
+                return None
+            total += -val * Fraction(hi)
+    return total

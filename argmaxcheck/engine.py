@@ -1,0 +1,230 @@
+"""The audit: ties -> screen -> exact step -> report, every verdict independently checked."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import certify
+from .domains import Ball, Domain, Unbounded
+from .errors import InputError
+from .exact import Competitors, ExactOptions, solve_token
+from .layer import OutputLayer
+from .report import ARGMAXABLE, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
+from .screen import screen
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """How to run an audit.
+
+    Attributes
+    ----------
+    exact_all : bool
+        Skip the screen and run the exact step for every token (reference mode).
+    block_bytes : int
+        Memory for one block of screening scores (float32, competitors x tokens).
+    exact : ExactOptions
+        Tuning of the constraint-generation loop.
+    """
+
+    exact_all: bool = False
+    block_bytes: int = 32 << 20
+    exact: ExactOptions = field(default_factory=ExactOptions)
+
+
+Progress = Callable[[int], None]
+
+
+def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int] | None = None, *,
+          names: Sequence[str] | None = None, options: AuditOptions | None = None,
+          progress: Progress | None = None) -> AuditReport:
+    """Decide, for every token, whether some input in ``domain`` makes it the strict argmax.
+
+    Parameters
+    ----------
+    weight : array-like of shape (num_classes, dim), or OutputLayer
+        Output-layer weights (numpy, torch or nested lists; any float dtype).
+    bias : array-like of shape (num_classes,), optional
+    domain : Unbounded, Box or Ball, default Unbounded()
+    tokens : sequence of int, optional
+        Audit only these rows (they still compete against every row).
+    names : sequence of str, optional
+        Display names of the rows.
+    options : AuditOptions, optional
+    progress : callable, optional
+        Called with the number of tokens newly decided.
+
+    Returns
+    -------
+    AuditReport
+        One :class:`TokenResult` per audited token; every argmaxable verdict
+        carries a checked witness and every unargmaxable one a checked
+        convex certificate. Tokens neither could be proven for are ``undecided``.
+
+    Raises
+    ------
+    InputError
+        For malformed arrays, domains or token lists (one-line message).
+    """
+    started = time.perf_counter()
+    layer = weight if isinstance(weight, OutputLayer) else OutputLayer.from_arrays(weight, bias, names)
+    options = options or AuditOptions()
+    domain = (domain if domain is not None else Unbounded()).resolve(layer.dim)
+    targets = _targets(tokens, layer.num_classes)
+    progress = progress or (lambda _n: None)
+    timings: dict[str, float] = {}
+
+    results: dict[int, TokenResult] = {}
+    reps, rep_of, tie_partner = _group_identical_rows(layer)
+    names_list = layer.tokens
+    name = (lambda i: names_list[i]) if names_list else (lambda i: None)
+
+    # Rows with identical weights: all but the best-biased one lose everywhere, and
+    # equal bias means an exact tie. Their certificate is a single competitor.
+    for i in targets:
+        r = rep_of[i]
+        partner = tie_partner.get(i)
+        if r == i and partner is None:
+            continue
+        other = partner if partner is not None else r
+        check = certify.check_certificate(layer.weight, layer.bias, i, np.array([other]), np.array([1.0]),
+                                          domain)
+        stage = "tie" if partner is not None else "dominated"
+        if check.ok:
+            results[i] = TokenResult(i, name(i), UNARGMAXABLE, check.bound, stage,
+                                     support=np.array([other]), weights=np.array([1.0]),
+                                     tie_with=partner, check=check.method)
+        else:  # cannot happen for exact duplicates; kept so a bug shows as undecided, not a guess
+            results[i] = TokenResult(i, name(i), UNDECIDED, np.nan, stage, reason=check.reason)
+        progress(1)
+
+    pending = np.array([i for i in targets if i not in results], dtype=np.int64)
+    comp_weight = layer.weight[reps]
+    comp_bias = None if layer.bias is None else layer.bias[reps]
+    position = np.full(layer.num_classes, -1, dtype=np.int64)
+    position[reps] = np.arange(reps.size)
+    # A ball centred at 0 on a layer without bias is the same question as R^d (scale
+    # invariance; x = 0 is a tie), and R^d has exact certificates where a ball has none.
+    solve_domain = domain
+    if isinstance(domain, Ball) and comp_bias is None and not domain.center.any():
+        solve_domain = Unbounded()
+
+    t0 = time.perf_counter()
+    starts = np.zeros((pending.size, layer.dim))
+    if pending.size and not options.exact_all:
+        weight32 = comp_weight.astype(np.float32)
+        found = screen(weight32, comp_weight, comp_bias, position[pending], domain,
+                       block_bytes=options.block_bytes, progress=progress)
+        for k, i in enumerate(pending):
+            if found.gap[k] > 0:
+                results[int(i)] = _argmaxable(int(i), name(int(i)), found.witness[k], found.gap[k], "screen")
+        starts = found.witness
+    timings["screen_seconds"] = round(time.perf_counter() - t0, 4)
+
+    t0 = time.perf_counter()
+    comp = Competitors(comp_weight, comp_bias)
+    per_token = []
+    for k, i in enumerate(pending):
+        i = int(i)
+        if i in results:
+            continue
+        t_tok = time.perf_counter()
+        x0 = starts[k] if not options.exact_all else None
+        out = solve_token(comp, int(position[i]), solve_domain, x0, options.exact)
+        if out.witness is not None:
+            x, gap = out.witness, out.witness_gap
+            if comp_bias is None and isinstance(solve_domain, Unbounded):
+                y, gap_y = _scale_free_witness(comp, int(position[i]), x, domain)
+                if gap_y > 0:
+                    x, gap = y, gap_y
+                elif not isinstance(domain, Unbounded):  # pragma: no cover - rounding can't undo a positive gap
+                    x, gap = None, gap_y
+            if x is None:
+                results[i] = TokenResult(i, name(i), UNDECIDED, np.nan, "exact",
+                                         reason="witness did not survive rescaling into the domain")
+            else:
+                results[i] = _argmaxable(i, name(i), x, gap, "exact")
+        elif out.certificate is not None and out.certificate.ok:
+            cert = out.certificate
+            results[i] = TokenResult(i, name(i), UNARGMAXABLE, cert.bound, "exact",
+                                     support=reps[cert.support], weights=cert.weights, check=cert.method)
+        else:
+            results[i] = TokenResult(i, name(i), UNDECIDED, np.nan, "exact", reason=out.reason)
+        per_token.append(time.perf_counter() - t_tok)
+        progress(1)
+    timings["exact_seconds"] = round(time.perf_counter() - t0, 4)
+    timings["exact_tokens"] = len(per_token)
+    if per_token:
+        timings["exact_median_seconds"] = round(float(np.median(per_token)), 5)
+        timings["exact_max_seconds"] = round(float(np.max(per_token)), 5)
+
+    return AuditReport(layer.num_classes, layer.dim, domain.describe(), layer.bias is not None,
+                       layer.source_dtype, time.perf_counter() - started,
+                       [results[i] for i in targets], names=names_list, timings=timings)
+
+
+def _argmaxable(i, token, x, gap, stage) -> TokenResult:
+    return TokenResult(i, token, ARGMAXABLE, float(gap), stage, witness=np.asarray(x, dtype=np.float64),
+                       check="witness gap > rounding-error bound")
+
+
+def _scale_free_witness(comp: Competitors, pos: int, x: np.ndarray, domain) -> tuple[np.ndarray, float]:
+    """Rescale an exact-step witness of a bias-free layer to unit norm (R^d) or into the ball.
+
+    On R^d any positive multiple of a witness is one, so the report uses unit
+    norm; a ball centred at 0 was solved as R^d and needs its witness inside.
+    The rescaled point is checked again from scratch.
+    """
+    norm = float(np.linalg.norm(x))
+    target = domain.radius * (1 - 1e-9) if isinstance(domain, Ball) else 1.0
+    y = x * (target / norm)
+    gap = certify.check_witness(comp.weight, comp.bias, pos, y, domain, comp.norms)
+    return y, gap
+
+
+def _targets(tokens, n: int) -> list[int]:
+    if tokens is None:
+        return list(range(n))
+    ids = []
+    for t in tokens:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+            raise InputError(f"token ids must be integers, got {t!r}")
+        if not 0 <= int(t) < n:
+            raise InputError(f"token id {int(t)} is out of range: the layer has {n} rows (0..{n - 1})")
+        ids.append(int(t))
+    if not ids:
+        raise InputError("the list of tokens to audit is empty")
+    return sorted(set(ids))
+
+
+def _group_identical_rows(layer: OutputLayer):
+    """Split rows into representatives (one per distinct weight row, the best bias) and the rest.
+
+    Returns (reps, rep_of, tie_partner): ``reps`` sorted ids of representatives;
+    ``rep_of[i]`` the representative of row i's group; ``tie_partner[i]``
+    another row with identical weights *and* bias, for rows in such a tie.
+    """
+    n, d = layer.weight.shape
+    keys = np.ascontiguousarray(layer.weight).view(np.dtype((np.void, d * 8))).ravel()
+    _, group = np.unique(keys, return_inverse=True)
+    group = group.ravel()
+    bias = layer.bias if layer.bias is not None else np.zeros(n)
+    ids = np.arange(n)
+    order = np.lexsort((ids, -bias, group))  # by group, best bias first, then lowest id
+    first = np.ones(n, dtype=bool)
+    first[1:] = group[order][1:] != group[order][:-1]
+    rep_sorted = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    rep_of = np.empty(n, dtype=np.int64)
+    rep_of[order] = order[rep_sorted]
+    reps = np.sort(order[first])
+    tie_partner: dict[int, int] = {}
+    for i in np.flatnonzero(rep_of != ids):
+        r = int(rep_of[i])
+        if bias[i] == bias[r]:
+            tie_partner[int(i)] = r
+            tie_partner.setdefault(r, int(i))
+    return reps, rep_of, tie_partner

@@ -1,0 +1,96 @@
+"""The validated output layer: the one place raw arrays are checked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass(frozen=True, eq=False)
+class OutputLayer:
+    """A softmax output layer ``s(x) = weight @ x + bias``, validated.
+
+    Attributes
+    ----------
+    weight : ndarray of shape (num_classes, dim), float64
+    bias : ndarray of shape (num_classes,), float64, or None
+    tokens : list of str or None
+        One display name per row.
+    source_dtype : str
+        The dtype the weights had before they were widened to float64.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+    tokens: list[str] | None
+    source_dtype: str
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.weight.shape[1]
+
+    @classmethod
+    def from_arrays(cls, weight, bias=None, tokens: Sequence[str] | None = None,
+                    *, name: str = "weight", bias_name: str = "bias") -> OutputLayer:
+        """Validate raw arrays (numpy, torch, lists) and widen them to float64."""
+        w, source_dtype = _to_float64(weight, name)
+        if w.ndim != 2:
+            raise InputError(f"{name} must be 2-D [num_classes, dim], got shape {w.shape}")
+        n, d = w.shape
+        if n == 0 or d == 0:
+            raise InputError(f"{name} is empty (shape {w.shape})")
+        _check_finite(w, name)
+        b = None
+        if bias is not None:
+            b, _ = _to_float64(bias, bias_name)
+            if b.ndim != 1 or b.shape[0] != n:
+                raise InputError(f"{bias_name} has shape {b.shape}, expected ({n},) to match {name} {w.shape}")
+            _check_finite(b, bias_name)
+            if not b.any():
+                b = None  # an all-zero bias changes nothing; dropping it keeps the cone case exact
+        names = None
+        if tokens is not None:
+            names = [str(t) for t in tokens]
+            if len(names) != n:
+                raise InputError(f"got {len(names)} token names for {n} rows of {name}")
+        # +0.0 turns -0.0 into 0.0 so that byte-level duplicate detection sees equal rows as equal.
+        return cls(np.ascontiguousarray(w + 0.0), None if b is None else b + 0.0, names, source_dtype)
+
+
+def _to_float64(array, name: str) -> tuple[np.ndarray, str]:
+    if type(array).__module__.startswith("torch"):  # torch is optional: never import it for numpy input
+        import torch  # noqa: PLC0415
+
+        if array.dtype.is_complex:
+            raise InputError(f"{name} is complex ({array.dtype}); expected real numbers")
+        source_dtype = str(array.dtype).removeprefix("torch.")
+        return array.detach().to("cpu", torch.float64).numpy(), source_dtype
+    arr = np.asarray(array)
+    source_dtype = str(arr.dtype)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype.kind == "V"):
+        raise InputError(f"{name} has dtype {arr.dtype}, expected floating point numbers")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise InputError(f"{name} is complex ({arr.dtype}); expected real numbers")
+    try:
+        return arr.astype(np.float64), source_dtype
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} has dtype {arr.dtype}, which cannot be read as float64: {exc}") from None
+
+
+def _check_finite(arr: np.ndarray, name: str) -> None:
+    finite = np.isfinite(arr)
+    if finite.all():
+        return
+    bad = np.argwhere(~finite)
+    first = tuple(int(v) for v in bad[0])
+    where = f"row {first[0]}" if arr.ndim == 2 else f"entry {first[0]}"
+    raise InputError(f"{name} has {len(bad)} non-finite value(s); first at {where}"
+                     f" (value {arr[first]})")

@@ -1,0 +1,167 @@
+"""The audit's result as plain data: per-token records, summary, JSON and certificate file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ARGMAXABLE = "argmaxable"
+UNARGMAXABLE = "unargmaxable"
+UNDECIDED = "undecided"
+
+MARGIN_DOC = (
+    "logit gap s_i(x) - max_{j!=i} s_j(x). Argmaxable: a certified lower bound on the gap at the witness x "
+    "(bias-free layers on R^d: x has unit Euclidean norm). Unargmaxable: a certified upper bound on the "
+    "best gap over the domain, from the certificate (<= 0; 0 means the best the token can do is a tie)."
+)
+
+
+@dataclass(frozen=True, eq=False)
+class TokenResult:
+    """The verdict on one token and the evidence behind it.
+
+    Attributes
+    ----------
+    id : int
+        Row of the output layer.
+    token : str or None
+        Its display name, when names are known.
+    verdict : str
+        ``"argmaxable"``, ``"unargmaxable"`` or ``"undecided"``.
+    margin : float
+        See :data:`MARGIN_DOC`; NaN when undecided.
+    stage : str
+        What decided it: ``"tie"``, ``"dominated"``, ``"screen"``, ``"exact"``.
+    witness : ndarray or None
+        Argmaxable: a point of the domain where the token strictly wins.
+    support, weights : ndarray or None
+        Unargmaxable: token ids and convex weights (summing to 1) of the
+        competitors whose average beats the token everywhere on the domain.
+    tie_with : int or None
+        For duplicated rows: another row with identical weights and bias.
+    check : str
+        How the certificate was verified.
+    reason : str
+        For undecided tokens: why no certificate could be checked.
+    """
+
+    id: int
+    token: str | None
+    verdict: str
+    margin: float
+    stage: str
+    witness: np.ndarray | None = None
+    support: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    tie_with: int | None = None
+    check: str = ""
+    reason: str = ""
+
+    def to_dict(self, names: list[str] | None = None) -> dict:
+        """JSON-ready record (the witness vector is left to the certificate file)."""
+        out = {"id": self.id, "token": self.token, "verdict": self.verdict,
+               "margin": None if np.isnan(self.margin) else float(self.margin), "stage": self.stage}
+        if self.support is not None:
+            order = np.argsort(-self.weights)
+            out["certificate"] = {
+                "support_size": int(self.support.size),
+                "check": self.check,
+                "top": [{"id": int(self.support[k]), "weight": float(self.weights[k]),
+                         **({"token": names[int(self.support[k])]} if names else {})}
+                        for k in order[:5]],
+            }
+        if self.tie_with is not None:
+            out["tie_with"] = int(self.tie_with)
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(eq=False)
+class AuditReport:
+    """Everything an audit found. The CLI prints this; nothing it prints is missing here.
+
+    ``tokens`` holds one record per audited token, in id order.
+    """
+
+    num_classes: int
+    dim: int
+    domain: dict
+    has_bias: bool
+    source_dtype: str
+    seconds: float
+    tokens: list[TokenResult]
+    names: list[str] | None = None
+    timings: dict = field(default_factory=dict)
+
+    def ids(self, verdict: str) -> list[int]:
+        return [t.id for t in self.tokens if t.verdict == verdict]
+
+    @property
+    def unargmaxable(self) -> list[int]:
+        return self.ids(UNARGMAXABLE)
+
+    @property
+    def undecided(self) -> list[int]:
+        return self.ids(UNDECIDED)
+
+    @property
+    def all_argmaxable(self) -> bool:
+        return all(t.verdict == ARGMAXABLE for t in self.tokens)
+
+    def summary(self) -> dict:
+        counts = {v: 0 for v in (ARGMAXABLE, UNARGMAXABLE, UNDECIDED)}
+        for t in self.tokens:
+            counts[t.verdict] += 1
+        return {"num_classes": self.num_classes, "dim": self.dim, "domain": self.domain,
+                "bias": self.has_bias, "source_dtype": self.source_dtype, "audited": len(self.tokens),
+                **counts, "seconds": round(self.seconds, 4)}
+
+    def to_dict(self) -> dict:
+        """The JSON report (layout documented in the README)."""
+        return {
+            "summary": self.summary(),
+            "margin": MARGIN_DOC,
+            "unargmaxable": sorted(self.unargmaxable),
+            "undecided": self.undecided,
+            "tokens": [t.to_dict(self.names) for t in self.tokens if t.verdict != ARGMAXABLE],
+            "timings": self.timings,
+        }
+
+    def save_certificates(self, path: str | Path) -> None:
+        """Write every certificate to an ``.npz`` that numpy alone can re-check (README)."""
+        ids = np.array([t.id for t in self.tokens], dtype=np.int64)
+        verdict = np.array([{ARGMAXABLE: 1, UNARGMAXABLE: 0}.get(t.verdict, -1) for t in self.tokens],
+                           dtype=np.int8)
+        margin = np.array([t.margin for t in self.tokens], dtype=np.float64)
+        arg = [t for t in self.tokens if t.witness is not None]
+        cert = [t for t in self.tokens if t.support is not None]
+        ptr = np.zeros(len(cert) + 1, dtype=np.int64)
+        ptr[1:] = np.cumsum([t.support.size for t in cert])
+        dom = {f"domain_{k}": np.asarray(v) for k, v in _domain_arrays(self.domain, self.dim).items()}
+        np.savez_compressed(
+            path,
+            ids=ids, verdict=verdict, margin=margin,
+            witness_ids=np.array([t.id for t in arg], dtype=np.int64),
+            witness=np.array([t.witness for t in arg], dtype=np.float64).reshape(len(arg), self.dim),
+            cert_ids=np.array([t.id for t in cert], dtype=np.int64),
+            cert_ptr=ptr,
+            cert_support=np.concatenate([t.support for t in cert]).astype(np.int64) if cert
+            else np.zeros(0, np.int64),
+            cert_weights=np.concatenate([t.weights for t in cert]) if cert else np.zeros(0),
+            **dom,
+        )
+
+
+def _domain_arrays(domain: dict, dim: int) -> dict:
+    kind = domain["kind"]
+    out = {"kind": kind}
+    if kind == "box":
+        out["lower"] = np.broadcast_to(np.asarray(domain["lower"], dtype=np.float64), (dim,))
+        out["upper"] = np.broadcast_to(np.asarray(domain["upper"], dtype=np.float64), (dim,))
+    elif kind == "ball":
+        out["center"] = np.broadcast_to(np.asarray(domain["center"], dtype=np.float64), (dim,))
+        out["radius"] = domain["radius"]
+    return out

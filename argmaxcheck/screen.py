@@ -1,0 +1,185 @@
+"""Batched screening: certify most tokens argmaxable with guessed witnesses.
+
+For each token a guess direction is tried (the token's own row, centred, in
+whitened coordinates first: extremeness is invariant under linear maps, and
+whitening makes a skewed cloud of rows round, so "pointing at the row" tends to
+work). Guesses are scored for a block of tokens at once with one float32
+matrix product against all competitors; a guess is accepted only when its gap
+clears a rigorous bound on the product's rounding error, so acceptance is a
+proof (see :mod:`certify`). Tokens no guess certifies go to the exact step,
+with their best guess as its starting point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import certify
+from .certify import U32, U64
+from .domains import Ball, Box, Unbounded
+
+# Scales tried along a guessed direction when the bias makes scale matter.
+_UNBOUNDED_SCALES = 2.0 ** np.arange(-3, 8)
+_BALL_FRACTIONS = np.array([1.0, 0.5, 0.25, 0.1, 0.03, 0.01])
+
+
+@dataclass
+class ScreenResult:
+    """Per screened token: certified gap lower bound (> 0 means proven) and best guess."""
+
+    gap: np.ndarray  # (k,) float64
+    witness: np.ndarray  # (k, d) float64: best point found (a proof where gap > 0)
+
+
+def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, positions: np.ndarray,
+           domain, *, block_bytes: int = 32 << 20,
+           progress: Callable[[int], None] | None = None) -> ScreenResult:
+    """Try guessed witnesses for the tokens at ``positions`` (rows of the competitor matrix).
+
+    ``weight32`` is the competitor matrix in float32 (used for speed),
+    ``weight64`` the same rows in float64 (the truth the bounds refer to).
+    """
+    m, d = weight64.shape
+    k = positions.size
+    norms = np.sqrt(np.einsum("ij,ij->i", weight64, weight64))
+    max_norm = float(norms.max()) if m else 0.0
+    cast_unit = 0.0 if np.array_equal(weight32.astype(np.float64), weight64) else U32
+    gaps = np.full(k, -np.inf)
+    witness = np.zeros((k, d))
+    if k == 0:
+        return ScreenResult(gaps, witness)
+    block = int(max(1, min(k, block_bytes // (4 * max(m, 1)))))
+    directions = _guess_directions(weight64)
+    ctx = _Context(weight32, bias, max_norm, cast_unit, domain, d)
+    todo = np.arange(k)
+    for guess in directions:
+        for start in range(0, todo.size, block):
+            idx = todo[start:start + block]
+            dirs = guess(positions[idx])
+            g, x = ctx.best_points(dirs, positions[idx])
+            better = g > gaps[idx]
+            gaps[idx[better]] = g[better]
+            witness[idx[better]] = x[better]
+            if progress is not None:
+                progress(int((g > 0).sum()) if guess is directions[0] else 0)
+        todo = todo[gaps[todo] <= 0]
+        if todo.size == 0:
+            break
+    return ScreenResult(gaps, witness)
+
+
+def _guess_directions(weight: np.ndarray) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """Guess functions: row positions -> (B, d) directions, best first."""
+    mean = weight.mean(axis=0)
+    centred = weight - mean
+    cov = centred.T @ centred / max(weight.shape[0] - 1, 1)
+    evals, evecs = np.linalg.eigh(cov)
+    # Regularise so rank-deficient layers do not explode the inverse.
+    floor = max(float(evals.max()), 1e-300) * 1e-6
+    inv_cov = (evecs / np.maximum(evals, floor)) @ evecs.T
+    return [
+        lambda pos: (weight[pos] - mean) @ inv_cov,
+        lambda pos: weight[pos] - mean,
+        lambda pos: weight[pos],
+    ]
+
+
+class _Context:
+    """Scores guesses on one domain; returns certified gap bounds and the points they hold at."""
+
+    def __init__(self, weight32, bias, max_norm, cast_unit, domain, d):
+        self.weight32 = weight32
+        self.bias = bias
+        self.max_norm = max_norm
+        # float32 product error, weights rounded to float32 (cast_unit), points rounded to
+        # float32 (U32) and the float64 arithmetic that assembles a point (8 U64).
+        self.kappa = certify.gamma(d + 2, U32) * (1 + cast_unit) + cast_unit + U32 + 8 * U64
+        self.domain = domain
+        self.d = d
+        if isinstance(domain, Ball):
+            c = domain.center
+            centre_scores = weight32.astype(np.float64) @ c if c.any() else np.zeros(weight32.shape[0])
+            # weight32 may differ from the true weights by cast_unit: fold it into the bound.
+            self.centre_err = (certify.gamma(d + 2, U64) + cast_unit) * max_norm * float(np.linalg.norm(c))
+            self.centre_scores = centre_scores if bias is None else centre_scores + bias
+        if isinstance(domain, Box):
+            lo, hi = domain.lower, domain.upper
+            finite_w = np.concatenate([(hi - lo)[np.isfinite(hi - lo)], [0.0]])
+            half = float(np.median(finite_w[finite_w > 0])) / 2 if (finite_w > 0).any() else 1.0
+            self.box_centre = np.clip(np.zeros(d), lo, hi)
+            self.box_half = half
+
+    def _products(self, points: np.ndarray) -> np.ndarray:
+        """float32 scores of all competitors at B points, widened to float64: (m, B)."""
+        return (self.weight32 @ points.astype(np.float32).T).astype(np.float64)
+
+    def best_points(self, dirs: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        norms = np.linalg.norm(dirs, axis=1)
+        norms[norms == 0] = 1.0
+        unit = (dirs / norms[:, None]).astype(np.float32).astype(np.float64)
+        dom = self.domain
+        if isinstance(dom, Box):
+            return self._box(unit, own)
+        g32 = self.weight32 @ unit.astype(np.float32).T  # scores along each unit direction
+        if isinstance(dom, Unbounded) and self.bias is None:
+            g = g32.astype(np.float64)
+            err = self.kappa * self.max_norm * 1.0001 + 4 * U64 * np.abs(g).max(axis=0)
+            return certify.witness_gap_bounds(g, own, err), unit
+        # Scale matters (bias, or a ball's radius): pick a scale per column with a float32
+        # search, then certify only the chosen scale in float64.
+        if isinstance(dom, Unbounded):
+            spread = np.ptp(self.bias) / np.maximum(np.ptp(g32, axis=0).astype(np.float64), 1e-300)
+            scales = spread[None, :] * _UNBOUNDED_SCALES[:, None]
+            base, offset = np.zeros_like(unit), self.bias
+        else:  # Ball
+            scales = dom.radius * (1 - 1e-9) * np.repeat(_BALL_FRACTIONS[:, None], unit.shape[0], axis=1)
+            base, offset = np.broadcast_to(dom.center, unit.shape), self.centre_scores
+        offset32 = offset.astype(np.float32)[:, None]
+        cols = np.arange(unit.shape[0])
+        buf = np.empty_like(g32)
+        best_gap = np.full(unit.shape[0], -np.inf)
+        best_scale = np.zeros(unit.shape[0])
+        for row in scales:
+            np.multiply(g32, row.astype(np.float32)[None, :], out=buf)
+            buf += offset32
+            mine = buf[own, cols].astype(np.float64)
+            buf[own, cols] = -np.inf
+            approx = mine - buf.max(axis=0)
+            better = approx > best_gap
+            best_gap[better], best_scale[better] = approx[better], row[better]
+        del buf
+        s = g32.astype(np.float64)
+        s *= best_scale[None, :]
+        s += offset[:, None]
+        max_abs = np.abs(best_scale) * float(np.abs(g32).max()) * (1 + 1e-6) + float(np.abs(offset).max())
+        err = self.kappa * self.max_norm * np.abs(best_scale) * 1.0001 + 4 * U64 * max_abs
+        if isinstance(dom, Ball):
+            err += self.centre_err
+        gap = certify.witness_gap_bounds(s, own, err)
+        points = base + unit * best_scale[:, None]
+        if isinstance(dom, Ball):
+            # Points must truly lie in the ball; drop any that rounding pushed out.
+            inside = np.array([certify.in_domain(p, dom) for p in points])
+            gap[~inside] = -np.inf
+        return gap, points
+
+    def _box(self, unit: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dom = self.domain
+        best_gap = np.full(unit.shape[0], -np.inf)
+        best_pts = np.zeros_like(unit)
+        for reach in (self.box_half * np.sqrt(self.d), self.box_half):
+            pts = np.clip(self.box_centre + reach * unit, dom.lower, dom.upper)
+            pts = pts.astype(np.float32).astype(np.float64)
+            pts = np.clip(pts, dom.lower, dom.upper)  # float32 rounding must not leave the box
+            s = self._products(pts)
+            if self.bias is not None:
+                s += self.bias[:, None]
+            err = self.kappa * self.max_norm * np.linalg.norm(pts, axis=1) * 1.0001
+            err += 4 * U64 * np.abs(s).max(axis=0)
+            gap = certify.witness_gap_bounds(s, own, err)
+            better = gap > best_gap
+            best_gap[better], best_pts[better] = gap[better], pts[better]
+        return best_gap, best_pts
