@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import certify
-from .domains import Ball, Domain, Unbounded
+from .domains import Ball, Box, Domain, Unbounded
 from .errors import InputError
 from .exact import Competitors, ExactOptions, solve_token
 from .layer import OutputLayer
@@ -107,11 +107,8 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     comp_bias = None if layer.bias is None else layer.bias[reps]
     position = np.full(layer.num_classes, -1, dtype=np.int64)
     position[reps] = np.arange(reps.size)
-    # A ball centred at 0 on a layer without bias is the same question as R^d (scale
-    # invariance; x = 0 is a tie), and R^d has exact certificates where a ball has none.
-    solve_domain = domain
-    if isinstance(domain, Ball) and comp_bias is None and not domain.center.any():
-        solve_domain = Unbounded()
+    solve_domain = _scale_free_domain(domain) if comp_bias is None else None
+    solve_domain = solve_domain or domain
 
     t0 = time.perf_counter()
     starts = np.zeros((pending.size, layer.dim))
@@ -137,11 +134,11 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         out = solve_token(comp, int(position[i]), solve_domain, x0, options.exact)
         if out.witness is not None:
             x, gap = out.witness, out.witness_gap
-            if comp_bias is None and isinstance(solve_domain, Unbounded):
+            if solve_domain is not domain or (comp_bias is None and isinstance(domain, Unbounded)):
                 y, gap_y = _scale_free_witness(comp, int(position[i]), x, domain)
                 if gap_y > 0:
                     x, gap = y, gap_y
-                elif not isinstance(domain, Unbounded):  # pragma: no cover - rounding can't undo a positive gap
+                elif not isinstance(domain, Unbounded):  # rounding undid a positive gap: say so
                     x, gap = None, gap_y
             if x is None:
                 results[i] = TokenResult(i, name(i), UNDECIDED, np.nan, "exact",
@@ -172,16 +169,50 @@ def _argmaxable(i, token, x, gap, stage) -> TokenResult:
                        check="witness gap > rounding-error bound")
 
 
+def _scale_free_domain(domain):
+    """For a bias-free layer, the cone that gives the same verdicts as ``domain``, or None.
+
+    Scores are linear, so x wins iff every positive multiple of x wins. If
+    the domain contains 0, every point of the cone it generates has a small
+    multiple inside it, so the verdicts agree; and the cone's open sides admit
+    exact certificates, where the domain itself only has a tie at 0 (best gap
+    exactly 0) that floating point cannot settle.
+    """
+    if isinstance(domain, Ball):
+        return Unbounded() if np.linalg.norm(domain.center) < domain.radius else None
+    if isinstance(domain, Box):
+        lo, hi = domain.lower, domain.upper
+        if np.any(lo > 0) or np.any(hi < 0):
+            return None  # 0 is not in the box
+        if np.all(lo < 0) and np.all(hi > 0):
+            return Unbounded()
+        if np.all(np.isinf(lo) | (lo == 0)) and np.all(np.isinf(hi) | (hi == 0)):
+            return None  # already a cone
+        return Box(np.where(lo < 0, -np.inf, 0.0), np.where(hi > 0, np.inf, 0.0))
+    return None
+
+
 def _scale_free_witness(comp: Competitors, pos: int, x: np.ndarray, domain) -> tuple[np.ndarray, float]:
-    """Rescale an exact-step witness of a bias-free layer to unit norm (R^d) or into the ball.
+    """Rescale a witness of a bias-free layer: unit norm on R^d, else into the domain.
 
     On R^d any positive multiple of a witness is one, so the report uses unit
-    norm; a ball centred at 0 was solved as R^d and needs its witness inside.
-    The rescaled point is checked again from scratch.
+    norm; a domain solved as its cone needs the witness shrunk into it. The
+    rescaled point is checked again from scratch.
     """
     norm = float(np.linalg.norm(x))
-    target = domain.radius * (1 - 1e-9) if isinstance(domain, Ball) else 1.0
-    y = x * (target / norm)
+    if isinstance(domain, Unbounded):
+        factor = 1.0 / norm
+    elif isinstance(domain, Ball):
+        factor = (domain.radius - float(np.linalg.norm(domain.center))) / norm
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            room = np.where(x > 0, domain.upper / x, np.where(x < 0, domain.lower / x, np.inf))
+        factor = float(np.min(room))
+        if not np.isfinite(factor):
+            factor = 1.0 / norm
+    y = x * (factor * (1 - 1e-9))
+    if isinstance(domain, Box):
+        y = np.clip(y, domain.lower, domain.upper)
     gap = certify.check_witness(comp.weight, comp.bias, pos, y, domain, comp.norms)
     return y, gap
 

@@ -93,19 +93,20 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
     if options.full:
         working = others
     else:
-        k0 = options.initial_rows or min(others.size, max(2 * d + 50, 400))
+        k0 = min(others.size, options.initial_rows or max(d, 100))
         start = x0 if x0 is not None else _any_point(domain, d)
         viol = violations(start, 0.0)
         viol[p] = -np.inf
         viol[~np.isfinite(a_norm)] = -np.inf
         working = np.sort(np.argpartition(-viol, k0 - 1)[:k0]) if k0 < others.size else others
-    per_round = options.rows_per_round or max(d, 200)
+    per_round = options.rows_per_round or max(d // 2, 50)
 
     solver = _HighsLP(domain, d) if not isinstance(domain, Ball) else _ClarabelSOCP(domain, d)
     solver.add_rows(comp, p, working, a_norm, bias_p)
     in_working = np.zeros(m, dtype=bool)
     in_working[working] = True
     result = ExactResult()
+    cert_reason = ""
     for rnd in range(1, options.max_rounds + 1):
         result.rounds, result.rows_used = rnd, int(in_working.sum())
         status, x, t, duals = solver.solve(options.time_limit)
@@ -120,6 +121,7 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
             if cert.ok:
                 result.certificate = cert
                 return result
+            cert_reason = cert.reason
             if t < -1e-7:
                 # The vertex the solver returns can be badly conditioned (tiny weights on an
                 # almost-flat simplex); a clearly infeasible problem has deeper certificates.
@@ -143,7 +145,8 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
         cand = np.flatnonzero(viol > 0)
         if cand.size == 0:
             result.reason = (f"best margin is within numerical precision (Chebyshev radius {t:.3g}):"
-                             " no float64 witness and no certificate")
+                             " no float64 witness" + (f", and {cert_reason}" if cert_reason else
+                                                      ", and no certificate"))
             return result
         if cand.size > per_round:
             cand = cand[np.argpartition(-viol[cand], per_round - 1)[:per_round]]

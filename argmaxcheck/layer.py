@@ -54,8 +54,8 @@ class OutputLayer:
             if b.ndim != 1 or b.shape[0] != n:
                 raise InputError(f"{bias_name} has shape {b.shape}, expected ({n},) to match {name} {w.shape}")
             _check_finite(b, bias_name)
-            if not b.any():
-                b = None  # an all-zero bias changes nothing; dropping it keeps the cone case exact
+            if np.all(b == b[0]):
+                b = None  # a constant bias shifts every logit alike; dropping it keeps the cone case exact
         names = None
         if tokens is not None:
             names = [str(t) for t in tokens]
@@ -73,8 +73,10 @@ def _to_float64(array, name: str) -> tuple[np.ndarray, str]:
             raise InputError(f"{name} is complex ({array.dtype}); expected real numbers")
         source_dtype = str(array.dtype).removeprefix("torch.")
         return array.detach().to("cpu", torch.float64).numpy(), source_dtype
+    # Loaders widen dtypes numpy lacks (bfloat16) and say so in `source_dtype`.
+    tagged = getattr(array, "source_dtype", None)
     arr = np.asarray(array)
-    source_dtype = str(arr.dtype)
+    source_dtype = tagged or str(arr.dtype)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype.kind == "V"):
         raise InputError(f"{name} has dtype {arr.dtype}, expected floating point numbers")
     if np.issubdtype(arr.dtype, np.complexfloating):

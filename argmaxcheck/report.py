@@ -95,6 +95,7 @@ class AuditReport:
     tokens: list[TokenResult]
     names: list[str] | None = None
     timings: dict = field(default_factory=dict)
+    source: str = ""
 
     def ids(self, verdict: str) -> list[int]:
         return [t.id for t in self.tokens if t.verdict == verdict]
@@ -115,7 +116,7 @@ class AuditReport:
         counts = {v: 0 for v in (ARGMAXABLE, UNARGMAXABLE, UNDECIDED)}
         for t in self.tokens:
             counts[t.verdict] += 1
-        return {"num_classes": self.num_classes, "dim": self.dim, "domain": self.domain,
+        return {"source": self.source, "num_classes": self.num_classes, "dim": self.dim, "domain": self.domain,
                 "bias": self.has_bias, "source_dtype": self.source_dtype, "audited": len(self.tokens),
                 **counts, "seconds": round(self.seconds, 4)}
 

@@ -1,0 +1,5 @@
+"""``python -m argmaxcheck``."""
+
+from .cli import main
+
+raise SystemExit(main())

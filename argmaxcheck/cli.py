@@ -1,0 +1,273 @@
+"""Command line: a thin layer over :func:`argmaxcheck.audit`.
+
+Exit codes: 0 every audited token is argmaxable; 1 some token is
+unargmaxable or undecided; 2 bad input or usage (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .domains import Ball, Box, Unbounded
+from .engine import AuditOptions, audit
+from .errors import InputError
+from .exact import ExactOptions
+from .loaders import ArraySpec, load_layer
+from .report import ARGMAXABLE, UNARGMAXABLE, AuditReport
+
+EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with one line (it already uses 2; this keeps the message short)."""
+
+    def error(self, message):
+        sys.stderr.write(f"argmaxcheck: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="argmaxcheck", description="Prove which softmax outputs can ever be the argmax.")
+    parser.add_argument("--version", action="version", version=f"argmaxcheck {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    a = sub.add_parser("audit", help="audit every row of an output layer")
+    a.add_argument("path", help=".npz, .npy, .safetensors or .pt file with a [num_classes, dim] weight")
+    g = a.add_argument_group("arrays")
+    g.add_argument("--weight", default="weight", metavar="NAME", help="weight array (default: weight)")
+    g.add_argument("--bias", default=None, metavar="NAME", help="bias array (default: bias, if present)")
+    g.add_argument("--no-bias", action="store_true", help="ignore any bias in the file")
+    g.add_argument("--names", default=None, metavar="NAME", help="array of token strings (default: tokens)")
+    g.add_argument("--transpose", action="store_true", help="the weight is stored as [dim, num_classes]")
+    d = a.add_argument_group("domain")
+    d.add_argument("--domain", choices=["unbounded", "box", "ball"], default="unbounded")
+    d.add_argument("--lower", type=float, default=None, help="box: lower bound of every coordinate (-inf ok)")
+    d.add_argument("--upper", type=float, default=None, help="box: upper bound of every coordinate (inf ok)")
+    d.add_argument("--bound", type=float, default=None, help="box: symmetric bound, [-B, B]^d")
+    d.add_argument("--radius", type=float, default=None, help="ball: radius around the origin")
+    o = a.add_argument_group("output")
+    o.add_argument("--tokens", default=None, metavar="LIST",
+                   help="audit only these rows: ids and ranges like 0,5,10-20, or token strings")
+    o.add_argument("--format", choices=["table", "json"], default="table")
+    o.add_argument("--output", default=None, metavar="FILE", help="write the report here instead of stdout")
+    o.add_argument("--save-certificates", default=None, metavar="FILE.npz",
+                   help="write every witness and certificate (layout in the README)")
+    o.add_argument("--exact-all", action="store_true", help="run the exact step for every token (slow)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _audit_command(args)
+    except InputError as exc:
+        sys.stderr.write(f"argmaxcheck: error: {exc}\n")
+        return EXIT_USAGE
+
+
+def _audit_command(args) -> int:
+    domain = _domain_from_args(args)
+    for flag, target in (("--output", args.output), ("--save-certificates", args.save_certificates)):
+        if target is not None:
+            parent = Path(target).resolve().parent
+            if not parent.is_dir():
+                raise InputError(f"{flag} {target}: folder {parent} does not exist")
+    if args.save_certificates is not None and not args.save_certificates.endswith(".npz"):
+        raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")
+    layer = load_layer(args.path, ArraySpec(weight=args.weight, bias=args.bias, names=args.names,
+                                            transpose=args.transpose, no_bias=args.no_bias))
+    tokens = _parse_tokens(args.tokens, layer.num_classes, layer.tokens) if args.tokens else None
+    options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions())
+    total = len(tokens) if tokens is not None else layer.num_classes
+    with _progress(total, quiet=args.quiet) as advance:
+        report = audit(layer, domain=domain, tokens=tokens, options=options, progress=advance)
+    report.source = str(args.path)
+    if args.save_certificates:
+        _atomic_write(args.save_certificates, lambda tmp: report.save_certificates(tmp), binary=True)
+    if args.format == "json":
+        text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        _emit(text, args.output)
+    elif args.output:
+        _atomic_write(args.output, lambda tmp: Path(tmp).write_text(render_text(report), encoding="utf-8"))
+    else:
+        render_table(report)
+    return EXIT_OK if report.all_argmaxable else EXIT_FOUND
+
+
+def _domain_from_args(args):
+    box_flags = {k: getattr(args, k) for k in ("lower", "upper", "bound") if getattr(args, k) is not None}
+    if args.domain != "box" and box_flags:
+        raise InputError(f"--{next(iter(box_flags))} needs --domain box")
+    if args.domain != "ball" and args.radius is not None:
+        raise InputError("--radius needs --domain ball")
+    if args.domain == "unbounded":
+        return Unbounded()
+    if args.domain == "ball":
+        if args.radius is None:
+            raise InputError("--domain ball needs --radius R")
+        return Ball(args.radius)
+    if args.bound is not None:
+        if args.lower is not None or args.upper is not None:
+            raise InputError("--bound cannot be combined with --lower/--upper")
+        if not (args.bound > 0 and math.isfinite(args.bound)):
+            raise InputError(f"--bound must be a finite number > 0, got {args.bound}")
+        return Box.symmetric(args.bound)
+    if args.lower is None and args.upper is None:
+        raise InputError("--domain box needs --bound B, or --lower and/or --upper")
+    return Box(-math.inf if args.lower is None else args.lower, math.inf if args.upper is None else args.upper)
+
+
+def _parse_tokens(spec: str, n: int, names: list[str] | None) -> list[int]:
+    """'0,5,10-20' or token strings (when names are known) -> row ids."""
+    lookup = {name: i for i, name in enumerate(names)} if names else {}
+    ids: list[int] = []
+    for part in spec.split(","):
+        item = part.strip()
+        if not item:
+            continue
+        if item in lookup:
+            ids.append(lookup[item])
+            continue
+        lo, sep, hi = item.partition("-")
+        try:
+            if sep and lo:
+                start, stop = int(lo), int(hi)
+                if stop < start:
+                    raise InputError(f"--tokens: range '{item}' is empty")
+                ids.extend(range(start, stop + 1))
+            else:
+                ids.append(int(item))
+        except ValueError:
+            raise InputError(f"--tokens: '{item}' is neither a row id, a range nor a known token") from None
+    bad = [i for i in ids if not 0 <= i < n]
+    if bad:
+        raise InputError(f"--tokens: id {bad[0]} is out of range (the layer has {n} rows)")
+    if not ids:
+        raise InputError("--tokens: no token given")
+    return ids
+
+
+class _progress:
+    """A rich progress bar on a terminal; nothing otherwise."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.enabled = not quiet and sys.stderr.isatty() and total > 0
+        self.total = total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda _n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+        self.bar = Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            transient=True)
+        self.bar.start()
+        task = self.bar.add_task("audit", total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.stop()
+        return False
+
+
+def escape_token(token: str | None) -> str:
+    """Show invisible and control characters: repr without the outer quotes' ambiguity."""
+    if token is None:
+        return ""
+    return repr(token)
+
+
+def explain(report: AuditReport, t) -> str:
+    """One line saying why a token is unreachable, from its certificate."""
+    names = report.names
+    if t.tie_with is not None:
+        return f"tie: identical weights and bias to row {t.tie_with}" + (
+            f" ({escape_token(names[t.tie_with])})" if names else "")
+    if t.verdict != UNARGMAXABLE:
+        return t.reason
+    order = np.argsort(-t.weights)
+    terms = []
+    for k in order[:4]:
+        j = int(t.support[k])
+        label = escape_token(names[j]) if names else f"#{j}"
+        terms.append(f"{t.weights[k]:.2f}·{label}")
+    more = f" + {len(order) - 4} more" if len(order) > 4 else ""
+    prefix = "dominated: same weights, higher bias than " if t.stage == "dominated" else "beaten everywhere by "
+    return prefix + " + ".join(terms) + more
+
+
+def _rows(report: AuditReport):
+    for t in report.tokens:
+        if t.verdict != ARGMAXABLE:
+            margin = "" if np.isnan(t.margin) else f"{t.margin:.3g}"
+            yield str(t.id), escape_token(t.token), t.verdict, margin, explain(report, t)
+
+
+def _summary_line(report: AuditReport) -> str:
+    s = report.summary()
+    dom = s["domain"]
+    dom_text = dom["kind"] + ("" if dom["kind"] == "unbounded" else
+                              f" {json.dumps({k: v for k, v in dom.items() if k != 'kind'})}")
+    return (f"{report.source or 'layer'}: {s['num_classes']} classes x {s['dim']} dims"
+            f" ({s['source_dtype']}{', bias' if s['bias'] else ''}), domain {dom_text}\n"
+            f"audited {s['audited']}: {s['argmaxable']} argmaxable, {s['unargmaxable']} unargmaxable,"
+            f" {s['undecided']} undecided in {s['seconds']:.1f} s")
+
+
+def render_table(report: AuditReport) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    console = Console()
+    console.print(_summary_line(report), highlight=False, markup=False)
+    rows = list(_rows(report))
+    if not rows:
+        return
+    table = Table(show_lines=False)
+    for col in ("id", "token", "verdict", "margin", "why"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def render_text(report: AuditReport) -> str:
+    lines = [_summary_line(report)]
+    lines += ["\t".join(row) for row in _rows(report)]
+    return "\n".join(lines) + "\n"
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        _atomic_write(output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _atomic_write(target: str, write, binary: bool = False) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    target_path = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target_path.resolve().parent, prefix=".argmaxcheck-",
+                               suffix=target_path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
