@@ -14,6 +14,16 @@ from .exact import ExactOptions
 from .layer import OutputLayer
 from .report import AuditReport, TokenResult
 
-__all__ = ["audit", "AuditOptions", "ExactOptions", "AuditReport", "TokenResult", "OutputLayer",
-           "Unbounded", "Box", "Ball", "InputError"]
+__all__ = [
+           "AuditOptions",
+           "AuditReport",
+           "Ball",
+           "Box",
+           "ExactOptions",
+           "InputError",
+           "OutputLayer",
+           "TokenResult",
+           "Unbounded",
+           "audit",
+]
 __version__ = "0.1.0"

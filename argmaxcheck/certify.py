@@ -123,7 +123,12 @@ class CertificateCheck:
 
 def check_certificate(weight: np.ndarray, bias: np.ndarray | None, row: int, support: np.ndarray,
                       lam: np.ndarray, domain) -> CertificateCheck:
-    """Check that ``lam`` over rows ``support`` proves token ``row`` unargmaxable on ``domain``."""
+    """Check that ``lam`` over rows ``support`` proves token ``row`` unargmaxable on ``domain``.
+
+    Where the domain demands exact equalities (R^d, open box sides) ``lam`` is
+    only a starting point: what is proven is that an exact certificate exists
+    on ``support`` near ``lam``, and that certificate's weights are returned.
+    """
     support = np.asarray(support, dtype=np.int64)
     lam = np.asarray(lam, dtype=np.float64)
     keep = lam > 0

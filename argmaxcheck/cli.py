@@ -92,7 +92,7 @@ def _audit_command(args) -> int:
         report = audit(layer, domain=domain, tokens=tokens, options=options, progress=advance)
     report.source = str(args.path)
     if args.save_certificates:
-        _atomic_write(args.save_certificates, lambda tmp: report.save_certificates(tmp), binary=True)
+        _atomic_write(args.save_certificates, report.save_certificates)
     if args.format == "json":
         text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
         _emit(text, args.output)
@@ -254,7 +254,7 @@ def _emit(text: str, output: str | None) -> None:
         _atomic_write(output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _atomic_write(target: str, write, binary: bool = False) -> None:
+def _atomic_write(target: str, write) -> None:
     """Write through a temporary file in the same folder, then rename: never a half-written file."""
     target_path = Path(target)
     fd, tmp = tempfile.mkstemp(dir=target_path.resolve().parent, prefix=".argmaxcheck-",

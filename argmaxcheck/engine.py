@@ -125,8 +125,8 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     t0 = time.perf_counter()
     comp = Competitors(comp_weight, comp_bias)
     per_token = []
-    for k, i in enumerate(pending):
-        i = int(i)
+    for k, pending_id in enumerate(pending):
+        i = int(pending_id)
         if i in results:
             continue
         t_tok = time.perf_counter()

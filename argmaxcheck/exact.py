@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import certify
-from .domains import Ball, Box, Unbounded
+from .domains import Ball, Box
 
 _INF = highspy.kHighsInf
 

@@ -1,6 +1,7 @@
 """Planted structure in high dimension: interior combinations, duplicates, zero rows."""
 
 import numpy as np
+from scipy.spatial import ConvexHull
 
 from argmaxcheck import Box, audit
 from argmaxcheck.report import ARGMAXABLE
@@ -93,14 +94,10 @@ def test_exact_midpoint_is_unargmaxable():
 
 
 def test_rank_deficient_layer(rng):
-    basis = rng.normal(size=(3, 12))
     coef = rng.normal(size=(200, 3))
     weight = np.zeros((200, 12))
     weight[:, :3] = coef  # exactly rank 3: nine zero columns
     report = audit(weight)
     assert report.undecided == []
-    from scipy.spatial import ConvexHull
-
     interior = set(range(200)) - set(ConvexHull(coef).vertices.tolist())
     assert set(report.unargmaxable) == interior
-    del basis

@@ -1,0 +1,107 @@
+"""Certificates are checked independently: tampering is caught, and the saved file re-checks with numpy."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from argmaxcheck import Ball, Box, Unbounded, audit, certify
+
+
+def layer(rng):
+    weight, bias = rng.normal(size=(200, 5)), rng.normal(size=200)
+    return weight, bias
+
+
+def test_genuine_certificates_pass_and_tampered_ones_fail(rng):
+    weight, bias = layer(rng)
+    report = audit(weight, bias)
+    unarg = [t for t in report.tokens if t.verdict == "unargmaxable"]
+    assert unarg
+    dom = Unbounded()
+    for t in unarg[:10]:
+        assert certify.check_certificate(weight, bias, t.id, t.support, t.weights, dom).ok
+        # On R^d the weights are re-derived exactly on the support: a perturbed start is
+        # repaired to the genuine certificate, not taken on trust.
+        bad = t.weights.copy()
+        bad[0], bad[-1] = bad[0] + 0.05, max(bad[-1] - 0.05, 0)
+        repaired = certify.check_certificate(weight, bias, t.id, t.support, bad, dom)
+        if repaired.ok:
+            np.testing.assert_allclose(repaired.weights, t.weights, atol=1e-9)
+        # swap in a different competitor
+        others = np.setdiff1d(np.arange(200), np.r_[t.support, t.id])
+        assert not certify.check_certificate(weight, bias, t.id, np.r_[t.support[:-1], others[0]],
+                                             t.weights, dom).ok
+        # a certificate naming the token itself
+        assert not certify.check_certificate(weight, bias, t.id, np.r_[t.support[:-1], t.id], t.weights, dom).ok
+
+
+def test_tampered_weights_rejected_on_bounded_domain(rng):
+    weight, bias = layer(rng)
+    dom = Box.symmetric(1.0)
+    report = audit(weight, bias, domain=dom)
+    rejected = 0
+    for t in [t for t in report.tokens if t.verdict == "unargmaxable" and t.support.size > 1][:10]:
+        assert certify.check_certificate(weight, bias, t.id, t.support, t.weights, dom.resolve(5)).ok
+        # move all the weight onto the lightest competitor
+        bad = np.zeros_like(t.weights)
+        bad[np.argmin(t.weights)] = 1.0
+        check = certify.check_certificate(weight, bias, t.id, t.support, bad, dom.resolve(5))
+        if not check.ok:
+            rejected += 1
+        else:  # then it really is a certificate on its own: the lone competitor wins everywhere
+            j = t.support[np.argmin(t.weights)]
+            corners = np.array(np.meshgrid(*[[-1.0, 1.0]] * 5)).reshape(5, -1).T
+            assert np.all(corners @ (weight[j] - weight[t.id]) + bias[j] - bias[t.id] >= 0)
+    assert rejected > 0
+
+
+def test_tampered_bias_breaks_certificate(rng):
+    weight, bias = layer(rng)
+    report = audit(weight, bias)
+    t = next(t for t in report.tokens if t.verdict == "unargmaxable" and t.margin < -0.05)
+    raised = bias.copy()
+    raised[t.id] += -t.margin + 0.01  # now the token beats the averaged competitor somewhere
+    assert not certify.check_certificate(weight, raised, t.id, t.support, t.weights, Unbounded()).ok
+
+
+def test_witnesses_are_checked(rng):
+    weight, bias = layer(rng)
+    report = audit(weight, bias, domain=Box.symmetric(3.0))
+    dom = Box.symmetric(3.0).resolve(5)
+    norms = np.linalg.norm(weight, axis=1)
+    arg = [t for t in report.tokens if t.verdict == "argmaxable"]
+    for t in arg[:20]:
+        assert certify.check_witness(weight, bias, t.id, t.witness, dom, norms) > 0
+        other = next(u for u in arg if u.id != t.id)
+        assert certify.check_witness(weight, bias, t.id, other.witness, dom, norms) <= 0
+        outside = t.witness.copy()
+        outside[0] = 3.5
+        assert certify.check_witness(weight, bias, t.id, outside, dom, norms) == -np.inf
+
+
+def _readme_recheck_snippet() -> str:
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), flags=re.S)
+    return next(b for b in blocks if "def recheck" in b)
+
+
+@pytest.mark.parametrize("domain", [Unbounded(), Box(0.0, np.inf), Box.symmetric(2.0), Ball(1.5, 0.2)])
+def test_saved_certificates_recheck_with_numpy_alone(rng, tmp_path, domain):
+    """The README's numpy-only checker accepts the saved file, and rejects a tampered one."""
+    weight, bias = layer(rng)
+    report = audit(weight, bias, domain=domain)
+    path = tmp_path / "certs.npz"
+    report.save_certificates(path)
+    namespace = {}
+    exec(_readme_recheck_snippet(), namespace)
+    recheck = namespace["recheck"]
+    counts = recheck(str(path), weight, bias)
+    assert counts == {"argmaxable": len(report.ids("argmaxable")),
+                      "unargmaxable": len(report.unargmaxable)}
+    data = dict(np.load(path))
+    data["cert_weights"] = np.roll(data["cert_weights"], 1)
+    np.savez(tmp_path / "bad.npz", **data)
+    with pytest.raises(AssertionError):
+        recheck(str(tmp_path / "bad.npz"), weight, bias)
