@@ -47,7 +47,7 @@ def witness_gap_bounds(scores: np.ndarray, own_rows: np.ndarray, error: np.ndarr
 
     Parameters
     ----------
-    scores : (m, B) float64 array
+    scores : (m, B) float32 or float64 array
         Computed logits (bias included) of all m competitors at B witnesses.
         Modified in place: each column's own entry is masked.
     own_rows : (B,) int array
@@ -62,9 +62,12 @@ def witness_gap_bounds(scores: np.ndarray, own_rows: np.ndarray, error: np.ndarr
     cols = np.arange(scores.shape[1])
     own = scores[own_rows, cols].copy()
     scores[own_rows, cols] = -np.inf
-    best_other = scores.max(axis=0)
+    best_other = scores.max(axis=0).astype(np.float64)  # the max of floats is exact
     scores[own_rows, cols] = own
-    return own - best_other - 2.0 * error
+    # The subtraction in float64 of two float32 numbers is exact; of two float64 numbers it
+    # errs by at most U64 |difference|, covered by the 1 + 2 U64 factor on the error.
+    return own.astype(np.float64) - best_other - 2.0 * error * (1 + 2 * U64) - 2 * U64 * np.abs(
+        own.astype(np.float64) - best_other)
 
 
 def score_error_bound(x_norms: np.ndarray, max_row_norm: float, dim: int, unit: float,
@@ -301,10 +304,21 @@ def _enclose(rows, w_i, coords, lam) -> tuple[np.ndarray, np.ndarray] | None:
     if m < neq:
         return None
     if m == neq:
-        basis = np.arange(m)
-    else:
-        _, _, piv = scipy.linalg.qr(a_full, mode="economic", pivoting=True)
-        basis = np.sort(piv[:neq])
+        return _enclose_on(a_full, r, lam, np.arange(m), scale)
+    # The largest weights are the basic ones at an interior-point optimum: try them first,
+    # and a well-conditioned basis from pivoted QR (costlier) only if they fail.
+    largest = np.sort(np.argpartition(-lam * scale, neq - 1)[:neq])
+    found = _enclose_on(a_full, r, lam, largest, scale)
+    if found is not None and np.all(found[0] - found[1] >= 0):
+        return found
+    _, _, piv = scipy.linalg.qr(a_full, mode="economic", pivoting=True)
+    return _enclose_on(a_full, r, lam, np.sort(piv[:neq]), scale)
+
+
+def _enclose_on(a_full, r, lam, basis, scale) -> tuple[np.ndarray, np.ndarray] | None:
+    """Enclosure with the correction confined to ``basis`` columns (scaled system)."""
+    m = a_full.shape[1]
+    neq = a_full.shape[0]
     rest = np.setdiff1d(np.arange(m), basis)
     a = a_full[:, basis]
     try:

@@ -26,7 +26,7 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 
-from . import certify
+from . import certify, ipm
 from .domains import Ball, Box
 
 _INF = highspy.kHighsInf
@@ -41,6 +41,7 @@ class ExactOptions:
     max_rounds: int = 60
     time_limit: float = 120.0  # seconds per token
     full: bool = False  # solve over every row at once (reference mode)
+    interior_point: bool = True  # try the dense interior-point method first (LP domains)
 
 
 @dataclass
@@ -64,6 +65,9 @@ class Competitors:
         self.bias = bias
         self.sq_norms = np.einsum("ij,ij->i", weight, weight)
         self.norms = np.sqrt(self.sq_norms)
+        # Rows of the last proven certificate: tokens inside the hull tend to be surrounded
+        # by the same rows, so they seed the next token's working set.
+        self.recent_support = np.zeros(0, dtype=np.int64)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         s = self.weight @ x
@@ -99,7 +103,14 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
         viol[p] = -np.inf
         viol[~np.isfinite(a_norm)] = -np.inf
         working = np.sort(np.argpartition(-viol, k0 - 1)[:k0]) if k0 < others.size else others
+        if comp.recent_support.size and working.size < others.size:
+            extra = comp.recent_support[np.isfinite(a_norm[comp.recent_support])]
+            working = np.union1d(working, extra)
     per_round = options.rows_per_round or max(d // 2, 50)
+    if options.interior_point and not options.full and not isinstance(domain, Ball) and d >= 64:
+        found = _solve_interior(comp, p, domain, working, a_norm, violations, per_round)
+        if found is not None:
+            return found
 
     solver = _HighsLP(domain, d) if not isinstance(domain, Ball) else _ClarabelSOCP(domain, d)
     solver.add_rows(comp, p, working, a_norm, bias_p)
@@ -154,6 +165,61 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
         in_working[cand] = True
     result.reason = f"no decision after {options.max_rounds} rounds"
     return result
+
+
+def _solve_interior(comp, p, domain, working, a_norm, violations, per_round) -> ExactResult | None:
+    """Constraint generation over the dense interior-point solver; None hands over to HiGHS.
+
+    Worth it in high dimension, where each simplex pivot is a dense d x d
+    update: the IPM's cost is k d^2 per iteration for about 25 iterations.
+    """
+    d = comp.weight.shape[1]
+    if isinstance(domain, Box):
+        lower, upper = domain.lower, domain.upper
+    elif comp.bias is None:
+        lower, upper = -np.ones(d), np.ones(d)  # scale-free: any box around 0 decides R^d
+    else:
+        bound = 1e3 * max(1.0, float(np.abs(comp.bias).max()))
+        lower, upper = np.full(d, -bound), np.full(d, bound)  # a hint only: results are re-checked on R^d
+    rows = np.asarray(working)
+    in_working = np.zeros(comp.weight.shape[0], dtype=bool)
+    in_working[rows] = True
+    result = ExactResult()
+    for rnd in range(1, 9):
+        a = (comp.weight[rows] - comp.weight[p]) / a_norm[rows, None]
+        c = np.zeros(rows.size) if comp.bias is None else (comp.bias[p] - comp.bias[rows]) / a_norm[rows]
+        res = ipm.solve_chebyshev(a, c, lower, upper, per_round_hint(d))
+        result.rounds, result.rows_used, result.chebyshev_radius = rnd, rows.size, res.t
+        if not res.converged and res.t <= 1e-7:
+            return None
+        if res.t <= 1e-7:
+            cert = certify.check_certificate(comp.weight, comp.bias, p, rows, res.duals / a_norm[rows], domain)
+            if cert.ok:
+                result.certificate = cert
+                order = np.argsort(-cert.weights)[: d + 1]
+                comp.recent_support = cert.support[order]
+                return result
+            return None
+        gap = certify.check_witness(comp.weight, comp.bias, p, res.x, domain, comp.norms)
+        if gap > 0:
+            result.witness, result.witness_gap = res.x, gap
+            return result
+        viol = violations(res.x, max(res.t, 0.0))
+        viol[in_working] = -np.inf
+        viol[p] = -np.inf
+        cand = np.flatnonzero(viol > 0)
+        if cand.size == 0:
+            return None
+        if cand.size > per_round:
+            cand = cand[np.argpartition(-viol[cand], per_round - 1)[:per_round]]
+        rows = np.concatenate([rows, cand])
+        in_working[cand] = True
+    return None
+
+
+def per_round_hint(d: int) -> float:
+    """The cap on the Chebyshev radius t; any positive value decides the sign."""
+    return 1.0
 
 
 def _deep_certificate(comp, p, rows, a_norm, domain, t_star) -> np.ndarray | None:

@@ -88,76 +88,95 @@ def _guess_directions(weight: np.ndarray) -> list[Callable[[np.ndarray], np.ndar
 
 
 class _Context:
-    """Scores guesses on one domain; returns certified gap bounds and the points they hold at."""
+    """Scores guesses on one domain; returns certified gap bounds and the points they hold at.
+
+    Scores stay in float32 end to end (the max of float32 numbers is exact);
+    every rounding on the way is covered by a per-column bound ``err`` on
+    |computed score - exact score at the claimed point|, valid for every row.
+    """
 
     def __init__(self, weight32, bias, max_norm, cast_unit, domain, d):
         self.weight32 = weight32
-        self.bias = bias
         self.max_norm = max_norm
         # float32 product error, weights rounded to float32 (cast_unit), points rounded to
         # float32 (U32) and the float64 arithmetic that assembles a point (8 U64).
         self.kappa = certify.gamma(d + 2, U32) * (1 + cast_unit) + cast_unit + U32 + 8 * U64
         self.domain = domain
         self.d = d
-        if isinstance(domain, Ball):
+        offset = np.zeros(weight32.shape[0]) if bias is None else bias.astype(np.float64)
+        offset_err = 0.0
+        if isinstance(domain, Ball) and domain.center.any():
             c = domain.center
-            centre_scores = weight32.astype(np.float64) @ c if c.any() else np.zeros(weight32.shape[0])
-            # weight32 may differ from the true weights by cast_unit: fold it into the bound.
-            self.centre_err = (certify.gamma(d + 2, U64) + cast_unit) * max_norm * float(np.linalg.norm(c))
-            self.centre_scores = centre_scores if bias is None else centre_scores + bias
+            # weight32 differs from the true weights by cast_unit: fold that into the bound.
+            offset = offset + weight32.astype(np.float64) @ c
+            offset_err = (certify.gamma(d + 2, U64) + cast_unit) * max_norm * float(np.linalg.norm(c))
+        self.has_offset = bias is not None or offset_err > 0
+        self.offset = offset
+        self.offset32 = offset.astype(np.float32)[:, None]
+        self.offset_max = float(np.abs(offset).max()) if offset.size else 0.0
+        # |offset32 - offset| <= U32 |offset| on top of the offset's own error.
+        self.offset_err = offset_err + U32 * self.offset_max
         if isinstance(domain, Box):
             lo, hi = domain.lower, domain.upper
-            finite_w = np.concatenate([(hi - lo)[np.isfinite(hi - lo)], [0.0]])
-            half = float(np.median(finite_w[finite_w > 0])) / 2 if (finite_w > 0).any() else 1.0
+            widths = (hi - lo)[np.isfinite(hi - lo) & (hi > lo)]
+            self.box_half = float(np.median(widths)) / 2 if widths.size else 1.0
             self.box_centre = np.clip(np.zeros(d), lo, hi)
-            self.box_half = half
 
-    def _products(self, points: np.ndarray) -> np.ndarray:
-        """float32 scores of all competitors at B points, widened to float64: (m, B)."""
-        return (self.weight32 @ points.astype(np.float32).T).astype(np.float64)
+    def _scores(self, points32: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """float32 scores (m, B) at ``scale * points`` plus the offset, and the per-column error bound."""
+        s = self.weight32 @ points32.T
+        pnorm = np.linalg.norm(points32.astype(np.float64), axis=1) * 1.0001
+        mag = self.max_norm * pnorm  # bound on any |w_j . point|
+        err = self.kappa * mag
+        if scale is not None:
+            s *= scale.astype(np.float32)[None, :]
+            mag = mag * np.abs(scale)
+            err = err * np.abs(scale) + U32 * mag
+        if self.has_offset:
+            s += self.offset32
+            err = err + self.offset_err + U32 * (mag + self.offset_max)
+        return s, err * 1.0001
 
     def best_points(self, dirs: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         norms = np.linalg.norm(dirs, axis=1)
         norms[norms == 0] = 1.0
-        unit = (dirs / norms[:, None]).astype(np.float32).astype(np.float64)
+        unit32 = (dirs / norms[:, None]).astype(np.float32)
+        unit = unit32.astype(np.float64)
         dom = self.domain
         if isinstance(dom, Box):
             return self._box(unit, own)
-        g32 = self.weight32 @ unit.astype(np.float32).T  # scores along each unit direction
-        if isinstance(dom, Unbounded) and self.bias is None:
-            g = g32.astype(np.float64)
-            err = self.kappa * self.max_norm * 1.0001 + 4 * U64 * np.abs(g).max(axis=0)
-            return certify.witness_gap_bounds(g, own, err), unit
-        # Scale matters (bias, or a ball's radius): pick a scale per column with a float32
-        # search, then certify only the chosen scale in float64.
+        if isinstance(dom, Unbounded) and not self.has_offset:
+            s, err = self._scores(unit32)
+            return certify.witness_gap_bounds(s, own, err), unit
+        # Scale matters (bias, or a ball): pick a scale per column with a float32 search over
+        # the unscaled scores, then certify only the chosen scale.
+        g32 = self.weight32 @ unit32.T
         if isinstance(dom, Unbounded):
-            spread = np.ptp(self.bias) / np.maximum(np.ptp(g32, axis=0).astype(np.float64), 1e-300)
+            spread = np.ptp(self.offset) / np.maximum(np.ptp(g32, axis=0).astype(np.float64), 1e-300)
             scales = spread[None, :] * _UNBOUNDED_SCALES[:, None]
-            base, offset = np.zeros_like(unit), self.bias
+            base = np.zeros_like(unit)
         else:  # Ball
             scales = dom.radius * (1 - 1e-9) * np.repeat(_BALL_FRACTIONS[:, None], unit.shape[0], axis=1)
-            base, offset = np.broadcast_to(dom.center, unit.shape), self.centre_scores
-        offset32 = offset.astype(np.float32)[:, None]
+            base = np.broadcast_to(dom.center, unit.shape)
+        # Scales rounded to float32 are the ones certified and claimed; round them down so
+        # that points on a ball's sphere stay inside it.
+        scales32 = scales.astype(np.float32)
+        scales32 = np.where(scales32.astype(np.float64) > scales, np.nextafter(scales32, np.float32(0)), scales32)
+        scales = scales32.astype(np.float64)
         cols = np.arange(unit.shape[0])
         buf = np.empty_like(g32)
         best_gap = np.full(unit.shape[0], -np.inf)
-        best_scale = np.zeros(unit.shape[0])
+        best_scale = scales[0].copy()
         for row in scales:
             np.multiply(g32, row.astype(np.float32)[None, :], out=buf)
-            buf += offset32
+            buf += self.offset32
             mine = buf[own, cols].astype(np.float64)
             buf[own, cols] = -np.inf
             approx = mine - buf.max(axis=0)
             better = approx > best_gap
             best_gap[better], best_scale[better] = approx[better], row[better]
-        del buf
-        s = g32.astype(np.float64)
-        s *= best_scale[None, :]
-        s += offset[:, None]
-        max_abs = np.abs(best_scale) * float(np.abs(g32).max()) * (1 + 1e-6) + float(np.abs(offset).max())
-        err = self.kappa * self.max_norm * np.abs(best_scale) * 1.0001 + 4 * U64 * max_abs
-        if isinstance(dom, Ball):
-            err += self.centre_err
+        del buf, g32
+        s, err = self._scores(unit32, best_scale)
         gap = certify.witness_gap_bounds(s, own, err)
         points = base + unit * best_scale[:, None]
         if isinstance(dom, Ball):
@@ -172,14 +191,14 @@ class _Context:
         best_pts = np.zeros_like(unit)
         for reach in (self.box_half * np.sqrt(self.d), self.box_half):
             pts = np.clip(self.box_centre + reach * unit, dom.lower, dom.upper)
-            pts = pts.astype(np.float32).astype(np.float64)
-            pts = np.clip(pts, dom.lower, dom.upper)  # float32 rounding must not leave the box
-            s = self._products(pts)
-            if self.bias is not None:
-                s += self.bias[:, None]
-            err = self.kappa * self.max_norm * np.linalg.norm(pts, axis=1) * 1.0001
-            err += 4 * U64 * np.abs(s).max(axis=0)
+            # The claimed points are float32 numbers inside the box (rounding must not leave it).
+            pts32 = pts.astype(np.float32)
+            pts = np.clip(pts32.astype(np.float64), dom.lower, dom.upper)
+            pts32 = pts.astype(np.float32)
+            exact = np.all(pts32.astype(np.float64) == pts, axis=1)
+            s, err = self._scores(pts32)
             gap = certify.witness_gap_bounds(s, own, err)
+            gap[~exact] = -np.inf
             better = gap > best_gap
             best_gap[better], best_pts[better] = gap[better], pts[better]
         return best_gap, best_pts
