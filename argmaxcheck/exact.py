@@ -108,7 +108,7 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
             working = np.union1d(working, extra)
     per_round = options.rows_per_round or max(d // 2, 50)
     if options.interior_point and not options.full and not isinstance(domain, Ball) and d >= 64:
-        found = _solve_interior(comp, p, domain, working, a_norm, violations, per_round)
+        found = _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0)
         if found is not None:
             return found
 
@@ -167,20 +167,25 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
     return result
 
 
-def _solve_interior(comp, p, domain, working, a_norm, violations, per_round) -> ExactResult | None:
+def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0) -> ExactResult | None:
     """Constraint generation over the dense interior-point solver; None hands over to HiGHS.
 
     Worth it in high dimension, where each simplex pivot is a dense d x d
     update: the IPM's cost is k d^2 per iteration for about 25 iterations.
     """
     d = comp.weight.shape[1]
+    # Open directions get an artificial bound: the IPM needs a bounded x, and its answers are
+    # hints only (witnesses are re-checked on the true domain; certificates use the row duals,
+    # which an inactive bound leaves alone). Bias-free layers are scale-free, so 1 is exact there.
+    if comp.bias is None:
+        bound = 1.0
+    else:  # ten times the screen's best guess: a scale the features plausibly have
+        bound = 10.0 * max(1.0, float(np.abs(x0).max())) if x0 is not None else 1e3
     if isinstance(domain, Box):
-        lower, upper = domain.lower, domain.upper
-    elif comp.bias is None:
-        lower, upper = -np.ones(d), np.ones(d)  # scale-free: any box around 0 decides R^d
+        lower = np.where(np.isfinite(domain.lower), domain.lower, -bound)
+        upper = np.where(np.isfinite(domain.upper), domain.upper, bound)
     else:
-        bound = 1e3 * max(1.0, float(np.abs(comp.bias).max()))
-        lower, upper = np.full(d, -bound), np.full(d, bound)  # a hint only: results are re-checked on R^d
+        lower, upper = np.full(d, -bound), np.full(d, bound)
     rows = np.asarray(working)
     in_working = np.zeros(comp.weight.shape[0], dtype=bool)
     in_working[rows] = True

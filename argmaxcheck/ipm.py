@@ -113,10 +113,15 @@ def solve_chebyshev(a: np.ndarray, c: np.ndarray, lower: np.ndarray, upper: np.n
 def _step(s, ds, lam, dl, damp: float = 1.0) -> float:
     """Largest step in [0, 1] keeping s and lambda non-negative."""
     alpha = 1.0
+    with np.errstate(over="ignore", divide="ignore"):
+        return _limit(s, ds, lam, dl, alpha) * damp
+
+
+def _limit(s, ds, lam, dl, alpha):
     neg = ds < 0
     if neg.any():
         alpha = min(alpha, float(np.min(-s[neg] / ds[neg])))
     neg = dl < 0
     if neg.any():
         alpha = min(alpha, float(np.min(-lam[neg] / dl[neg])))
-    return alpha * damp
+    return alpha
