@@ -219,7 +219,8 @@ def _summary_line(report: AuditReport) -> str:
     dom_text = dom["kind"] + ("" if dom["kind"] == "unbounded" else
                               f" {json.dumps({k: v for k, v in dom.items() if k != 'kind'})}")
     return (f"{report.source or 'layer'}: {s['num_classes']} classes x {s['dim']} dims"
-            f" ({s['source_dtype']}{', bias' if s['bias'] else ''}), domain {dom_text}\n"
+            f" ({s['source_dtype']}{', bias' if s['bias'] else ''})\n"
+            f"domain: {dom_text}\n"
             f"audited {s['audited']}: {s['argmaxable']} argmaxable, {s['unargmaxable']} unargmaxable,"
             f" {s['undecided']} undecided in {s['seconds']:.1f} s")
 
