@@ -193,7 +193,7 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0)
     for rnd in range(1, 9):
         a = (comp.weight[rows] - comp.weight[p]) / a_norm[rows, None]
         c = np.zeros(rows.size) if comp.bias is None else (comp.bias[p] - comp.bias[rows]) / a_norm[rows]
-        res = ipm.solve_chebyshev(a, c, lower, upper, per_round_hint(d))
+        res = ipm.solve_chebyshev(a, c, lower, upper, 1.0, stop_when_positive=1e-3)
         result.rounds, result.rows_used, result.chebyshev_radius = rnd, rows.size, res.t
         if not res.converged and res.t <= 1e-7:
             return None
@@ -220,11 +220,6 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0)
         rows = np.concatenate([rows, cand])
         in_working[cand] = True
     return None
-
-
-def per_round_hint(d: int) -> float:
-    """The cap on the Chebyshev radius t; any positive value decides the sign."""
-    return 1.0
 
 
 def _deep_certificate(comp, p, rows, a_norm, domain, t_star) -> np.ndarray | None:

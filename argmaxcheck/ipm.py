@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 
 
 @dataclass
@@ -31,7 +30,9 @@ class IpmResult:
 
 
 def solve_chebyshev(a: np.ndarray, c: np.ndarray, lower: np.ndarray, upper: np.ndarray, cap: float = 1.0,
-                    tol: float = 1e-9, max_iter: int = 80) -> IpmResult:
+                    tol: float = 1e-9, max_iter: int = 80, stop_when_positive: float | None = None) -> IpmResult:
+    """Solve the restricted LP; with ``stop_when_positive``, return at the first primal-feasible
+    iterate whose ``t`` exceeds it (its x already beats every row of ``a``: a candidate witness)."""
     k, d = a.shape
     p = d + 1  # variables (x, t)
     # Bound rows, kept implicit: sign * z[var] <= h.
@@ -73,6 +74,9 @@ def solve_chebyshev(a: np.ndarray, c: np.ndarray, lower: np.ndarray, upper: np.n
         if (np.abs(r_p).max() <= tol * scale and np.abs(r_d).max() <= tol and mu <= tol * scale):
             converged = True
             break
+        if stop_when_positive is not None and z[d] > stop_when_positive and np.abs(r_p).max() <= tol * scale:
+            converged = True
+            break
         dg = lam / s
         da = dg[:k]
         aw = a * np.sqrt(da)[:, None]
@@ -83,14 +87,19 @@ def solve_chebyshev(a: np.ndarray, c: np.ndarray, lower: np.ndarray, upper: np.n
         mat[d, d] = da.sum()
         np.add.at(mat, (b_var, b_var), dg[k:])
         mat[np.diag_indices(p)] += 1e-14 * max(1.0, float(np.trace(mat)) / p)
+        # One explicit inverse per iteration, in numpy: both Newton solves become products, and
+        # every heavy operation stays in numpy's BLAS (alternating numpy's and scipy's
+        # OpenBLAS thread pools made a 769 x 769 Cholesky take 34 ms instead of 9).
         try:
-            factor = scipy.linalg.cho_factor(mat, check_finite=False)
-        except (np.linalg.LinAlgError, ValueError):
+            inverse = np.linalg.inv(mat)
+        except np.linalg.LinAlgError:
+            break
+        if not np.isfinite(inverse).all():
             break
 
-        def newton(r_c, factor=factor, r_p=r_p, r_d=r_d, lam=lam, s=s):
+        def newton(r_c, inverse=inverse, r_p=r_p, r_d=r_d, lam=lam, s=s):
             rhs = -r_d - gt_dot((r_c + lam * r_p) / s)
-            dz = scipy.linalg.cho_solve(factor, rhs, check_finite=False)
+            dz = inverse @ rhs
             gdz = g_dot(dz)
             ds = -r_p - gdz
             dl = (r_c - lam * ds) / s
