@@ -32,7 +32,7 @@ class AuditOptions:
     """
 
     exact_all: bool = False
-    block_bytes: int = 32 << 20
+    block_bytes: int = 128 << 20
     exact: ExactOptions = field(default_factory=ExactOptions)
 
 

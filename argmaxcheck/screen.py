@@ -35,7 +35,7 @@ class ScreenResult:
 
 
 def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, positions: np.ndarray,
-           domain, *, block_bytes: int = 32 << 20,
+           domain, *, block_bytes: int = 128 << 20,
            progress: Callable[[int], None] | None = None) -> ScreenResult:
     """Try guessed witnesses for the tokens at ``positions`` (rows of the competitor matrix).
 
