@@ -241,14 +241,24 @@ def _check_exactly(weight, bias, row, support, lam, domain, masks) -> Certificat
         coords = _independent_equations(weight[support], weight[row], np.flatnonzero(mask))
         if not any(np.array_equal(coords, c) for c in candidates):
             candidates.append(coords)
-    for coords in candidates:
-        if coords.size + 1 > m:
-            continue
-        result = _enclose(weight[support], weight[row], coords, lam)
-        if result is not None and np.all(result[0] - result[1] >= 0):
-            check = _finish_interval(weight, bias, row, support, result[0], result[1], coords, domain)
+    for first_coords in candidates:
+        coords = first_coords
+        # A coordinate left out of the equalities may still straddle 0 once the enclosure's
+        # radius is added; forcing it to 0 too (which its sign condition allows) and enclosing
+        # again usually settles it. A few rounds at most.
+        for _ in range(4):
+            if coords.size + 1 > m:
+                break
+            result = _enclose(weight[support], weight[row], coords, lam)
+            if result is None or not np.all(result[0] - result[1] >= 0):
+                break
+            check, straddling = _finish_interval(weight, bias, row, support, result[0], result[1], coords, domain)
             if check.ok:
                 return check
+            if not straddling.any():
+                break
+            coords = _independent_equations(weight[support], weight[row],
+                                            np.union1d(coords, np.flatnonzero(straddling)))
     coords = candidates[0]
     if m <= 16 and (coords.size + 1) * m * m <= 4_000_000:
         return _check_rational(weight, bias, row, support, lam, coords, domain)
@@ -359,7 +369,8 @@ def _exact_differences(a: np.ndarray, b: np.ndarray, diff: np.ndarray) -> bool:
     return bool(np.all(err == 0))
 
 
-def _finish_interval(weight, bias, row, support, lam_mid, lam_rad, coords, domain) -> CertificateCheck:
+def _finish_interval(weight, bias, row, support, lam_mid, lam_rad, coords, domain
+                     ) -> tuple[CertificateCheck, np.ndarray]:
     """With exact lambda enclosed, bound the remaining terms of the certificate.
 
     Since sum(lam) = 1 exactly, v = sum lam_j (w_j - w_i) and beta = sum
@@ -383,9 +394,9 @@ def _finish_interval(weight, bias, row, support, lam_mid, lam_rad, coords, domai
     lam_out = np.clip(lam_mid, 0, None)
     if undecided.any() or bound > 0.0:
         return CertificateCheck(False, np.nan, "", "verified solve left the certificate inconclusive",
-                                support, lam_out)
+                                support, lam_out), undecided
     return CertificateCheck(True, min(bound, 0.0), "verified linear solve (exact equalities enclosed)", "",
-                            support, lam_out / lam_out.sum())
+                            support, lam_out / lam_out.sum()), undecided
 
 
 def _check_rational(weight, bias, row, support, lam, coords, domain) -> CertificateCheck:
