@@ -1,0 +1,52 @@
+"""d >= 64, where the exact step runs the dense interior-point method first."""
+
+import numpy as np
+import pytest
+from conftest import full_lp_radius
+
+from argmaxcheck import AuditOptions, Box, ExactOptions, audit
+
+
+def interior_layer(rng, n=900, d=72, planted=6):
+    weight = rng.normal(size=(n, d))
+    ids = rng.choice(n, size=planted, replace=False)
+    for i in ids:
+        rows = rng.choice(np.setdiff1d(np.arange(n), ids), size=3 * d, replace=False)
+        weight[i] = rng.dirichlet(np.ones(rows.size)) @ weight[rows]
+    return weight, set(ids.tolist())
+
+
+def test_planted_rows_found_by_interior_point_path(rng):
+    weight, planted = interior_layer(rng)
+    report = audit(weight, options=AuditOptions(exact_all=True))  # every token through the exact step
+    assert set(report.unargmaxable) == planted
+    assert report.undecided == []
+    for i in planted:
+        assert report.tokens[i].check.startswith("verified")
+
+
+@pytest.mark.parametrize("interior_point", [True, False])
+@pytest.mark.parametrize("lower,upper", [(0.0, 0.4), (-0.3, np.inf)])
+def test_box_with_bias_against_full_lp(rng, interior_point, lower, upper):
+    n, d = 400, 64
+    weight = rng.normal(size=(n, d))
+    bias = 4 * rng.normal(size=n)
+    sample = list(range(0, n, 8))
+    report = audit(weight, bias, domain=Box(lower, upper), tokens=sample,
+                   options=AuditOptions(exact_all=True, exact=ExactOptions(interior_point=interior_point)))
+    hi = None if not np.isfinite(upper) else upper
+    radius = {i: full_lp_radius(weight, bias, i, [lower] * d, [hi] * d) for i in sample}
+    assert report.undecided == []
+    for t in report.tokens:
+        assert (t.verdict == "unargmaxable") == (radius[t.id] < 0), t.id
+    if upper == 0.4:  # this draw mixes both verdicts (14 argmaxable, 36 not)
+        assert 0 < len(report.unargmaxable) < len(sample)
+
+
+def test_interior_point_and_simplex_agree(rng):
+    weight, _ = interior_layer(rng, n=500, d=64, planted=4)
+    bias = rng.normal(size=500)
+    a = audit(weight, bias, options=AuditOptions(exact=ExactOptions(interior_point=True)))
+    b = audit(weight, bias, options=AuditOptions(exact=ExactOptions(interior_point=False)))
+    assert a.unargmaxable == b.unargmaxable
+    assert a.undecided == b.undecided == []
