@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .checkpoint import is_checkpoint, load_checkpoint
 from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, audit
 from .errors import InputError
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"argmaxcheck {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     a = sub.add_parser("audit", help="audit every row of an output layer")
-    a.add_argument("path", help=".npz, .npy, .safetensors or .pt file with a [num_classes, dim] weight")
+    a.add_argument("path", help="a Hugging Face checkpoint folder, or a .npz, .npy, .safetensors or .pt file"
+                                " with a [num_classes, dim] weight")
     g = a.add_argument_group("arrays")
     g.add_argument("--weight", default="weight", metavar="NAME", help="weight array (default: weight)")
     g.add_argument("--bias", default=None, metavar="NAME", help="bias array (default: bias, if present)")
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--names", default=None, metavar="NAME", help="array of token strings (default: tokens)")
     g.add_argument("--transpose", action="store_true", help="the weight is stored as [dim, num_classes]")
     d = a.add_argument_group("domain")
-    d.add_argument("--domain", choices=["unbounded", "box", "ball"], default="unbounded")
+    d.add_argument("--domain", choices=["auto", "unbounded", "box", "ball"], default="auto",
+                   help="auto (default): the final norm's output for checkpoints, R^d for plain files")
     d.add_argument("--lower", type=float, default=None, help="box: lower bound of every coordinate (-inf ok)")
     d.add_argument("--upper", type=float, default=None, help="box: upper bound of every coordinate (inf ok)")
     d.add_argument("--bound", type=float, default=None, help="box: symmetric bound, [-B, B]^d")
@@ -83,14 +86,24 @@ def _audit_command(args) -> int:
                 raise InputError(f"{flag} {target}: folder {parent} does not exist")
     if args.save_certificates is not None and not args.save_certificates.endswith(".npz"):
         raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")
-    layer = load_layer(args.path, ArraySpec(weight=args.weight, bias=args.bias, names=args.names,
-                                            transpose=args.transpose, no_bias=args.no_bias))
+    checkpoint_info = None
+    if is_checkpoint(Path(args.path)):
+        ckpt = load_checkpoint(args.path)
+        if args.domain == "auto":
+            layer, domain = ckpt.layer, ckpt.domain
+        else:
+            layer = ckpt.raw
+        checkpoint_info = {**ckpt.info, "audited": "folded final norm" if args.domain == "auto" else "raw head"}
+    else:
+        layer = load_layer(args.path, ArraySpec(weight=args.weight, bias=args.bias, names=args.names,
+                                                transpose=args.transpose, no_bias=args.no_bias))
     tokens = _parse_tokens(args.tokens, layer.num_classes, layer.tokens) if args.tokens else None
     options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions())
     total = len(tokens) if tokens is not None else layer.num_classes
     with _progress(total, quiet=args.quiet) as advance:
         report = audit(layer, domain=domain, tokens=tokens, options=options, progress=advance)
     report.source = str(args.path)
+    report.checkpoint = checkpoint_info
     if args.save_certificates:
         _atomic_write(args.save_certificates, report.save_certificates)
     if args.format == "json":
@@ -109,7 +122,7 @@ def _domain_from_args(args):
         raise InputError(f"--{next(iter(box_flags))} needs --domain box")
     if args.domain != "ball" and args.radius is not None:
         raise InputError("--radius needs --domain ball")
-    if args.domain == "unbounded":
+    if args.domain in ("auto", "unbounded"):
         return Unbounded()
     if args.domain == "ball":
         if args.radius is None:

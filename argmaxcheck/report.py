@@ -96,6 +96,7 @@ class AuditReport:
     names: list[str] | None = None
     timings: dict = field(default_factory=dict)
     source: str = ""
+    checkpoint: dict | None = None  # which tensors and which folded domain, for checkpoint audits
 
     def ids(self, verdict: str) -> list[int]:
         return [t.id for t in self.tokens if t.verdict == verdict]
@@ -129,6 +130,7 @@ class AuditReport:
             "undecided": self.undecided,
             "tokens": [t.to_dict(self.names) for t in self.tokens if t.verdict != ARGMAXABLE],
             "timings": self.timings,
+            **({"checkpoint": self.checkpoint} if self.checkpoint else {}),
         }
 
     def save_certificates(self, path: str | Path) -> None:

@@ -1,0 +1,215 @@
+"""Hugging Face checkpoint folders: find the output layer and the feature set it really sees.
+
+Most transformers normalise the residual stream right before the output
+layer, so the features that reach it are not all of R^d (DESIGN.md section 4):
+
+* **LayerNorm** ``x = gamma * z + beta`` with ``z = (h - mean h) / sqrt(var h + eps)``:
+  ``z`` has mean 0 and ``|z|^2 = d var / (var + eps) < d``. In an orthonormal
+  basis ``Q`` of the mean-zero subspace the logits are ``W' y + b'`` with
+  ``W' = W diag(gamma) Q``, ``b' = W beta + b`` and ``|y| < sqrt(d)``: a ball.
+* **RMSNorm** ``x = g * z`` (Gemma: ``(1 + g) * z``), ``|z| < sqrt(d)`` in all of
+  R^d: the ball ``|z| < sqrt(d)`` on ``W diag(g)``.
+
+The open ball and its closure give the same verdicts (a strict win is an open
+condition), so the audit runs on the closed ball. Only the tensors needed are
+read; shards that do not hold them are never opened.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .domains import Ball, Domain
+from .errors import InputError
+from .layer import OutputLayer
+from .loaders import _SafetensorsFile, _TorchFile
+
+# model_type -> (head candidates, tied-embedding name, final norm kind, norm weight, norm bias, eps key)
+_FAMILIES = {
+    "gpt2": (["lm_head.weight"], "transformer.wte.weight", "layernorm", "transformer.ln_f.weight",
+             "transformer.ln_f.bias", "layer_norm_epsilon"),
+    "llama": (["lm_head.weight"], "model.embed_tokens.weight", "rmsnorm", "model.norm.weight", None,
+              "rms_norm_eps"),
+    "mistral": (["lm_head.weight"], "model.embed_tokens.weight", "rmsnorm", "model.norm.weight", None,
+                "rms_norm_eps"),
+    "qwen2": (["lm_head.weight"], "model.embed_tokens.weight", "rmsnorm", "model.norm.weight", None,
+              "rms_norm_eps"),
+    "gemma": (["lm_head.weight"], "model.embed_tokens.weight", "rmsnorm1p", "model.norm.weight", None,
+              "rms_norm_eps"),
+    "gemma2": (["lm_head.weight"], "model.embed_tokens.weight", "rmsnorm1p", "model.norm.weight", None,
+               "rms_norm_eps"),
+    "gpt_neox": (["embed_out.weight"], "gpt_neox.embed_in.weight", "layernorm",
+                 "gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias", "layer_norm_eps"),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """A checkpoint's output layer, folded onto the features its final norm can produce.
+
+    ``layer`` and ``domain`` go straight to :func:`argmaxcheck.audit`;
+    ``info`` says which tensors and which domain were used.
+    """
+
+    layer: OutputLayer
+    domain: Domain
+    info: dict = field(default_factory=dict)
+    raw: OutputLayer | None = None  # the head as stored, for audits on another domain
+    norm: str = "none"
+    basis: np.ndarray | None = None  # LayerNorm: orthonormal basis of the mean-zero subspace
+    eps: float = 0.0
+
+    def fold_features(self, hidden: np.ndarray) -> np.ndarray:
+        """Map residual-stream vectors (..., d) to the audited coordinates (for tests and witnesses)."""
+        h = np.asarray(hidden, dtype=np.float64)
+        if self.norm == "layernorm":
+            centred = h - h.mean(axis=-1, keepdims=True)
+            z = centred / np.sqrt((centred**2).mean(axis=-1, keepdims=True) + self.eps)
+            return z @ self.basis
+        if self.norm in ("rmsnorm", "rmsnorm1p"):
+            return h / np.sqrt((h**2).mean(axis=-1, keepdims=True) + self.eps)
+        return h
+
+
+def is_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").exists()
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a Hugging Face checkpoint folder and fold its final norm into the output layer."""
+    folder = Path(path)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{folder / 'config.json'}: cannot be read as JSON ({exc})") from None
+    model_type = config.get("model_type")
+    if model_type not in _FAMILIES:
+        raise InputError(f"{folder}: model_type '{model_type}' is not supported yet"
+                         f" (supported: {', '.join(sorted(_FAMILIES))})")
+    heads, tied_name, norm, norm_w, norm_b, eps_key = _FAMILIES[model_type]
+    tensors = _TensorIndex(folder)
+    head = next((h for h in heads if h in tensors), None)
+    tied = config.get("tie_word_embeddings", True)
+    if head is None and tied and tied_name in tensors:
+        head = tied_name
+    if head is None:
+        raise InputError(f"{folder}: no output layer found (looked for {', '.join([*heads, tied_name])});"
+                         f" tensors with 2 dimensions: {', '.join(tensors.matrices()[:12])}")
+    weight = np.asarray(tensors.get(head), dtype=np.float64)
+    source_dtype = tensors.dtype(head)
+    d = weight.shape[1]
+    gamma = np.asarray(tensors.get(norm_w), dtype=np.float64) if norm_w in tensors else None
+    if gamma is None:
+        raise InputError(f"{folder}: final norm '{norm_w}' is missing from the checkpoint")
+    if gamma.shape != (d,):
+        raise InputError(f"{folder}: '{norm_w}' has shape {gamma.shape}, expected ({d},) to match {head}")
+    if not np.isfinite(gamma).all():
+        raise InputError(f"{folder}: '{norm_w}' has non-finite values")
+    eps = float(config.get(eps_key) or 1e-5)
+    names = _token_names(folder, weight.shape[0])
+    info = {"model_type": model_type, "head": head, "norm": norm, "norm_weight": norm_w,
+            "norm_bias": norm_b, "eps": eps}
+    basis = None
+    if norm == "layernorm":
+        beta = np.asarray(tensors.get(norm_b), dtype=np.float64) if norm_b and norm_b in tensors else np.zeros(d)
+        basis = _mean_zero_basis(d)
+        folded = (weight * gamma) @ basis
+        bias = weight @ beta
+        layer = OutputLayer.from_arrays(folded, bias, names, name=head, bias_name=f"{head} @ {norm_b}")
+        info["domain"] = f"LayerNorm output: |z| <= sqrt({d}) in the {d - 1}-dim mean-zero subspace"
+    else:
+        scale = 1.0 + gamma if norm == "rmsnorm1p" else gamma
+        layer = OutputLayer.from_arrays(weight * scale, None, names, name=head)
+        info["domain"] = f"RMSNorm output: |z| <= sqrt({d})"
+    layer = OutputLayer(layer.weight, layer.bias, layer.tokens, source_dtype)
+    raw = OutputLayer.from_arrays(weight, None, names, name=head)
+    raw = OutputLayer(raw.weight, raw.bias, raw.tokens, source_dtype)
+    return Checkpoint(layer, Ball(float(np.sqrt(d))), info, raw, norm, basis, eps)
+
+
+def _mean_zero_basis(d: int) -> np.ndarray:
+    """Columns 2..d of the Householder reflection that maps e_1 to 1/sqrt(d): an orthonormal basis of 1^perp."""
+    v = np.full(d, 1.0 / np.sqrt(d))
+    v[0] -= 1.0
+    h = np.eye(d) - 2.0 * np.outer(v, v) / (v @ v)
+    return h[:, 1:]
+
+
+class _TensorIndex:
+    """Tensor name -> the file that holds it, over single or sharded safetensors or pytorch_model.bin."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.where: dict[str, Path] = {}
+        self.files: dict[Path, object] = {}
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise InputError(f"{index}: not a valid shard index ({exc})") from None
+            self.where = {name: folder / shard for name, shard in weight_map.items()}
+        elif (folder / "model.safetensors").exists():
+            single = folder / "model.safetensors"
+            self.files[single] = _SafetensorsFile(single)
+            self.where = dict.fromkeys(self.files[single].names(), single)
+        elif (folder / "pytorch_model.bin").exists():
+            single = folder / "pytorch_model.bin"
+            self.files[single] = _TorchFile(single)
+            self.where = dict.fromkeys(self.files[single].names(), single)
+        else:
+            raise InputError(f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+    def __contains__(self, name) -> bool:
+        return name in self.where
+
+    def _file(self, name):
+        path = self.where[name]
+        if path not in self.files:
+            if not path.exists():
+                raise InputError(f"{path}: shard listed in the index for '{name}' is missing")
+            self.files[path] = _SafetensorsFile(path)
+        source = self.files[path]
+        if name not in source.names():
+            raise InputError(f"{path}: does not hold '{name}' although the index says so")
+        return source
+
+    def get(self, name):
+        value = self._file(name).get(name)
+        return value.detach().float().numpy() if hasattr(value, "detach") else value
+
+    def dtype(self, name) -> str:
+        described = self._file(name).describe(name)
+        return {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}.get(
+            described.split("[")[0], described.split("[")[0])
+
+    def matrices(self) -> list[str]:
+        return sorted(self.where)
+
+
+def _token_names(folder: Path, rows: int) -> list[str]:
+    """Names from tokenizer.json or vocab.json; rows past the vocabulary are padding rows."""
+    vocab: dict[int, str] = {}
+    tok_json = folder / "tokenizer.json"
+    vocab_json = folder / "vocab.json"
+    try:
+        if tok_json.exists():
+            data = json.loads(tok_json.read_text(encoding="utf-8"))
+            model_vocab = data.get("model", {}).get("vocab", {})
+            if isinstance(model_vocab, dict):
+                vocab = {int(i): str(t) for t, i in model_vocab.items()}
+            elif isinstance(model_vocab, list):  # Unigram: [[piece, score], ...]
+                vocab = {i: str(entry[0]) for i, entry in enumerate(model_vocab)}
+            for added in data.get("added_tokens", []):
+                vocab[int(added["id"])] = str(added["content"])
+        elif vocab_json.exists():
+            vocab = {int(i): str(t) for t, i in json.loads(vocab_json.read_text(encoding="utf-8")).items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{folder}: tokenizer files cannot be read ({exc})") from None
+    if not vocab:
+        return [f"<row {i}>" for i in range(rows)]
+    return [vocab.get(i, f"<padding row {i}>") for i in range(rows)]

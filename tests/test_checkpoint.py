@@ -1,0 +1,88 @@
+"""Hugging Face checkpoints: the folded layer reproduces the model's own logits on the stated domain."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from argmaxcheck import InputError, audit  # noqa: E402
+from argmaxcheck.checkpoint import load_checkpoint  # noqa: E402
+
+
+def tiny(family: str, folder, tied: bool):
+    torch.manual_seed(0)
+    common = dict(vocab_size=70, num_hidden_layers=1, num_attention_heads=2, tie_word_embeddings=tied)
+    if family == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_embd=16, n_layer=1, n_head=2, n_positions=32, vocab_size=70, tie_word_embeddings=tied))
+        norm = model.transformer.ln_f
+    elif family == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            hidden_size=16, intermediate_size=32, num_key_value_heads=2, **common))
+        norm = model.model.norm
+    elif family == "gemma":
+        model = transformers.GemmaForCausalLM(transformers.GemmaConfig(
+            hidden_size=16, intermediate_size=32, num_key_value_heads=2, head_dim=8, **common))
+        norm = model.model.norm
+    else:
+        model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+            hidden_size=16, intermediate_size=32, max_position_embeddings=32, **common))
+        norm = model.gpt_neox.final_layer_norm
+    with torch.no_grad():  # random norm parameters, so the fold is really exercised
+        norm.weight.normal_()
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.normal_()
+    model.save_pretrained(folder, max_shard_size="5KB")  # several shards: the index is exercised
+    return model.eval(), norm
+
+
+@pytest.mark.parametrize("family,tied", [("gpt2", True), ("llama", False), ("llama", True), ("gemma", True),
+                                         ("gpt_neox", False)])
+def test_fold_matches_forward_pass(tmp_path, family, tied):
+    model, norm = tiny(family, tmp_path, tied)
+    captured = {}
+    norm.register_forward_hook(lambda _m, inputs, _out: captured.__setitem__("h", inputs[0].detach()))
+    ids = torch.randint(0, 70, (3, 9))
+    with torch.no_grad():
+        logits = model(ids).logits.double().numpy()
+    ckpt = load_checkpoint(tmp_path)
+    y = ckpt.fold_features(captured["h"].double().numpy())
+    d = ckpt.layer.weight.shape[1] + (1 if ckpt.norm == "layernorm" else 0)
+    assert np.linalg.norm(y, axis=-1).max() < np.sqrt(d)
+    assert ckpt.domain.radius == pytest.approx(np.sqrt(d))
+    ours = y @ ckpt.layer.weight.T + (0 if ckpt.layer.bias is None else ckpt.layer.bias)
+    # Gemma scales the embedding input only; the head sees the norm output directly.
+    np.testing.assert_allclose(ours, logits, rtol=1e-4, atol=1e-4)
+    report = audit(ckpt.layer, domain=ckpt.domain)
+    assert report.undecided == []
+
+
+def test_missing_shard_and_unknown_family(tmp_path):
+    tiny("llama", tmp_path, False)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    shard = tmp_path / index["weight_map"]["lm_head.weight"]
+    shard.unlink()
+    with pytest.raises(InputError, match="missing"):
+        load_checkpoint(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["model_type"] = "mystery"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="not supported yet"):
+        load_checkpoint(tmp_path)
+
+
+def test_cli_audits_a_checkpoint_folder(tmp_path):
+    tiny("gpt2", tmp_path / "m", True)
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "argmaxcheck", "audit", str(tmp_path / "m"), "--format", "json",
+                           "--output", str(out)], capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode in (0, 1), proc.stderr
+    report = json.loads(out.read_text())
+    assert report["summary"]["domain"]["kind"] == "ball"
+    assert report["summary"]["num_classes"] == 70
+    assert report["checkpoint"]["head"] == "transformer.wte.weight"
