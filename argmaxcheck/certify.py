@@ -152,14 +152,17 @@ def check_certificate(weight: np.ndarray, bias: np.ndarray | None, row: int, sup
     rows = weight[support]
     m, d = rows.shape
     g = gamma(m + 3, U64)
-    v = lam @ (rows - w_i)
-    v_err = g * (lam @ (np.abs(rows) + np.abs(w_i))) + U64 * np.abs(v)
+    # Each difference w_j - w_i is rounded once, then weighted and summed: the error is
+    # relative to |w_j - w_i|, so an exact duplicate gives v = 0 with no error at all.
+    diffs = rows - w_i
+    v = lam @ diffs
+    v_err = g * (lam @ np.abs(diffs)) + U64 * np.abs(v)
     if bias is None:
         beta, beta_err = 0.0, 0.0
     else:
-        diffs = bias[support] - bias[row]
-        beta = float(lam @ diffs)
-        beta_err = g * float(lam @ (np.abs(bias[support]) + abs(bias[row])))
+        bdiffs = bias[support] - bias[row]
+        beta = float(lam @ bdiffs)
+        beta_err = g * float(lam @ np.abs(bdiffs)) + U64 * abs(beta)
     sum_hi = float(lam.sum()) * (1.0 + g)  # divide a negative bound by an upper bound of sum(lam)
 
     bound, undecided = _bound_from_interval(v, v_err, beta, beta_err, domain)

@@ -114,11 +114,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     info = {"model_type": model_type, "head": head, "norm": norm, "norm_weight": norm_w,
             "norm_bias": norm_b, "eps": eps}
     basis = None
+    # Fold each distinct row once and copy it: BLAS need not round identical rows identically,
+    # and duplicates (untrained reserved tokens) must stay exact ties after the fold.
+    distinct, inverse = np.unique(weight, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
     if norm == "layernorm":
         beta = np.asarray(tensors.get(norm_b), dtype=np.float64) if norm_b and norm_b in tensors else np.zeros(d)
         basis = _mean_zero_basis(d)
-        folded = (weight * gamma) @ basis
-        bias = weight @ beta
+        folded = ((distinct * gamma) @ basis)[inverse]
+        bias = (distinct @ beta)[inverse]
         layer = OutputLayer.from_arrays(folded, bias, names, name=head, bias_name=f"{head} @ {norm_b}")
         info["domain"] = f"LayerNorm output: |z| <= sqrt({d}) in the {d - 1}-dim mean-zero subspace"
     else:

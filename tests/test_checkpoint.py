@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +87,57 @@ def test_cli_audits_a_checkpoint_folder(tmp_path):
     assert report["summary"]["domain"]["kind"] == "ball"
     assert report["summary"]["num_classes"] == 70
     assert report["checkpoint"]["head"] == "transformer.wte.weight"
+
+
+def test_token_names_added_tokens_and_padding_rows(tmp_path):
+    tiny("llama", tmp_path, True)
+    vocab = {f"tok{i}": i for i in range(60)}
+    vocab["\n"] = 60
+    tokenizer = {"model": {"type": "BPE", "vocab": vocab, "merges": []},
+                 "added_tokens": [{"id": 61, "content": "<|end|>", "special": True}]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer))
+    names = load_checkpoint(tmp_path).layer.tokens
+    assert names[0] == "tok0" and names[60] == "\n" and names[61] == "<|end|>"
+    assert names[62] == "<padding row 62>" and len(names) == 70
+
+
+def test_vocab_json_and_pytorch_bin(tmp_path):
+    model, _ = tiny("gpt2", tmp_path / "st", True)
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    (binary / "config.json").write_text((tmp_path / "st" / "config.json").read_text())
+    torch.save(model.state_dict(), binary / "pytorch_model.bin")
+    (binary / "vocab.json").write_text(json.dumps({f"v{i}": i for i in range(70)}))
+    a, b = load_checkpoint(tmp_path / "st"), load_checkpoint(binary)
+    np.testing.assert_array_equal(a.layer.weight, b.layer.weight)
+    assert b.layer.tokens[5] == "v5"
+
+
+def test_bad_checkpoints(tmp_path):
+    tiny("gpt2", tmp_path, True)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"config\.json"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "layer_norm_epsilon": 1e-5}))
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    shard = tmp_path / index["weight_map"]["transformer.wte.weight"]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"truncated|not a valid"):
+        load_checkpoint(tmp_path)
+
+
+def test_bundled_tiny_checkpoint(tmp_path):
+    """data/tiny-gpt2: planted averages are unreachable, reserved duplicates are named ties."""
+    folder = Path(__file__).resolve().parents[1] / "data" / "tiny-gpt2"
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "argmaxcheck", "audit", str(folder), "--format", "json",
+                           "--output", str(out)], capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["summary"]["undecided"] == 0
+    assert {200, 201, 202} <= set(report["unargmaxable"])
+    ties = {t["id"]: t for t in report["tokens"] if t["stage"] == "tie"}
+    assert set(ties) == set(range(250, 256))
+    assert all(t["token"].startswith("<unused_") for t in ties.values())
+    assert report["checkpoint"]["norm"] == "layernorm"

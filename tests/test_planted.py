@@ -3,7 +3,7 @@
 import numpy as np
 from scipy.spatial import ConvexHull
 
-from argmaxcheck import Box, audit
+from argmaxcheck import Ball, Box, audit
 from argmaxcheck.report import ARGMAXABLE
 
 
@@ -101,3 +101,13 @@ def test_rank_deficient_layer(rng):
     assert report.undecided == []
     interior = set(range(200)) - set(ConvexHull(coef).vertices.tolist())
     assert set(report.unargmaxable) == interior
+
+
+def test_ties_on_a_ball_with_bias(rng):
+    """A ball has no exact-equality fallback: ties must pass the interval check by themselves."""
+    weight, bias = rng.normal(size=(80, 5)), rng.normal(size=80)
+    weight[9], bias[9] = weight[4], bias[4]
+    report = audit(weight, bias, domain=Ball(1.0, rng.normal(size=5)))
+    assert report.tokens[9].verdict == "unargmaxable" and report.tokens[9].tie_with == 4
+    assert report.tokens[4].tie_with == 9
+    assert report.undecided == []
