@@ -44,7 +44,15 @@ _FAMILIES = {
                "rms_norm_eps"),
     "gpt_neox": (["embed_out.weight"], "gpt_neox.embed_in.weight", "layernorm",
                  "gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias", "layer_norm_eps"),
+    "opt": (["lm_head.weight"], "model.decoder.embed_tokens.weight", "layernorm",
+            "model.decoder.final_layer_norm.weight", "model.decoder.final_layer_norm.bias", None),
+    "bloom": (["lm_head.weight"], "transformer.word_embeddings.weight", "layernorm", "transformer.ln_f.weight",
+              "transformer.ln_f.bias", "layer_norm_epsilon"),
+    "phi": (["lm_head.weight"], "model.embed_tokens.weight", "layernorm", "model.final_layernorm.weight",
+            "model.final_layernorm.bias", "layer_norm_eps"),
 }
+# Output-layer biases, where a family has one.
+_HEAD_BIAS = {"phi": "lm_head.bias"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,7 +117,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise InputError(f"{folder}: '{norm_w}' has shape {gamma.shape}, expected ({d},) to match {head}")
     if not np.isfinite(gamma).all():
         raise InputError(f"{folder}: '{norm_w}' has non-finite values")
-    eps = float(config.get(eps_key) or 1e-5)
+    if model_type == "opt" and config.get("word_embed_proj_dim", config.get("hidden_size")) != config.get(
+            "hidden_size"):
+        raise InputError(f"{folder}: OPT with project_out (word_embed_proj_dim != hidden_size) is not supported yet")
+    eps = float(config.get(eps_key) or 1e-5) if eps_key else 1e-5
+    head_bias = None
+    if _HEAD_BIAS.get(model_type) in tensors:
+        head_bias = np.asarray(tensors.get(_HEAD_BIAS[model_type]), dtype=np.float64)
+        if head_bias.shape != (weight.shape[0],):
+            raise InputError(f"{folder}: '{_HEAD_BIAS[model_type]}' has shape {head_bias.shape},"
+                             f" expected ({weight.shape[0]},)")
     names = _token_names(folder, weight.shape[0])
     info = {"model_type": model_type, "head": head, "norm": norm, "norm_weight": norm_w,
             "norm_bias": norm_b, "eps": eps}
@@ -122,15 +139,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         beta = np.asarray(tensors.get(norm_b), dtype=np.float64) if norm_b and norm_b in tensors else np.zeros(d)
         basis = _mean_zero_basis(d)
         folded = ((distinct * gamma) @ basis)[inverse]
-        bias = (distinct @ beta)[inverse]
+        bias = (distinct @ beta)[inverse] + (0.0 if head_bias is None else head_bias)
         layer = OutputLayer.from_arrays(folded, bias, names, name=head, bias_name=f"{head} @ {norm_b}")
         info["domain"] = f"LayerNorm output: |z| <= sqrt({d}) in the {d - 1}-dim mean-zero subspace"
     else:
         scale = 1.0 + gamma if norm == "rmsnorm1p" else gamma
-        layer = OutputLayer.from_arrays(weight * scale, None, names, name=head)
+        layer = OutputLayer.from_arrays(weight * scale, head_bias, names, name=head)
         info["domain"] = f"RMSNorm output: |z| <= sqrt({d})"
     layer = OutputLayer(layer.weight, layer.bias, layer.tokens, source_dtype)
-    raw = OutputLayer.from_arrays(weight, None, names, name=head)
+    raw = OutputLayer.from_arrays(weight, head_bias, names, name=head)
     raw = OutputLayer(raw.weight, raw.bias, raw.tokens, source_dtype)
     return Checkpoint(layer, Ball(float(np.sqrt(d))), info, raw, norm, basis, eps)
 

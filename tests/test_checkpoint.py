@@ -30,6 +30,25 @@ def tiny(family: str, folder, tied: bool):
         model = transformers.GemmaForCausalLM(transformers.GemmaConfig(
             hidden_size=16, intermediate_size=32, num_key_value_heads=2, head_dim=8, **common))
         norm = model.model.norm
+    elif family in ("mistral", "qwen2"):
+        cls, cfg = {"mistral": (transformers.MistralForCausalLM, transformers.MistralConfig),
+                    "qwen2": (transformers.Qwen2ForCausalLM, transformers.Qwen2Config)}[family]
+        model = cls(cfg(hidden_size=16, intermediate_size=32, num_key_value_heads=2, **common))
+        norm = model.model.norm
+    elif family == "opt":
+        model = transformers.OPTForCausalLM(transformers.OPTConfig(
+            hidden_size=16, ffn_dim=32, max_position_embeddings=32, word_embed_proj_dim=16, **common))
+        norm = model.model.decoder.final_layer_norm
+    elif family == "bloom":
+        model = transformers.BloomForCausalLM(transformers.BloomConfig(
+            hidden_size=16, n_layer=1, n_head=2, vocab_size=70, tie_word_embeddings=tied))
+        norm = model.transformer.ln_f
+    elif family == "phi":
+        model = transformers.PhiForCausalLM(transformers.PhiConfig(
+            hidden_size=16, intermediate_size=32, max_position_embeddings=32, **common))
+        norm = model.model.final_layernorm
+        with torch.no_grad():
+            model.lm_head.bias.normal_()
     else:
         model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
             hidden_size=16, intermediate_size=32, max_position_embeddings=32, **common))
@@ -43,7 +62,8 @@ def tiny(family: str, folder, tied: bool):
 
 
 @pytest.mark.parametrize("family,tied", [("gpt2", True), ("llama", False), ("llama", True), ("gemma", True),
-                                         ("gpt_neox", False)])
+                                         ("gpt_neox", False), ("mistral", False), ("qwen2", True), ("opt", True),
+                                         ("bloom", True), ("phi", False)])
 def test_fold_matches_forward_pass(tmp_path, family, tied):
     model, norm = tiny(family, tmp_path, tied)
     captured = {}
