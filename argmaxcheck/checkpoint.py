@@ -52,7 +52,29 @@ _FAMILIES = {
             "model.final_layernorm.bias", "layer_norm_eps"),
 }
 # Output-layer biases, where a family has one.
-_HEAD_BIAS = {"phi": "lm_head.bias"}
+_HEAD_BIAS = {"phi": "lm_head.bias", "bert": "cls.predictions.bias", "roberta": "lm_head.bias",
+              "xlm-roberta": "lm_head.bias", "bart": "final_logits_bias", "marian": "final_logits_bias"}
+
+
+def _family(model_type: str, config: dict):
+    """Where a family keeps its head and final norm; None if unknown."""
+    if model_type in _FAMILIES:
+        return _FAMILIES[model_type]
+    if model_type == "bert":  # the MLM head ends dense -> gelu -> LayerNorm -> decoder
+        return (["cls.predictions.decoder.weight"], "bert.embeddings.word_embeddings.weight", "layernorm",
+                "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias",
+                "layer_norm_eps")
+    if model_type in ("roberta", "xlm-roberta"):
+        return (["lm_head.decoder.weight"], "roberta.embeddings.word_embeddings.weight", "layernorm",
+                "lm_head.layer_norm.weight", "lm_head.layer_norm.bias", "layer_norm_eps")
+    if model_type == "t5":  # RMS without mean; the tied head's d^-0.5 scale cannot change an argmax
+        return (["lm_head.weight"], "shared.weight", "rmsnorm", "decoder.final_layer_norm.weight", None,
+                "layer_norm_epsilon")
+    if model_type in ("bart", "marian"):  # post-LN: the last decoder layer's final norm feeds the head
+        last = int(config.get("decoder_layers", 1)) - 1
+        norm = f"model.decoder.layers.{last}.final_layer_norm"
+        return (["lm_head.weight"], "model.shared.weight", "layernorm", f"{norm}.weight", f"{norm}.bias", None)
+    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,10 +117,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except (OSError, ValueError) as exc:
         raise InputError(f"{folder / 'config.json'}: cannot be read as JSON ({exc})") from None
     model_type = config.get("model_type")
-    if model_type not in _FAMILIES:
+    spec = _family(model_type, config)
+    if spec is None:
+        supported = sorted([*_FAMILIES, "bert", "roberta", "xlm-roberta", "t5", "bart", "marian"])
         raise InputError(f"{folder}: model_type '{model_type}' is not supported yet"
-                         f" (supported: {', '.join(sorted(_FAMILIES))})")
-    heads, tied_name, norm, norm_w, norm_b, eps_key = _FAMILIES[model_type]
+                         f" (supported: {', '.join(supported)})")
+    heads, tied_name, norm, norm_w, norm_b, eps_key = spec
     tensors = _TensorIndex(folder)
     head = next((h for h in heads if h in tensors), None)
     tied = config.get("tie_word_embeddings", True)
@@ -109,6 +133,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                          f" tensors with 2 dimensions: {', '.join(tensors.matrices()[:12])}")
     weight = np.asarray(tensors.get(head), dtype=np.float64)
     source_dtype = tensors.dtype(head)
+    if model_type == "t5" and head == tied_name:
+        # A tied T5 head rescales its input by d^-0.5: no argmax changes, but margins stay in logit units.
+        weight = weight * weight.shape[1] ** -0.5
     d = weight.shape[1]
     gamma = np.asarray(tensors.get(norm_w), dtype=np.float64) if norm_w in tensors else None
     if gamma is None:
@@ -123,7 +150,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     eps = float(config.get(eps_key) or 1e-5) if eps_key else 1e-5
     head_bias = None
     if _HEAD_BIAS.get(model_type) in tensors:
-        head_bias = np.asarray(tensors.get(_HEAD_BIAS[model_type]), dtype=np.float64)
+        head_bias = np.asarray(tensors.get(_HEAD_BIAS[model_type]), dtype=np.float64).reshape(-1)
         if head_bias.shape != (weight.shape[0],):
             raise InputError(f"{folder}: '{_HEAD_BIAS[model_type]}' has shape {head_bias.shape},"
                              f" expected ({weight.shape[0]},)")
