@@ -157,26 +157,53 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     names = _token_names(folder, weight.shape[0])
     info = {"model_type": model_type, "head": head, "norm": norm, "norm_weight": norm_w,
             "norm_bias": norm_b, "eps": eps}
+    ckpt = fold_norm(OutputLayer(weight, None, names, source_dtype), norm, gamma,
+                     np.asarray(tensors.get(norm_b), dtype=np.float64) if norm_b and norm_b in tensors else None,
+                     head_bias, eps)
+    info["domain"] = ckpt.info["domain"]
+    return Checkpoint(ckpt.layer, ckpt.domain, info, ckpt.raw, norm, ckpt.basis, eps)
+
+
+def fold_norm(raw: OutputLayer, norm: str, gamma: np.ndarray, beta: np.ndarray | None = None,
+              head_bias: np.ndarray | None = None, eps: float = 1e-5) -> Checkpoint:
+    """Fold a final norm (``layernorm``, ``rmsnorm`` or ``rmsnorm1p``) into an output layer.
+
+    ``raw`` is the head as stored (its bias, if any, is ignored in favour of
+    ``head_bias``); returns the folded layer with the ball it must be audited on.
+    """
+    weight = raw.weight
+    d = weight.shape[1]
+    if norm not in ("layernorm", "rmsnorm", "rmsnorm1p"):
+        raise InputError(f"unknown norm '{norm}' (expected layernorm, rmsnorm or rmsnorm1p)")
+    for what, vec in (("norm weight", gamma), ("norm bias", beta), ("head bias", head_bias)):
+        if vec is None:
+            continue
+        expected = d if what != "head bias" else weight.shape[0]
+        if vec.shape != (expected,):
+            raise InputError(f"{what} has shape {vec.shape}, expected ({expected},)")
+        if not np.isfinite(vec).all():
+            raise InputError(f"{what} has non-finite values")
     basis = None
     # Fold each distinct row once and copy it: BLAS need not round identical rows identically,
     # and duplicates (untrained reserved tokens) must stay exact ties after the fold.
     distinct, inverse = np.unique(weight, axis=0, return_inverse=True)
     inverse = inverse.ravel()
     if norm == "layernorm":
-        beta = np.asarray(tensors.get(norm_b), dtype=np.float64) if norm_b and norm_b in tensors else np.zeros(d)
+        beta = np.zeros(d) if beta is None else beta
         basis = _mean_zero_basis(d)
         folded = ((distinct * gamma) @ basis)[inverse]
         bias = (distinct @ beta)[inverse] + (0.0 if head_bias is None else head_bias)
-        layer = OutputLayer.from_arrays(folded, bias, names, name=head, bias_name=f"{head} @ {norm_b}")
-        info["domain"] = f"LayerNorm output: |z| <= sqrt({d}) in the {d - 1}-dim mean-zero subspace"
+        layer = OutputLayer.from_arrays(folded, bias, raw.tokens)
+        domain_text = f"LayerNorm output: |z| <= sqrt({d}) in the {d - 1}-dim mean-zero subspace"
     else:
         scale = 1.0 + gamma if norm == "rmsnorm1p" else gamma
-        layer = OutputLayer.from_arrays(weight * scale, head_bias, names, name=head)
-        info["domain"] = f"RMSNorm output: |z| <= sqrt({d})"
-    layer = OutputLayer(layer.weight, layer.bias, layer.tokens, source_dtype)
-    raw = OutputLayer.from_arrays(weight, head_bias, names, name=head)
-    raw = OutputLayer(raw.weight, raw.bias, raw.tokens, source_dtype)
-    return Checkpoint(layer, Ball(float(np.sqrt(d))), info, raw, norm, basis, eps)
+        layer = OutputLayer.from_arrays(weight * scale, head_bias, raw.tokens)
+        domain_text = f"RMSNorm output: |z| <= sqrt({d})"
+    layer = OutputLayer(layer.weight, layer.bias, layer.tokens, raw.source_dtype)
+    stored = OutputLayer.from_arrays(weight, head_bias, raw.tokens)
+    stored = OutputLayer(stored.weight, stored.bias, stored.tokens, raw.source_dtype)
+    return Checkpoint(layer, Ball(float(np.sqrt(d))), {"norm": norm, "domain": domain_text}, stored, norm,
+                      basis, eps)
 
 
 def _mean_zero_basis(d: int) -> np.ndarray:

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .checkpoint import is_checkpoint, load_checkpoint
+from .checkpoint import fold_norm, is_checkpoint, load_checkpoint
 from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, audit
 from .errors import InputError
 from .exact import ExactOptions
-from .loaders import ArraySpec, load_layer
+from .loaders import ArraySpec, load_layer, load_vector
 from .report import ARGMAXABLE, UNARGMAXABLE, AuditReport
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-bias", action="store_true", help="ignore any bias in the file")
     g.add_argument("--names", default=None, metavar="NAME", help="array of token strings (default: tokens)")
     g.add_argument("--transpose", action="store_true", help="the weight is stored as [dim, num_classes]")
+    n = a.add_argument_group("final norm (plain files)")
+    n.add_argument("--norm", choices=["layernorm", "rmsnorm", "rmsnorm1p"], default=None,
+                   help="fold this norm into the layer; with --domain auto, audit on its output ball")
+    n.add_argument("--norm-weight", default=None, metavar="NAME", help="the norm's weight array")
+    n.add_argument("--norm-bias", default=None, metavar="NAME", help="LayerNorm: its bias array")
     d = a.add_argument_group("domain")
     d.add_argument("--domain", choices=["auto", "unbounded", "box", "ball"], default="auto",
                    help="auto (default): the final norm's output for checkpoints, R^d for plain files")
@@ -97,6 +102,20 @@ def _audit_command(args) -> int:
     else:
         layer = load_layer(args.path, ArraySpec(weight=args.weight, bias=args.bias, names=args.names,
                                                 transpose=args.transpose, no_bias=args.no_bias))
+        if args.norm is None and (args.norm_weight or args.norm_bias):
+            raise InputError("--norm-weight/--norm-bias need --norm layernorm|rmsnorm|rmsnorm1p")
+        if args.norm is not None:
+            if args.norm_weight is None:
+                raise InputError(f"--norm {args.norm} needs --norm-weight NAME")
+            if args.norm_bias is not None and args.norm != "layernorm":
+                raise InputError("--norm-bias only applies to --norm layernorm")
+            gamma = load_vector(args.path, args.norm_weight, layer.dim)
+            beta = load_vector(args.path, args.norm_bias, layer.dim) if args.norm_bias else None
+            folded = fold_norm(layer, args.norm, gamma, beta, layer.bias)
+            checkpoint_info = {**folded.info, "norm_weight": args.norm_weight, "norm_bias": args.norm_bias,
+                               "audited": "folded final norm" if args.domain == "auto" else "raw head"}
+            if args.domain == "auto":
+                layer, domain = folded.layer, folded.domain
     tokens = _parse_tokens(args.tokens, layer.num_classes, layer.tokens) if args.tokens else None
     options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions())
     total = len(tokens) if tokens is not None else layer.num_classes

@@ -36,19 +36,40 @@ class ArraySpec:
     no_bias: bool = False
 
 
-def load_layer(path: str | os.PathLike, spec: ArraySpec = ArraySpec()) -> OutputLayer:
-    """Load and validate the output layer stored at ``path``."""
-    path = Path(path)
+def _open(path: Path):
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
-        raise InputError(f"{path}: is a folder; give a .npz, .npy, .safetensors or .pt file")
+        raise InputError(f"{path}: is a folder without config.json; give a checkpoint folder or a"
+                         " .npz, .npy, .safetensors or .pt file")
     suffix = path.suffix.lower()
     readers = {".npz": _NpzFile, ".npy": _NpyFile, ".safetensors": _SafetensorsFile, ".pt": _TorchFile,
                ".pth": _TorchFile, ".bin": _TorchFile}
     if suffix not in readers:
         raise InputError(f"{path}: unsupported file type '{suffix}' (expected .npz, .npy, .safetensors, .pt)")
-    source = readers[suffix](path)
+    return readers[suffix](path)
+
+
+def load_vector(path: str | os.PathLike, name: str, length: int) -> np.ndarray:
+    """One named 1-D array of ``length`` finite numbers (e.g. a norm's weight), as float64."""
+    path = Path(path)
+    source = _open(path)
+    if name not in source.names():
+        raise InputError(f"{path}: no array named '{name}'; it has: {_listing(source)}")
+    value = source.get(name)
+    arr = value.detach().double().numpy() if hasattr(value, "detach") else np.asarray(value, dtype=np.float64)
+    if arr.shape != (length,):
+        raise InputError(f"{path}: '{name}' has shape {arr.shape}, expected ({length},)")
+    if not np.isfinite(arr).all():
+        raise InputError(f"{path}: '{name}' has non-finite values")
+    return arr
+
+
+def load_layer(path: str | os.PathLike, spec: ArraySpec = ArraySpec()) -> OutputLayer:
+    """Load and validate the output layer stored at ``path``."""
+    path = Path(path)
+    source = _open(path)
+    suffix = path.suffix.lower()
     available = source.names()
     weight_name = spec.weight
     if suffix == ".npy":

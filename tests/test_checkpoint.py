@@ -187,3 +187,25 @@ def test_bundled_tiny_checkpoint(tmp_path):
     assert set(ties) == set(range(250, 256))
     assert all(t["token"].startswith("<unused_") for t in ties.values())
     assert report["checkpoint"]["norm"] == "layernorm"
+
+
+def test_plain_file_with_norm_flags_matches_checkpoint(tmp_path):
+    """The same GPT-2 head and ln_f as plain arrays, folded by --norm flags, gives the same verdicts."""
+    tiny("gpt2", tmp_path / "m", True)
+    ckpt = load_checkpoint(tmp_path / "m")
+    from argmaxcheck.checkpoint import _TensorIndex  # noqa: PLC0415
+
+    tensors = _TensorIndex(tmp_path / "m")
+    np.savez(tmp_path / "head.npz", weight=tensors.get("transformer.wte.weight"),
+             g=tensors.get("transformer.ln_f.weight"), b=tensors.get("transformer.ln_f.bias"))
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "argmaxcheck", "audit", str(tmp_path / "head.npz"), "--norm",
+                           "layernorm", "--norm-weight", "g", "--norm-bias", "b", "--format", "json", "--output",
+                           str(out)], capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode in (0, 1), proc.stderr
+    report = json.loads(out.read_text())
+    assert report["summary"]["domain"]["kind"] == "ball"
+    assert report["unargmaxable"] == audit(ckpt.layer, domain=ckpt.domain).unargmaxable
+    bad = subprocess.run([sys.executable, "-m", "argmaxcheck", "audit", str(tmp_path / "head.npz"), "--norm",
+                          "layernorm"], capture_output=True, text=True, check=False, timeout=600)
+    assert bad.returncode == 2 and "needs --norm-weight" in bad.stderr
