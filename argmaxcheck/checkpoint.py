@@ -17,6 +17,7 @@ read; shards that do not hold them are never opened.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,14 +155,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         if head_bias.shape != (weight.shape[0],):
             raise InputError(f"{folder}: '{_HEAD_BIAS[model_type]}' has shape {head_bias.shape},"
                              f" expected ({weight.shape[0]},)")
-    names = _token_names(folder, weight.shape[0])
+    names, special = _token_names(folder, weight.shape[0])
     info = {"model_type": model_type, "head": head, "norm": norm, "norm_weight": norm_w,
             "norm_bias": norm_b, "eps": eps}
     ckpt = fold_norm(OutputLayer(weight, None, names, source_dtype), norm, gamma,
                      np.asarray(tensors.get(norm_b), dtype=np.float64) if norm_b and norm_b in tensors else None,
                      head_bias, eps)
     info["domain"] = ckpt.info["domain"]
-    return Checkpoint(ckpt.layer, ckpt.domain, info, ckpt.raw, norm, ckpt.basis, eps)
+    layer = dataclasses.replace(ckpt.layer, special=special)
+    raw = dataclasses.replace(ckpt.raw, special=special)
+    return Checkpoint(layer, ckpt.domain, info, raw, norm, ckpt.basis, eps)
 
 
 def fold_norm(raw: OutputLayer, norm: str, gamma: np.ndarray, beta: np.ndarray | None = None,
@@ -266,9 +269,10 @@ class _TensorIndex:
         return sorted(self.where)
 
 
-def _token_names(folder: Path, rows: int) -> list[str]:
-    """Names from tokenizer.json or vocab.json; rows past the vocabulary are padding rows."""
+def _token_names(folder: Path, rows: int) -> tuple[list[str], frozenset[int]]:
+    """Names from tokenizer.json or vocab.json (rows past the vocabulary are padding rows), and special ids."""
     vocab: dict[int, str] = {}
+    special: set[int] = set()
     tok_json = folder / "tokenizer.json"
     vocab_json = folder / "vocab.json"
     try:
@@ -281,10 +285,12 @@ def _token_names(folder: Path, rows: int) -> list[str]:
                 vocab = {i: str(entry[0]) for i, entry in enumerate(model_vocab)}
             for added in data.get("added_tokens", []):
                 vocab[int(added["id"])] = str(added["content"])
+                if added.get("special"):
+                    special.add(int(added["id"]))
         elif vocab_json.exists():
             vocab = {int(i): str(t) for t, i in json.loads(vocab_json.read_text(encoding="utf-8")).items()}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{folder}: tokenizer files cannot be read ({exc})") from None
     if not vocab:
-        return [f"<row {i}>" for i in range(rows)]
-    return [vocab.get(i, f"<padding row {i}>") for i in range(rows)]
+        return [f"<row {i}>" for i in range(rows)], frozenset()
+    return [vocab.get(i, f"<padding row {i}>") for i in range(rows)], frozenset(i for i in special if i < rows)

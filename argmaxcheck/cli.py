@@ -242,7 +242,8 @@ def _rows(report: AuditReport):
     for t in report.tokens:
         if t.verdict != ARGMAXABLE:
             margin = "" if np.isnan(t.margin) else f"{t.margin:.3g}"
-            yield str(t.id), escape_token(t.token), t.verdict, margin, explain(report, t)
+            label = escape_token(t.token) + (" [special]" if t.id in report.special else "")
+            yield str(t.id), label, t.verdict, margin, explain(report, t)
 
 
 def _summary_line(report: AuditReport) -> str:

@@ -161,7 +161,8 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
 
     return AuditReport(layer.num_classes, layer.dim, domain.describe(), layer.bias is not None,
                        layer.source_dtype, time.perf_counter() - started,
-                       [results[i] for i in targets], names=names_list, timings=timings)
+                       [results[i] for i in targets], names=names_list, timings=timings,
+                       special=layer.special)
 
 
 def _argmaxable(i, token, x, gap, stage) -> TokenResult:

@@ -20,6 +20,8 @@ class OutputLayer:
     bias : ndarray of shape (num_classes,), float64, or None
     tokens : list of str or None
         One display name per row.
+    special : frozenset of int
+        Rows the tokenizer marks as special tokens.
     source_dtype : str
         The dtype the weights had before they were widened to float64.
     """
@@ -28,6 +30,7 @@ class OutputLayer:
     bias: np.ndarray | None
     tokens: list[str] | None
     source_dtype: str
+    special: frozenset[int] = frozenset()  # ids the tokenizer marks as special tokens
 
     @property
     def num_classes(self) -> int:

@@ -59,9 +59,10 @@ class TokenResult:
     check: str = ""
     reason: str = ""
 
-    def to_dict(self, names: list[str] | None = None) -> dict:
+    def to_dict(self, names: list[str] | None = None, special: frozenset[int] = frozenset()) -> dict:
         """JSON-ready record (the witness vector is left to the certificate file)."""
-        out = {"id": self.id, "token": self.token, "verdict": self.verdict,
+        out = {"id": self.id, "token": self.token, **({"special": True} if self.id in special else {}),
+               "verdict": self.verdict,
                "margin": None if np.isnan(self.margin) else float(self.margin), "stage": self.stage}
         if self.support is not None:
             order = np.argsort(-self.weights)
@@ -97,6 +98,7 @@ class AuditReport:
     timings: dict = field(default_factory=dict)
     source: str = ""
     checkpoint: dict | None = None  # which tensors and which folded domain, for checkpoint audits
+    special: frozenset[int] = frozenset()
 
     def ids(self, verdict: str) -> list[int]:
         return [t.id for t in self.tokens if t.verdict == verdict]
@@ -128,7 +130,7 @@ class AuditReport:
             "margin": MARGIN_DOC,
             "unargmaxable": sorted(self.unargmaxable),
             "undecided": self.undecided,
-            "tokens": [t.to_dict(self.names) for t in self.tokens if t.verdict != ARGMAXABLE],
+            "tokens": [t.to_dict(self.names, self.special) for t in self.tokens if t.verdict != ARGMAXABLE],
             "timings": self.timings,
             **({"checkpoint": self.checkpoint} if self.checkpoint else {}),
         }

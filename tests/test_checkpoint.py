@@ -142,8 +142,12 @@ def test_token_names_added_tokens_and_padding_rows(tmp_path):
     tokenizer = {"model": {"type": "BPE", "vocab": vocab, "merges": []},
                  "added_tokens": [{"id": 61, "content": "<|end|>", "special": True}]}
     (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer))
-    names = load_checkpoint(tmp_path).layer.tokens
+    layer = load_checkpoint(tmp_path).layer
+    names = layer.tokens
     assert names[0] == "tok0" and names[60] == "\n" and names[61] == "<|end|>"
+    assert layer.special == frozenset({61})
+    record = audit(layer, tokens=[61]).tokens[0].to_dict(names, layer.special)
+    assert record["special"] is True
     assert names[62] == "<padding row 62>" and len(names) == 70
 
 
