@@ -110,8 +110,11 @@ def is_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").exists()
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a Hugging Face checkpoint folder and fold its final norm into the output layer."""
+def load_checkpoint(path: str | Path, head: str | None = None) -> Checkpoint:
+    """Read a Hugging Face checkpoint folder and fold its final norm into the output layer.
+
+    ``head`` names the output-layer tensor when the family's usual names do not apply.
+    """
     folder = Path(path)
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -125,13 +128,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                          f" (supported: {', '.join(supported)})")
     heads, tied_name, norm, norm_w, norm_b, eps_key = spec
     tensors = _TensorIndex(folder)
-    head = next((h for h in heads if h in tensors), None)
+    if head is not None and head not in tensors:
+        raise InputError(f"{folder}: no tensor named '{head}'; it has: {', '.join(tensors.matrices()[:20])}")
+    head = head or next((h for h in heads if h in tensors), None)
     tied = config.get("tie_word_embeddings", True)
     if head is None and tied and tied_name in tensors:
         head = tied_name
     if head is None:
         raise InputError(f"{folder}: no output layer found (looked for {', '.join([*heads, tied_name])});"
-                         f" tensors with 2 dimensions: {', '.join(tensors.matrices()[:12])}")
+                         f" tensors: {', '.join(tensors.matrices()[:20])} (pick one with --weight NAME)")
     weight = np.asarray(tensors.get(head), dtype=np.float64)
     source_dtype = tensors.dtype(head)
     if model_type == "t5" and head == tied_name:

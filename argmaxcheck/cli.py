@@ -93,7 +93,7 @@ def _audit_command(args) -> int:
         raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")
     checkpoint_info = None
     if is_checkpoint(Path(args.path)):
-        ckpt = load_checkpoint(args.path)
+        ckpt = load_checkpoint(args.path, head=None if args.weight == "weight" else args.weight)
         if args.domain == "auto":
             layer, domain = ckpt.layer, ckpt.domain
         else:

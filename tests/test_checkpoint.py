@@ -213,3 +213,22 @@ def test_plain_file_with_norm_flags_matches_checkpoint(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "argmaxcheck", "audit", str(tmp_path / "head.npz"), "--norm",
                           "layernorm"], capture_output=True, text=True, check=False, timeout=600)
     assert bad.returncode == 2 and "needs --norm-weight" in bad.stderr
+
+
+def test_only_needed_shards_are_read_and_head_can_be_named(tmp_path):
+    tiny("llama", tmp_path, False)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    needed = {index["lm_head.weight"], index["model.norm.weight"]}
+    for shard in set(index.values()) - needed:
+        (tmp_path / shard).write_bytes(b"corrupt: must never be opened")
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.info["head"] == "lm_head.weight"
+    with pytest.raises(InputError, match="no tensor named 'nope'"):
+        load_checkpoint(tmp_path, head="nope")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        k: v for k, v in index.items() if k != "lm_head.weight"}}))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["tie_word_embeddings"] = False
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="--weight NAME"):
+        load_checkpoint(tmp_path)
