@@ -65,6 +65,9 @@ class Competitors:
         self.bias = bias
         self.sq_norms = np.einsum("ij,ij->i", weight, weight)
         self.norms = np.sqrt(self.sq_norms)
+        # Rows of the last proven certificate: tokens inside the hull tend to be surrounded
+        # by the same rows, so they seed the next token's working set.
+        self.recent_support = np.zeros(0, dtype=np.int64)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         s = self.weight @ x
@@ -100,6 +103,9 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
         viol[p] = -np.inf
         viol[~np.isfinite(a_norm)] = -np.inf
         working = np.sort(np.argpartition(-viol, k0 - 1)[:k0]) if k0 < others.size else others
+        if comp.recent_support.size and working.size < others.size:
+            extra = comp.recent_support[np.isfinite(a_norm[comp.recent_support])]
+            working = np.union1d(working, extra)
     per_round = options.rows_per_round or max(d // 2, 50)
     if options.interior_point and not options.full and not isinstance(domain, Ball) and d >= 64:
         found = _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0)
@@ -195,6 +201,8 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0)
             cert = certify.check_certificate(comp.weight, comp.bias, p, rows, res.duals / a_norm[rows], domain)
             if cert.ok:
                 result.certificate = cert
+                order = np.argsort(-cert.weights)[: d + 1]
+                comp.recent_support = cert.support[order]
                 return result
             return None
         gap = certify.check_witness(comp.weight, comp.bias, p, res.x, domain, comp.norms)
