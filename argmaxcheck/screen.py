@@ -122,9 +122,14 @@ class _Context:
             self.box_half = float(np.median(widths)) / 2 if widths.size else 1.0
             self.box_centre = np.clip(np.zeros(d), lo, hi)
 
-    def _scores(self, points32: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """float32 scores (m, B) at ``scale * points`` plus the offset, and the per-column error bound."""
-        s = self.weight32 @ points32.T
+    def _scores(self, points32: np.ndarray, scale: np.ndarray | None = None,
+                product: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """float32 scores (m, B) at ``scale * points`` plus the offset, and the per-column error bound.
+
+        ``product`` is ``weight32 @ points32.T`` when the caller has it already; it is
+        overwritten with the scores.
+        """
+        s = self.weight32 @ points32.T if product is None else product
         pnorm = np.linalg.norm(points32.astype(np.float64), axis=1) * 1.0001
         mag = self.max_norm * pnorm  # bound on any |w_j . point|
         err = self.kappa * mag
@@ -175,8 +180,8 @@ class _Context:
             approx = mine - buf.max(axis=0)
             better = approx > best_gap
             best_gap[better], best_scale[better] = approx[better], row[better]
-        del buf, g32
-        s, err = self._scores(unit32, best_scale)
+        del buf
+        s, err = self._scores(unit32, best_scale, product=g32)  # g32 becomes the scores: one GEMM a block
         gap = certify.witness_gap_bounds(s, own, err)
         points = base + unit * best_scale[:, None]
         if isinstance(dom, Ball):
