@@ -26,7 +26,7 @@ import numpy as np
 
 from .domains import Ball, Domain
 from .errors import InputError
-from .layer import OutputLayer
+from .layer import OutputLayer, as_float64
 from .loaders import _SafetensorsFile, _TorchFile
 
 # model_type -> (head candidates, tied-embedding name, final norm kind, norm weight, norm bias, eps key)
@@ -137,13 +137,13 @@ def load_checkpoint(path: str | Path, head: str | None = None) -> Checkpoint:
     if head is None:
         raise InputError(f"{folder}: no output layer found (looked for {', '.join([*heads, tied_name])});"
                          f" tensors: {', '.join(tensors.matrices()[:20])} (pick one with --weight NAME)")
-    weight = np.asarray(tensors.get(head), dtype=np.float64)
+    weight = tensors.get(head)
     source_dtype = tensors.dtype(head)
     if model_type == "t5" and head == tied_name:
         # A tied T5 head rescales its input by d^-0.5: no argmax changes, but margins stay in logit units.
         weight = weight * weight.shape[1] ** -0.5
     d = weight.shape[1]
-    gamma = np.asarray(tensors.get(norm_w), dtype=np.float64) if norm_w in tensors else None
+    gamma = tensors.get(norm_w) if norm_w in tensors else None
     if gamma is None:
         raise InputError(f"{folder}: final norm '{norm_w}' is missing from the checkpoint")
     if gamma.shape != (d,):
@@ -156,7 +156,7 @@ def load_checkpoint(path: str | Path, head: str | None = None) -> Checkpoint:
     eps = float(config.get(eps_key) or 1e-5) if eps_key else 1e-5
     head_bias = None
     if _HEAD_BIAS.get(model_type) in tensors:
-        head_bias = np.asarray(tensors.get(_HEAD_BIAS[model_type]), dtype=np.float64).reshape(-1)
+        head_bias = tensors.get(_HEAD_BIAS[model_type]).reshape(-1)
         if head_bias.shape != (weight.shape[0],):
             raise InputError(f"{folder}: '{_HEAD_BIAS[model_type]}' has shape {head_bias.shape},"
                              f" expected ({weight.shape[0]},)")
@@ -164,7 +164,7 @@ def load_checkpoint(path: str | Path, head: str | None = None) -> Checkpoint:
     info = {"model_type": model_type, "head": head, "norm": norm, "norm_weight": norm_w,
             "norm_bias": norm_b, "eps": eps}
     ckpt = fold_norm(OutputLayer(weight, None, names, source_dtype), norm, gamma,
-                     np.asarray(tensors.get(norm_b), dtype=np.float64) if norm_b and norm_b in tensors else None,
+                     tensors.get(norm_b) if norm_b and norm_b in tensors else None,
                      head_bias, eps)
     info["domain"] = ckpt.info["domain"]
     layer = dataclasses.replace(ckpt.layer, special=special)
@@ -262,8 +262,7 @@ class _TensorIndex:
         return source
 
     def get(self, name):
-        value = self._file(name).get(name)
-        return value.detach().float().numpy() if hasattr(value, "detach") else value
+        return as_float64(self._file(name).get(name))
 
     def dtype(self, name) -> str:
         described = self._file(name).describe(name)

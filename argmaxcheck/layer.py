@@ -68,14 +68,18 @@ class OutputLayer:
         return cls(np.ascontiguousarray(w + 0.0), None if b is None else b + 0.0, names, source_dtype)
 
 
+def as_float64(value) -> np.ndarray:
+    """A float64 numpy copy of an array or a torch tensor (exact for every float dtype)."""
+    if type(value).__module__.startswith("torch"):
+        return value.detach().to("cpu").double().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
 def _to_float64(array, name: str) -> tuple[np.ndarray, str]:
     if type(array).__module__.startswith("torch"):  # torch is optional: never import it for numpy input
-        import torch  # noqa: PLC0415
-
         if array.dtype.is_complex:
             raise InputError(f"{name} is complex ({array.dtype}); expected real numbers")
-        source_dtype = str(array.dtype).removeprefix("torch.")
-        return array.detach().to("cpu", torch.float64).numpy(), source_dtype
+        return as_float64(array), str(array.dtype).removeprefix("torch.")
     # Loaders widen dtypes numpy lacks (bfloat16) and say so in `source_dtype`.
     tagged = getattr(array, "source_dtype", None)
     arr = np.asarray(array)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .layer import OutputLayer
+from .layer import OutputLayer, as_float64
 
 DEFAULT_WEIGHT = "weight"
 DEFAULT_BIAS = "bias"
@@ -57,7 +57,7 @@ def load_vector(path: str | os.PathLike, name: str, length: int) -> np.ndarray:
     if name not in source.names():
         raise InputError(f"{path}: no array named '{name}'; it has: {_listing(source)}")
     value = source.get(name)
-    arr = value.detach().double().numpy() if hasattr(value, "detach") else np.asarray(value, dtype=np.float64)
+    arr = as_float64(value)
     if arr.shape != (length,):
         raise InputError(f"{path}: '{name}' has shape {arr.shape}, expected ({length},)")
     if not np.isfinite(arr).all():

@@ -232,3 +232,15 @@ def test_only_needed_shards_are_read_and_head_can_be_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(InputError, match="--weight NAME"):
         load_checkpoint(tmp_path)
+
+
+def test_float64_pytorch_bin_is_read_exactly(tmp_path):
+    model, _ = tiny("gpt2", tmp_path / "st", True)
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "config.json").write_text((tmp_path / "st" / "config.json").read_text())
+    state = {k: v.double() + 1e-12 for k, v in model.state_dict().items()}  # not representable in float32
+    torch.save(state, folder / "pytorch_model.bin")
+    ckpt = load_checkpoint(folder)
+    assert ckpt.layer.source_dtype == "float64"
+    np.testing.assert_array_equal(ckpt.raw.weight, state["transformer.wte.weight"].numpy())
