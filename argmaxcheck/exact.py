@@ -85,7 +85,6 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
     a_norm[p] = np.inf
     # Rows identical to w_p were split off before (ties / dominance); guard anyway.
     a_norm[a_norm == 0] = np.inf
-    bias_p = 0.0 if comp.bias is None else comp.bias[p]
 
     def violations(x, t):
         s = comp.scores(x)
@@ -113,7 +112,7 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
             return found
 
     solver = _HighsLP(domain, d) if not isinstance(domain, Ball) else _ClarabelSOCP(domain, d)
-    solver.add_rows(comp, p, working, a_norm, bias_p)
+    solver.add_rows(comp, p, working, a_norm)
     in_working = np.zeros(m, dtype=bool)
     in_working[working] = True
     result = ExactResult()
@@ -150,21 +149,33 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
         if gap > 0:
             result.witness, result.witness_gap = x, gap
             return result
-        viol = violations(x, max(t, 0.0))
-        viol[in_working] = -np.inf
-        viol[p] = -np.inf
-        cand = np.flatnonzero(viol > 0)
+        cand = _most_violated(violations(x, max(t, 0.0)), in_working, p, per_round)
         if cand.size == 0:
             result.reason = (f"best margin is within numerical precision (Chebyshev radius {t:.3g}):"
                              " no float64 witness" + (f", and {cert_reason}" if cert_reason else
                                                       ", and no certificate"))
             return result
-        if cand.size > per_round:
-            cand = cand[np.argpartition(-viol[cand], per_round - 1)[:per_round]]
-        solver.add_rows(comp, p, cand, a_norm, bias_p)
+        solver.add_rows(comp, p, cand, a_norm)
         in_working[cand] = True
     result.reason = f"no decision after {options.max_rounds} rounds"
     return result
+
+
+def _unit_rows(comp: Competitors, p: int, idx: np.ndarray, a_norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Constraints a_j.x <= c_j of token p against rows idx, scaled to unit ||a_j|| (Chebyshev form)."""
+    a = (comp.weight[idx] - comp.weight[p]) / a_norm[idx, None]
+    c = np.zeros(idx.size) if comp.bias is None else (comp.bias[p] - comp.bias[idx]) / a_norm[idx]
+    return a, c
+
+
+def _most_violated(viol: np.ndarray, in_working: np.ndarray, p: int, per_round: int) -> np.ndarray:
+    """Up to ``per_round`` rows outside the working set that the current point violates, worst first."""
+    viol[in_working] = -np.inf
+    viol[p] = -np.inf
+    cand = np.flatnonzero(viol > 0)
+    if cand.size > per_round:
+        cand = cand[np.argpartition(-viol[cand], per_round - 1)[:per_round]]
+    return cand
 
 
 def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0) -> ExactResult | None:
@@ -191,8 +202,7 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0)
     in_working[rows] = True
     result = ExactResult()
     for rnd in range(1, 9):
-        a = (comp.weight[rows] - comp.weight[p]) / a_norm[rows, None]
-        c = np.zeros(rows.size) if comp.bias is None else (comp.bias[p] - comp.bias[rows]) / a_norm[rows]
+        a, c = _unit_rows(comp, p, rows, a_norm)
         res = ipm.solve_chebyshev(a, c, lower, upper, 1.0, stop_when_positive=1e-3)
         result.rounds, result.rows_used, result.chebyshev_radius = rnd, rows.size, res.t
         if not res.converged and res.t <= 1e-7:
@@ -209,14 +219,9 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0)
         if gap > 0:
             result.witness, result.witness_gap = res.x, gap
             return result
-        viol = violations(res.x, max(res.t, 0.0))
-        viol[in_working] = -np.inf
-        viol[p] = -np.inf
-        cand = np.flatnonzero(viol > 0)
+        cand = _most_violated(violations(res.x, max(res.t, 0.0)), in_working, p, per_round)
         if cand.size == 0:
             return None
-        if cand.size > per_round:
-            cand = cand[np.argpartition(-viol[cand], per_round - 1)[:per_round]]
         rows = np.concatenate([rows, cand])
         in_working[cand] = True
     return None
@@ -231,8 +236,7 @@ def _deep_certificate(comp, p, rows, a_norm, domain, t_star) -> np.ndarray | Non
     weights strictly positive makes the exact correction in :mod:`certify`
     small and well conditioned. Rows are unit-normalised; returns raw weights.
     """
-    a = (comp.weight[rows] - comp.weight[p]) / a_norm[rows, None]  # (k, d)
-    c = np.zeros(rows.size) if comp.bias is None else (comp.bias[p] - comp.bias[rows]) / a_norm[rows]
+    a, c = _unit_rows(comp, p, rows, a_norm)
     k, d = a.shape
     if isinstance(domain, Box):
         lower, upper = domain.lower, domain.upper
@@ -346,9 +350,8 @@ class _HighsLP:
         self.h, self.d = h, d
         self.rows = np.zeros(0, dtype=np.int64)
 
-    def add_rows(self, comp, p, idx, a_norm, bias_p):
-        a = (comp.weight[idx] - comp.weight[p]) / a_norm[idx, None]
-        c = np.zeros(idx.size) if comp.bias is None else (bias_p - comp.bias[idx]) / a_norm[idx]
+    def add_rows(self, comp, p, idx, a_norm):
+        a, c = _unit_rows(comp, p, idx, a_norm)
         block = np.hstack([a, np.ones((idx.size, 1))])
         csr = sp.csr_matrix(block)
         self.h.addRows(idx.size, np.full(idx.size, -_INF), c, csr.nnz,
@@ -382,9 +385,8 @@ class _ClarabelSOCP:
         self.rhs: list[np.ndarray] = []
         self.rows = np.zeros(0, dtype=np.int64)
 
-    def add_rows(self, comp, p, idx, a_norm, bias_p):
-        a = (comp.weight[idx] - comp.weight[p]) / a_norm[idx, None]
-        c = np.zeros(idx.size) if comp.bias is None else (bias_p - comp.bias[idx]) / a_norm[idx]
+    def add_rows(self, comp, p, idx, a_norm):
+        a, c = _unit_rows(comp, p, idx, a_norm)
         self.blocks.append(np.hstack([self.domain.radius * a, np.ones((idx.size, 1))]))
         self.rhs.append(c - a @ self.domain.center)
         self.rows = np.concatenate([self.rows, idx])
