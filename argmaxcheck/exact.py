@@ -13,7 +13,8 @@ weights of the restricted problem form the certificate; if its ``x`` beats
 every row, ``x`` is the witness. Both are handed to :mod:`certify`, which
 does not trust the solver.
 
-Boxes and R^d are LPs (HiGHS, warm-started); balls are SOCPs (Clarabel).
+Boxes and R^d are LPs, balls are SOCPs; both go first to the dense interior-point
+method of :mod:`ipm` and fall back to HiGHS (warm-started) or Clarabel.
 """
 
 from __future__ import annotations
@@ -106,8 +107,10 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
             extra = comp.recent_support[np.isfinite(a_norm[comp.recent_support])]
             working = np.union1d(working, extra)
     per_round = options.rows_per_round or max(d // 2, 50)
-    if options.interior_point and not options.full and not isinstance(domain, Ball) and d >= 64:
-        found = _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0)
+    # The dense IPM pays off in high dimension for LPs (simplex pivots are dense d x d updates)
+    # and at any dimension for balls (measured 12x faster than Clarabel at 1500 x 768).
+    if options.interior_point and not options.full and (isinstance(domain, Ball) or d >= 64):
+        found = _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0, options.max_rounds)
         if found is not None:
             return found
 
@@ -178,7 +181,8 @@ def _most_violated(viol: np.ndarray, in_working: np.ndarray, p: int, per_round: 
     return cand
 
 
-def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0) -> ExactResult | None:
+def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0,
+                    max_rounds: int) -> ExactResult | None:
     """Constraint generation over the dense interior-point solver; None hands over to HiGHS.
 
     Worth it in high dimension, where each simplex pivot is a dense d x d
@@ -192,21 +196,28 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0)
         bound = 1.0
     else:  # ten times the screen's best guess: a scale the features plausibly have
         bound = 10.0 * max(1.0, float(np.abs(x0).max())) if x0 is not None else 1e3
+    ball = isinstance(domain, Ball)
     if isinstance(domain, Box):
         lower = np.where(np.isfinite(domain.lower), domain.lower, -bound)
         upper = np.where(np.isfinite(domain.upper), domain.upper, bound)
+    elif ball:  # solved in ball coordinates x = center + R u, ||u|| <= 1
+        lower, upper = np.full(d, -np.inf), np.full(d, np.inf)
     else:
         lower, upper = np.full(d, -bound), np.full(d, bound)
     rows = np.asarray(working)
     in_working = np.zeros(comp.weight.shape[0], dtype=bool)
     in_working[rows] = True
     result = ExactResult()
-    for rnd in range(1, 9):
+    for rnd in range(1, max_rounds + 1):
         a, c = _unit_rows(comp, p, rows, a_norm)
-        res = ipm.solve_chebyshev(a, c, lower, upper, 1.0, stop_when_positive=1e-3)
+        if ball:
+            a, c = domain.radius * a, c - a @ domain.center
+        res = ipm.solve_chebyshev(a, c, lower, upper, 1.0, stop_when_positive=1e-3, unit_ball=ball)
         result.rounds, result.rows_used, result.chebyshev_radius = rnd, rows.size, res.t
         if not res.converged and res.t <= 1e-7:
             return None
+        if ball:
+            res.x = domain.center + domain.radius * (1.0 - 1e-9) * res.x
         if res.t <= 1e-7:
             cert = certify.check_certificate(comp.weight, comp.bias, p, rows, res.duals / a_norm[rows], domain)
             if cert.ok:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import full_lp_radius
 
-from argmaxcheck import AuditOptions, Box, ExactOptions, audit
+from argmaxcheck import AuditOptions, Ball, Box, ExactOptions, audit, ipm
 
 
 def interior_layer(rng, n=900, d=72, planted=6):
@@ -50,3 +50,38 @@ def test_interior_point_and_simplex_agree(rng):
     b = audit(weight, bias, options=AuditOptions(exact=ExactOptions(interior_point=False)))
     assert a.unargmaxable == b.unargmaxable
     assert a.undecided == b.undecided == []
+
+
+@pytest.mark.parametrize("shift", [0.5, -0.5])
+def test_ball_interior_point_reaches_the_socp_optimum(rng, shift):
+    """The IPM's one quadratic constraint against Clarabel, on a feasible and an infeasible draw."""
+    cp = pytest.importorskip("cvxpy")
+
+    k, d = 300, 64
+    a = rng.normal(size=(k, d))
+    a /= np.linalg.norm(a, axis=1)[:, None]
+    c = 0.3 * rng.normal(size=k) + shift
+    res = ipm.solve_chebyshev(a, c, np.full(d, -np.inf), np.full(d, np.inf), 1.0, unit_ball=True)
+    x, t = cp.Variable(d), cp.Variable()
+    cp.Problem(cp.Maximize(t), [a @ x + t <= c, cp.norm(x) <= 1, t <= 1]).solve(solver=cp.CLARABEL)
+    assert res.converged
+    assert res.t == pytest.approx(t.value, abs=1e-7)
+    assert np.linalg.norm(res.x) <= 1.0
+    if res.t > 0:  # the returned point achieves the value it reports
+        assert np.min(c - a @ res.x) == pytest.approx(res.t, abs=1e-9)
+    else:  # the returned weights prove the bound: lam.c + ||lam^T a|| = max over the ball of the dual
+        assert res.duals.sum() == pytest.approx(1.0) and (res.duals >= 0).all()
+        assert res.duals @ c + np.linalg.norm(res.duals @ a) == pytest.approx(res.t, abs=1e-12)
+
+
+def test_ball_interior_point_and_clarabel_agree(rng):
+    weight, planted = interior_layer(rng, n=400, d=48, planted=4)
+    bias = 0.5 * rng.normal(size=400)
+    domain = Ball(3.0, 0.1 * rng.normal(size=48))
+    a = audit(weight, bias, domain=domain, options=AuditOptions(exact_all=True))
+    b = audit(weight, bias, domain=domain, tokens=list(range(0, 400, 4)),
+              options=AuditOptions(exact_all=True, exact=ExactOptions(interior_point=False)))
+    assert a.undecided == b.undecided == []
+    assert planted <= set(a.unargmaxable)
+    assert [i for i in a.unargmaxable if i % 4 == 0] == b.unargmaxable
+    assert 0 < len(a.unargmaxable) < 400
