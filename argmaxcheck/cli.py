@@ -23,7 +23,8 @@ from .engine import AuditOptions, audit
 from .errors import InputError
 from .exact import ExactOptions
 from .loaders import ArraySpec, load_layer, load_vector
-from .report import ARGMAXABLE, UNARGMAXABLE, AuditReport
+from .onnx_model import is_onnx, load_onnx
+from .report import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
@@ -41,10 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"argmaxcheck {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     a = sub.add_parser("audit", help="audit every row of an output layer")
-    a.add_argument("path", help="a Hugging Face checkpoint folder, or a .npz, .npy, .safetensors or .pt file"
-                                " with a [num_classes, dim] weight")
+    a.add_argument("path", help="a Hugging Face checkpoint folder, an .onnx model, or a .npz, .npy,"
+                                " .safetensors or .pt file with a [num_classes, dim] weight")
     g = a.add_argument_group("arrays")
-    g.add_argument("--weight", default="weight", metavar="NAME", help="weight array (default: weight)")
+    g.add_argument("--weight", default="weight", metavar="NAME",
+                   help="weight array (default: weight); for checkpoints and ONNX models, the head's tensor"
+                        " (or ONNX node) name")
     g.add_argument("--bias", default=None, metavar="NAME", help="bias array (default: bias, if present)")
     g.add_argument("--no-bias", action="store_true", help="ignore any bias in the file")
     g.add_argument("--names", default=None, metavar="NAME", help="array of token strings (default: tokens)")
@@ -56,11 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--norm-bias", default=None, metavar="NAME", help="LayerNorm: its bias array")
     d = a.add_argument_group("domain")
     d.add_argument("--domain", choices=["auto", "unbounded", "box", "ball"], default="auto",
-                   help="auto (default): the final norm's output for checkpoints, R^d for plain files")
+                   help="auto (default): what the model's own last layers can produce for checkpoints"
+                        " and ONNX models (final norm, activation), R^d for plain files")
     d.add_argument("--lower", type=float, default=None, help="box: lower bound of every coordinate (-inf ok)")
     d.add_argument("--upper", type=float, default=None, help="box: upper bound of every coordinate (inf ok)")
     d.add_argument("--bound", type=float, default=None, help="box: symmetric bound, [-B, B]^d")
     d.add_argument("--radius", type=float, default=None, help="ball: radius around the origin")
+    d.add_argument("--precision", choices=["float64", "float32", "float16", "bfloat16"], default=None,
+                   help="dtype the model computes its logits in (default: the weights' dtype); tokens whose best"
+                        " margin is below its resolution are 'practically unreachable'")
     o = a.add_argument_group("output")
     o.add_argument("--tokens", default=None, metavar="LIST",
                    help="audit only these rows: ids and ranges like 0,5,10-20, or token strings")
@@ -92,13 +99,15 @@ def _audit_command(args) -> int:
     if args.save_certificates is not None and not args.save_certificates.endswith(".npz"):
         raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")
     checkpoint_info = None
-    if is_checkpoint(Path(args.path)):
-        ckpt = load_checkpoint(args.path, head=None if args.weight == "weight" else args.weight)
+    if is_checkpoint(Path(args.path)) or is_onnx(Path(args.path)):
+        head = None if args.weight == "weight" else args.weight
+        ckpt = (load_checkpoint if is_checkpoint(Path(args.path)) else load_onnx)(args.path, head=head)
         if args.domain == "auto":
             layer, domain = ckpt.layer, ckpt.domain
         else:
             layer = ckpt.raw
-        checkpoint_info = {**ckpt.info, "audited": "folded final norm" if args.domain == "auto" else "raw head"}
+        auto = "folded final norm" if ckpt.norm != "none" else "domain inferred from the model"
+        checkpoint_info = {**ckpt.info, "audited": auto if args.domain == "auto" else "raw head"}
     else:
         layer = load_layer(args.path, ArraySpec(weight=args.weight, bias=args.bias, names=args.names,
                                                 transpose=args.transpose, no_bias=args.no_bias))
@@ -117,7 +126,7 @@ def _audit_command(args) -> int:
             if args.domain == "auto":
                 layer, domain = folded.layer, folded.domain
     tokens = _parse_tokens(args.tokens, layer.num_classes, layer.tokens) if args.tokens else None
-    options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions())
+    options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions(), precision=args.precision)
     total = len(tokens) if tokens is not None else layer.num_classes
     with _progress(total, quiet=args.quiet) as advance:
         report = audit(layer, domain=domain, tokens=tokens, options=options, progress=advance)
@@ -225,6 +234,9 @@ def explain(report: AuditReport, t) -> str:
     if t.tie_with is not None:
         return f"tie: identical weights and bias to row {t.tie_with}" + (
             f" ({escape_token(names[t.tie_with])})" if names else "")
+    if t.verdict == PRACTICAL:
+        return (f"wins by at most {t.best_margin:.3g}, below the {t.threshold:.3g} that"
+                f" {report.timings.get('precision', 'the')} logits can resolve there")
     if t.verdict != UNARGMAXABLE:
         return t.reason
     order = np.argsort(-t.weights)
@@ -243,7 +255,7 @@ def _rows(report: AuditReport):
         if t.verdict != ARGMAXABLE:
             margin = "" if np.isnan(t.margin) else f"{t.margin:.3g}"
             label = escape_token(t.token) + (" [special]" if t.id in report.special else "")
-            yield str(t.id), label, t.verdict, margin, explain(report, t)
+            yield str(t.id), label, t.verdict.replace("_", " "), margin, explain(report, t)
 
 
 def _summary_line(report: AuditReport) -> str:
@@ -255,7 +267,7 @@ def _summary_line(report: AuditReport) -> str:
             f" ({s['source_dtype']}{', bias' if s['bias'] else ''})\n"
             f"domain: {dom_text}\n"
             f"audited {s['audited']}: {s['argmaxable']} argmaxable, {s['unargmaxable']} unargmaxable,"
-            f" {s['undecided']} undecided in {s['seconds']:.1f} s")
+            f" {s[PRACTICAL]} practically unreachable, {s['undecided']} undecided in {s['seconds']:.1f} s")
 
 
 def render_table(report: AuditReport) -> None:
