@@ -13,7 +13,8 @@ from .domains import Ball, Box, Domain, Unbounded
 from .errors import InputError
 from .exact import Competitors, ExactOptions, solve_token
 from .layer import OutputLayer
-from .report import ARGMAXABLE, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
+from .precision import best_margin, margin_domain, threshold, unit_roundoff
+from .report import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 from .screen import screen
 
 
@@ -29,11 +30,20 @@ class AuditOptions:
         Memory for one block of screening scores (float32, competitors x tokens).
     exact : ExactOptions
         Tuning of the constraint-generation loop.
+    practical : bool
+        Label argmaxable tokens whose best margin is below the logits'
+        precision "practically_unreachable" (bounded domains; see
+        :mod:`argmaxcheck.precision`).
+    precision : str or None
+        The dtype the logits are computed in (``float32``, ``float16``,
+        ``bfloat16``, ``float64``); default: the dtype the weights came in.
     """
 
     exact_all: bool = False
     block_bytes: int = 128 << 20
     exact: ExactOptions = field(default_factory=ExactOptions)
+    practical: bool = True
+    precision: str | None = None
 
 
 Progress = Callable[[int], None]
@@ -154,6 +164,12 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         per_token.append(time.perf_counter() - t_tok)
         progress(1)
     timings["exact_seconds"] = round(time.perf_counter() - t0, 4)
+    if options.practical:
+        t0 = time.perf_counter()
+        precision = options.precision or layer.source_dtype
+        timings["precision"] = precision
+        timings["practical_checked"] = _label_practical(results, comp, position, domain, unit_roundoff(precision))
+        timings["practical_seconds"] = round(time.perf_counter() - t0, 4)
     timings["exact_tokens"] = len(per_token)
     if per_token:
         timings["exact_median_seconds"] = round(float(np.median(per_token)), 5)
@@ -163,6 +179,37 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
                        layer.source_dtype, time.perf_counter() - started,
                        [results[i] for i in targets], names=names_list, timings=timings,
                        special=layer.special)
+
+
+def _label_practical(results: dict, comp: Competitors, position, domain, unit: float) -> int:
+    """Relabel argmaxable tokens whose best margin is below the precision threshold; returns how
+    many needed their best margin solved (those whose witness gap was below the threshold)."""
+    bounded = margin_domain(domain, comp.bias is not None)
+    if bounded is None:
+        return 0
+    solved = 0
+    max_norm = float(comp.norms.max())
+    max_bias = 0.0 if comp.bias is None else float(np.abs(comp.bias).max())
+    for i, res in list(results.items()):
+        if res.verdict != ARGMAXABLE:
+            continue
+        # |s_j(x)| <= |x| max|w_j| + max|b_j| settles almost every token without a product.
+        if res.margin >= 1.01 * unit * (float(np.linalg.norm(res.witness)) * max_norm + max_bias):
+            continue
+        pos = int(position[i])
+        limit = threshold(comp, res.witness, unit)
+        if res.margin >= limit:
+            continue
+        solved += 1
+        best = best_margin(comp, pos, bounded, res.witness, cap=max(1.0, 1e3 * limit))
+        if best is None:
+            continue
+        limit = threshold(comp, best.x, unit)
+        if best.value < limit:
+            x, gap = (best.x, best.gap) if best.gap > 0 else (res.witness, res.margin)
+            results[i] = TokenResult(i, res.token, PRACTICAL, gap, res.stage, witness=x, check=res.check,
+                                     best_margin=best.value, threshold=limit)
+    return solved
 
 
 def _argmaxable(i, token, x, gap, stage) -> TokenResult:

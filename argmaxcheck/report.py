@@ -10,11 +10,16 @@ import numpy as np
 ARGMAXABLE = "argmaxable"
 UNARGMAXABLE = "unargmaxable"
 UNDECIDED = "undecided"
+# Argmaxable in exact arithmetic, but its best lead is below the logits' precision (precision.py).
+PRACTICAL = "practically_unreachable"
+VERDICTS = (ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED)
 
 MARGIN_DOC = (
     "logit gap s_i(x) - max_{j!=i} s_j(x). Argmaxable: a certified lower bound on the gap at the witness x "
     "(bias-free layers on R^d: x has unit Euclidean norm). Unargmaxable: a certified upper bound on the "
-    "best gap over the domain, from the certificate (<= 0; 0 means the best the token can do is a tie)."
+    "best gap over the domain, from the certificate (<= 0; 0 means the best the token can do is a tie). "
+    "Practically unreachable: as for argmaxable, at the point of its best margin; `best_margin` is that "
+    "best margin and `threshold` the precision limit it falls below."
 )
 
 
@@ -29,7 +34,9 @@ class TokenResult:
     token : str or None
         Its display name, when names are known.
     verdict : str
-        ``"argmaxable"``, ``"unargmaxable"`` or ``"undecided"``.
+        ``"argmaxable"``, ``"unargmaxable"``, ``"undecided"`` or
+        ``"practically_unreachable"`` (argmaxable, with a witness, but its
+        best margin is below what the logits' precision resolves).
     margin : float
         See :data:`MARGIN_DOC`; NaN when undecided.
     stage : str
@@ -45,6 +52,9 @@ class TokenResult:
         How the certificate was verified.
     reason : str
         For undecided tokens: why no certificate could be checked.
+    best_margin, threshold : float
+        Practically unreachable tokens: the token's best margin over the
+        domain, and the precision threshold it falls below (NaN otherwise).
     """
 
     id: int
@@ -58,6 +68,8 @@ class TokenResult:
     tie_with: int | None = None
     check: str = ""
     reason: str = ""
+    best_margin: float = np.nan
+    threshold: float = np.nan
 
     def to_dict(self, names: list[str] | None = None, special: frozenset[int] = frozenset()) -> dict:
         """JSON-ready record (the witness vector is left to the certificate file)."""
@@ -75,6 +87,9 @@ class TokenResult:
             }
         if self.tie_with is not None:
             out["tie_with"] = int(self.tie_with)
+        if np.isfinite(self.best_margin):
+            out["best_margin"] = float(self.best_margin)
+            out["threshold"] = float(self.threshold)
         if self.reason:
             out["reason"] = self.reason
         return out
@@ -112,11 +127,15 @@ class AuditReport:
         return self.ids(UNDECIDED)
 
     @property
+    def practically_unreachable(self) -> list[int]:
+        return self.ids(PRACTICAL)
+
+    @property
     def all_argmaxable(self) -> bool:
         return all(t.verdict == ARGMAXABLE for t in self.tokens)
 
     def summary(self) -> dict:
-        counts = {v: 0 for v in (ARGMAXABLE, UNARGMAXABLE, UNDECIDED)}
+        counts = {v: 0 for v in VERDICTS}
         for t in self.tokens:
             counts[t.verdict] += 1
         return {"source": self.source, "num_classes": self.num_classes, "dim": self.dim, "domain": self.domain,
@@ -129,6 +148,7 @@ class AuditReport:
             "summary": self.summary(),
             "margin": MARGIN_DOC,
             "unargmaxable": sorted(self.unargmaxable),
+            "practically_unreachable": self.practically_unreachable,
             "undecided": self.undecided,
             "tokens": [t.to_dict(self.names, self.special) for t in self.tokens if t.verdict != ARGMAXABLE],
             "timings": self.timings,
@@ -138,7 +158,7 @@ class AuditReport:
     def save_certificates(self, path: str | Path) -> None:
         """Write every certificate to an ``.npz`` that numpy alone can re-check (README)."""
         ids = np.array([t.id for t in self.tokens], dtype=np.int64)
-        verdict = np.array([{ARGMAXABLE: 1, UNARGMAXABLE: 0}.get(t.verdict, -1) for t in self.tokens],
+        verdict = np.array([{ARGMAXABLE: 1, PRACTICAL: 2, UNARGMAXABLE: 0}.get(t.verdict, -1) for t in self.tokens],
                            dtype=np.int8)
         margin = np.array([t.margin for t in self.tokens], dtype=np.float64)
         arg = [t for t in self.tokens if t.witness is not None]
