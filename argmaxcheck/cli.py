@@ -99,9 +99,13 @@ def _audit_command(args) -> int:
     if args.save_certificates is not None and not args.save_certificates.endswith(".npz"):
         raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")
     checkpoint_info = None
-    if is_checkpoint(Path(args.path)) or is_onnx(Path(args.path)):
-        head = None if args.weight == "weight" else args.weight
-        ckpt = (load_checkpoint if is_checkpoint(Path(args.path)) else load_onnx)(args.path, head=head)
+    model_loader = None  # folders and .onnx files carry their own head, names and domain
+    if is_checkpoint(Path(args.path)):
+        model_loader = load_checkpoint
+    elif is_onnx(Path(args.path)):
+        model_loader = load_onnx
+    if model_loader is not None:
+        ckpt = model_loader(args.path, head=None if args.weight == "weight" else args.weight)
         if args.domain == "auto":
             layer, domain = ckpt.layer, ckpt.domain
         else:

@@ -171,6 +171,16 @@ def _unit_rows(comp: Competitors, p: int, idx: np.ndarray, a_norm: np.ndarray) -
     return a, c
 
 
+def ball_rows(domain: Ball, a: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows a.x <= c rewritten for x = center + R u, so that the domain is ||u|| <= 1."""
+    return domain.radius * a, c - a @ domain.center
+
+
+def from_ball(domain: Ball, u: np.ndarray) -> np.ndarray:
+    """The point of the ball for u (||u|| <= 1), pulled in by 1e-9 so rounding keeps it inside."""
+    return domain.center + domain.radius * (1.0 - 1e-9) * u
+
+
 def _most_violated(viol: np.ndarray, in_working: np.ndarray, p: int, per_round: int) -> np.ndarray:
     """Up to ``per_round`` rows outside the working set that the current point violates, worst first."""
     viol[in_working] = -np.inf
@@ -211,13 +221,13 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0,
     for rnd in range(1, max_rounds + 1):
         a, c = _unit_rows(comp, p, rows, a_norm)
         if ball:
-            a, c = domain.radius * a, c - a @ domain.center
+            a, c = ball_rows(domain, a, c)
         res = ipm.solve_chebyshev(a, c, lower, upper, 1.0, stop_when_positive=1e-3, unit_ball=ball)
         result.rounds, result.rows_used, result.chebyshev_radius = rnd, rows.size, res.t
         if not res.converged and res.t <= 1e-7:
             return None
         if ball:
-            res.x = domain.center + domain.radius * (1.0 - 1e-9) * res.x
+            res.x = from_ball(domain, res.x)
         if res.t <= 1e-7:
             cert = certify.check_certificate(comp.weight, comp.bias, p, rows, res.duals / a_norm[rows], domain)
             if cert.ok:

@@ -124,9 +124,9 @@ def solve_chebyshev(a: np.ndarray, c: np.ndarray, lower: np.ndarray, upper: np.n
         mat[d, :d] = gemv(da)
         mat[d, d] = da.sum()
         np.add.at(mat, (b_var, b_var), dg[k:])
-        if unit_ball:  # Hessian 2 nu I of the Lagrangian, plus (nu / s_q) J J^T with J = (2x, 0)
-            jac = 2 * z[:d]
-            mat[:d, :d] += (nu / s_q) * np.outer(jac, jac)
+        jac = np.concatenate([2 * z[:d], [0.0]])  # gradient of ||x||^2 in (x, t)
+        if unit_ball:  # Hessian 2 nu I of the Lagrangian, plus (nu / s_q) J J^T
+            mat[:d, :d] += (nu / s_q) * np.outer(jac[:d], jac[:d])
             mat[np.arange(d), np.arange(d)] += 2 * nu
         mat[np.diag_indices(p)] += 1e-14 * max(1.0, float(np.trace(mat)) / p)
         try:
@@ -135,8 +135,6 @@ def solve_chebyshev(a: np.ndarray, c: np.ndarray, lower: np.ndarray, upper: np.n
             break
         if not np.isfinite(factor[0].diagonal()).all():
             break
-
-        jac = np.concatenate([2 * z[:d], [0.0]])
 
         def newton(r_c, r_cq, factor=factor, r_p=r_p, r_d=r_d, r_q=r_q, lam=lam, s=s, jac=jac, nu=nu, s_q=s_q):
             rhs = -r_d - gt_dot((r_c + lam * r_p) / s)
@@ -171,6 +169,15 @@ def solve_chebyshev(a: np.ndarray, c: np.ndarray, lower: np.ndarray, upper: np.n
     return IpmResult(z[:d].copy(), float(z[d]), lam[:k].copy(), converged, iterations)
 
 
+def dual_bound(c, weights, v, lower, upper, unit_ball: bool) -> float:
+    """max over x of sum_j w_j (c_j - a_j.x), with ``v = w @ a`` and ``w`` summing to 1: by weak
+    duality an upper bound on the optimal t, whatever the solver's accuracy. x ranges over
+    the unit ball or the box [lower, upper]."""
+    if unit_ball:
+        return float(weights @ c) + float(np.linalg.norm(v))
+    return float(weights @ c) + float(np.sum(np.maximum(-v * lower, -v * upper)))
+
+
 class _BallBounds:
     """The best primal point and the best dual weights seen so far, with the values they prove."""
 
@@ -186,7 +193,7 @@ class _BallBounds:
         total = float(lam.sum())
         if total > 0:
             weights = lam / total
-            bound = float(weights @ c) + float(np.linalg.norm(blas.dgemv(1.0, a_t, weights)))
+            bound = dual_bound(c, weights, blas.dgemv(1.0, a_t, weights), None, None, unit_ball=True)
             if bound < self.upper:
                 self.upper, self.lam = bound, weights
 

@@ -195,13 +195,11 @@ def _attr(node, name: str, default=None):
 
 
 def _is_classifier(node, consts: _Constants) -> bool:
-    if node.op_type == "MatMul":
-        shape = consts.shape(node.input[1])
-        return shape is not None and len(shape) == 2 and node.input[0] not in consts
-    if node.op_type == "Gemm":
-        shape = consts.shape(node.input[1])
-        return shape is not None and len(shape) == 2 and node.input[0] not in consts
-    return False
+    """MatMul or Gemm of graph features by a constant 2-D weight."""
+    if node is None or node.op_type not in ("MatMul", "Gemm"):
+        return False
+    shape = consts.shape(node.input[1])
+    return shape is not None and len(shape) == 2 and node.input[0] not in consts
 
 
 def _find_head(graph, producer, consts: _Constants, head: str | None, path: Path):
@@ -216,14 +214,14 @@ def _find_head(graph, producer, consts: _Constants, head: str | None, path: Path
     for output in graph.output:
         node = producer.get(output.name)
         while node is not None:
-            if node.op_type in ("MatMul", "Gemm") and _is_classifier(node, consts):
+            if _is_classifier(node, consts):
                 found.append(node)
                 break
-            if node.op_type == "Add" and any(_is_classifier(producer.get(i), consts) for i in node.input
-                                              if producer.get(i) is not None):
-                node = next(producer[i] for i in node.input if i in producer and
-                            _is_classifier(producer[i], consts))
-                continue
+            if node.op_type == "Add":
+                inner = next((producer[i] for i in node.input if _is_classifier(producer.get(i), consts)), None)
+                if inner is not None:
+                    node = inner
+                    continue
             if node.op_type in _AFTER_LOGITS or (node.op_type in ("Div", "Mul") and _positive_scale(node, consts)):
                 node = producer.get(node.input[0]) if node.input[0] not in consts else producer.get(node.input[1])
                 continue

@@ -38,7 +38,7 @@ import numpy as np
 
 from . import certify, ipm
 from .domains import Ball, Box, Unbounded
-from .exact import Competitors, _most_violated
+from .exact import Competitors, _most_violated, ball_rows, from_ball
 
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
@@ -99,12 +99,14 @@ def best_margin(comp: Competitors, p: int, domain, x0: np.ndarray, cap: float,
         a = weight[rows] - weight[p]
         c = np.zeros(rows.size) if comp.bias is None else comp.bias[p] - comp.bias[rows]
         if ball:
-            a, c = domain.radius * a, c - a @ domain.center
+            a, c = ball_rows(domain, a, c)
         # Margins of interest are ~u |s|, far below the exact step's 1e-9 tolerance; the bounds
         # below hold at any iterate, so an unconverged solve still gives a usable answer.
         res = ipm.solve_chebyshev(a, c, lower, upper, cap, tol=1e-13, max_iter=60, unit_ball=ball)
-        value = _dual_bound(a, c, res.duals, ball, lower, upper)
-        x = domain.center + domain.radius * (1.0 - 1e-9) * res.x if ball else np.clip(res.x, lower, upper)
+        total = float(res.duals.sum())
+        weights = res.duals / total if total > 0 else None
+        value = ipm.dual_bound(c, weights, weights @ a, lower, upper, ball) if weights is not None else np.inf
+        x = from_ball(domain, res.x) if ball else np.clip(res.x, lower, upper)
         if not (np.isfinite(value) and np.isfinite(x).all()):
             return None
         extra = _most_violated(gaps(x) + value, in_working, p, max(d // 2, 50))
@@ -115,15 +117,3 @@ def best_margin(comp: Competitors, p: int, domain, x0: np.ndarray, cap: float,
         in_working[extra] = True
     return None
 
-
-def _dual_bound(a, c, lam, ball, lower, upper) -> float:
-    """max over the domain of sum_j w_j (c_j - a_j.x) for the normalised weights w of ``lam``:
-    an upper bound on the best margin (weak duality), whatever the solver's accuracy."""
-    total = float(lam.sum())
-    if not total > 0:
-        return np.inf
-    w = lam / total
-    v = w @ a
-    if ball:
-        return float(w @ c) + float(np.linalg.norm(v))
-    return float(w @ c) + float(np.sum(np.maximum(-v * lower, -v * upper)))
