@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -14,6 +14,8 @@ from .errors import InputError
 from .exact import Competitors, ExactOptions, solve_token
 from .layer import OutputLayer
 from .precision import best_margin, margin_domain, threshold, unit_roundoff
+from .probability import bounded as probability_bounded
+from .probability import max_probability
 from .report import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 from .screen import screen
 
@@ -37,6 +39,10 @@ class AuditOptions:
     precision : str or None
         The dtype the logits are computed in (``float32``, ``float16``,
         ``bfloat16``, ``float64``); default: the dtype the weights came in.
+    probability_seconds : float
+        Time budget for bounding the highest probability each unreachable
+        token can reach (bounded domains; :mod:`argmaxcheck.probability`).
+        0 skips it; tokens left when the budget runs out get no bounds.
     """
 
     exact_all: bool = False
@@ -44,6 +50,7 @@ class AuditOptions:
     exact: ExactOptions = field(default_factory=ExactOptions)
     practical: bool = True
     precision: str | None = None
+    probability_seconds: float = 30.0
 
 
 Progress = Callable[[int], None]
@@ -170,6 +177,10 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         timings["precision"] = precision
         timings["practical_checked"] = _label_practical(results, comp, position, domain, unit_roundoff(precision))
         timings["practical_seconds"] = round(time.perf_counter() - t0, 4)
+    if options.probability_seconds > 0 and probability_bounded(domain):
+        t0 = time.perf_counter()
+        timings["probability_tokens"] = _bound_probabilities(results, layer, domain, t0 + options.probability_seconds)
+        timings["probability_seconds"] = round(time.perf_counter() - t0, 4)
     timings["exact_tokens"] = len(per_token)
     if per_token:
         timings["exact_median_seconds"] = round(float(np.median(per_token)), 5)
@@ -210,6 +221,20 @@ def _label_practical(results: dict, comp: Competitors, position, domain, unit: f
             results[i] = TokenResult(i, res.token, PRACTICAL, gap, res.stage, witness=x, check=res.check,
                                      best_margin=best.value, threshold=limit)
     return solved
+
+
+def _bound_probabilities(results: dict, layer: OutputLayer, domain, deadline: float) -> int:
+    """Add max-probability bounds to unreachable tokens, in id order, until the deadline; returns how many."""
+    done = 0
+    for i in sorted(results):
+        res = results[i]
+        if res.verdict not in (UNARGMAXABLE, PRACTICAL) or time.perf_counter() > deadline:
+            continue
+        found = max_probability(layer.weight, layer.bias, i, domain, deadline=deadline, seed_rows=res.support)
+        if found is not None:
+            results[i] = replace(res, max_probability=found.reached, max_probability_upper=found.upper)
+            done += 1
+    return done
 
 
 def _argmaxable(i, token, x, gap, stage) -> TokenResult:
