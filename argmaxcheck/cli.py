@@ -1,7 +1,9 @@
 """Command line: a thin layer over :func:`argmaxcheck.audit`.
 
-Exit codes: 0 every audited token is argmaxable; 1 some token is
-unargmaxable or undecided; 2 bad input or usage (one line on stderr).
+Exit codes: 0 the gate passed (by default: every audited token is
+argmaxable); 1 the gate failed (some token unargmaxable, practically
+unreachable or undecided beyond the --fail-on thresholds, not ignored, not
+already in the --baseline); 2 bad input or usage (one line on stderr).
 """
 
 from __future__ import annotations
@@ -14,19 +16,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
 from .checkpoint import fold_norm, is_checkpoint, load_checkpoint
 from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, audit
 from .errors import InputError
 from .exact import ExactOptions
+from .explain import explain_token, render_explanation
+from .formats import print_terminal, render_github, render_junit, render_markdown, render_text
+from .gate import Baseline, GatePolicy, evaluate, parse_fail_on
+from .html_report import render_html
 from .loaders import ArraySpec, load_layer, load_vector
 from .onnx_model import is_onnx, load_onnx
-from .report import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport
+from .report import ARGMAXABLE
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+FORMATS = ("table", "text", "json", "markdown", "html", "github", "junit")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +47,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"argmaxcheck {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     a = sub.add_parser("audit", help="audit every row of an output layer")
+    _add_source_arguments(a)
+    o = a.add_argument_group("output")
+    o.add_argument("--tokens", default=None, metavar="LIST",
+                   help="audit only these rows: ids and ranges like 0,5,10-20, or token strings")
+    o.add_argument("--format", choices=FORMATS, default="table",
+                   help="what to print (or write to --output): table (rich terminal report), text, json,"
+                        " markdown, html, github (workflow annotations) or junit (XML)")
+    o.add_argument("--output", default=None, metavar="FILE", help="write the --format report here instead of stdout")
+    for fmt in ("json", "html", "markdown", "junit"):
+        o.add_argument(f"--{fmt}", default=None, metavar="FILE", dest=f"{fmt}_file",
+                       help=f"also write the {fmt} report to FILE")
+    o.add_argument("--no-max-probability", action="store_true",
+                   help="skip bounding the highest probability of unreachable tokens (bounded domains)")
+    c = a.add_argument_group("gate (exit status 1 when it fails)")
+    c.add_argument("--fail-on", action="append", default=[], metavar="CATEGORY=N",
+                   help="fail when more than N tokens are in CATEGORY (unargmaxable, practically_unreachable,"
+                        " undecided); N may be 'never'. Default: 0 for each")
+    c.add_argument("--baseline", default=None, metavar="REPORT.json",
+                   help="a previous JSON report: count only tokens flagged since, and list those that recovered")
+    c.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
+                   help="never count these tokens: an id, an id range 5-9, an exact token string, or re:REGEX")
+    e = sub.add_parser("explain", help="explain the verdict on one token")
+    _add_source_arguments(e)
+    e.add_argument("token", help="a row id (digits) or a token string")
+    e.add_argument("--format", choices=["text", "json"], default="text")
+    o.add_argument("--save-certificates", default=None, metavar="FILE.npz",
+                   help="write every witness and certificate (layout in the README)")
+    o.add_argument("--exact-all", action="store_true", help="run the exact step for every token (slow)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _add_source_arguments(a) -> None:
     a.add_argument("path", help="a Hugging Face checkpoint folder, an .onnx model, or a .npz, .npy,"
                                 " .safetensors or .pt file with a [num_classes, dim] weight")
     g = a.add_argument_group("arrays")
@@ -68,36 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--precision", choices=["float64", "float32", "float16", "bfloat16"], default=None,
                    help="dtype the model computes its logits in (default: the weights' dtype); tokens whose best"
                         " margin is below its resolution are 'practically unreachable'")
-    o = a.add_argument_group("output")
-    o.add_argument("--tokens", default=None, metavar="LIST",
-                   help="audit only these rows: ids and ranges like 0,5,10-20, or token strings")
-    o.add_argument("--format", choices=["table", "json"], default="table")
-    o.add_argument("--output", default=None, metavar="FILE", help="write the report here instead of stdout")
-    o.add_argument("--save-certificates", default=None, metavar="FILE.npz",
-                   help="write every witness and certificate (layout in the README)")
-    o.add_argument("--exact-all", action="store_true", help="run the exact step for every token (slow)")
-    o.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _audit_command(args)
+        return _explain_command(args) if args.command == "explain" else _audit_command(args)
     except InputError as exc:
         sys.stderr.write(f"argmaxcheck: error: {exc}\n")
         return EXIT_USAGE
 
 
-def _audit_command(args) -> int:
+def _load_source(args):
+    """(layer, domain, checkpoint_info) for the PATH and array/norm/domain flags shared by all commands."""
     domain = _domain_from_args(args)
-    for flag, target in (("--output", args.output), ("--save-certificates", args.save_certificates)):
-        if target is not None:
-            parent = Path(target).resolve().parent
-            if not parent.is_dir():
-                raise InputError(f"{flag} {target}: folder {parent} does not exist")
-    if args.save_certificates is not None and not args.save_certificates.endswith(".npz"):
-        raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")
     checkpoint_info = None
     model_loader = None  # folders and .onnx files carry their own head, names and domain
     if is_checkpoint(Path(args.path)):
@@ -112,40 +134,83 @@ def _audit_command(args) -> int:
             layer = ckpt.raw
         auto = "folded final norm" if ckpt.norm != "none" else "domain inferred from the model"
         checkpoint_info = {**ckpt.info, "audited": auto if args.domain == "auto" else "raw head"}
-    else:
-        layer = load_layer(args.path, ArraySpec(weight=args.weight, bias=args.bias, names=args.names,
-                                                transpose=args.transpose, no_bias=args.no_bias))
-        if args.norm is None and (args.norm_weight or args.norm_bias):
-            raise InputError("--norm-weight/--norm-bias need --norm layernorm|rmsnorm|rmsnorm1p")
-        if args.norm is not None:
-            if args.norm_weight is None:
-                raise InputError(f"--norm {args.norm} needs --norm-weight NAME")
-            if args.norm_bias is not None and args.norm != "layernorm":
-                raise InputError("--norm-bias only applies to --norm layernorm")
-            gamma = load_vector(args.path, args.norm_weight, layer.dim)
-            beta = load_vector(args.path, args.norm_bias, layer.dim) if args.norm_bias else None
-            folded = fold_norm(layer, args.norm, gamma, beta, layer.bias)
-            checkpoint_info = {**folded.info, "norm_weight": args.norm_weight, "norm_bias": args.norm_bias,
-                               "audited": "folded final norm" if args.domain == "auto" else "raw head"}
-            if args.domain == "auto":
-                layer, domain = folded.layer, folded.domain
+        return layer, domain, checkpoint_info
+    layer = load_layer(args.path, ArraySpec(weight=args.weight, bias=args.bias, names=args.names,
+                                            transpose=args.transpose, no_bias=args.no_bias))
+    if args.norm is None and (args.norm_weight or args.norm_bias):
+        raise InputError("--norm-weight/--norm-bias need --norm layernorm|rmsnorm|rmsnorm1p")
+    if args.norm is not None:
+        if args.norm_weight is None:
+            raise InputError(f"--norm {args.norm} needs --norm-weight NAME")
+        if args.norm_bias is not None and args.norm != "layernorm":
+            raise InputError("--norm-bias only applies to --norm layernorm")
+        gamma = load_vector(args.path, args.norm_weight, layer.dim)
+        beta = load_vector(args.path, args.norm_bias, layer.dim) if args.norm_bias else None
+        folded = fold_norm(layer, args.norm, gamma, beta, layer.bias)
+        checkpoint_info = {**folded.info, "norm_weight": args.norm_weight, "norm_bias": args.norm_bias,
+                           "audited": "folded final norm" if args.domain == "auto" else "raw head"}
+        if args.domain == "auto":
+            layer, domain = folded.layer, folded.domain
+    return layer, domain, checkpoint_info
+
+
+def _audit_command(args) -> int:
+    targets = [("--output", args.output), ("--save-certificates", args.save_certificates)]
+    targets += [(f"--{f}", getattr(args, f"{f}_file")) for f in ("json", "html", "markdown", "junit")]
+    for flag, target in targets:
+        if target is not None:
+            parent = Path(target).resolve().parent
+            if not parent.is_dir():
+                raise InputError(f"{flag} {target}: folder {parent} does not exist")
+    if args.save_certificates is not None and not args.save_certificates.endswith(".npz"):
+        raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")
+    # Gate options are checked before the (possibly long) audit, so a typo fails at once.
+    policy = GatePolicy(parse_fail_on(args.fail_on), tuple(args.ignore))
+    baseline = Baseline.load(args.baseline) if args.baseline else None
+    layer, domain, checkpoint_info = _load_source(args)
     tokens = _parse_tokens(args.tokens, layer.num_classes, layer.tokens) if args.tokens else None
-    options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions(), precision=args.precision)
+    options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions(), precision=args.precision,
+                           probability_seconds=0.0 if args.no_max_probability else AuditOptions.probability_seconds)
     total = len(tokens) if tokens is not None else layer.num_classes
     with _progress(total, quiet=args.quiet) as advance:
         report = audit(layer, domain=domain, tokens=tokens, options=options, progress=advance)
     report.source = str(args.path)
     report.checkpoint = checkpoint_info
+    gate = evaluate(report, policy, baseline)
     if args.save_certificates:
         _atomic_write(args.save_certificates, report.save_certificates)
-    if args.format == "json":
-        text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
-        _emit(text, args.output)
-    elif args.output:
-        _atomic_write(args.output, lambda tmp: Path(tmp).write_text(render_text(report), encoding="utf-8"))
+    renderers = {
+        "json": lambda: json.dumps(report.to_dict(gate.to_dict()), indent=2, ensure_ascii=False) + "\n",
+        "text": lambda: render_text(report, gate),
+        "markdown": lambda: render_markdown(report, gate),
+        "html": lambda: render_html(report, layer.weight, gate),
+        "github": lambda: render_github(report, gate),
+        "junit": lambda: render_junit(report, gate),
+    }
+    for fmt in ("json", "html", "markdown", "junit"):
+        target = getattr(args, f"{fmt}_file")
+        if target:
+            _emit(renderers[fmt](), target)
+    if args.format == "table" and args.output is None:
+        print_terminal(report, gate)
     else:
-        render_table(report)
-    return EXIT_OK if report.all_argmaxable else EXIT_FOUND
+        _emit(renderers["text" if args.format == "table" else args.format](), args.output)
+    return EXIT_OK if gate.passed else EXIT_FOUND
+
+
+def _explain_command(args) -> int:
+    layer, domain, _ = _load_source(args)
+    # Digits name a row id here (as for --ignore); any other text is a token string.
+    ids = _parse_tokens(args.token, layer.num_classes, None if args.token.isdigit() else layer.tokens)
+    if len(ids) != 1:
+        raise InputError(f"explain: give one token, got '{args.token}'")
+    report, exp = explain_token(layer, domain, ids[0])
+    report.source = str(args.path)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(exp.to_dict(report), indent=2, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(render_explanation(report, exp))
+    return EXIT_OK if exp.result.verdict == ARGMAXABLE else EXIT_FOUND
 
 
 def _domain_from_args(args):
@@ -225,78 +290,6 @@ class _progress:
         return False
 
 
-def escape_token(token: str | None) -> str:
-    """Show invisible and control characters: repr without the outer quotes' ambiguity."""
-    if token is None:
-        return ""
-    return repr(token)
-
-
-def explain(report: AuditReport, t) -> str:
-    """One line saying why a token is unreachable, from its certificate."""
-    names = report.names
-    if t.tie_with is not None:
-        return f"tie: identical weights and bias to row {t.tie_with}" + (
-            f" ({escape_token(names[t.tie_with])})" if names else "")
-    if t.verdict == PRACTICAL:
-        return (f"wins by at most {t.best_margin:.3g}, below the {t.threshold:.3g} that"
-                f" {report.timings.get('precision', 'the')} logits can resolve there")
-    if t.verdict != UNARGMAXABLE:
-        return t.reason
-    order = np.argsort(-t.weights)
-    terms = []
-    for k in order[:4]:
-        j = int(t.support[k])
-        label = escape_token(names[j]) if names else f"#{j}"
-        terms.append(f"{t.weights[k]:.2f}·{label}")
-    more = f" + {len(order) - 4} more" if len(order) > 4 else ""
-    prefix = "dominated: same weights, higher bias than " if t.stage == "dominated" else "beaten everywhere by "
-    return prefix + " + ".join(terms) + more
-
-
-def _rows(report: AuditReport):
-    for t in report.tokens:
-        if t.verdict != ARGMAXABLE:
-            margin = "" if np.isnan(t.margin) else f"{t.margin:.3g}"
-            label = escape_token(t.token) + (" [special]" if t.id in report.special else "")
-            yield str(t.id), label, t.verdict.replace("_", " "), margin, explain(report, t)
-
-
-def _summary_line(report: AuditReport) -> str:
-    s = report.summary()
-    dom = s["domain"]
-    dom_text = dom["kind"] + ("" if dom["kind"] == "unbounded" else
-                              f" {json.dumps({k: v for k, v in dom.items() if k != 'kind'})}")
-    return (f"{report.source or 'layer'}: {s['num_classes']} classes x {s['dim']} dims"
-            f" ({s['source_dtype']}{', bias' if s['bias'] else ''})\n"
-            f"domain: {dom_text}\n"
-            f"audited {s['audited']}: {s['argmaxable']} argmaxable, {s['unargmaxable']} unargmaxable,"
-            f" {s[PRACTICAL]} practically unreachable, {s['undecided']} undecided in {s['seconds']:.1f} s")
-
-
-def render_table(report: AuditReport) -> None:
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
-
-    console = Console()
-    console.print(_summary_line(report), highlight=False, markup=False)
-    rows = list(_rows(report))
-    if not rows:
-        return
-    table = Table(show_lines=False)
-    for col in ("id", "token", "verdict", "margin", "why"):
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-
-
-def render_text(report: AuditReport) -> str:
-    lines = [_summary_line(report)]
-    lines += ["\t".join(row) for row in _rows(report)]
-    return "\n".join(lines) + "\n"
-
-
 def _emit(text: str, output: str | None) -> None:
     if output is None:
         sys.stdout.write(text)
@@ -312,6 +305,9 @@ def _atomic_write(target: str, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a report is an ordinary file
         os.replace(tmp, target_path)
     except BaseException:
         if os.path.exists(tmp):

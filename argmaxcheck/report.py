@@ -23,6 +23,14 @@ MARGIN_DOC = (
 )
 
 
+SCHEMA_VERSION = "1.0"  # of the JSON report; docs/report-schema.md, argmaxcheck/report.schema.json
+
+
+def escape_token(token: str | None) -> str:
+    """The token as a Python literal, so invisible and control characters show."""
+    return "" if token is None else repr(token)
+
+
 @dataclass(frozen=True, eq=False)
 class TokenResult:
     """The verdict on one token and the evidence behind it.
@@ -55,6 +63,10 @@ class TokenResult:
     best_margin, threshold : float
         Practically unreachable tokens: the token's best margin over the
         domain, and the precision threshold it falls below (NaN otherwise).
+    max_probability, max_probability_upper : float
+        Unreachable tokens on bounded domains: a probability the token
+        reaches at some input, and a bound no input exceeds
+        (:mod:`argmaxcheck.probability`); NaN when not computed.
     """
 
     id: int
@@ -70,12 +82,17 @@ class TokenResult:
     reason: str = ""
     best_margin: float = np.nan
     threshold: float = np.nan
+    max_probability: float = np.nan
+    max_probability_upper: float = np.nan
 
-    def to_dict(self, names: list[str] | None = None, special: frozenset[int] = frozenset()) -> dict:
+    def to_dict(self, names: list[str] | None = None, special: frozenset[int] = frozenset(),
+                explanation: str | None = None) -> dict:
         """JSON-ready record (the witness vector is left to the certificate file)."""
         out = {"id": self.id, "token": self.token, **({"special": True} if self.id in special else {}),
                "verdict": self.verdict,
                "margin": None if np.isnan(self.margin) else float(self.margin), "stage": self.stage}
+        if explanation is not None:
+            out["explanation"] = explanation
         if self.support is not None:
             order = np.argsort(-self.weights)
             out["certificate"] = {
@@ -90,6 +107,9 @@ class TokenResult:
         if np.isfinite(self.best_margin):
             out["best_margin"] = float(self.best_margin)
             out["threshold"] = float(self.threshold)
+        if np.isfinite(self.max_probability):
+            out["max_probability"] = {"reached": float(self.max_probability),
+                                      "upper_bound": float(self.max_probability_upper)}
         if self.reason:
             out["reason"] = self.reason
         return out
@@ -142,16 +162,41 @@ class AuditReport:
                 "bias": self.has_bias, "source_dtype": self.source_dtype, "audited": len(self.tokens),
                 **counts, "seconds": round(self.seconds, 4)}
 
-    def to_dict(self) -> dict:
-        """The JSON report (layout documented in the README)."""
+    def label(self, i: int) -> str:
+        """How row ``i`` is named in explanations: its escaped string, else ``#id``."""
+        return escape_token(self.names[i]) if self.names else f"#{i}"
+
+    def explain(self, t: TokenResult, terms: int = 4) -> str:
+        """One sentence saying why a token got its verdict, drawn from its certificate."""
+        if t.tie_with is not None:
+            return f"tie: identical weights and bias to row {t.tie_with} ({self.label(t.tie_with)})"
+        if t.verdict == PRACTICAL:
+            return (f"wins by at most {t.best_margin:.3g}, below the {t.threshold:.3g} that"
+                    f" {self.timings.get('precision', 'the')} logits can resolve there")
+        if t.verdict == UNDECIDED:
+            return t.reason
+        if t.verdict == ARGMAXABLE:
+            return f"wins by {t.margin:.3g} at its witness"
+        if t.stage == "dominated":
+            return f"dominated: same weights as row {int(t.support[0])} ({self.label(int(t.support[0]))}), higher bias"
+        order = np.argsort(-t.weights)
+        parts = [f"{t.weights[k]:.2f}·{self.label(int(t.support[k]))}" for k in order[:terms]]
+        more = f" + {len(order) - terms} more" if len(order) > terms else ""
+        return f"{escape_token(t.token) or f'#{t.id}'} is beaten everywhere by " + " + ".join(parts) + more
+
+    def to_dict(self, gate: dict | None = None) -> dict:
+        """The JSON report (schema: docs/report-schema.md)."""
         return {
+            "schema_version": SCHEMA_VERSION,
             "summary": self.summary(),
             "margin": MARGIN_DOC,
             "unargmaxable": sorted(self.unargmaxable),
             "practically_unreachable": self.practically_unreachable,
             "undecided": self.undecided,
-            "tokens": [t.to_dict(self.names, self.special) for t in self.tokens if t.verdict != ARGMAXABLE],
+            "tokens": [t.to_dict(self.names, self.special, self.explain(t))
+                       for t in self.tokens if t.verdict != ARGMAXABLE],
             "timings": self.timings,
+            **({"gate": gate} if gate is not None else {}),
             **({"checkpoint": self.checkpoint} if self.checkpoint else {}),
         }
 

@@ -1,0 +1,190 @@
+"""CI gating: turn an audit report into pass/fail, with thresholds, a baseline and ignores.
+
+A token is *flagged* when its verdict is ``unargmaxable``,
+``practically_unreachable`` or ``undecided``. The gate counts flagged tokens
+per category, leaving out
+
+* tokens matched by an ignore pattern (an id, an ``a-b`` id range, an exact
+  token string, or ``re:REGEX`` searched in the token string), and
+* with a baseline (a previous JSON report), tokens that were already in the
+  same category there: only what became worse fails the build.
+
+and fails when a category's count exceeds its threshold (``fail_on``; by
+default 0 for every category, so any flagged token fails). Tokens flagged in
+the baseline and argmaxable now are listed as recovered.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+from .report import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport
+
+FLAGGED = (UNARGMAXABLE, PRACTICAL, UNDECIDED)
+DEFAULT_FAIL_ON = {UNARGMAXABLE: 0, PRACTICAL: 0, UNDECIDED: 0}
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """When a report fails the gate.
+
+    Attributes
+    ----------
+    fail_on : mapping of verdict to int or float
+        Largest count of counted tokens allowed per flagged category
+        (``math.inf``: never fail on it).
+    ignore : sequence of str
+        Patterns of tokens the gate never counts (see module docstring).
+    """
+
+    fail_on: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_FAIL_ON))
+    ignore: Sequence[str] = ()
+
+    def __post_init__(self):
+        for key, value in self.fail_on.items():
+            if key not in FLAGGED:
+                raise InputError(f"--fail-on: unknown category '{key}' (choose from {', '.join(FLAGGED)})")
+            if not (isinstance(value, (int, float)) and value >= 0):
+                raise InputError(f"--fail-on {key}: the threshold must be a count >= 0 or 'never', got {value!r}")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The flagged tokens of a previous report: id -> (verdict, token string)."""
+
+    path: str
+    flagged: Mapping[int, tuple[str, str | None]]
+    num_classes: int
+
+    @classmethod
+    def load(cls, path: str | Path) -> Baseline:
+        """Read a JSON report written by ``argmaxcheck audit --format json``."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"--baseline {path}: no such file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"--baseline {path}: not a JSON report ({exc})") from None
+        if not isinstance(data, dict) or "summary" not in data or "tokens" not in data:
+            raise InputError(f"--baseline {path}: not an argmaxcheck JSON report (no 'summary'/'tokens')")
+        major = str(data.get("schema_version", "1")).split(".")[0]
+        if major != "1":
+            raise InputError(f"--baseline {path}: schema_version {data.get('schema_version')} is not supported"
+                             " (this argmaxcheck reads 1.x)")
+        flagged = {}
+        for k, tok in enumerate(data["tokens"]):
+            try:
+                if tok["verdict"] in FLAGGED:
+                    flagged[int(tok["id"])] = (tok["verdict"], tok.get("token"))
+            except (KeyError, TypeError, ValueError):
+                raise InputError(f"--baseline {path}: token record {k} has no valid 'id'/'verdict'") from None
+        return cls(str(path), flagged, int(data["summary"].get("num_classes", -1)))
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """What the gate decided, as data (the CLI's exit code and annotations come from here)."""
+
+    passed: bool
+    counts: dict[str, int]  # counted tokens per flagged category
+    fail_on: dict[str, float]
+    failing: dict[str, list[int]]  # counted token ids per category
+    ignored: list[int]
+    already_in_baseline: list[int]
+    recovered: list[int]
+    baseline: str | None
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "counts": self.counts,
+                "fail_on": {k: (None if math.isinf(v) else int(v)) for k, v in self.fail_on.items()},
+                "counted": self.failing, "ignored": self.ignored,
+                "already_in_baseline": self.already_in_baseline, "recovered": self.recovered,
+                "baseline": self.baseline}
+
+    def counted(self) -> set[int]:
+        return {i for ids in self.failing.values() for i in ids}
+
+
+def evaluate(report: AuditReport, policy: GatePolicy | None = None, baseline: Baseline | None = None) -> GateResult:
+    """Apply ``policy`` (and ``baseline``) to ``report``."""
+    policy = policy or GatePolicy()
+    fail_on = {**DEFAULT_FAIL_ON, **policy.fail_on}
+    if baseline is not None and baseline.num_classes not in (-1, report.num_classes):
+        raise InputError(f"--baseline {baseline.path}: it audited {baseline.num_classes} rows, this layer has"
+                         f" {report.num_classes}: not the same output layer")
+    match = _matcher(policy.ignore, report.num_classes)
+    failing: dict[str, list[int]] = {v: [] for v in FLAGGED}
+    ignored, known, recovered = [], [], []
+    for t in report.tokens:
+        before = baseline.flagged.get(t.id) if baseline else None
+        if t.verdict == ARGMAXABLE:
+            if before is not None:
+                recovered.append(t.id)
+            continue
+        if match(t.id, t.token):
+            ignored.append(t.id)
+        elif before is not None and before[0] == t.verdict:
+            known.append(t.id)
+        else:
+            failing[t.verdict].append(t.id)
+    counts = {v: len(ids) for v, ids in failing.items()}
+    passed = all(counts[v] <= fail_on[v] for v in FLAGGED)
+    return GateResult(passed, counts, fail_on, failing, ignored, known, recovered,
+                      baseline.path if baseline else None)
+
+
+def parse_fail_on(specs: Sequence[str]) -> dict[str, float]:
+    """``["unargmaxable=0", "undecided=never,practically_unreachable=3"]`` -> thresholds."""
+    out: dict[str, float] = {}
+    for spec in specs:
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            key, sep, value = item.partition("=")
+            key = key.strip().replace("-", "_").replace(" ", "_")
+            if not sep:
+                raise InputError(f"--fail-on: '{item}' should be CATEGORY=COUNT, e.g. unargmaxable=0")
+            value = value.strip().lower()
+            if value in ("never", "inf", "none"):
+                out[key] = math.inf
+            else:
+                try:
+                    out[key] = int(value)
+                except ValueError:
+                    raise InputError(f"--fail-on {key}: '{value}' is not a count or 'never'") from None
+    GatePolicy(out)  # validates categories and counts
+    return out
+
+
+def _matcher(patterns: Sequence[str], n: int):
+    ids: set[int] = set()
+    strings: set[str] = set()
+    regexes = []
+    for pat in patterns:
+        if pat.startswith("re:"):
+            try:
+                regexes.append(re.compile(pat[3:]))
+            except re.error as exc:
+                raise InputError(f"--ignore {pat!r}: bad regular expression ({exc})") from None
+            continue
+        lo, sep, hi = pat.partition("-")
+        if lo.isdigit() and (not sep or hi.isdigit()):
+            start, stop = int(lo), int(hi) if sep else int(lo)
+            if stop < start or stop >= n:
+                raise InputError(f"--ignore {pat}: not an id or id range within 0..{n - 1}")
+            ids.update(range(start, stop + 1))
+        else:
+            strings.add(pat)
+
+    def match(i: int, token: str | None) -> bool:
+        if i in ids:
+            return True
+        if token is None:
+            return False
+        return token in strings or any(r.search(token) for r in regexes)
+
+    return match
