@@ -11,19 +11,29 @@ from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, audit
 from .errors import InputError
 from .exact import ExactOptions
+from .explain import explain_token
+from .gate import Baseline, GatePolicy
+from .gate import evaluate as evaluate_gate
+from .integrations import ArgmaxCallback, assert_all_argmaxable
 from .layer import OutputLayer
 from .report import AuditReport, TokenResult
 
 __all__ = [
+           "ArgmaxCallback",
            "AuditOptions",
            "AuditReport",
            "Ball",
+           "Baseline",
            "Box",
            "ExactOptions",
+           "GatePolicy",
            "InputError",
            "OutputLayer",
            "TokenResult",
            "Unbounded",
+           "assert_all_argmaxable",
            "audit",
+           "evaluate_gate",
+           "explain_token",
 ]
 __version__ = "0.1.0"

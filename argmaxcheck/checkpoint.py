@@ -120,6 +120,29 @@ def load_checkpoint(path: str | Path, head: str | None = None) -> Checkpoint:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"{folder / 'config.json'}: cannot be read as JSON ({exc})") from None
+    return _from_tensors(str(folder), config, _TensorIndex(folder), head,
+                         lambda rows: _token_names(folder, rows))
+
+
+def checkpoint_from_model(model, tokenizer=None, head: str | None = None) -> Checkpoint:
+    """The same as :func:`load_checkpoint` for a live ``transformers`` model (its config and
+    state dict, read in memory); names come from ``tokenizer`` when given."""
+    config = model.config.to_dict()
+
+    def names(rows):
+        if tokenizer is None:
+            return [f"<row {i}>" for i in range(rows)], frozenset()
+        known = min(rows, len(tokenizer))
+        strings = [str(t) for t in tokenizer.convert_ids_to_tokens(list(range(known)))]
+        strings += [f"<padding row {i}>" for i in range(known, rows)]
+        return strings, frozenset(i for i in getattr(tokenizer, "all_special_ids", []) if i < rows)
+
+    return _from_tensors(type(model).__name__, config, _StateDict(model.state_dict()), head, names)
+
+
+def _from_tensors(where: str, config: dict, tensors, head: str | None, token_names) -> Checkpoint:
+    """Find the head and final norm among ``tensors`` (a _TensorIndex or _StateDict) and fold them."""
+    folder = where
     model_type = config.get("model_type")
     spec = _family(model_type, config)
     if spec is None:
@@ -127,7 +150,6 @@ def load_checkpoint(path: str | Path, head: str | None = None) -> Checkpoint:
         raise InputError(f"{folder}: model_type '{model_type}' is not supported yet"
                          f" (supported: {', '.join(supported)})")
     heads, tied_name, norm, norm_w, norm_b, eps_key = spec
-    tensors = _TensorIndex(folder)
     if head is not None and head not in tensors:
         raise InputError(f"{folder}: no tensor named '{head}'; it has: {', '.join(tensors.matrices()[:20])}")
     head = head or next((h for h in heads if h in tensors), None)
@@ -160,7 +182,7 @@ def load_checkpoint(path: str | Path, head: str | None = None) -> Checkpoint:
         if head_bias.shape != (weight.shape[0],):
             raise InputError(f"{folder}: '{_HEAD_BIAS[model_type]}' has shape {head_bias.shape},"
                              f" expected ({weight.shape[0]},)")
-    names, special = _token_names(folder, weight.shape[0])
+    names, special = token_names(weight.shape[0])
     info = {"model_type": model_type, "head": head, "norm": norm, "norm_weight": norm_w,
             "norm_bias": norm_b, "eps": eps}
     ckpt = fold_norm(OutputLayer(weight, None, names, source_dtype), norm, gamma,
@@ -271,6 +293,25 @@ class _TensorIndex:
 
     def matrices(self) -> list[str]:
         return sorted(self.where)
+
+
+class _StateDict:
+    """A model's state dict with the interface of _TensorIndex (tied weights appear under both names)."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def __contains__(self, name) -> bool:
+        return name in self.state
+
+    def get(self, name):
+        return as_float64(self.state[name].detach().cpu())
+
+    def dtype(self, name) -> str:
+        return str(self.state[name].dtype).removeprefix("torch.")
+
+    def matrices(self) -> list[str]:
+        return sorted(self.state)
 
 
 def _token_names(folder: Path, rows: int) -> tuple[list[str], frozenset[int]]:

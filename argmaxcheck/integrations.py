@@ -1,0 +1,113 @@
+"""argmaxcheck inside test suites and training loops.
+
+* :func:`assert_all_argmaxable` fails a pytest test (AssertionError) with the
+  audit's explanation when any token is flagged;
+* :class:`ArgmaxCallback` is a ``transformers`` ``TrainerCallback`` that audits
+  the model's output layer every N steps and logs the counts (``transformers``
+  is optional: the class is built the first time it is used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .domains import Domain
+from .engine import AuditOptions, audit
+from .formats import render_text
+from .gate import GatePolicy, evaluate
+from .layer import OutputLayer
+from .report import AuditReport
+
+
+def audit_model(model, tokenizer=None, options: AuditOptions | None = None) -> AuditReport:
+    """Audit a live ``transformers`` model's head on the features its final norm can produce."""
+    from .checkpoint import checkpoint_from_model  # noqa: PLC0415
+
+    ckpt = checkpoint_from_model(model, tokenizer)
+    report = audit(ckpt.layer, domain=ckpt.domain, options=options)
+    report.source, report.checkpoint = type(model).__name__, ckpt.info
+    return report
+
+
+def assert_all_argmaxable(source, bias=None, domain: Domain | None = None, *, ignore: Sequence[str] = (),
+                          tokenizer=None, options: AuditOptions | None = None) -> AuditReport:
+    """Audit and raise ``AssertionError`` (with the report as text) if any token is flagged.
+
+    Parameters
+    ----------
+    source : array-like, OutputLayer, AuditReport or transformers model
+        A weight matrix (with ``bias`` and ``domain``), an already computed
+        report, or a model with ``config`` and ``state_dict`` (its final norm
+        folded in, as for checkpoint folders).
+    ignore : sequence of str
+        Tokens never counted: ids, ``a-b`` ranges, exact strings or ``re:REGEX``.
+
+    Returns
+    -------
+    AuditReport
+        When every counted token is argmaxable.
+    """
+    if isinstance(source, AuditReport):
+        report = source
+    elif hasattr(source, "config") and hasattr(source, "state_dict"):
+        report = audit_model(source, tokenizer, options)
+    else:
+        layer = source if isinstance(source, OutputLayer) else OutputLayer.from_arrays(source, bias)
+        report = audit(layer, domain=domain, options=options)
+    gate = evaluate(report, GatePolicy(ignore=tuple(ignore)))
+    if not gate.passed:
+        raise AssertionError("argmaxcheck: some tokens can never be the argmax\n" + render_text(report, gate))
+    return report
+
+
+_callback_class = None
+
+
+def ArgmaxCallback(every: int = 500, tokenizer=None, options: AuditOptions | None = None,
+                   on_train_end: bool = True):
+    """A ``transformers.TrainerCallback`` auditing the output layer every ``every`` optimizer steps.
+
+    Each audit logs ``argmaxcheck/<verdict>`` counts through the Trainer's
+    loggers (``control.should_log`` hooks) and keeps the reports in the
+    callback's ``history`` as ``(step, summary)`` pairs.
+    """
+    global _callback_class
+    if _callback_class is None:
+        try:
+            from transformers import TrainerCallback  # noqa: PLC0415
+        except ImportError:
+            raise ImportError("ArgmaxCallback needs transformers: pip install transformers") from None
+        _callback_class = type("ArgmaxCallback", (TrainerCallback,), dict(_CallbackMethods.__dict__))
+    return _callback_class(every, tokenizer, options, on_train_end)
+
+
+class _CallbackMethods:
+    """The callback's body; mixed into a TrainerCallback subclass when transformers is present."""
+
+    def __init__(self, every, tokenizer, options, on_train_end):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every, self.tokenizer, self.options, self.at_end = every, tokenizer, options, on_train_end
+        self.history: list[tuple[int, dict]] = []
+
+    def _run(self, state, model):
+        if model is None or (self.history and self.history[-1][0] == state.global_step):
+            return
+        was_training = model.training
+        report = audit_model(model, self.tokenizer, self.options)
+        model.train(was_training)
+        summary = report.summary()
+        self.history.append((state.global_step, summary))
+        logs = {f"argmaxcheck/{k}": summary[k] for k in ("argmaxable", "unargmaxable",
+                                                          "practically_unreachable", "undecided")}
+        state.log_history.append({**logs, "step": state.global_step})
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self._run(state, model)
+        return control
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.at_end:
+            self._run(state, model)
+        return control
