@@ -72,6 +72,10 @@ def main() -> None:
           f" in {seconds:.1f} s (target <= 300 s)")
     print(f"timings: {report.timings}")
     print(f"practically unreachable: {report.practically_unreachable}")
+    brackets = [(t.max_probability, t.max_probability_upper) for t in report.tokens if t.max_probability > 0]
+    tight = sum(1 for lo, hi in brackets if hi <= 1.01 * lo)
+    print(f"max-probability bounds: {len(brackets)} tokens in {report.timings.get('probability_seconds')} s"
+          f" (budget {AuditOptions.probability_seconds} s), {tight} tight to 1%")
     found = set(report.unargmaxable)
     print(f"planted rows found: {len(planted & found)}/{len(planted)};"
           f" rare rows unargmaxable: {len(rare & found)}/{len(rare)}")
