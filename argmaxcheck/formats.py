@@ -69,7 +69,7 @@ def _rows(report: AuditReport, verdict: str):
 COLUMNS = ("id", "token", "margin", "max prob", "why")
 
 
-def print_terminal(report: AuditReport, gate: GateResult | None = None, console=None, limit: int = 200) -> None:
+def print_terminal(report: AuditReport, gate: GateResult | None = None, console=None, limit: int = 500) -> None:
     """The rich terminal report: summary, then one table per flagged category (``limit`` rows each)."""
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415

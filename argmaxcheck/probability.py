@@ -21,10 +21,14 @@ the solver's point. Two bounds bracket the answer, both over *every* row:
   restricted optimum bounds it too (up to the solver's tolerance of 1e-9);
   the smaller of the two is reported.
 
-Both are reported. On small vocabularies they agree to about 1e-6 in
-log-probability. On LM heads whose softmax stays flat (mass spread over
-thousands of rows) the working set would have to hold most of the vocabulary,
-so the loop stops at its time limit and the bracket is what it proved.
+The search runs in two phases. First Frank-Wolfe over every row, with an
+exact line search (scores are linear along a segment): each step costs three
+matrix-vector products and yields both bounds; on a 50k x 768 LM head it
+brackets the maximum to 0.05% in about 2 s, where the restricted cone solves
+alone were still at [1e-18, 1] after 34 s (their working set would need the
+thousands of rows a flat softmax spreads its mass over). Then, if the bracket
+is still wider than 0.01%, up to 5 s of restricted exponential-cone solves
+(cvxpy, Clarabel) on the rows carrying the mass at the Frank-Wolfe point.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ import numpy as np
 
 from .domains import Ball, Box
 
-_LOG_TOL = 1e-6  # stop when the two bounds agree to this, in log-probability
+_LOG_TOL = 1e-4  # stop when the two bounds agree to this, in log-probability (0.01% of the probability)
+_POLISH_SECONDS = 5.0  # the restricted exponential-cone solves, per token, when Frank-Wolfe stalls
 _SOLVER_TOL = 1e-9
 
 
@@ -77,43 +82,55 @@ def bounded(domain) -> bool:
 
 def max_probability(weight: np.ndarray, bias: np.ndarray | None, p: int, domain, x0: np.ndarray | None = None,
                     rows: int = 256, max_rounds: int = 8, deadline: float | None = None,
-                    seed_rows: np.ndarray | None = None) -> MaxProbability | None:
+                    seed_rows: np.ndarray | None = None, fw_steps: int = 100) -> MaxProbability | None:
     """Largest probability row ``p`` reaches on a bounded, resolved domain; None if not solved.
 
     ``x0`` is a starting point (e.g. the centre, or where the token came
     closest to winning); ``rows`` competitors start the working set and as
     many are added per round, besides ``seed_rows`` (e.g. a certificate's support: the rows
-    that beat the token where it comes closest). ``deadline`` is a ``time.perf_counter()`` value.
+    that beat the token where it comes closest). ``deadline`` is a ``time.perf_counter()`` value;
+    ``fw_steps`` caps the Frank-Wolfe phase.
     """
     import cvxpy as cp  # noqa: PLC0415 - heavy import, only needed here
 
     m, d = weight.shape
     b = np.zeros(m) if bias is None else bias
     x = _centre(domain, d) if x0 is None else np.asarray(x0, dtype=np.float64)
-    working = _top_rows(weight @ x + b, p, np.zeros(m, dtype=bool), rows)
+    # Every row first: Frank-Wolfe finds where the token does best and which rows carry the
+    # softmax mass there, which the restricted solves below then polish.
+    x, lower, upper = _frank_wolfe(weight, b, p, domain, x, deadline, fw_steps)
+    best = MaxProbability(float(np.exp(lower)), float(np.exp(upper)), x)
+    if upper - lower <= _LOG_TOL:
+        return best
+    s = weight @ x + b
+    working = _top_rows(np.exp(s - s.max()), p, np.zeros(m, dtype=bool), rows)
     if seed_rows is not None:
         working[np.asarray(seed_rows, dtype=np.int64)] = True
     var = cp.Variable(d)
     constraints = ([cp.norm(var - domain.center) <= domain.radius] if isinstance(domain, Ball)
                    else [var >= domain.lower, var <= domain.upper])
-    best: MaxProbability | None = None
+    polish_end = time.perf_counter() + _POLISH_SECONDS
     for _ in range(max_rounds):
-        if deadline is not None and time.perf_counter() > deadline:
+        if time.perf_counter() > min(polish_end, deadline or np.inf):
             break
         ids = np.flatnonzero(working)
         scores = weight[ids] @ var + b[ids]
         objective = weight[p] @ var + b[p] - cp.log_sum_exp(scores)
         problem = cp.Problem(cp.Maximize(objective), constraints)
+        # The solver gets what is left of the budget: one solve over a thousand 768-wide rows can
+        # take minutes (measured 117 s on a 50k x 768 head), and the deadline is a promise.
+        limit = {"time_limit": max(0.5, min(polish_end, deadline or np.inf) - time.perf_counter())}
         try:
             with warnings.catch_warnings():  # an inaccurate solve is handled below, not printed
                 warnings.simplefilter("ignore")
                 problem.solve(solver=cp.CLARABEL, tol_gap_abs=_SOLVER_TOL, tol_gap_rel=_SOLVER_TOL,
-                              tol_feas=_SOLVER_TOL)
+                              tol_feas=_SOLVER_TOL, **limit)
         except cp.error.SolverError:
             break
         if problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or var.value is None:
             break
-        restricted = float(problem.value) if problem.status == cp.OPTIMAL else np.inf
+        # The restricted optimum bounds the true one only up to the solver's tolerance: add it.
+        restricted = float(problem.value) + 10 * _SOLVER_TOL if problem.status == cp.OPTIMAL else np.inf
         x = _into(domain, np.asarray(var.value, dtype=np.float64))
         s = weight @ x + b
         probs = np.exp(s - s.max())
@@ -121,10 +138,10 @@ def max_probability(weight: np.ndarray, bias: np.ndarray | None, p: int, domain,
         reached = float(np.log(probs[p]))
         grad = weight[p] - probs @ weight
         upper = min(restricted, reached + _linear_max(domain, grad) - float(grad @ x))
-        lower = reached if best is None else max(reached, float(np.log(best.reached)))
-        point = x if best is None or reached >= float(np.log(best.reached)) else best.x
-        best = MaxProbability(float(np.exp(lower)), float(np.exp(min(upper, np.log(best.upper) if best else 0.0))),
-                              point)
+        lower = max(reached, float(np.log(best.reached)))
+        upper = min(upper, float(np.log(best.upper)))
+        best = MaxProbability(float(np.exp(lower)), float(np.exp(upper)),
+                              x if reached >= float(np.log(best.reached)) else best.x)
         if upper - lower <= _LOG_TOL:
             break
         extra = _top_rows(probs, p, working, rows)
@@ -132,6 +149,59 @@ def max_probability(weight: np.ndarray, bias: np.ndarray | None, p: int, domain,
             break
         working |= extra
     return best
+
+
+def _frank_wolfe(weight, b, p, domain, x, deadline, steps: int = 100):
+    """Conditional gradient on f(x) = s_p(x) - logsumexp(s(x)) over every row, with an exact line
+    search (scores are linear along a segment, so it costs one product). Returns
+    (x, best f seen, smallest bound f(x) + max_y g.(y - x) seen): a bracket on max f."""
+    lower, upper = -np.inf, 0.0
+    for _ in range(steps):
+        s = weight @ x + b
+        top = float(s.max())
+        e = np.exp(s - top)
+        total = float(e.sum())
+        f = float(s[p] - top - np.log(total))
+        grad = weight[p] - (e / total) @ weight
+        lower = max(lower, f)
+        upper = min(upper, f + _linear_max(domain, grad) - float(grad @ x))
+        if upper - lower <= _LOG_TOL or (deadline is not None and time.perf_counter() > deadline):
+            break
+        y = _linear_argmax(domain, grad)
+        delta = (weight @ y + b) - s
+        x = x + _line_search(s, delta, p) * (y - x)
+    return x, lower, upper
+
+
+def _line_search(s, delta, p, evaluations: int = 40) -> float:
+    """argmax over [0, 1] of the concave phi(gamma) = (s + gamma delta)_p - logsumexp(s + gamma delta)."""
+    def phi(gamma):
+        v = s + gamma * delta
+        top = float(v.max())
+        return float(v[p] - top - np.log(np.exp(v - top).sum()))
+
+    lo, hi = 0.0, 1.0
+    ratio = (np.sqrt(5) - 1) / 2
+    a, c = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fc = phi(a), phi(c)
+    for _ in range(evaluations):
+        if fa < fc:
+            lo, a, fa = a, c, fc
+            c = lo + ratio * (hi - lo)
+            fc = phi(c)
+        else:
+            hi, c, fc = c, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = phi(a)
+    return (lo + hi) / 2
+
+
+def _linear_argmax(domain, g: np.ndarray) -> np.ndarray:
+    """A point of the domain maximising g.y."""
+    if isinstance(domain, Ball):
+        norm = float(np.linalg.norm(g))
+        return domain.center + (domain.radius * (1 - 1e-12) / norm) * g if norm > 0 else domain.center.copy()
+    return np.where(g > 0, domain.upper, domain.lower)
 
 
 def _top_rows(scores: np.ndarray, p: int, taken: np.ndarray, count: int) -> np.ndarray:
