@@ -134,6 +134,8 @@ def render_github(report: AuditReport, gate: GateResult) -> str:
             continue
         level = "error" if t.id in counted else "notice"
         msg = f"token {t.id} {escape_token(t.token)} is {t.verdict.replace('_', ' ')}: {report.explain(t)}"
+        if probability_text(t):
+            msg += f" (highest probability it can reach: {probability_text(t)})"
         lines.append(f"::{level} title={_gh_property(title)}::{_gh_data(msg)}")
     summary = "; ".join(summary_lines(report) + gate_lines(gate))
     lines.append(f"::notice title={_gh_property(title)}::{_gh_data(summary)}")

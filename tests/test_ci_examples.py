@@ -63,6 +63,7 @@ def test_github_workflow_step_passes_on_baseline_and_fails_on_a_new_unreachable_
     assert proc.returncode == 1, proc.stdout + proc.stderr
     errors = [line for line in proc.stdout.splitlines() if line.startswith("::error")]
     assert len(errors) == 2 and any("token 7 'tok7'" in e for e in errors), errors
+    assert all("highest probability it can reach" in e for e in errors)  # the ball domain is bounded
     gate = json.loads((repo / "argmaxcheck.json").read_text())["gate"]
     assert sorted(gate["counted"]["unargmaxable"]) == [7, 8]
     assert set(gate["ignored"]) == set(range(250, 256))  # the <unused_k> rows, by the workflow's regex
