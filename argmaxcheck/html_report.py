@@ -133,7 +133,7 @@ def _cards(report: AuditReport) -> str:
             rows = [("margin", "" if np.isnan(t.margin) else f"{t.margin:.4g}"),
                     ("max probability", probability_text(t)), ("decided by", t.stage)]
             if t.support is not None:
-                order = np.argsort(-t.weights)[:5]
+                order = [k for k in np.argsort(-t.weights)[:5] if t.weights[k] >= 5e-4]
                 rows.append(("competitors", ", ".join(f"{t.weights[k]:.3f}·{report.label(int(t.support[k]))}"
                                                      for k in order)))
             table = "".join(f"<tr><td class=\"muted\">{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"

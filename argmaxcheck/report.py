@@ -180,8 +180,10 @@ class AuditReport:
         if t.stage == "dominated":
             return f"dominated: same weights as row {int(t.support[0])} ({self.label(int(t.support[0]))}), higher bias"
         order = np.argsort(-t.weights)
-        parts = [f"{t.weights[k]:.2f}·{self.label(int(t.support[k]))}" for k in order[:terms]]
-        more = f" + {len(order) - terms} more" if len(order) > terms else ""
+        # Weights that round to 0.00 say nothing in a sentence; they stay in the "more".
+        shown = [k for k in order[:terms] if t.weights[k] >= 0.005] or list(order[:1])
+        parts = [f"{t.weights[k]:.2f}·{self.label(int(t.support[k]))}" for k in shown]
+        more = f" + {len(order) - len(shown)} more" if len(order) > len(shown) else ""
         return f"{escape_token(t.token) or f'#{t.id}'} is beaten everywhere by " + " + ".join(parts) + more
 
     def to_dict(self, gate: dict | None = None) -> dict:
