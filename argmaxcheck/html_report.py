@@ -82,9 +82,8 @@ def _projection_figure(report: AuditReport, weight: np.ndarray):
     import plotly.graph_objects as go  # noqa: PLC0415
 
     coords = _principal_plane(weight)
-    verdict = {t.id: t.verdict for t in report.tokens}
-    ids = np.arange(weight.shape[0])
-    background = np.array([i for i in ids if verdict.get(int(i), ARGMAXABLE) == ARGMAXABLE])
+    # Only audited rows are drawn (with --tokens, the others have no verdict to show).
+    background = np.array([t.id for t in report.tokens if t.verdict == ARGMAXABLE], dtype=np.int64)
     if background.size > _MAX_BACKGROUND_POINTS:
         background = np.sort(np.random.default_rng(0).choice(background, _MAX_BACKGROUND_POINTS, replace=False))
     fig = go.Figure()
@@ -98,7 +97,7 @@ def _projection_figure(report: AuditReport, weight: np.ndarray):
                                  text=hover, hoverinfo="text",
                                  marker={"color": _COLORS[v], "size": 4 if v == ARGMAXABLE else 8,
                                          "opacity": 0.5 if v == ARGMAXABLE else 0.95}))
-    shown = "" if background.size == sum(1 for t in report.tokens if t.verdict == ARGMAXABLE) else \
+    shown = "" if background.size == report.summary()[ARGMAXABLE] else \
         f" ({background.size} argmaxable rows sampled)"
     fig.update_layout(title=f"Output rows on their two leading principal components{shown}",
                       xaxis_title="PC 1", yaxis_title="PC 2", height=560, margin={"t": 60, "b": 50})
