@@ -129,6 +129,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
 
     t0 = time.perf_counter()
     starts = np.zeros((pending.size, layer.dim))
+    weight32 = None  # the screen's float32 copy, reused by the exact step's seeding
     if pending.size and not options.exact_all:
         weight32 = comp_weight.astype(np.float32)
         found = screen(weight32, comp_weight, comp_bias, position[pending], domain,
@@ -140,7 +141,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     timings["screen_seconds"] = round(time.perf_counter() - t0, 4)
 
     t0 = time.perf_counter()
-    comp = Competitors(comp_weight, comp_bias)
+    comp = Competitors(comp_weight, comp_bias, weight32)
     per_token = []
     for k, pending_id in enumerate(pending):
         i = int(pending_id)
