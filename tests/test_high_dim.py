@@ -5,6 +5,7 @@ import pytest
 from conftest import full_lp_radius
 
 from argmaxcheck import AuditOptions, Ball, Box, ExactOptions, audit, ipm
+from argmaxcheck.exact import Competitors, _seed_point
 
 
 def interior_layer(rng, n=900, d=72, planted=6):
@@ -85,3 +86,28 @@ def test_ball_interior_point_and_clarabel_agree(rng):
     assert planted <= set(a.unargmaxable)
     assert [i for i in a.unargmaxable if i % 4 == 0] == b.unargmaxable
     assert 0 < len(a.unargmaxable) < 400
+
+
+def test_ball_seeding_changes_no_verdict_and_moves_towards_the_best_point(rng):
+    """The smoothed max-min seed only picks the first working set: verdicts must not depend on it."""
+    weight = rng.normal(size=(1500, 70)) + 0.5 * rng.normal(size=70)
+    weight[:40] = weight[40:].mean(axis=0) + 0.05 * rng.normal(size=(40, 70))  # near the mean: hard tokens
+    bias = 0.1 * rng.normal(size=1500)
+    domain = Ball(6.0, center=0.1 * rng.normal(size=70))
+    tokens = list(range(40))
+    reports = [audit(weight, bias, domain=domain, tokens=tokens,
+                     options=AuditOptions(exact_all=True, probability_seconds=0, exact=ExactOptions(seed_steps=k)))
+               for k in (0, 8)]
+    assert [t.verdict for t in reports[0].tokens] == [t.verdict for t in reports[1].tokens]
+    assert not reports[1].undecided and 0 < len(reports[1].unargmaxable) < 40
+    comp = Competitors(weight, bias)
+    a_norm = np.linalg.norm(weight - weight[3], axis=1)
+    a_norm[3] = np.inf
+    resolved = domain.resolve(70)
+    x = _seed_point(comp, 3, resolved, a_norm, resolved.center.copy(), steps=8)
+    assert np.linalg.norm(x - resolved.center) <= 6.0
+    scores = weight @ x + bias
+    slack = np.delete((scores[3] - scores) / a_norm, 3)
+    s0 = weight @ resolved.center + bias
+    slack0 = np.delete((s0[3] - s0) / a_norm, 3)
+    assert slack.min() > slack0.min()  # closer to where token 3 does best
