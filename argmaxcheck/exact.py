@@ -230,13 +230,24 @@ def _smoothed_line_search(r: np.ndarray, r_y: np.ndarray, tau: float, evaluation
         low = float(v.min())
         return low - tau * float(np.log(np.exp(-(v - low) / tau).sum()))
 
+    return argmax_on_unit_interval(smoothed, evaluations)
+
+
+def argmax_on_unit_interval(phi, evaluations: int) -> float:
+    """Golden-section search for the maximiser of a concave (unimodal) phi on [0, 1]."""
+    ratio = (5**0.5 - 1) / 2
     lo, hi = 0.0, 1.0
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = phi(a), phi(b)
     for _ in range(evaluations):
-        a, b = lo + (hi - lo) / 3, hi - (hi - lo) / 3
-        if smoothed(a) < smoothed(b):
-            lo = a
+        if fa < fb:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = phi(b)
         else:
-            hi = b
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = phi(a)
     return (lo + hi) / 2
 
 

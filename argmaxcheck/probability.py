@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .domains import Ball, Box
+from .exact import argmax_on_unit_interval
 
 _LOG_TOL = 1e-4  # stop when the two bounds agree to this, in log-probability (0.01% of the probability)
 _POLISH_SECONDS = 5.0  # the restricted exponential-cone solves, per token, when Frank-Wolfe stalls
@@ -180,20 +181,7 @@ def _line_search(s, delta, p, evaluations: int = 40) -> float:
         top = float(v.max())
         return float(v[p] - top - np.log(np.exp(v - top).sum()))
 
-    lo, hi = 0.0, 1.0
-    ratio = (np.sqrt(5) - 1) / 2
-    a, c = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fc = phi(a), phi(c)
-    for _ in range(evaluations):
-        if fa < fc:
-            lo, a, fa = a, c, fc
-            c = lo + ratio * (hi - lo)
-            fc = phi(c)
-        else:
-            hi, c, fc = c, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = phi(a)
-    return (lo + hi) / 2
+    return argmax_on_unit_interval(phi, evaluations)
 
 
 def _linear_argmax(domain, g: np.ndarray) -> np.ndarray:
