@@ -140,9 +140,9 @@ def checkpoint_from_model(model, tokenizer=None, head: str | None = None) -> Che
     return _from_tensors(type(model).__name__, config, _StateDict(model.state_dict()), head, names)
 
 
-def _from_tensors(where: str, config: dict, tensors, head: str | None, token_names) -> Checkpoint:
-    """Find the head and final norm among ``tensors`` (a _TensorIndex or _StateDict) and fold them."""
-    folder = where
+def _from_tensors(folder: str, config: dict, tensors, head: str | None, token_names) -> Checkpoint:
+    """Find the head and final norm among ``tensors`` (a _TensorIndex or _StateDict) and fold them;
+    ``folder`` names the source in errors (a path, or the model's class)."""
     model_type = config.get("model_type")
     spec = _family(model_type, config)
     if spec is None:
@@ -305,7 +305,7 @@ class _StateDict:
         return name in self.state
 
     def get(self, name):
-        return as_float64(self.state[name].detach().cpu())
+        return as_float64(self.state[name])
 
     def dtype(self, name) -> str:
         return str(self.state[name].dtype).removeprefix("torch.")

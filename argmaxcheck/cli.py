@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"also write the {fmt} report to FILE")
     o.add_argument("--no-max-probability", action="store_true",
                    help="skip bounding the highest probability of unreachable tokens (bounded domains)")
+    o.add_argument("--save-certificates", default=None, metavar="FILE.npz",
+                   help="write every witness and certificate (layout in the README)")
+    o.add_argument("--exact-all", action="store_true", help="run the exact step for every token (slow)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
     c = a.add_argument_group("gate (exit status 1 when it fails)")
     c.add_argument("--fail-on", action="append", default=[], metavar="CATEGORY=N",
                    help="fail when more than N tokens are in CATEGORY (unargmaxable, practically_unreachable,"
@@ -72,10 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_arguments(e)
     e.add_argument("token", help="a row id (digits) or a token string")
     e.add_argument("--format", choices=["text", "json"], default="text")
-    o.add_argument("--save-certificates", default=None, metavar="FILE.npz",
-                   help="write every witness and certificate (layout in the README)")
-    o.add_argument("--exact-all", action="store_true", help="run the exact step for every token (slow)")
-    o.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 

@@ -208,7 +208,7 @@ def _seed_point(comp: Competitors, p: int, domain: Ball, a_norm: np.ndarray, x: 
         size = float(np.linalg.norm(grad))
         if not np.isfinite(size) or size == 0:
             break
-        y = domain.center + (domain.radius * (1 - 1e-9) / size) * grad
+        y = from_ball(domain, grad / size)
         r_y = slacks(y)
         step = _smoothed_line_search(r, r_y, tau)
         x = x + step * (y - x)
@@ -217,7 +217,7 @@ def _seed_point(comp: Competitors, p: int, domain: Ball, a_norm: np.ndarray, x: 
 
 
 def _smoothed_line_search(r: np.ndarray, r_y: np.ndarray, tau: float, evaluations: int = 12) -> float:
-    """argmax over [0, 1] of the (concave) smoothed minimum of r + g (r_y - r), by ternary search."""
+    """argmax over [0, 1] of the (concave) smoothed minimum of r + g (r_y - r)."""
     # Rows far above the minimum at both ends add nothing to the smoothed minimum along the segment.
     delta = r_y - r
     both = np.minimum(r, r_y)
@@ -495,8 +495,9 @@ class _ClarabelSOCP:
 
     def add_rows(self, comp, p, idx, a_norm):
         a, c = _unit_rows(comp, p, idx, a_norm)
-        self.blocks.append(np.hstack([self.domain.radius * a, np.ones((idx.size, 1))]))
-        self.rhs.append(c - a @ self.domain.center)
+        a, c = ball_rows(self.domain, a, c)
+        self.blocks.append(np.hstack([a, np.ones((idx.size, 1))]))
+        self.rhs.append(c)
         self.rows = np.concatenate([self.rows, idx])
 
     def solve(self, time_limit):
@@ -529,5 +530,4 @@ class _ClarabelSOCP:
         norm = np.linalg.norm(u)
         if norm > 1.0:
             u = u / norm
-        x = self.domain.center + self.domain.radius * (1.0 - 1e-9) * u
-        return "optimal", x, float(z[d]), np.asarray(sol.z)[:k]
+        return "optimal", from_ball(self.domain, u), float(z[d]), np.asarray(sol.z)[:k]

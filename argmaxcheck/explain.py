@@ -24,9 +24,9 @@ import numpy as np
 from scipy.optimize import linprog
 
 from . import certify
-from .domains import Ball, Box, Unbounded
+from .domains import Box, Unbounded
 from .engine import AuditOptions, audit
-from .exact import Competitors, _most_violated
+from .exact import Competitors, _any_point, _most_violated
 from .layer import OutputLayer
 from .precision import best_margin, margin_domain
 from .report import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport, TokenResult, escape_token
@@ -82,11 +82,11 @@ def _rivals(comp: Competitors, report: AuditReport, p: int, x: np.ndarray, count
 
 def _bias_increase(comp: Competitors, p: int, domain, result: TokenResult):
     """(necessary-above bound, verified sufficient raise, point, note) for a flagged token."""
-    if comp.bias is None and _contains_zero(domain):
+    if comp.bias is None and certify.in_domain(np.zeros(comp.weight.shape[1]), domain):
         return 0.0, 0.0, None, "any positive raise: at x = 0 every logit is 0, and the raise breaks the tie"
     bounded = margin_domain(domain, comp.bias is not None)
     if bounded is not None:
-        start = result.witness if result.witness is not None else _centre(bounded)
+        start = result.witness if result.witness is not None else _any_point(bounded, comp.weight.shape[1])
         best = best_margin(comp, p, bounded, start, cap=1e6)
         if best is None:
             return None, None, None, "the best-margin solve did not converge"
@@ -128,20 +128,6 @@ def _best_margin_lp(comp: Competitors, p: int, domain, support, max_rounds: int 
         rows = np.concatenate([rows, extra])
         in_working[extra] = True
     return None
-
-
-def _contains_zero(domain) -> bool:
-    if isinstance(domain, Ball):
-        return float(np.linalg.norm(domain.center)) <= domain.radius
-    if isinstance(domain, Box):
-        return bool(np.all(domain.lower <= 0) and np.all(domain.upper >= 0))
-    return True
-
-
-def _centre(domain) -> np.ndarray:
-    if isinstance(domain, Ball):
-        return domain.center.copy()
-    return np.clip(np.zeros(domain.lower.size), domain.lower, domain.upper)
 
 
 def render_explanation(report: AuditReport, exp: Explanation) -> str:

@@ -69,10 +69,23 @@ class MaxProbability:
 def log_probability(weight: np.ndarray, bias: np.ndarray | None, p: int, x: np.ndarray) -> float:
     """log softmax(W x + b)_p, evaluated stably in float64."""
     s = weight @ x
-    if bias is not None:
-        s = s + bias
+    return _log_softmax(s if bias is None else s + bias, p)
+
+
+def _log_softmax(s: np.ndarray, p: int) -> float:
     top = float(s.max())
     return float(s[p] - top - np.log(np.exp(s - top).sum()))
+
+
+def _evaluate(weight, b, p, domain, x):
+    """At x: the scores, log-probability f, its gradient, and the concavity bound on max f,
+    f + max_{y in D} g.(y - x) (every row, float64)."""
+    s = weight @ x + b
+    f = _log_softmax(s, p)
+    probs = np.exp(s - float(s.max()))
+    probs /= probs.sum()
+    grad = weight[p] - probs @ weight
+    return s, f, grad, probs, f + _linear_max(domain, grad) - float(grad @ x)
 
 
 def bounded(domain) -> bool:
@@ -103,8 +116,7 @@ def max_probability(weight: np.ndarray, bias: np.ndarray | None, p: int, domain,
     best = MaxProbability(float(np.exp(lower)), float(np.exp(upper)), x)
     if upper - lower <= _LOG_TOL:
         return best
-    s = weight @ x + b
-    working = _top_rows(np.exp(s - s.max()), p, np.zeros(m, dtype=bool), rows)
+    working = _top_rows(weight @ x + b, p, np.zeros(m, dtype=bool), rows)  # mass ranks as the scores do
     if seed_rows is not None:
         working[np.asarray(seed_rows, dtype=np.int64)] = True
     var = cp.Variable(d)
@@ -133,12 +145,8 @@ def max_probability(weight: np.ndarray, bias: np.ndarray | None, p: int, domain,
         # The restricted optimum bounds the true one only up to the solver's tolerance: add it.
         restricted = float(problem.value) + 10 * _SOLVER_TOL if problem.status == cp.OPTIMAL else np.inf
         x = _into(domain, np.asarray(var.value, dtype=np.float64))
-        s = weight @ x + b
-        probs = np.exp(s - s.max())
-        probs /= probs.sum()
-        reached = float(np.log(probs[p]))
-        grad = weight[p] - probs @ weight
-        upper = min(restricted, reached + _linear_max(domain, grad) - float(grad @ x))
+        _, reached, _, probs, bound = _evaluate(weight, b, p, domain, x)
+        upper = min(restricted, bound)
         lower = max(reached, float(np.log(best.reached)))
         upper = min(upper, float(np.log(best.upper)))
         best = MaxProbability(float(np.exp(lower)), float(np.exp(upper)),
@@ -158,14 +166,9 @@ def _frank_wolfe(weight, b, p, domain, x, deadline, steps: int = 100):
     (x, best f seen, smallest bound f(x) + max_y g.(y - x) seen): a bracket on max f."""
     lower, upper = -np.inf, 0.0
     for _ in range(steps):
-        s = weight @ x + b
-        top = float(s.max())
-        e = np.exp(s - top)
-        total = float(e.sum())
-        f = float(s[p] - top - np.log(total))
-        grad = weight[p] - (e / total) @ weight
+        s, f, grad, _, bound = _evaluate(weight, b, p, domain, x)
         lower = max(lower, f)
-        upper = min(upper, f + _linear_max(domain, grad) - float(grad @ x))
+        upper = min(upper, bound)
         if upper - lower <= _LOG_TOL or (deadline is not None and time.perf_counter() > deadline):
             break
         y = _linear_argmax(domain, grad)
@@ -176,12 +179,7 @@ def _frank_wolfe(weight, b, p, domain, x, deadline, steps: int = 100):
 
 def _line_search(s, delta, p, evaluations: int = 40) -> float:
     """argmax over [0, 1] of the concave phi(gamma) = (s + gamma delta)_p - logsumexp(s + gamma delta)."""
-    def phi(gamma):
-        v = s + gamma * delta
-        top = float(v.max())
-        return float(v[p] - top - np.log(np.exp(v - top).sum()))
-
-    return argmax_on_unit_interval(phi, evaluations)
+    return argmax_on_unit_interval(lambda gamma: _log_softmax(s + gamma * delta, p), evaluations)
 
 
 def _linear_argmax(domain, g: np.ndarray) -> np.ndarray:
