@@ -201,7 +201,8 @@ def _audit_command(args) -> int:
 def _explain_command(args) -> int:
     layer, domain, _ = _load_source(args)
     # Digits name a row id here (as for --ignore); any other text is a token string.
-    ids = _parse_tokens(args.token, layer.num_classes, None if args.token.isdigit() else layer.tokens)
+    ids = _parse_tokens(args.token, layer.num_classes, None if args.token.isdigit() else layer.tokens,
+                        what="explain TOKEN")
     if len(ids) != 1:
         raise InputError(f"explain: give one token, got '{args.token}'")
     report, exp = explain_token(layer, domain, ids[0])
@@ -236,7 +237,7 @@ def _domain_from_args(args):
     return Box(-math.inf if args.lower is None else args.lower, math.inf if args.upper is None else args.upper)
 
 
-def _parse_tokens(spec: str, n: int, names: list[str] | None) -> list[int]:
+def _parse_tokens(spec: str, n: int, names: list[str] | None, what: str = "--tokens") -> list[int]:
     """'0,5,10-20' or token strings (when names are known) -> row ids."""
     lookup = {name: i for i, name in enumerate(names)} if names else {}
     ids: list[int] = []
@@ -252,17 +253,17 @@ def _parse_tokens(spec: str, n: int, names: list[str] | None) -> list[int]:
             if sep and lo:
                 start, stop = int(lo), int(hi)
                 if stop < start:
-                    raise InputError(f"--tokens: range '{item}' is empty")
+                    raise InputError(f"{what}: range '{item}' is empty")
                 ids.extend(range(start, stop + 1))
             else:
                 ids.append(int(item))
         except ValueError:
-            raise InputError(f"--tokens: '{item}' is neither a row id, a range nor a known token") from None
+            raise InputError(f"{what}: '{item}' is neither a row id, a range nor a known token") from None
     bad = [i for i in ids if not 0 <= i < n]
     if bad:
-        raise InputError(f"--tokens: id {bad[0]} is out of range (the layer has {n} rows)")
+        raise InputError(f"{what}: id {bad[0]} is out of range (the layer has {n} rows)")
     if not ids:
-        raise InputError("--tokens: no token given")
+        raise InputError(f"{what}: no token given")
     return ids
 
 
