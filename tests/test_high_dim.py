@@ -5,7 +5,7 @@ import pytest
 from conftest import full_lp_radius
 
 from argmaxcheck import AuditOptions, Ball, Box, ExactOptions, audit, ipm
-from argmaxcheck.exact import Competitors, _seed_point
+from argmaxcheck.exact import Competitors, _smoothed_line_search, seed_points
 
 
 def interior_layer(rng, n=900, d=72, planted=6):
@@ -104,10 +104,36 @@ def test_ball_seeding_changes_no_verdict_and_moves_towards_the_best_point(rng):
     a_norm = np.linalg.norm(weight - weight[3], axis=1)
     a_norm[3] = np.inf
     resolved = domain.resolve(70)
-    x = _seed_point(comp, 3, resolved, a_norm, resolved.center.copy(), steps=8)
+    x = seed_points(comp, np.array([3]), resolved, resolved.center[None, :], steps=8)[0]
     assert np.linalg.norm(x - resolved.center) <= 6.0
     scores = weight @ x + bias
     slack = np.delete((scores[3] - scores) / a_norm, 3)
     s0 = weight @ resolved.center + bias
     slack0 = np.delete((s0[3] - s0) / a_norm, 3)
     assert slack.min() > slack0.min()  # closer to where token 3 does best
+
+
+def test_seeding_in_blocks_matches_seeding_one_token_at_a_time(rng):
+    """The audit seeds its exact tokens in blocks (matrix products); a block must give each token
+    the point it would get alone, and a block boundary must not matter."""
+    weight = rng.normal(size=(900, 40)) + 0.3 * rng.normal(size=40)
+    bias = 0.1 * rng.normal(size=900)
+    domain = Ball(4.0, center=0.1 * rng.normal(size=40)).resolve(40)
+    comp = Competitors(weight, bias)
+    tokens = np.array([3, 17, 250, 600, 899])
+    starts = domain.center + 0.5 * rng.normal(size=(5, 40))
+    together = seed_points(comp, tokens, domain, starts, steps=6, block=2)
+    alone = np.array([seed_points(comp, tokens[k:k + 1], domain, starts[k:k + 1], steps=6)[0] for k in range(5)])
+    np.testing.assert_allclose(together, alone, atol=1e-4)  # float32 products: GEMM and GEMV round apart
+    assert np.all(np.linalg.norm(together - domain.center, axis=1) <= 4.0)
+
+
+def test_smoothed_line_search_finds_the_maximiser(rng):
+    tau = 0.05
+    for _ in range(20):
+        r = rng.uniform(0.0, 1.0, size=300)
+        r_y = r + rng.normal(scale=2.0, size=300)
+        grid = np.linspace(0.0, 1.0, 20001)
+        values = [-tau * np.log(np.exp(-(r + g * (r_y - r)) / tau).sum()) for g in grid]
+        best = grid[int(np.argmax(values))]
+        assert abs(_smoothed_line_search(r, r_y, tau) - best) < 2e-3
