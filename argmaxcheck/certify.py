@@ -27,6 +27,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from ._blas import matvec, vecmat
 from .domains import Ball, Box, Unbounded
 
 U64 = 2.0**-53
@@ -96,7 +97,7 @@ def check_witness(weight: np.ndarray, bias: np.ndarray | None, row: int, x: np.n
     """Certified lower bound on token ``row``'s gap at ``x``, in float64 (``-inf`` if x not in D)."""
     if not np.isfinite(x).all() or not in_domain(x, domain):
         return -np.inf
-    scores = weight @ x
+    scores = matvec(weight, x)
     if bias is not None:
         scores = scores + bias
     err = score_error_bound(np.array([np.linalg.norm(x) * (1 + 4 * U64)]), float(row_norms.max()),
@@ -155,8 +156,8 @@ def check_certificate(weight: np.ndarray, bias: np.ndarray | None, row: int, sup
     # Each difference w_j - w_i is rounded once, then weighted and summed: the error is
     # relative to |w_j - w_i|, so an exact duplicate gives v = 0 with no error at all.
     diffs = rows - w_i
-    v = lam @ diffs
-    v_err = g * (lam @ np.abs(diffs)) + U64 * np.abs(v)
+    v = vecmat(lam, diffs)
+    v_err = g * vecmat(lam, np.abs(diffs)) + U64 * np.abs(v)
     if bias is None:
         beta, beta_err = 0.0, 0.0
     else:
@@ -173,7 +174,7 @@ def check_certificate(weight: np.ndarray, bias: np.ndarray | None, row: int, sup
         return fail(f"certificate does not hold: the averaged competitor can be beaten by {bound:.3g}")
     # Where the exact certificate has v_k = 0, the solver leaves noise of either sign: a
     # coordinate on an open side whose |v_k| is at noise level must be an equality too.
-    scale = lam @ (np.abs(rows) + np.abs(w_i))
+    scale = vecmat(lam, np.abs(rows) + np.abs(w_i))
     near_zero = _open_coordinates(domain, d) & (np.abs(v) <= 1e-9 * np.maximum(scale, 1e-300))
     return _check_exactly(weight, bias, row, support, lam, domain, [undecided, undecided | near_zero])
 

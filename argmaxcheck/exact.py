@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import certify, ipm
+from ._blas import matvec
 from .domains import Ball, Box
 
 _INF = highspy.kHighsInf
@@ -73,7 +74,7 @@ class Competitors:
         self.recent_support = np.zeros(0, dtype=np.int64)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
-        s = self.weight @ x
+        s = matvec(self.weight, x)
         return s if self.bias is None else s + self.bias
 
     @property
@@ -94,7 +95,7 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
     w_p = comp.weight[p]
     m, d = comp.weight.shape
     # ||w_j - w_p||^2 from cached norms: one matvec instead of an m x d subtraction.
-    cross = comp.weight @ w_p
+    cross = matvec(comp.weight, w_p)
     a_norm = np.sqrt(np.maximum(comp.sq_norms - 2 * cross + comp.sq_norms[p], 0.0))
     a_norm[p] = np.inf
     # Rows identical to w_p were split off before (ties / dominance); guard anyway.
@@ -304,7 +305,7 @@ def _unit_rows(comp: Competitors, p: int, idx: np.ndarray, a_norm: np.ndarray) -
 
 def ball_rows(domain: Ball, a: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows a.x <= c rewritten for x = center + R u, so that the domain is ||u|| <= 1."""
-    return domain.radius * a, c - a @ domain.center
+    return domain.radius * a, c - matvec(a, domain.center)
 
 
 def from_ball(domain: Ball, u: np.ndarray) -> np.ndarray:

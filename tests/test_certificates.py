@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from argmaxcheck import Ball, Box, Unbounded, audit, certify
+from argmaxcheck._blas import matvec, vecmat
 
 
 def layer(rng):
@@ -105,3 +106,11 @@ def test_saved_certificates_recheck_with_numpy_alone(rng, tmp_path, domain):
     np.savez(tmp_path / "bad.npz", **data)
     with pytest.raises(AssertionError):
         recheck(str(tmp_path / "bad.npz"), weight, bias)
+
+
+def test_scipy_blas_products_match_numpy(rng):
+    m = rng.normal(size=(300, 70))
+    x, y = rng.normal(size=70), rng.normal(size=300)
+    for matrix in (m, m[::2], np.asfortranarray(m), m.astype(np.float32)):
+        np.testing.assert_allclose(matvec(matrix, x[: matrix.shape[1]]), matrix @ x[: matrix.shape[1]], rtol=1e-5)
+        np.testing.assert_allclose(vecmat(y[: matrix.shape[0]], matrix), y[: matrix.shape[0]] @ matrix, rtol=1e-5)
