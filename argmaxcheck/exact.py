@@ -350,10 +350,13 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0,
     in_working = np.zeros(comp.weight.shape[0], dtype=bool)
     in_working[rows] = True
     result = ExactResult()
+
+    def constraints(idx):
+        a, c = _unit_rows(comp, p, idx, a_norm)
+        return ball_rows(domain, a, c) if ball else (a, c)
+
+    a, c = constraints(rows)
     for rnd in range(1, max_rounds + 1):
-        a, c = _unit_rows(comp, p, rows, a_norm)
-        if ball:
-            a, c = ball_rows(domain, a, c)
         res = ipm.solve_chebyshev(a, c, lower, upper, 1.0, stop_when_positive=1e-3, unit_ball=ball)
         result.rounds, result.rows_used, result.chebyshev_radius = rnd, rows.size, res.t
         if not res.converged and res.t <= 1e-7:
@@ -377,6 +380,8 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0,
             return None
         rows = np.concatenate([rows, cand])
         in_working[cand] = True
+        a_new, c_new = constraints(cand)  # only the new rows: the others are unchanged
+        a, c = np.vstack([a, a_new]), np.concatenate([c, c_new])
     return None
 
 
