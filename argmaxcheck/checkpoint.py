@@ -287,9 +287,7 @@ class _TensorIndex:
         return as_float64(self._file(name).get(name))
 
     def dtype(self, name) -> str:
-        described = self._file(name).describe(name)
-        return {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}.get(
-            described.split("[")[0], described.split("[")[0])
+        return self._file(name).dtype_name(name)
 
     def matrices(self) -> list[str]:
         return sorted(self.where)

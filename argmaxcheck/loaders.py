@@ -199,6 +199,13 @@ class _SafetensorsFile:
         info = self.header[name]
         return f"{info['dtype']}{info['shape']}"
 
+    def dtype_name(self, name) -> str:
+        """numpy's name of the stored dtype (``bfloat16`` for BF16), or the safetensors code."""
+        code = self.header[name]["dtype"]
+        if code == "BF16":
+            return "bfloat16"
+        return np.dtype(_ST_DTYPES[code]).name if code in _ST_DTYPES else code
+
     def get(self, name, text=False):
         if text:
             raise InputError(f"{self.path}: safetensors files hold no token strings; '{name}' is a tensor")
@@ -252,8 +259,11 @@ class _TorchFile:
 
     def describe(self, name):
         v = self.items[name]
-        shape = list(getattr(v, "shape", []))
-        return f"{str(getattr(v, 'dtype', type(v).__name__)).removeprefix('torch.')}{shape}"
+        return f"{self.dtype_name(name)}{list(getattr(v, 'shape', []))}"
+
+    def dtype_name(self, name) -> str:
+        v = self.items[name]
+        return str(getattr(v, "dtype", type(v).__name__)).removeprefix("torch.")
 
     def get(self, name, text=False):
         v = self.items[name]
