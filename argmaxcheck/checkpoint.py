@@ -223,15 +223,13 @@ def fold_norm(raw: OutputLayer, norm: str, gamma: np.ndarray, beta: np.ndarray |
         basis = _mean_zero_basis(d)
         folded = ((distinct * gamma) @ basis)[inverse]
         bias = (distinct @ beta)[inverse] + (0.0 if head_bias is None else head_bias)
-        layer = OutputLayer.from_arrays(folded, bias, raw.tokens)
+        layer = OutputLayer.from_arrays(folded, bias, raw.tokens, source_dtype=raw.source_dtype)
         domain_text = f"LayerNorm output: |z| <= sqrt({d}) in the {d - 1}-dim mean-zero subspace"
     else:
         scale = 1.0 + gamma if norm == "rmsnorm1p" else gamma
-        layer = OutputLayer.from_arrays(weight * scale, head_bias, raw.tokens)
+        layer = OutputLayer.from_arrays(weight * scale, head_bias, raw.tokens, source_dtype=raw.source_dtype)
         domain_text = f"RMSNorm output: |z| <= sqrt({d})"
-    layer = OutputLayer(layer.weight, layer.bias, layer.tokens, raw.source_dtype)
-    stored = OutputLayer.from_arrays(weight, head_bias, raw.tokens)
-    stored = OutputLayer(stored.weight, stored.bias, stored.tokens, raw.source_dtype)
+    stored = OutputLayer.from_arrays(weight, head_bias, raw.tokens, source_dtype=raw.source_dtype)
     return Checkpoint(layer, Ball(float(np.sqrt(d))), {"norm": norm, "domain": domain_text}, stored, norm,
                       basis, eps)
 

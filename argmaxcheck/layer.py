@@ -42,9 +42,15 @@ class OutputLayer:
 
     @classmethod
     def from_arrays(cls, weight, bias=None, tokens: Sequence[str] | None = None,
-                    *, name: str = "weight", bias_name: str = "bias") -> OutputLayer:
-        """Validate raw arrays (numpy, torch, lists) and widen them to float64."""
-        w, source_dtype = _to_float64(weight, name)
+                    *, name: str = "weight", bias_name: str = "bias",
+                    source_dtype: str | None = None) -> OutputLayer:
+        """Validate raw arrays (numpy, torch, lists) and widen them to float64.
+
+        ``source_dtype`` names the precision the weights were stored in when the arrays given
+        are already converted (e.g. folded from a float16 checkpoint); default: their own dtype.
+        """
+        w, own_dtype = _to_float64(weight, name)
+        source_dtype = source_dtype or own_dtype
         if w.ndim != 2:
             raise InputError(f"{name} must be 2-D [num_classes, dim], got shape {w.shape}")
         n, d = w.shape

@@ -101,8 +101,8 @@ def load_onnx(path: str | Path, head: str | None = None) -> Checkpoint:
     head_node = _find_head(graph, producer, consts, head, path)
     weight, bias, feature, names_used = _classifier(head_node, consumers, consts, path)
     tokens, token_note = _token_names(metadata, weight.shape[0])
-    raw = OutputLayer.from_arrays(weight, bias, tokens, name=names_used["weight"], bias_name="bias")
-    raw = OutputLayer(raw.weight, raw.bias, raw.tokens, str(np.asarray(consts.get(names_used["weight"])).dtype))
+    raw = OutputLayer.from_arrays(weight, bias, tokens, name=names_used["weight"], bias_name="bias",
+                                  source_dtype=str(np.asarray(consts.get(names_used["weight"])).dtype))
     info = {"format": "onnx", "head_node": head_node.name or head_node.op_type, **names_used,
             "features": feature}
     if token_note:
