@@ -92,14 +92,8 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
     ``x0`` is a point to start from; ``seeded`` says it comes from :func:`seed_points` already
     (the audit seeds its tokens in blocks), so the ball seeding is not repeated here.
     """
-    w_p = comp.weight[p]
     m, d = comp.weight.shape
-    # ||w_j - w_p||^2 from cached norms: one matvec instead of an m x d subtraction.
-    cross = matvec(comp.weight, w_p)
-    a_norm = np.sqrt(np.maximum(comp.sq_norms - 2 * cross + comp.sq_norms[p], 0.0))
-    a_norm[p] = np.inf
-    # Rows identical to w_p were split off before (ties / dominance); guard anyway.
-    a_norm[a_norm == 0] = np.inf
+    a_norm = _row_distances(comp, np.array([p]), matvec(comp.weight, comp.weight[p])[None, :])[0]
 
     def violations(x, t):
         s = comp.scores(x)
@@ -180,6 +174,16 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
     return result
 
 
+def _row_distances(comp: Competitors, pos: np.ndarray, cross: np.ndarray) -> np.ndarray:
+    """||w_j - w_p|| for each token p in ``pos`` (one row each) against every row j, from the cached
+    norms and ``cross = W[pos] @ W.T``: a product instead of a subtraction per row. Infinite for p
+    itself and for rows identical to it (split off before as ties or dominated rows; guarded anyway)."""
+    dist = np.sqrt(np.maximum(comp.sq_norms[None, :] - 2 * cross + comp.sq_norms[pos, None], 0.0))
+    dist[np.arange(pos.size), pos] = np.inf
+    dist[dist == 0] = np.inf
+    return dist
+
+
 def should_seed(domain, options: ExactOptions) -> bool:
     """Whether the exact step starts a token from :func:`seed_points` (balls, interior-point path)."""
     return isinstance(domain, Ball) and options.seed_steps > 0 and options.interior_point and not options.full
@@ -189,7 +193,8 @@ def seed_points(comp: Competitors, positions: np.ndarray, domain: Ball, starts: 
                 tau: float = 0.05, block: int = 64) -> np.ndarray:
     """Points near where each token does best on the ball, from a few Frank-Wolfe steps on the
     smoothed max-min  -tau log sum_j exp(-r_j(x) / tau)  of the Chebyshev slacks r_j over *every*
-    row (float32 products; exact line search, since slacks are linear along a segment).
+    row (float32 products; slacks are linear along a segment, so the line search is one-dimensional
+    over the rows' values at its two ends).
 
     Only the first working set is chosen from them (the rows nearest to binding there): measured
     on 20 under-trained tokens of a 50k x 768 LayerNorm head, constraint generation then needs 2.4
@@ -214,11 +219,7 @@ def _seed_block(comp: Competitors, pos: np.ndarray, domain: Ball, x: np.ndarray,
     w32, bias = comp.weight32, comp.bias
     cols = np.arange(pos.size)
     # 1 / ||w_j - w_p|| per (token, row); 0 for the token itself and for rows identical to it.
-    sq = comp.sq_norms
-    dist2 = sq[None, :] - 2 * (comp.weight[pos] @ comp.weight.T) + sq[pos, None]
-    with np.errstate(divide="ignore"):
-        inv = np.where(dist2 > 0, 1.0 / np.sqrt(np.maximum(dist2, 0.0)), 0.0)
-    inv[cols, pos] = 0.0
+    inv = 1.0 / _row_distances(comp, pos, comp.weight[pos] @ comp.weight.T)
     parked = inv == 0
 
     def slacks(points):
@@ -275,24 +276,6 @@ def _smoothed_line_search(r: np.ndarray, r_y: np.ndarray, tau: float, evaluation
         if abs(newton - g) < 1e-4:
             return min(max(newton, lo), hi)
         g = newton if lo < newton < hi else (lo + hi) / 2
-    return (lo + hi) / 2
-
-
-def argmax_on_unit_interval(phi, evaluations: int) -> float:
-    """Golden-section search for the maximiser of a concave (unimodal) phi on [0, 1]."""
-    ratio = (5**0.5 - 1) / 2
-    lo, hi = 0.0, 1.0
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = phi(a), phi(b)
-    for _ in range(evaluations):
-        if fa < fb:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = phi(b)
-        else:
-            hi, b, fb = b, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = phi(a)
     return (lo + hi) / 2
 
 

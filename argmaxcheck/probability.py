@@ -40,7 +40,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .domains import Ball, Box
-from .exact import argmax_on_unit_interval
 
 _LOG_TOL = 1e-4  # stop when the two bounds agree to this, in log-probability (0.01% of the probability)
 _POLISH_SECONDS = 5.0  # the restricted exponential-cone solves, per token, when Frank-Wolfe stalls
@@ -179,7 +178,7 @@ def _frank_wolfe(weight, b, p, domain, x, deadline, steps: int = 100):
 
 def _line_search(s, delta, p, evaluations: int = 40) -> float:
     """argmax over [0, 1] of the concave phi(gamma) = (s + gamma delta)_p - logsumexp(s + gamma delta)."""
-    return argmax_on_unit_interval(lambda gamma: _log_softmax(s + gamma * delta, p), evaluations)
+    return _argmax_on_unit_interval(lambda gamma: _log_softmax(s + gamma * delta, p), evaluations)
 
 
 def _linear_argmax(domain, g: np.ndarray) -> np.ndarray:
@@ -224,3 +223,21 @@ def _into(domain, x: np.ndarray) -> np.ndarray:
         limit = domain.radius * (1 - 1e-12)
         return domain.center + off * (limit / norm) if norm > limit else x
     return np.clip(x, domain.lower, domain.upper)
+
+
+def _argmax_on_unit_interval(phi, evaluations: int) -> float:
+    """Golden-section search for the maximiser of a concave (unimodal) phi on [0, 1]."""
+    ratio = (5**0.5 - 1) / 2
+    lo, hi = 0.0, 1.0
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = phi(a), phi(b)
+    for _ in range(evaluations):
+        if fa < fb:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = phi(b)
+        else:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = phi(a)
+    return (lo + hi) / 2
