@@ -27,7 +27,7 @@ import numpy as np
 from .domains import Ball, Domain
 from .errors import InputError
 from .layer import OutputLayer, as_float64
-from .loaders import _SafetensorsFile, _TorchFile
+from .loaders import _SafetensorsFile, _TorchFile, value_dtype_name
 
 # model_type -> (head candidates, tied-embedding name, final norm kind, norm weight, norm bias, eps key)
 _FAMILIES = {
@@ -304,7 +304,7 @@ class _StateDict:
         return as_float64(self.state[name])
 
     def dtype(self, name) -> str:
-        return str(self.state[name].dtype).removeprefix("torch.")
+        return value_dtype_name(self.state[name])
 
     def matrices(self) -> list[str]:
         return sorted(self.state)

@@ -158,6 +158,11 @@ _ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "bf16", "I64": "
               "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
 
 
+def value_dtype_name(value) -> str:
+    """The dtype of a numpy array or torch tensor as numpy spells it (``float16``, ``bfloat16``)."""
+    return str(getattr(value, "dtype", type(value).__name__)).removeprefix("torch.")
+
+
 class _SafetensorsFile:
     def __init__(self, path: Path):
         self.path = path
@@ -262,8 +267,7 @@ class _TorchFile:
         return f"{self.dtype_name(name)}{list(getattr(v, 'shape', []))}"
 
     def dtype_name(self, name) -> str:
-        v = self.items[name]
-        return str(getattr(v, "dtype", type(v).__name__)).removeprefix("torch.")
+        return value_dtype_name(self.items[name])
 
     def get(self, name, text=False):
         v = self.items[name]
