@@ -106,7 +106,8 @@ def _best_margin_lp(comp: Competitors, p: int, domain, support, max_rounds: int 
     lower = domain.lower if isinstance(domain, Box) else np.full(d, -np.inf)
     upper = domain.upper if isinstance(domain, Box) else np.full(d, np.inf)
     start = np.clip(np.zeros(d), lower, upper)
-    gaps0 = comp.scores(start) - comp.scores(start)[p]
+    s0 = comp.scores(start)
+    gaps0 = s0 - s0[p]
     gaps0[p] = -np.inf
     rows = np.union1d(np.argsort(-gaps0)[: min(m - 1, 2 * d + 10)], support if support is not None else [])
     rows = rows[rows != p].astype(np.int64)

@@ -55,7 +55,8 @@ class MaxProbability:
     reached : float
         The probability at the returned point ``x`` (evaluated over every row).
     upper : float
-        The restricted problem's optimum: no point does better (up to the solver's tolerance).
+        No point does better: the smaller of the concavity bound f(x) + max_y g.(y - x) over every
+        row and the restricted optimum plus ten times the solver's tolerance.
     x : ndarray
         Where ``reached`` is attained.
     """
