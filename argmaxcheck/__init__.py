@@ -1,5 +1,9 @@
 """argmaxcheck: prove, token by token, whether any input can make a softmax row the argmax.
 
+The pipeline, one sub-package per stage (docs/architecture.md)::
+
+    sources/  (a file or folder -> LoadedLayer)  ->  engine/  (audit)  ->  report/  (AuditReport, gate, formats)
+
 Public API::
 
     from argmaxcheck import audit, Box, Ball, Unbounded
@@ -8,15 +12,13 @@ Public API::
 """
 
 from .domains import Ball, Box, Unbounded
-from .engine import AuditOptions, audit
+from .engine import AuditOptions, ExactOptions, audit, explain_token
 from .errors import InputError
-from .exact import ExactOptions
-from .explain import explain_token
-from .gate import Baseline, GatePolicy
-from .gate import evaluate as evaluate_gate
 from .integrations import ArgmaxCallback, assert_all_argmaxable
 from .layer import OutputLayer
 from .report import AuditReport, TokenResult
+from .report.gate import Baseline, GatePolicy
+from .report.gate import evaluate as evaluate_gate
 
 __all__ = [
            "ArgmaxCallback",

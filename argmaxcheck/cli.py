@@ -17,21 +17,15 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
-from .checkpoint import fold_norm, is_checkpoint, load_checkpoint
 from .domains import Ball, Box, Unbounded
-from .engine import AuditOptions, audit
+from .engine import AuditOptions, ExactOptions, audit, explain_token, render_explanation
 from .errors import InputError
-from .exact import ExactOptions
-from .explain import explain_token, render_explanation
-from .formats import print_terminal, render_github, render_junit, render_markdown, render_text
-from .gate import Baseline, GatePolicy, evaluate, parse_fail_on
-from .html_report import render_html
-from .loaders import ArraySpec, load_layer, load_vector
-from .onnx_model import is_onnx, load_onnx
 from .report import ARGMAXABLE
+from .report.formats import FORMATS
+from .report.gate import Baseline, GatePolicy, evaluate, parse_fail_on
+from .sources import SourceRequest, load_source
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
-FORMATS = ("table", "text", "json", "markdown", "html", "github", "junit")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = a.add_argument_group("output")
     o.add_argument("--tokens", default=None, metavar="LIST",
                    help="audit only these rows: ids and ranges like 0,5,10-20, or token strings")
-    o.add_argument("--format", choices=FORMATS, default="table",
+    o.add_argument("--format", choices=list(FORMATS), default="table",
                    help="what to print (or write to --output): table (rich terminal report), text, json,"
                         " markdown, html, github (workflow annotations) or junit (XML)")
     o.add_argument("--output", default=None, metavar="FILE", help="write the --format report here instead of stdout")
@@ -83,7 +77,7 @@ def _add_source_arguments(a) -> None:
     a.add_argument("path", help="a Hugging Face checkpoint folder, an .onnx model, or a .npz, .npy,"
                                 " .safetensors or .pt file with a [num_classes, dim] weight")
     g = a.add_argument_group("arrays")
-    g.add_argument("--weight", default="weight", metavar="NAME",
+    g.add_argument("--weight", default=None, metavar="NAME",
                    help="weight array (default: weight); for checkpoints and ONNX models, the head's tensor"
                         " (or ONNX node) name")
     g.add_argument("--bias", default=None, metavar="NAME", help="bias array (default: bias, if present)")
@@ -120,38 +114,15 @@ def main(argv: list[str] | None = None) -> int:
 def _load_source(args):
     """(layer, domain, checkpoint_info) for the PATH and array/norm/domain flags shared by all commands."""
     domain = _domain_from_args(args)
-    checkpoint_info = None
-    model_loader = None  # folders and .onnx files carry their own head, names and domain
-    if is_checkpoint(Path(args.path)):
-        model_loader = load_checkpoint
-    elif is_onnx(Path(args.path)):
-        model_loader = load_onnx
-    if model_loader is not None:
-        ckpt = model_loader(args.path, head=None if args.weight == "weight" else args.weight)
-        if args.domain == "auto":
-            layer, domain = ckpt.layer, ckpt.domain
-        else:
-            layer = ckpt.raw
-        auto = "folded final norm" if ckpt.norm != "none" else "domain inferred from the model"
-        checkpoint_info = {**ckpt.info, "audited": auto if args.domain == "auto" else "raw head"}
-        return layer, domain, checkpoint_info
-    layer = load_layer(args.path, ArraySpec(weight=args.weight, bias=args.bias, names=args.names,
-                                            transpose=args.transpose, no_bias=args.no_bias))
-    if args.norm is None and (args.norm_weight or args.norm_bias):
-        raise InputError("--norm-weight/--norm-bias need --norm layernorm|rmsnorm|rmsnorm1p")
-    if args.norm is not None:
-        if args.norm_weight is None:
-            raise InputError(f"--norm {args.norm} needs --norm-weight NAME")
-        if args.norm_bias is not None and args.norm != "layernorm":
-            raise InputError("--norm-bias only applies to --norm layernorm")
-        gamma = load_vector(args.path, args.norm_weight, layer.dim)
-        beta = load_vector(args.path, args.norm_bias, layer.dim) if args.norm_bias else None
-        folded = fold_norm(layer, args.norm, gamma, beta, layer.bias)
-        checkpoint_info = {**folded.info, "norm_weight": args.norm_weight, "norm_bias": args.norm_bias,
-                           "audited": "folded final norm" if args.domain == "auto" else "raw head"}
-        if args.domain == "auto":
-            layer, domain = folded.layer, folded.domain
-    return layer, domain, checkpoint_info
+    loaded = load_source(args.path, SourceRequest(
+        weight=args.weight, bias=args.bias, names=args.names, transpose=args.transpose, no_bias=args.no_bias,
+        norm=args.norm, norm_weight=args.norm_weight, norm_bias=args.norm_bias))
+    if not loaded.info:  # a plain array file, audited as stored
+        return loaded.layer, domain, None
+    if args.domain == "auto":
+        audited = "folded final norm" if loaded.norm != "none" else "domain inferred from the model"
+        return loaded.layer, loaded.domain, {**loaded.info, "audited": audited}
+    return loaded.raw, domain, {**loaded.info, "audited": "raw head"}
 
 
 def _audit_command(args) -> int:
@@ -179,22 +150,15 @@ def _audit_command(args) -> int:
     gate = evaluate(report, policy, baseline)
     if args.save_certificates:
         _atomic_write(args.save_certificates, report.save_certificates)
-    renderers = {
-        "json": lambda: json.dumps(report.to_dict(gate.to_dict()), indent=2, ensure_ascii=False) + "\n",
-        "text": lambda: render_text(report, gate),
-        "markdown": lambda: render_markdown(report, gate),
-        "html": lambda: render_html(report, layer.weight, gate),
-        "github": lambda: render_github(report, gate),
-        "junit": lambda: render_junit(report, gate),
-    }
     for fmt in ("json", "html", "markdown", "junit"):
         target = getattr(args, f"{fmt}_file")
         if target:
-            _emit(renderers[fmt](), target)
-    if args.format == "table" and args.output is None:
-        print_terminal(report, gate)
+            _emit(FORMATS[fmt](report, gate, layer), target)
+    chosen = FORMATS[args.format]
+    if chosen.terminal is not None and args.output is None:
+        chosen.terminal(report, gate)
     else:
-        _emit(renderers["text" if args.format == "table" else args.format](), args.output)
+        _emit(chosen(report, gate, layer), args.output)
     return EXIT_OK if gate.passed else EXIT_FOUND
 
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .domains import Domain
-from .engine import AuditOptions, audit
-from .formats import render_text
-from .gate import GatePolicy, evaluate
+from .engine.audit import AuditOptions, audit
 from .layer import OutputLayer
-from .report import AuditReport
+from .report.formats.text import render as render_text
+from .report.gate import GatePolicy, evaluate
+from .report.model import AuditReport
 
 
 def audit_model(model, tokenizer=None, options: AuditOptions | None = None) -> AuditReport:
     """Audit a live ``transformers`` model's head on the features its final norm can produce."""
-    from .checkpoint import checkpoint_from_model  # noqa: PLC0415
+    from .sources.huggingface import checkpoint_from_model  # noqa: PLC0415
 
     ckpt = checkpoint_from_model(model, tokenizer)
     report = audit(ckpt.layer, domain=ckpt.domain, options=options)

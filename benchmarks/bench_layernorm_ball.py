@@ -4,7 +4,7 @@ The layer is synthetic but shaped like a trained LM head: rows share a common
 direction, a few hundred "rare" rows sit close to the mean (the under-trained
 tokens of real vocabularies), and 40 rows are planted deep inside the hull of
 the others (unreachable whatever the input). The LayerNorm's gain and bias are
-folded in with :func:`argmaxcheck.checkpoint.fold_norm`, so the audit runs on
+folded in with :func:`argmaxcheck.sources.norms.fold_norm`, so the audit runs on
 the ball of radius sqrt(d) in the mean-zero subspace, with the bias W beta.
 
 Prints the audit's wall time, the screen/exact split, the median and max time
@@ -25,8 +25,8 @@ import time
 import numpy as np
 
 from argmaxcheck import AuditOptions, ExactOptions, audit
-from argmaxcheck.checkpoint import fold_norm
 from argmaxcheck.layer import OutputLayer
+from argmaxcheck.sources.norms import fold_norm
 
 
 def build_layer(n: int, d: int, planted: int, rare: int, spread: float, seed: int = 0):

@@ -12,7 +12,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from argmaxcheck import InputError, audit  # noqa: E402
-from argmaxcheck.checkpoint import load_checkpoint  # noqa: E402
+from argmaxcheck.sources.huggingface import load_checkpoint  # noqa: E402
 
 
 def tiny(family: str, folder, tied: bool):
@@ -197,7 +197,7 @@ def test_plain_file_with_norm_flags_matches_checkpoint(tmp_path):
     """The same GPT-2 head and ln_f as plain arrays, folded by --norm flags, gives the same verdicts."""
     tiny("gpt2", tmp_path / "m", True)
     ckpt = load_checkpoint(tmp_path / "m")
-    from argmaxcheck.checkpoint import _TensorIndex  # noqa: PLC0415
+    from argmaxcheck.sources.huggingface import _TensorIndex  # noqa: PLC0415
 
     tensors = _TensorIndex(tmp_path / "m")
     np.savez(tmp_path / "head.npz", weight=tensors.get("transformer.wte.weight"),

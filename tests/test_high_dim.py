@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from conftest import full_lp_radius
 
-from argmaxcheck import AuditOptions, Ball, Box, ExactOptions, audit, ipm
-from argmaxcheck.exact import Competitors, _smoothed_line_search, seed_points
+from argmaxcheck import AuditOptions, Ball, Box, ExactOptions, audit
+from argmaxcheck.engine import ipm
+from argmaxcheck.engine.exact import Competitors, _smoothed_line_search, seed_points
 
 
 def interior_layer(rng, n=900, d=72, planted=6):

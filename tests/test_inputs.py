@@ -8,7 +8,7 @@ import torch
 from safetensors.numpy import save_file
 
 from argmaxcheck import Ball, Box, InputError, audit
-from argmaxcheck.loaders import ArraySpec, load_layer
+from argmaxcheck.sources.arrays import ArraySpec, load_layer
 
 
 @pytest.mark.parametrize("weight,bias,message", [

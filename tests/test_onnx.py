@@ -19,8 +19,9 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
-from argmaxcheck import Ball, Box, InputError, Unbounded, audit, certify  # noqa: E402
-from argmaxcheck.onnx_model import GELU_MIN, HARDSWISH_MIN, SWISH_MIN, load_onnx  # noqa: E402
+from argmaxcheck import Ball, Box, InputError, Unbounded, audit  # noqa: E402
+from argmaxcheck.engine import certify  # noqa: E402
+from argmaxcheck.sources.onnx import GELU_MIN, HARDSWISH_MIN, SWISH_MIN, load_onnx  # noqa: E402
 
 N, D = 12, 6
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from argmaxcheck import AuditOptions, Box, audit
-from argmaxcheck.engine import _label_practical
-from argmaxcheck.exact import Competitors
-from argmaxcheck.precision import unit_roundoff
+from argmaxcheck.engine.audit import _label_practical
+from argmaxcheck.engine.exact import Competitors
+from argmaxcheck.engine.precision import unit_roundoff
 from argmaxcheck.report import TokenResult
 
 ROOT = Path(__file__).resolve().parents[1]

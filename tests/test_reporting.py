@@ -22,13 +22,13 @@ from argmaxcheck import (
     evaluate_gate,
     explain_token,
 )
-from argmaxcheck.formats import render_github, render_junit, render_markdown
-from argmaxcheck.gate import Baseline, parse_fail_on
+from argmaxcheck.engine.probability import log_probability, max_probability
 from argmaxcheck.layer import OutputLayer
-from argmaxcheck.probability import log_probability, max_probability
+from argmaxcheck.report.formats import FORMATS
+from argmaxcheck.report.gate import Baseline, parse_fail_on
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((ROOT / "argmaxcheck" / "report.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "argmaxcheck" / "report" / "report.schema.json").read_text())
 TINY = ROOT / "data" / "tiny-gpt2"
 
 
@@ -146,14 +146,14 @@ def test_markdown_github_and_junit(planted):
     report = audit(planted)
     report.source = "layer.npz"
     gate = evaluate_gate(report, GatePolicy(ignore=["<unused>"]))
-    md = render_markdown(report, gate)
+    md = FORMATS["markdown"](report, gate)
     assert "| 7 | <code>'tok7'</code> |" in md and "gate failed" in md
-    gh = render_github(report, gate).splitlines()
+    gh = FORMATS["github"](report, gate).splitlines()
     errors = [line for line in gh if line.startswith("::error")]
     assert len(errors) == len(gate.counted())
     assert any("token 30 '<unused>'" in line for line in gh if line.startswith("::notice"))
     assert all("\n" not in line for line in gh)
-    suite = ET.fromstring(render_junit(report, gate))
+    suite = ET.fromstring(FORMATS["junit"](report, gate))
     assert int(suite.get("failures")) == len(gate.counted())
     failed = {c.get("name").split()[0] for c in suite.iter("testcase") if c.find("failure") is not None}
     assert failed == {str(i) for i in gate.counted()}
@@ -164,7 +164,7 @@ def test_github_annotations_escape_newlines_and_percent():
     weight = np.vstack([np.eye(3), np.eye(3)[:1]])
     report = audit(weight, names=["a", "b", "c", "bad\n%token"])
     gate = evaluate_gate(report)
-    line = next(x for x in render_github(report, gate).splitlines() if x.startswith("::error"))
+    line = next(x for x in FORMATS["github"](report, gate).splitlines() if x.startswith("::error"))
     assert "%25" in line and "\n" not in line
 
 

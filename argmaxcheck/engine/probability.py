@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .domains import Ball, Box
+from ..domains import Ball, Box
 
 _LOG_TOL = 1e-4  # stop when the two bounds agree to this, in log-probability (0.01% of the probability)
 _POLISH_SECONDS = 5.0  # the restricted exponential-cone solves, per token, when Frank-Wolfe stalls

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..domains import Ball, Box, Unbounded
 from . import certify, ipm
-from .domains import Ball, Box, Unbounded
 from .exact import Competitors, _most_violated, ball_rows, from_ball
 
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}

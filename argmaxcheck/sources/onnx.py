@@ -43,10 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import Checkpoint, fold_norm
-from .domains import Box, Unbounded
-from .errors import InputError
-from .layer import OutputLayer
+from ..domains import Box, Unbounded
+from ..errors import InputError
+from ..layer import OutputLayer
+from .base import LoadedLayer, SourceRequest
+from .norms import fold_norm
 
 SWISH_MIN = -0.2784645427610738  # min of x * sigmoid(x), at x = -1.2785, rounded outward
 HARDSWISH_MIN = -0.375  # min of x * relu6(x + 3) / 6, at x = -1.5 (exact)
@@ -72,7 +73,22 @@ def is_onnx(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() == ".onnx"
 
 
-def load_onnx(path: str | Path, head: str | None = None) -> Checkpoint:
+class _OnnxSource:
+    """The registry entry: an ``.onnx`` file."""
+
+    name = "onnx"
+
+    def matches(self, path: Path) -> bool:
+        return is_onnx(path)
+
+    def load(self, path: Path, request: SourceRequest) -> LoadedLayer:
+        return load_onnx(path, head=request.weight)
+
+
+SOURCE = _OnnxSource()
+
+
+def load_onnx(path: str | Path, head: str | None = None) -> LoadedLayer:
     """Read an ONNX model's classifier, its token names and the domain its features live in.
 
     Parameters
@@ -85,7 +101,7 @@ def load_onnx(path: str | Path, head: str | None = None) -> Checkpoint:
 
     Returns
     -------
-    Checkpoint
+    LoadedLayer
         ``layer``/``domain`` ready for :func:`argmaxcheck.audit` (a folded
         LayerNorm where one feeds the head), ``raw`` the head as stored, and
         ``info`` naming the nodes, tensors and domain used.
@@ -119,9 +135,9 @@ def load_onnx(path: str | Path, head: str | None = None) -> Checkpoint:
         gamma, beta, eps = norm
         folded = fold_norm(raw, "layernorm", gamma, beta, raw.bias, eps)
         info["domain"] = f"{folded.info['domain']} ({why})"
-        return Checkpoint(folded.layer, folded.domain, info, raw, "layernorm", folded.basis, eps)
+        return LoadedLayer(folded.layer, folded.domain, info, raw, "layernorm", folded.basis, eps)
     info["domain"] = why
-    return Checkpoint(raw, domain, info, raw)
+    return LoadedLayer(raw, domain, info, raw)
 
 
 def _read(path: Path):

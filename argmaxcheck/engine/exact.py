@@ -27,9 +27,9 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 
+from ..domains import Ball, Box
 from . import certify, ipm
 from ._blas import matvec
-from .domains import Ball, Box
 
 _INF = highspy.kHighsInf
 

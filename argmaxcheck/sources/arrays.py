@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .layer import OutputLayer, as_float64
+from ..domains import Unbounded
+from ..errors import InputError
+from ..layer import OutputLayer, as_float64
+from .base import LoadedLayer, SourceRequest
+from .norms import fold_norm
 
 DEFAULT_WEIGHT = "weight"
 DEFAULT_BIAS = "bias"
@@ -43,11 +46,9 @@ def _open(path: Path):
         raise InputError(f"{path}: is a folder without config.json; give a checkpoint folder or a"
                          " .npz, .npy, .safetensors or .pt file")
     suffix = path.suffix.lower()
-    readers = {".npz": _NpzFile, ".npy": _NpyFile, ".safetensors": _SafetensorsFile, ".pt": _TorchFile,
-               ".pth": _TorchFile, ".bin": _TorchFile}
-    if suffix not in readers:
+    if suffix not in _READERS:
         raise InputError(f"{path}: unsupported file type '{suffix}' (expected .npz, .npy, .safetensors, .pt)")
-    return readers[suffix](path)
+    return _READERS[suffix](path)
 
 
 def load_vector(path: str | os.PathLike, name: str, length: int) -> np.ndarray:
@@ -103,6 +104,36 @@ def load_layer(path: str | os.PathLike, spec: ArraySpec = ArraySpec()) -> Output
                                        bias_name=f"{path.name}:{bias_name}")
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
+
+
+class _ArrayFileSource:
+    """The registry entry and fallback: a plain array file, with an optional final norm given by name."""
+
+    name = "arrays"
+
+    def matches(self, path: Path) -> bool:
+        return path.is_file() and path.suffix.lower() in _READERS
+
+    def load(self, path: Path, request: SourceRequest) -> LoadedLayer:
+        layer = load_layer(path, ArraySpec(weight=request.weight or DEFAULT_WEIGHT, bias=request.bias,
+                                           names=request.names, transpose=request.transpose,
+                                           no_bias=request.no_bias))
+        if request.norm is None:
+            if request.norm_weight or request.norm_bias:
+                raise InputError("--norm-weight/--norm-bias need --norm layernorm|rmsnorm|rmsnorm1p")
+            return LoadedLayer(layer, Unbounded(), {}, layer)
+        if request.norm_weight is None:
+            raise InputError(f"--norm {request.norm} needs --norm-weight NAME")
+        if request.norm_bias is not None and request.norm != "layernorm":
+            raise InputError("--norm-bias only applies to --norm layernorm")
+        gamma = load_vector(path, request.norm_weight, layer.dim)
+        beta = load_vector(path, request.norm_bias, layer.dim) if request.norm_bias else None
+        folded = fold_norm(layer, request.norm, gamma, beta, layer.bias)
+        info = {**folded.info, "norm_weight": request.norm_weight, "norm_bias": request.norm_bias}
+        return LoadedLayer(folded.layer, folded.domain, info, folded.raw, folded.norm, folded.basis, folded.eps)
+
+
+SOURCE = _ArrayFileSource()
 
 
 def _listing(source) -> str:
@@ -280,3 +311,7 @@ class _TorchFile:
         if not isinstance(v, torch.Tensor):
             raise InputError(f"{self.path}: '{name}' is a {type(v).__name__}, not a tensor")
         return v
+
+
+_READERS = {".npz": _NpzFile, ".npy": _NpyFile, ".safetensors": _SafetensorsFile, ".pt": _TorchFile,
+            ".pth": _TorchFile, ".bin": _TorchFile}

@@ -1,17 +1,9 @@
-"""Hugging Face checkpoint folders: find the output layer and the feature set it really sees.
+"""Hugging Face checkpoint folders (and live ``transformers`` models): find the head and its final norm.
 
-Most transformers normalise the residual stream right before the output
-layer, so the features that reach it are not all of R^d (DESIGN.md section 4):
-
-* **LayerNorm** ``x = gamma * z + beta`` with ``z = (h - mean h) / sqrt(var h + eps)``:
-  ``z`` has mean 0 and ``|z|^2 = d var / (var + eps) < d``. In an orthonormal
-  basis ``Q`` of the mean-zero subspace the logits are ``W' y + b'`` with
-  ``W' = W diag(gamma) Q``, ``b' = W beta + b`` and ``|y| < sqrt(d)``: a ball.
-* **RMSNorm** ``x = g * z`` (Gemma: ``(1 + g) * z``), ``|z| < sqrt(d)`` in all of
-  R^d: the ball ``|z| < sqrt(d)`` on ``W diag(g)``.
-
-The open ball and its closure give the same verdicts (a strict win is an open
-condition), so the audit runs on the closed ball. Only the tensors needed are
+A folder with ``config.json`` and single or sharded safetensors (or
+``pytorch_model.bin``): the family's table below says where the output layer
+and the final norm live; the norm is folded in (:mod:`.norms`) so the audit
+runs on the features the model can really produce. Only the tensors needed are
 read; shards that do not hold them are never opened.
 """
 
@@ -19,15 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .domains import Ball, Domain
-from .errors import InputError
-from .layer import OutputLayer, as_float64
-from .loaders import _SafetensorsFile, _TorchFile, value_dtype_name
+from ..errors import InputError
+from ..layer import OutputLayer, as_float64
+from .arrays import _SafetensorsFile, _TorchFile, value_dtype_name
+from .base import LoadedLayer, SourceRequest
+from .norms import fold_norm
 
 # model_type -> (head candidates, tied-embedding name, final norm kind, norm weight, norm bias, eps key)
 _FAMILIES = {
@@ -78,39 +70,26 @@ def _family(model_type: str, config: dict):
     return None
 
 
-@dataclass(frozen=True, eq=False)
-class Checkpoint:
-    """A checkpoint's output layer, folded onto the features its final norm can produce.
-
-    ``layer`` and ``domain`` go straight to :func:`argmaxcheck.audit`;
-    ``info`` says which tensors and which domain were used.
-    """
-
-    layer: OutputLayer
-    domain: Domain
-    info: dict = field(default_factory=dict)
-    raw: OutputLayer | None = None  # the head as stored, for audits on another domain
-    norm: str = "none"
-    basis: np.ndarray | None = None  # LayerNorm: orthonormal basis of the mean-zero subspace
-    eps: float = 0.0
-
-    def fold_features(self, hidden: np.ndarray) -> np.ndarray:
-        """Map residual-stream vectors (..., d) to the audited coordinates (for tests and witnesses)."""
-        h = np.asarray(hidden, dtype=np.float64)
-        if self.norm == "layernorm":
-            centred = h - h.mean(axis=-1, keepdims=True)
-            z = centred / np.sqrt((centred**2).mean(axis=-1, keepdims=True) + self.eps)
-            return z @ self.basis
-        if self.norm in ("rmsnorm", "rmsnorm1p"):
-            return h / np.sqrt((h**2).mean(axis=-1, keepdims=True) + self.eps)
-        return h
-
-
 def is_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").exists()
 
 
-def load_checkpoint(path: str | Path, head: str | None = None) -> Checkpoint:
+class _FolderSource:
+    """The registry entry: a folder with ``config.json``."""
+
+    name = "huggingface"
+
+    def matches(self, path: Path) -> bool:
+        return is_checkpoint(path)
+
+    def load(self, path: Path, request: SourceRequest) -> LoadedLayer:
+        return load_checkpoint(path, head=request.weight)
+
+
+SOURCE = _FolderSource()
+
+
+def load_checkpoint(path: str | Path, head: str | None = None) -> LoadedLayer:
     """Read a Hugging Face checkpoint folder and fold its final norm into the output layer.
 
     ``head`` names the output-layer tensor when the family's usual names do not apply.
@@ -124,7 +103,7 @@ def load_checkpoint(path: str | Path, head: str | None = None) -> Checkpoint:
                          lambda rows: _token_names(folder, rows))
 
 
-def checkpoint_from_model(model, tokenizer=None, head: str | None = None) -> Checkpoint:
+def checkpoint_from_model(model, tokenizer=None, head: str | None = None) -> LoadedLayer:
     """The same as :func:`load_checkpoint` for a live ``transformers`` model (its config and
     state dict, read in memory); names come from ``tokenizer`` when given."""
     config = model.config.to_dict()
@@ -140,7 +119,7 @@ def checkpoint_from_model(model, tokenizer=None, head: str | None = None) -> Che
     return _from_tensors(type(model).__name__, config, _StateDict(model.state_dict()), head, names)
 
 
-def _from_tensors(folder: str, config: dict, tensors, head: str | None, token_names) -> Checkpoint:
+def _from_tensors(folder: str, config: dict, tensors, head: str | None, token_names) -> LoadedLayer:
     """Find the head and final norm among ``tensors`` (a _TensorIndex or _StateDict) and fold them;
     ``folder`` names the source in errors (a path, or the model's class)."""
     model_type = config.get("model_type")
@@ -191,55 +170,7 @@ def _from_tensors(folder: str, config: dict, tensors, head: str | None, token_na
     info["domain"] = ckpt.info["domain"]
     layer = dataclasses.replace(ckpt.layer, special=special)
     raw = dataclasses.replace(ckpt.raw, special=special)
-    return Checkpoint(layer, ckpt.domain, info, raw, norm, ckpt.basis, eps)
-
-
-def fold_norm(raw: OutputLayer, norm: str, gamma: np.ndarray, beta: np.ndarray | None = None,
-              head_bias: np.ndarray | None = None, eps: float = 1e-5) -> Checkpoint:
-    """Fold a final norm (``layernorm``, ``rmsnorm`` or ``rmsnorm1p``) into an output layer.
-
-    ``raw`` is the head as stored (its bias, if any, is ignored in favour of
-    ``head_bias``); returns the folded layer with the ball it must be audited on.
-    """
-    weight = raw.weight
-    d = weight.shape[1]
-    if norm not in ("layernorm", "rmsnorm", "rmsnorm1p"):
-        raise InputError(f"unknown norm '{norm}' (expected layernorm, rmsnorm or rmsnorm1p)")
-    for what, vec in (("norm weight", gamma), ("norm bias", beta), ("head bias", head_bias)):
-        if vec is None:
-            continue
-        expected = d if what != "head bias" else weight.shape[0]
-        if vec.shape != (expected,):
-            raise InputError(f"{what} has shape {vec.shape}, expected ({expected},)")
-        if not np.isfinite(vec).all():
-            raise InputError(f"{what} has non-finite values")
-    basis = None
-    # Fold each distinct row once and copy it: BLAS need not round identical rows identically,
-    # and duplicates (untrained reserved tokens) must stay exact ties after the fold.
-    distinct, inverse = np.unique(weight, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    if norm == "layernorm":
-        beta = np.zeros(d) if beta is None else beta
-        basis = _mean_zero_basis(d)
-        folded = ((distinct * gamma) @ basis)[inverse]
-        bias = (distinct @ beta)[inverse] + (0.0 if head_bias is None else head_bias)
-        layer = OutputLayer.from_arrays(folded, bias, raw.tokens, source_dtype=raw.source_dtype)
-        domain_text = f"LayerNorm output: |z| <= sqrt({d}) in the {d - 1}-dim mean-zero subspace"
-    else:
-        scale = 1.0 + gamma if norm == "rmsnorm1p" else gamma
-        layer = OutputLayer.from_arrays(weight * scale, head_bias, raw.tokens, source_dtype=raw.source_dtype)
-        domain_text = f"RMSNorm output: |z| <= sqrt({d})"
-    stored = OutputLayer.from_arrays(weight, head_bias, raw.tokens, source_dtype=raw.source_dtype)
-    return Checkpoint(layer, Ball(float(np.sqrt(d))), {"norm": norm, "domain": domain_text}, stored, norm,
-                      basis, eps)
-
-
-def _mean_zero_basis(d: int) -> np.ndarray:
-    """Columns 2..d of the Householder reflection that maps e_1 to 1/sqrt(d): an orthonormal basis of 1^perp."""
-    v = np.full(d, 1.0 / np.sqrt(d))
-    v[0] -= 1.0
-    h = np.eye(d) - 2.0 * np.outer(v, v) / (v @ v)
-    return h[:, 1:]
+    return LoadedLayer(layer, ckpt.domain, info, raw, norm, ckpt.basis, eps)
 
 
 class _TensorIndex:

@@ -8,15 +8,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..domains import Ball, Box, Domain, Unbounded
+from ..errors import InputError
+from ..layer import OutputLayer
+from ..report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 from . import certify
-from .domains import Ball, Box, Domain, Unbounded
-from .errors import InputError
 from .exact import Competitors, ExactOptions, seed_points, should_seed, solve_token
-from .layer import OutputLayer
 from .precision import best_margin, margin_domain, threshold, unit_roundoff
 from .probability import bounded as probability_bounded
 from .probability import max_probability
-from .report import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 from .screen import screen
 
 

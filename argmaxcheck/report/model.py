@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .escape import escape_token
+
 ARGMAXABLE = "argmaxable"
 UNARGMAXABLE = "unargmaxable"
 UNDECIDED = "undecided"
@@ -23,12 +25,7 @@ MARGIN_DOC = (
 )
 
 
-SCHEMA_VERSION = "1.0"  # of the JSON report; docs/report-schema.md, argmaxcheck/report.schema.json
-
-
-def escape_token(token: str | None) -> str:
-    """The token as a Python literal, so invisible and control characters show."""
-    return "" if token is None else repr(token)
+SCHEMA_VERSION = "1.0"  # of the JSON report; docs/report-schema.md, argmaxcheck/report/report.schema.json
 
 
 @dataclass(frozen=True, eq=False)

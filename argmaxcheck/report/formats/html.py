@@ -16,9 +16,11 @@ import html
 
 import numpy as np
 
-from .formats import SECTIONS, gate_lines, probability_text, summary_lines
-from .gate import GateResult
-from .report import ARGMAXABLE, PRACTICAL, SCHEMA_VERSION, UNARGMAXABLE, UNDECIDED, AuditReport, escape_token
+from ...layer import OutputLayer
+from ..escape import escape_token
+from ..gate import GateResult
+from ..model import ARGMAXABLE, PRACTICAL, SCHEMA_VERSION, UNARGMAXABLE, UNDECIDED, AuditReport
+from ._common import SECTIONS, gate_lines, probability_text, summary_lines
 
 _COLORS = {ARGMAXABLE: "#9aa5b1", UNARGMAXABLE: "#d1495b", PRACTICAL: "#edae49", UNDECIDED: "#00798c"}
 _MAX_BACKGROUND_POINTS = 5000  # argmaxable rows drawn in the projection (a random sample beyond this)
@@ -35,13 +37,13 @@ pre.summary { background: #f4f6f8; padding: 1em; white-space: pre-wrap; }
 """
 
 
-def render_html(report: AuditReport, weight: np.ndarray | None = None, gate: GateResult | None = None) -> str:
-    """The report as one HTML document. ``weight`` (the audited rows) enables the projection plot."""
+def render(report: AuditReport, gate: GateResult | None = None, layer: OutputLayer | None = None) -> str:
+    """The report as one HTML document. ``layer`` (the audited rows) enables the projection plot."""
     from plotly.offline import get_plotlyjs  # noqa: PLC0415 - heavy import, only for HTML
 
     figures = [_margin_figure(report)]
-    if weight is not None:
-        figures.append(_projection_figure(report, weight))
+    if layer is not None:
+        figures.append(_projection_figure(report, layer.weight))
     prob = _probability_figure(report)
     if prob is not None:
         figures.append(prob)

@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
-from .report import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport
+from ..errors import InputError
+from .model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport
 
 FLAGGED = (UNARGMAXABLE, PRACTICAL, UNDECIDED)
 DEFAULT_FAIL_ON = {UNARGMAXABLE: 0, PRACTICAL: 0, UNDECIDED: 0}

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linprog
 
+from ..domains import Box, Unbounded
+from ..layer import OutputLayer
+from ..report.escape import escape_token
+from ..report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport, TokenResult
 from . import certify
-from .domains import Box, Unbounded
-from .engine import AuditOptions, audit
+from .audit import AuditOptions, audit
 from .exact import Competitors, _any_point, _most_violated
-from .layer import OutputLayer
 from .precision import best_margin, margin_domain
-from .report import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport, TokenResult, escape_token
 
 
 @dataclass(frozen=True)

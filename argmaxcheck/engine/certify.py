@@ -27,8 +27,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from ..domains import Ball, Box, Unbounded
 from ._blas import matvec, vecmat
-from .domains import Ball, Box, Unbounded
 
 U64 = 2.0**-53
 U32 = 2.0**-24

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..domains import Ball, Box, Unbounded
 from . import certify
 from .certify import U32, U64
-from .domains import Ball, Box, Unbounded
 
 # Scales tried along a guessed direction when the bias makes scale matter.
 _UNBOUNDED_SCALES = 2.0 ** np.arange(-3, 8)

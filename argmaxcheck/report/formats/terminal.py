@@ -1,0 +1,32 @@
+"""The rich terminal report (the default on a terminal)."""
+
+from __future__ import annotations
+
+from ..gate import GateResult
+from ..model import AuditReport
+from ._common import COLUMNS, SECTIONS, gate_lines, rows, summary_lines
+
+
+def print_terminal(report: AuditReport, gate: GateResult | None = None, console=None, limit: int = 500) -> None:
+    """The rich terminal report: summary, then one table per flagged category (``limit`` rows each)."""
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    console = console or Console()
+    # soft_wrap: summary lines stay whole (greppable) when the output is a pipe or a narrow terminal
+    for k, line in enumerate(summary_lines(report) + gate_lines(gate)):
+        style = "bold" if k == 2 else ("bold red" if line.startswith("gate: FAILED") else None)
+        console.print(Text(line, style=style or ""), soft_wrap=True)
+    for verdict, title in SECTIONS:
+        table_rows = list(rows(report, verdict))
+        if not table_rows:
+            continue
+        table = Table(title=f"{title} ({len(table_rows)})", title_justify="left")
+        for col in COLUMNS:
+            table.add_column(col, overflow="fold", no_wrap=col in ("id", "margin"))
+        for row in table_rows[:limit]:
+            table.add_row(*(Text(cell) for cell in row))  # Text: no markup in token strings
+        console.print(table)
+        if len(table_rows) > limit:
+            console.print(f"... and {len(table_rows) - limit} more (see --format json or --html)", markup=False)

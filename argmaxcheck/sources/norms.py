@@ -1,0 +1,76 @@
+"""Fold a final normalisation layer into the output layer (DESIGN.md section 4).
+
+Most transformers normalise the residual stream right before the output
+layer, so the features that reach it are not all of R^d:
+
+* **LayerNorm** ``x = gamma * z + beta`` with ``z = (h - mean h) / sqrt(var h + eps)``:
+  ``z`` has mean 0 and ``|z|^2 = d var / (var + eps) < d``. In an orthonormal
+  basis ``Q`` of the mean-zero subspace the logits are ``W' y + b'`` with
+  ``W' = W diag(gamma) Q``, ``b' = W beta + b`` and ``|y| < sqrt(d)``: a ball.
+* **RMSNorm** ``x = g * z`` (Gemma: ``(1 + g) * z``), ``|z| < sqrt(d)`` in all of
+  R^d: the ball ``|z| < sqrt(d)`` on ``W diag(g)``.
+
+The open ball and its closure give the same verdicts (a strict win is an open
+condition), so the audit runs on the closed ball.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..domains import Ball
+from ..errors import InputError
+from ..layer import OutputLayer
+from .base import LoadedLayer
+
+NORMS = ("layernorm", "rmsnorm", "rmsnorm1p")
+
+
+def fold_norm(raw: OutputLayer, norm: str, gamma: np.ndarray, beta: np.ndarray | None = None,
+              head_bias: np.ndarray | None = None, eps: float = 1e-5) -> LoadedLayer:
+    """Fold a final norm (``layernorm``, ``rmsnorm`` or ``rmsnorm1p``) into an output layer.
+
+    ``raw`` is the head as stored (its bias, if any, is ignored in favour of
+    ``head_bias``); returns the folded layer with the ball it must be audited on.
+    """
+    weight = raw.weight
+    d = weight.shape[1]
+    if norm not in ("layernorm", "rmsnorm", "rmsnorm1p"):
+        raise InputError(f"unknown norm '{norm}' (expected layernorm, rmsnorm or rmsnorm1p)")
+    for what, vec in (("norm weight", gamma), ("norm bias", beta), ("head bias", head_bias)):
+        if vec is None:
+            continue
+        expected = d if what != "head bias" else weight.shape[0]
+        if vec.shape != (expected,):
+            raise InputError(f"{what} has shape {vec.shape}, expected ({expected},)")
+        if not np.isfinite(vec).all():
+            raise InputError(f"{what} has non-finite values")
+    basis = None
+    # Fold each distinct row once and copy it: BLAS need not round identical rows identically,
+    # and duplicates (untrained reserved tokens) must stay exact ties after the fold.
+    distinct, inverse = np.unique(weight, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    if norm == "layernorm":
+        beta = np.zeros(d) if beta is None else beta
+        basis = _mean_zero_basis(d)
+        folded = ((distinct * gamma) @ basis)[inverse]
+        bias = (distinct @ beta)[inverse] + (0.0 if head_bias is None else head_bias)
+        layer = OutputLayer.from_arrays(folded, bias, raw.tokens, source_dtype=raw.source_dtype)
+        domain_text = f"LayerNorm output: |z| <= sqrt({d}) in the {d - 1}-dim mean-zero subspace"
+    else:
+        scale = 1.0 + gamma if norm == "rmsnorm1p" else gamma
+        layer = OutputLayer.from_arrays(weight * scale, head_bias, raw.tokens, source_dtype=raw.source_dtype)
+        domain_text = f"RMSNorm output: |z| <= sqrt({d})"
+    stored = OutputLayer.from_arrays(weight, head_bias, raw.tokens, source_dtype=raw.source_dtype)
+    return LoadedLayer(layer, Ball(float(np.sqrt(d))), {"norm": norm, "domain": domain_text}, stored, norm,
+                      basis, eps)
+
+
+def _mean_zero_basis(d: int) -> np.ndarray:
+    """Columns 2..d of the Householder reflection that maps e_1 to 1/sqrt(d): an orthonormal basis of 1^perp."""
+    v = np.full(d, 1.0 / np.sqrt(d))
+    v[0] -= 1.0
+    h = np.eye(d) - 2.0 * np.outer(v, v) / (v @ v)
+    return h[:, 1:]
+
+
