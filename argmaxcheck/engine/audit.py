@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..layer import OutputLayer
 from ..report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 from . import certify
-from .exact import Competitors, ExactOptions, seed_points, should_seed, solve_token
+from .exact import Competitors, ExactOptions, _any_point, seed_points, should_seed, solve_token
 from .precision import best_margin, margin_domain, threshold, unit_roundoff
 from .probability import bounded as probability_bounded
 from .probability import max_probability
@@ -88,10 +88,16 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         For malformed arrays, domains or token lists (one-line message).
     """
     started = time.perf_counter()
-    layer = weight if isinstance(weight, OutputLayer) else OutputLayer.from_arrays(weight, bias, names)
+    original = weight if isinstance(weight, OutputLayer) else OutputLayer.from_arrays(weight, bias, names)
     options = options or AuditOptions()
-    domain = (domain if domain is not None else Unbounded()).resolve(layer.dim)
-    targets = _targets(tokens, layer.num_classes)
+    domain = (domain if domain is not None else Unbounded()).resolve(original.dim)
+    targets = _targets(tokens, original.num_classes)
+    if original.num_classes < 2:
+        raise InputError(f"the layer has {original.num_classes} row: a softmax over one class always picks it,"
+                         " so there is nothing to audit")
+    # Every stage works on the layer scaled by a power of two to max |w|, |b| in [0.5, 1): exact, it
+    # changes no verdict, witness or certificate, and keeps products clear of overflow and underflow.
+    layer, exponent = _normalised(original)
     progress = progress or (lambda _n: None)
     timings: dict[str, float] = {}
 
@@ -119,6 +125,13 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
             results[i] = TokenResult(i, name(i), UNDECIDED, np.nan, stage, reason=check.reason)
         progress(1)
 
+    if reps.size == 1:
+        # All rows share one weight vector: the best-biased row (if not tied) wins at every point,
+        # by its smallest bias lead. No solver is needed and the gap is exact.
+        lead = float(np.min(np.delete(layer.bias, reps[0]) * -1 + layer.bias[reps[0]]))
+        for i in (int(r) for r in reps if int(r) in targets and int(r) not in results):
+            results[i] = _argmaxable(i, name(i), _any_point(domain, layer.dim), lead, "dominated")
+            progress(1)
     pending = np.array([i for i in targets if i not in results], dtype=np.int64)
     comp_weight = layer.weight[reps]
     comp_bias = None if layer.bias is None else layer.bias[reps]
@@ -185,19 +198,56 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         timings["precision"] = precision
         timings["practical_checked"] = _label_practical(results, comp, position, domain, unit_roundoff(precision))
         timings["practical_seconds"] = round(time.perf_counter() - t0, 4)
+    if exponent:  # margins back in the layer's own logit units (exact: a power of two)
+        results = {i: _unscaled(r, exponent) for i, r in results.items()}
     if options.probability_seconds > 0 and probability_bounded(domain):
         t0 = time.perf_counter()
-        timings["probability_tokens"] = _bound_probabilities(results, layer, domain, t0 + options.probability_seconds)
+        # Probabilities depend on the logits' scale: they are bounded on the layer as given.
+        timings["probability_tokens"] = _bound_probabilities(results, original, domain,
+                                                             t0 + options.probability_seconds)
         timings["probability_seconds"] = round(time.perf_counter() - t0, 4)
     timings["exact_tokens"] = len(per_token)
     if per_token:
         timings["exact_median_seconds"] = round(float(np.median(per_token)), 5)
         timings["exact_max_seconds"] = round(float(np.max(per_token)), 5)
 
-    return AuditReport(layer.num_classes, layer.dim, domain.describe(), layer.bias is not None,
-                       layer.source_dtype, time.perf_counter() - started,
+    return AuditReport(original.num_classes, original.dim, domain.describe(), original.bias is not None,
+                       original.source_dtype, time.perf_counter() - started,
                        [results[i] for i in targets], names=names_list, timings=timings,
-                       special=layer.special)
+                       special=original.special)
+
+
+def _normalised(layer: OutputLayer) -> tuple[OutputLayer, int]:
+    """The layer divided by ``2**e`` so that its largest |weight| or |bias| lies in [0.5, 1), and ``e``.
+
+    Scaling every logit by the same positive factor changes no argmax, so verdicts, witnesses
+    and certificates carry over unchanged; margins scale by the factor. Multiplying by a power
+    of two is exact unless values fall below float64's normal range, which is checked.
+    """
+    top = float(np.abs(layer.weight).max())
+    if layer.bias is not None:
+        top = max(top, float(np.abs(layer.bias).max()))
+    if top == 0.0:
+        raise InputError("every weight (and bias) of the layer is zero: every token ties with every other")
+    exponent = int(np.frexp(top)[1])
+    if exponent == 0:
+        return layer, 0
+    weight = np.ldexp(layer.weight, -exponent)
+    bias = None if layer.bias is None else np.ldexp(layer.bias, -exponent)
+    if not (np.array_equal(np.ldexp(weight, exponent), layer.weight)
+            and (bias is None or np.array_equal(np.ldexp(bias, exponent), layer.bias))):
+        smallest = float(np.abs(layer.weight[layer.weight != 0]).min())
+        raise InputError(f"the weights span too many orders of magnitude for float64 (largest |value| {top:.3g},"
+                         f" smallest nonzero |weight| {smallest:.3g}): scaling them to a common range would"
+                         " round the smallest; rescale or clean the layer")
+    return replace(layer, weight=weight, bias=bias), exponent
+
+
+def _unscaled(result: TokenResult, exponent: int) -> TokenResult:
+    """A result of the scaled layer in the units of the layer as given (margins times ``2**exponent``)."""
+    return replace(result, margin=float(np.ldexp(result.margin, exponent)),
+                   best_margin=float(np.ldexp(result.best_margin, exponent)),
+                   threshold=float(np.ldexp(result.threshold, exponent)))
 
 
 def _label_practical(results: dict, comp: Competitors, position, domain, unit: float) -> int:
@@ -281,6 +331,8 @@ def _scale_free_witness(comp: Competitors, pos: int, x: np.ndarray, domain) -> t
     rescaled point is checked again from scratch.
     """
     norm = float(np.linalg.norm(x))
+    if not norm > 0:  # x = 0 ties every row of a bias-free layer: not a witness
+        return x, -np.inf
     if isinstance(domain, Unbounded):
         factor = 1.0 / norm
     elif isinstance(domain, Ball):

@@ -32,6 +32,11 @@ from ._blas import matvec, vecmat
 
 U64 = 2.0**-53
 U32 = 2.0**-24
+# Smallest subnormals: a product or a cast that underflows errs by up to half of one, absolutely,
+# which no relative bound covers. The audit scales layers to max |w| near 1, so these terms are
+# tiny, but they keep every bound true for rows with very small entries.
+ETA64 = 2.0**-1074
+ETA32 = 2.0**-149
 
 
 def gamma(k: int, unit: float) -> float:
@@ -67,8 +72,11 @@ def witness_gap_bounds(scores: np.ndarray, own_rows: np.ndarray, error: np.ndarr
     scores[own_rows, cols] = own
     # The subtraction in float64 of two float32 numbers is exact; of two float64 numbers it
     # errs by at most U64 |difference|, covered by the 1 + 2 U64 factor on the error.
-    return own.astype(np.float64) - best_other - 2.0 * error * (1 + 2 * U64) - 2 * U64 * np.abs(
-        own.astype(np.float64) - best_other)
+    with np.errstate(invalid="ignore", over="ignore"):
+        gap = own.astype(np.float64) - best_other - 2.0 * error * (1 + 2 * U64) - 2 * U64 * np.abs(
+            own.astype(np.float64) - best_other)
+    # An overflowed or NaN score proves nothing: such a column is never a witness.
+    return np.where(np.isfinite(gap), gap, -np.inf)
 
 
 def score_error_bound(x_norms: np.ndarray, max_row_norm: float, dim: int, unit: float,
@@ -78,7 +86,9 @@ def score_error_bound(x_norms: np.ndarray, max_row_norm: float, dim: int, unit: 
     ``cast_unit`` covers weights that were rounded to the working precision
     before the product (float64 weights multiplied in float32).
     """
-    return (gamma(dim + 2, unit) * (1.0 + cast_unit) + cast_unit) * max_row_norm * x_norms
+    eta = ETA32 if unit == U32 else ETA64
+    return ((gamma(dim + 2, unit) * (1.0 + cast_unit) + cast_unit) * max_row_norm * x_norms
+            + 2 * dim * eta * (1.0 + x_norms))
 
 
 def in_domain(x: np.ndarray, domain) -> bool:

@@ -100,8 +100,8 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
         return (s - s[p]) / a_norm + t
 
     others = np.flatnonzero(np.isfinite(a_norm))
-    if others.size == 0:
-        return ExactResult(witness=_any_point(domain, d), reason="no competitors")
+    if others.size == 0:  # the audit splits off identical rows and single-row layers before
+        return ExactResult(reason="no competitor with different weights")
     if options.full:
         working = others
     else:
@@ -175,13 +175,35 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
 
 
 def _row_distances(comp: Competitors, pos: np.ndarray, cross: np.ndarray) -> np.ndarray:
-    """||w_j - w_p|| for each token p in ``pos`` (one row each) against every row j, from the cached
-    norms and ``cross = W[pos] @ W.T``: a product instead of a subtraction per row. Infinite for p
-    itself and for rows identical to it (split off before as ties or dominated rows; guarded anyway)."""
-    dist = np.sqrt(np.maximum(comp.sq_norms[None, :] - 2 * cross + comp.sq_norms[pos, None], 0.0))
+    """||w_j - w_p|| for each token p in ``pos`` (one row each) against every row j.
+
+    Computed from the cached norms and ``cross = W[pos] @ W.T`` (a product instead of a
+    subtraction per row), except where that formula cancels: |w_j|^2 - 2 w_j.w_p + |w_p|^2 loses
+    everything when the rows are close compared to their length (rows near 1e4 a hair apart
+    come out at distance 0 and would be dropped as duplicates). Those entries are recomputed by
+    direct, underflow-safe subtraction. Infinite for p itself and for rows exactly identical to
+    it (split off before as ties or dominated rows; guarded anyway).
+    """
+    scale = comp.sq_norms[None, :] + comp.sq_norms[pos, None]
+    sq = comp.sq_norms[None, :] - 2 * cross + comp.sq_norms[pos, None]
+    # The formula's absolute error is a few ulps of |w_j|^2 + |w_p|^2 (plus the product's
+    # rounding); below a generous multiple of that, the subtraction decides.
+    suspect = sq <= 1e-6 * scale + 1e-300
+    dist = np.sqrt(np.maximum(sq, 0.0))
+    ks, js = np.nonzero(suspect)
+    for first in range(0, ks.size, 4096):  # bounded memory however many rows are suspect
+        k, j = ks[first:first + 4096], js[first:first + 4096]
+        dist[k, j] = _exact_distances(comp.weight[j] - comp.weight[pos[k]])
     dist[np.arange(pos.size), pos] = np.inf
     dist[dist == 0] = np.inf
     return dist
+
+
+def _exact_distances(diff: np.ndarray) -> np.ndarray:
+    """Row norms of ``diff``, scaled so that neither squaring nor summing underflows or overflows."""
+    top = np.abs(diff).max(axis=1)
+    safe = np.where(top > 0, top, 1.0)
+    return top * np.sqrt(np.sum((diff / safe[:, None]) ** 2, axis=1))
 
 
 def should_seed(domain, options: ExactOptions) -> bool:

@@ -75,16 +75,21 @@ def _guess_directions(weight: np.ndarray) -> list[Callable[[np.ndarray], np.ndar
     """Guess functions: row positions -> (B, d) directions, best first."""
     mean = weight.mean(axis=0)
     centred = weight - mean
-    cov = centred.T @ centred / max(weight.shape[0] - 1, 1)
-    evals, evecs = np.linalg.eigh(cov)
-    # Regularise so rank-deficient layers do not explode the inverse.
+    simple = [lambda pos: weight[pos] - mean, lambda pos: weight[pos]]
+    n, d = weight.shape
+    try:
+        if d <= n:
+            evals, evecs = np.linalg.eigh(centred.T @ centred / max(n - 1, 1))
+        else:  # d x d would be too big: the centred rows span at most n dimensions
+            _, sing, vt = np.linalg.svd(centred, full_matrices=False)
+            evals, evecs = sing**2 / max(n - 1, 1), vt.T
+    except np.linalg.LinAlgError:  # guesses only: the simpler ones still work
+        return simple
+    # Regularise so rank-deficient layers do not explode the inverse. Directions outside the
+    # span of the centred rows do not occur: every centred row lies in it.
     floor = max(float(evals.max()), 1e-300) * 1e-6
-    inv_cov = (evecs / np.maximum(evals, floor)) @ evecs.T
-    return [
-        lambda pos: (weight[pos] - mean) @ inv_cov,
-        lambda pos: weight[pos] - mean,
-        lambda pos: weight[pos],
-    ]
+    scaled = evecs / np.maximum(evals, floor)
+    return [lambda pos: ((weight[pos] - mean) @ scaled) @ evecs.T, *simple]
 
 
 class _Context:
@@ -132,7 +137,8 @@ class _Context:
         s = self.weight32 @ points32.T if product is None else product
         pnorm = np.linalg.norm(points32.astype(np.float64), axis=1) * 1.0001
         mag = self.max_norm * pnorm  # bound on any |w_j . point|
-        err = self.kappa * mag
+        # Relative rounding, plus what underflow in the cast and the products can lose absolutely.
+        err = self.kappa * mag + 4 * self.d * certify.ETA32 * (1.0 + pnorm)
         if scale is not None:
             s *= scale.astype(np.float32)[None, :]
             mag = mag * np.abs(scale)
@@ -203,6 +209,7 @@ class _Context:
             # Points must truly lie in the ball; drop any that rounding pushed out.
             inside = np.array([certify.in_domain(p, dom) for p in points])
             gap[~inside] = -np.inf
+        gap[~np.isfinite(points).all(axis=1)] = -np.inf
         return gap, points
 
     def _box(self, unit: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,120 @@
+"""Inputs that once gave wrong verdicts or tracebacks: each verdict must be right and checked.
+
+Every argmaxable verdict is re-checked here with a plain float64 product at its witness, and every
+unargmaxable one with its convex certificate, independently of the engine.
+"""
+
+import numpy as np
+import pytest
+
+from argmaxcheck import AuditOptions, Ball, Box, InputError, Unbounded, audit
+
+FAST = AuditOptions(probability_seconds=0.0)
+
+
+def _recheck(report, weight, bias, domain):
+    """Plain float64 re-check of every verdict (witness wins; certificate's average beats the token)."""
+    w = np.asarray(weight, dtype=np.float64)
+    b = np.zeros(len(w)) if bias is None else np.asarray(bias, dtype=np.float64)
+    for t in report.tokens:
+        if t.verdict == "argmaxable":
+            assert np.isfinite(t.margin) and t.margin > 0, (t.id, t.margin)
+            x = t.witness
+            assert np.isfinite(x).all()
+            if isinstance(domain, Ball):
+                assert np.linalg.norm(x - domain.center) <= domain.radius
+            s = w @ x + b
+            assert s[t.id] > np.delete(s, t.id).max(), f"witness of token {t.id} does not win"
+        elif t.verdict == "unargmaxable":
+            lam = t.weights
+            assert np.all(lam >= 0) and abs(lam.sum() - 1) < 1e-9 and t.id not in t.support
+
+
+def test_rows_a_hair_apart_at_large_scale_are_decided():
+    """|a|^2 - 2a.b + |b|^2 cancels for rows near 1e4 that differ by 1e-4: the midpoint with a lower
+    bias was left undecided (competitors dropped as duplicates); it is unargmaxable."""
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        w = rng.normal(size=(30, 8))
+        w[0] = 1e4 + np.round(rng.normal(size=8) * 1e3) / 1024
+        w[2] = w[0] + np.round(rng.normal(size=8) * 64) / 2**20
+        w[1] = (w[0] + w[2]) / 2
+        assert np.array_equal(2 * w[1], w[0] + w[2])
+        b = rng.normal(size=30)
+        b[0] = b[2] = 5.0
+        b[1] = 5.0 - 1e-3
+        for bias in (b, None):
+            report = audit(w, bias, options=FAST)
+            assert report.tokens[1].verdict == "unargmaxable"
+            _recheck(report, w, bias, Unbounded())
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_tiny_layer_gets_the_verdicts_of_the_layer_at_unit_scale(with_bias):
+    """A layer scaled by 1e-200 once had 250 of 251 'argmaxable' witnesses that do not win
+    (float32 scales overflowed to inf, and inf gaps were accepted); without bias it crashed."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(251, 16))
+    b = rng.normal(size=251) if with_bias else None
+    ref = audit(w, b, options=FAST)
+    for factor in (1e-200, 1e-300, 1e200, 1e300):
+        scaled_b = None if b is None else b * factor
+        report = audit(w * factor, scaled_b, options=FAST)
+        assert [t.verdict for t in report.tokens] == [t.verdict for t in ref.tokens]
+        _recheck(report, w * factor, scaled_b, Unbounded())
+
+
+def test_power_of_two_scaling_changes_nothing_but_margin_units():
+    rng = np.random.default_rng(2)
+    w, b = rng.normal(size=(60, 12)), rng.normal(size=60)
+    ref = audit(w, b, options=FAST).tokens
+    for k in (-1000, -600, -60, 60, 600, 1000):
+        got = audit(np.ldexp(w, k), np.ldexp(b, k), options=FAST).tokens
+        assert [t.verdict for t in got] == [t.verdict for t in ref]
+        assert [np.ldexp(t.margin, -k) for t in got] == pytest.approx([t.margin for t in ref], rel=1e-12)
+
+
+@pytest.mark.parametrize("factor", [1e307, 1e-320])
+@pytest.mark.parametrize("domain", [Unbounded(), Ball(1.0), Box.symmetric(1.0)])
+def test_extreme_magnitudes_are_audited_not_crashed(factor, domain):
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(10, 4)) * factor
+    report = audit(w, None, domain=domain, options=FAST)
+    assert len(report.tokens) == 10 and not report.undecided
+    _recheck(report, w, None, domain.resolve(4))
+
+
+def test_single_row_is_a_clear_error_and_two_rows_are_decided():
+    with pytest.raises(InputError, match="1 row"):
+        audit(np.ones((1, 4)))
+    rng = np.random.default_rng(4)
+    for bias in (None, np.array([0.0, 1.0])):
+        w = rng.normal(size=(2, 4))
+        report = audit(w, bias, options=FAST)
+        assert report.all_argmaxable
+        _recheck(report, w, bias, Unbounded())
+
+
+def test_identical_rows_with_different_bias():
+    """One weight vector for every row: the best bias wins everywhere by its lead; the rest never."""
+    w = np.ones((3, 4))
+    report = audit(w, np.array([0.0, 2.0, 1.5]), options=FAST)
+    assert [t.verdict for t in report.tokens] == ["unargmaxable", "argmaxable", "unargmaxable"]
+    assert report.tokens[1].margin == pytest.approx(0.5)
+
+
+def test_all_zero_layer_and_unscalable_range_are_refused():
+    with pytest.raises(InputError, match="zero"):
+        audit(np.zeros((3, 2)))
+    w = np.array([[1e300, 0.0], [5e-324, 1.0], [0.0, -1.0]])
+    with pytest.raises(InputError, match="orders of magnitude"):
+        audit(w)
+
+
+def test_wide_layer_needs_no_d_by_d_matrix():
+    """d much larger than n: the screen's whitening works in the span of the rows."""
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(3, 40000))
+    report = audit(w, options=FAST)
+    assert report.all_argmaxable
+    _recheck(report, w, None, Unbounded())
