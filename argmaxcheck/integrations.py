@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 from .domains import Domain
 from .engine.audit import AuditOptions, audit
-from .layer import OutputLayer
 from .report.formats.text import render as render_text
 from .report.gate import GatePolicy, evaluate
 from .report.model import AuditReport
@@ -35,10 +34,11 @@ def assert_all_argmaxable(source, bias=None, domain: Domain | None = None, *, ig
 
     Parameters
     ----------
-    source : array-like, OutputLayer, AuditReport or transformers model
-        A weight matrix (with ``bias`` and ``domain``), an already computed
-        report, or a model with ``config`` and ``state_dict`` (its final norm
-        folded in, as for checkpoint folders).
+    source : array-like, OutputLayer, module, AuditReport or transformers model
+        A weight matrix or a module with ``.weight`` such as ``torch.nn.Linear``
+        (with ``bias`` and ``domain``), an already computed report, or a model
+        with ``config`` and ``state_dict`` (its final norm folded in, as for
+        checkpoint folders).
     ignore : sequence of str
         Tokens never counted: ids, ``a-b`` ranges, exact strings or ``re:REGEX``.
 
@@ -51,9 +51,8 @@ def assert_all_argmaxable(source, bias=None, domain: Domain | None = None, *, ig
         report = source
     elif hasattr(source, "config") and hasattr(source, "state_dict"):
         report = audit_model(source, tokenizer, options)
-    else:
-        layer = source if isinstance(source, OutputLayer) else OutputLayer.from_arrays(source, bias)
-        report = audit(layer, domain=domain, options=options)
+    else:  # arrays, an OutputLayer, or a module with .weight (and .bias): audit() validates each
+        report = audit(source, bias, domain=domain, options=options)
     gate = evaluate(report, GatePolicy(ignore=tuple(ignore)))
     if not gate.passed:
         raise AssertionError("argmaxcheck: some tokens can never be the argmax\n" + render_text(report, gate))

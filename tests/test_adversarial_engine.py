@@ -118,3 +118,15 @@ def test_wide_layer_needs_no_d_by_d_matrix():
     report = audit(w, options=FAST)
     assert report.all_argmaxable
     _recheck(report, w, None, Unbounded())
+
+
+def test_modules_with_a_weight_are_audited():
+    torch = pytest.importorskip("torch")
+    from argmaxcheck import assert_all_argmaxable  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 10)
+    report = audit(head, options=FAST)
+    assert report.num_classes == 10 and report.summary()["bias"]
+    _recheck(report, head.weight.detach().double().numpy(), head.bias.detach().double().numpy(), Unbounded())
+    assert assert_all_argmaxable(torch.nn.Linear(4, 6), options=FAST).all_argmaxable

@@ -88,9 +88,9 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         For malformed arrays, domains or token lists (one-line message).
     """
     started = time.perf_counter()
-    original = weight if isinstance(weight, OutputLayer) else OutputLayer.from_arrays(weight, bias, names)
+    original, own_domain = _as_layer(weight, bias, names)
     options = options or AuditOptions()
-    domain = (domain if domain is not None else Unbounded()).resolve(original.dim)
+    domain = (domain if domain is not None else own_domain).resolve(original.dim)
     targets = _targets(tokens, original.num_classes)
     if original.num_classes < 2:
         raise InputError(f"the layer has {original.num_classes} row: a softmax over one class always picks it,"
@@ -215,6 +215,33 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
                        original.source_dtype, time.perf_counter() - started,
                        [results[i] for i in targets], names=names_list, timings=timings,
                        special=original.special)
+
+
+def _as_layer(weight, bias, names) -> tuple[OutputLayer, Domain]:
+    """The validated layer for what ``audit`` was given, and the domain to use when none is named.
+
+    Arrays (numpy, torch, nested lists) and ``OutputLayer`` audit on R^d; a module with a
+    ``weight`` (and ``bias``), such as ``torch.nn.Linear``, audits that head; a ``transformers``
+    model has its final norm folded in and audits on the features the norm can produce.
+    """
+    if isinstance(weight, OutputLayer):
+        return weight, Unbounded()
+    if hasattr(weight, "config") and hasattr(weight, "state_dict"):
+        from ..sources.huggingface import checkpoint_from_model  # noqa: PLC0415 - sources sit above the engine
+
+        if bias is not None:
+            raise InputError("bias= cannot be combined with a transformers model (its head is read from the model)")
+        loaded = checkpoint_from_model(weight)
+        return loaded.layer, loaded.domain
+    if not isinstance(weight, np.ndarray) and hasattr(weight, "weight") and not isinstance(weight, (list, tuple)):
+        module = weight
+        weight = module.weight
+        if bias is None:
+            bias = getattr(module, "bias", None)
+        name = type(module).__name__
+        return OutputLayer.from_arrays(weight, bias, names, name=f"{name}.weight", bias_name=f"{name}.bias"), \
+            Unbounded()
+    return OutputLayer.from_arrays(weight, bias, names), Unbounded()
 
 
 def _normalised(layer: OutputLayer) -> tuple[OutputLayer, int]:
