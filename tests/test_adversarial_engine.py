@@ -130,3 +130,30 @@ def test_modules_with_a_weight_are_audited():
     assert report.num_classes == 10 and report.summary()["bias"]
     _recheck(report, head.weight.detach().double().numpy(), head.bias.detach().double().numpy(), Unbounded())
     assert assert_all_argmaxable(torch.nn.Linear(4, 6), options=FAST).all_argmaxable
+
+
+@pytest.mark.parametrize("domain,with_bias", [(Ball(4.0), False), (Ball(4.0), True), (Unbounded(), False)])
+def test_float32_average_gets_one_category_on_every_bounded_view(domain, with_bias):
+    """A row overwritten with the float32 average of two others sits a hair off their segment.
+    It was 'undecided' bias-free (radius ~1e-9, below the solvers' tolerances) but 'practically
+    unreachable' with a bias: now a tighter pass finds its float64 witness in both cases."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(200, 16)).astype(np.float32)
+    w[7] = ((w[3].astype(np.float64) + w[5]) / 2).astype(np.float32)
+    bias = (w.astype(np.float64) @ rng.normal(size=16)) * 0.1 if with_bias else None
+    report = audit(w, bias, domain=domain, options=FAST)
+    assert report.tokens[7].verdict == "practically_unreachable"
+    assert report.tokens[7].best_margin < report.tokens[7].threshold
+    _recheck(report, w, bias, domain.resolve(16))
+
+
+def test_explain_never_proposes_a_negative_bias_increase():
+    from pathlib import Path  # noqa: PLC0415
+
+    from argmaxcheck import explain_token  # noqa: PLC0415
+    from argmaxcheck.sources import load_source  # noqa: PLC0415
+
+    loaded = load_source(Path(__file__).resolve().parents[1] / "data" / "tiny-gpt2")
+    _, why = explain_token(loaded.layer, loaded.domain, 203)
+    assert why.result.verdict == "practically_unreachable"
+    assert 0.0 <= why.bias_increase_lower <= why.bias_increase

@@ -424,8 +424,8 @@ def _check_rational(weight, bias, row, support, lam, coords, domain) -> Certific
     solution = _solve_unique(eqs, m)
     if solution is None:
         return CertificateCheck(False, np.nan, "",
-                                "the token is within rounding error of a face of its competitors' hull,"
-                                " but not exactly on it; exact arithmetic finds no certificate",
+                                "exact rational arithmetic shows it is not exactly on the face of the"
+                                " hull that the solver found",
                                 support, lam)
     if any(s < 0 for s in solution):
         return CertificateCheck(False, np.nan, "", "exact solution of the certificate has negative weights",

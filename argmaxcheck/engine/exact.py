@@ -92,7 +92,7 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
     ``x0`` is a point to start from; ``seeded`` says it comes from :func:`seed_points` already
     (the audit seeds its tokens in blocks), so the ball seeding is not repeated here.
     """
-    m, d = comp.weight.shape
+    d = comp.weight.shape[1]
     a_norm = _row_distances(comp, np.array([p]), matvec(comp.weight, comp.weight[p])[None, :])[0]
 
     def violations(x, t):
@@ -124,6 +124,22 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
         if found is not None:
             return found
 
+    result = _solve_simplex(comp, p, domain, working, a_norm, violations, per_round, options)
+    decided = result.witness is not None or (result.certificate is not None and result.certificate.ok)
+    if not decided and not options.full and options.interior_point:
+        # A token a hair from its competitors' hull (a row rounded from an average of others) has
+        # a Chebyshev radius near 1e-9: below the default solvers' tolerances, but a float64
+        # witness or certificate exists. One more pass with a much tighter IPM settles it.
+        refined = _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0, options.max_rounds,
+                                  tol=1e-13, t_zero=1e-12, early=1e-10)
+        if refined is not None:
+            return refined
+    return result
+
+
+def _solve_simplex(comp, p, domain, working, a_norm, violations, per_round, options) -> ExactResult:
+    """Constraint generation over HiGHS (LPs, warm-started) or Clarabel (balls)."""
+    m, d = comp.weight.shape
     solver = _HighsLP(domain, d) if not isinstance(domain, Ball) else _ClarabelSOCP(domain, d)
     solver.add_rows(comp, p, working, a_norm)
     in_working = np.zeros(m, dtype=bool)
@@ -134,7 +150,8 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
         result.rounds, result.rows_used = rnd, int(in_working.sum())
         status, x, t, duals = solver.solve(options.time_limit)
         if status != "optimal":
-            result.reason = f"solver ended with status '{status}' after {rnd} round(s)"
+            result.reason = (f"the LP solver stopped without an answer (status '{status}', round {rnd}), so nothing"
+                             " was concluded; --exact-all starts it from another point and may decide it")
             return result
         result.chebyshev_radius = t
         rows = solver.rows
@@ -155,7 +172,10 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
                         if deep.ok:
                             result.certificate = deep
                             return result
-                result.reason = f"restricted problem is infeasible (radius {t:.3g}) but {cert.reason}"
+                result.reason = (f"the rows around it seem to surround it (Chebyshev radius {t:.2g}), but no"
+                                 f" certificate survived the exact check ({cert.reason}); it sits within"
+                                 " rounding error of its competitors' hull, so in practice it cannot win."
+                                 " Deciding it exactly needs the weights in higher precision")
                 result.certificate = cert
                 return result
         gap = certify.check_witness(comp.weight, comp.bias, p, x, domain, comp.norms)
@@ -164,13 +184,16 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
             return result
         cand = _most_violated(violations(x, max(t, 0.0)), in_working, p, per_round)
         if cand.size == 0:
-            result.reason = (f"best margin is within numerical precision (Chebyshev radius {t:.3g}):"
-                             " no float64 witness" + (f", and {cert_reason}" if cert_reason else
-                                                      ", and no certificate"))
+            result.reason = (f"its best margin is within rounding error of zero (Chebyshev radius {t:.2g}): float64"
+                             " finds no input where it wins and no proof that none exists"
+                             + (f" ({cert_reason})" if cert_reason else "")
+                             + "; in practice it cannot win. Deciding it exactly needs the weights in higher"
+                             " precision")
             return result
         solver.add_rows(comp, p, cand, a_norm)
         in_working[cand] = True
-    result.reason = f"no decision after {options.max_rounds} rounds"
+    result.reason = (f"no decision after {options.max_rounds} rounds of adding competitors; raise"
+                     " ExactOptions.max_rounds or time_limit to go on")
     return result
 
 
@@ -329,11 +352,15 @@ def _most_violated(viol: np.ndarray, in_working: np.ndarray, p: int, per_round: 
 
 
 def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0,
-                    max_rounds: int) -> ExactResult | None:
+                    max_rounds: int, tol: float = 1e-9, t_zero: float = 1e-7,
+                    early: float = 1e-3) -> ExactResult | None:
     """Constraint generation over the dense interior-point solver; None hands over to HiGHS.
 
     Worth it in high dimension, where each simplex pivot is a dense d x d
     update: the IPM's cost is k d^2 per iteration for about 25 iterations.
+    ``tol`` is the IPM's tolerance, ``t_zero`` the radius below which a round
+    looks for a certificate rather than a witness, and ``early`` the radius at
+    which an iterate is good enough to try as a witness.
     """
     d = comp.weight.shape[1]
     # Open directions get an artificial bound: the IPM needs a bounded x, and its answers are
@@ -362,13 +389,14 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0,
 
     a, c = constraints(rows)
     for rnd in range(1, max_rounds + 1):
-        res = ipm.solve_chebyshev(a, c, lower, upper, 1.0, stop_when_positive=1e-3, unit_ball=ball)
+        res = ipm.solve_chebyshev(a, c, lower, upper, 1.0, tol=tol, stop_when_positive=early, unit_ball=ball,
+                                  t_zero=t_zero)
         result.rounds, result.rows_used, result.chebyshev_radius = rnd, rows.size, res.t
-        if not res.converged and res.t <= 1e-7:
+        if not res.converged and res.t <= t_zero:
             return None
         if ball:
             res.x = from_ball(domain, res.x)
-        if res.t <= 1e-7:
+        if res.t <= t_zero:
             cert = certify.check_certificate(comp.weight, comp.bias, p, rows, res.duals / a_norm[rows], domain)
             if cert.ok:
                 result.certificate = cert

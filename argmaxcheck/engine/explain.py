@@ -69,6 +69,10 @@ def explain_token(layer: OutputLayer, domain, token: int, options: AuditOptions 
         note = f"to lead by the {result.threshold:.3g} precision threshold; {note}"
     elif result.verdict == UNARGMAXABLE and lower is not None:
         lower = max(lower, -result.margin) + 0.0  # the checked certificate proves best margin <= margin
+    if lower is not None:
+        # A flagged token gains nothing from lowering its bias: the bracket starts at 0 at least
+        # (a loose dual bound on the best margin can otherwise push it below).
+        lower = max(lower, 0.0)
     rivals = _rivals(comp, report, token, x) if x is not None else []
     return report, Explanation(result, report.explain(result), "closest point", rivals, sufficient, lower, note)
 
@@ -94,7 +98,8 @@ def _bias_increase(comp: Competitors, p: int, domain, result: TokenResult):
         return -best.value, -best.gap, best.x, "bracket from the solver's dual bound and a checked point"
     found = _best_margin_lp(comp, p, domain, result.support)
     if found is None:
-        return None, None, None, "the linear program did not solve"
+        return None, None, None, ("the linear program for the best margin did not solve within its rounds, so no"
+                                  " bias increase is given")
     value, x = found
     gap = certify.check_witness(comp.weight, comp.bias, p, x, domain, comp.norms)
     return -value, -gap, x, "lower value is the LP optimum (float64, not interval-certified)"

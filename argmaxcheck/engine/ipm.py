@@ -36,10 +36,11 @@ class IpmResult:
 
 def solve_chebyshev(a: np.ndarray, c: np.ndarray, lower: np.ndarray, upper: np.ndarray, cap: float = 1.0,
                     tol: float = 1e-9, max_iter: int = 80, stop_when_positive: float | None = None,
-                    unit_ball: bool = False) -> IpmResult:
+                    unit_ball: bool = False, t_zero: float = 1e-7) -> IpmResult:
     """Solve the restricted problem; with ``stop_when_positive``, return at the first primal-feasible
     iterate whose ``t`` exceeds it (its x already beats every row of ``a``: a candidate witness).
-    With ``unit_ball``, x is also confined to ``||x|| <= 1`` (the bounds should then be infinite)."""
+    With ``unit_ball``, x is also confined to ``||x|| <= 1`` (the bounds should then be infinite);
+    its ``t`` is then the dual bound when that is at most ``t_zero``, else the primal value."""
     k, d = a.shape
     p = d + 1  # variables (x, t)
     # Bound rows, kept implicit: sign * z[var] <= h.
@@ -182,7 +183,7 @@ def solve_chebyshev(a: np.ndarray, c: np.ndarray, lower: np.ndarray, upper: np.n
         if not (np.isfinite(z).all() and np.isfinite(lam).all()):
             break
     if unit_ball:
-        t = bounds.upper if bounds.upper <= 1e-7 else bounds.lower
+        t = bounds.upper if bounds.upper <= t_zero else bounds.lower
         return IpmResult(bounds.x, t, bounds.lam, converged, iterations)
     return IpmResult(z[:d].copy(), float(z[d]), lam[:k].copy(), converged, iterations)
 
