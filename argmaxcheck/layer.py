@@ -67,37 +67,71 @@ class OutputLayer:
                 b = None  # a constant bias shifts every logit alike; dropping it keeps the cone case exact
         names = None
         if tokens is not None:
-            names = [str(t) for t in tokens]
+            try:
+                if isinstance(tokens, (str, bytes)):
+                    raise TypeError
+                names = [str(t) for t in tokens]
+            except TypeError:
+                raise InputError(f"token names must be a list of strings, got {type(tokens).__name__}") from None
             if len(names) != n:
                 raise InputError(f"got {len(names)} token names for {n} rows of {name}")
         # +0.0 turns -0.0 into 0.0 so that byte-level duplicate detection sees equal rows as equal.
         return cls(np.ascontiguousarray(w + 0.0), None if b is None else b + 0.0, names, source_dtype)
 
 
-def as_float64(value) -> np.ndarray:
-    """A float64 numpy copy of an array or a torch tensor (exact for every float dtype)."""
-    if type(value).__module__.startswith("torch"):
-        return value.detach().to("cpu").double().numpy()
-    return np.asarray(value, dtype=np.float64)
+def as_float64(value, name: str = "array") -> np.ndarray:
+    """A float64 numpy copy of an array or a dense torch tensor of real numbers (exact for every float dtype).
+
+    Raises :class:`InputError` naming ``name`` for anything else: ragged lists, strings, objects,
+    booleans, complex numbers, and torch tensors without plain values (meta, sparse, quantized).
+    """
+    return _to_float64(value, name)[0]
 
 
 def _to_float64(array, name: str) -> tuple[np.ndarray, str]:
     if type(array).__module__.startswith("torch"):  # torch is optional: never import it for numpy input
-        if array.dtype.is_complex:
-            raise InputError(f"{name} is complex ({array.dtype}); expected real numbers")
-        return as_float64(array), str(array.dtype).removeprefix("torch.")
+        return _torch_to_float64(array, name)
     # Loaders widen dtypes numpy lacks (bfloat16) and say so in `source_dtype`.
     tagged = getattr(array, "source_dtype", None)
-    arr = np.asarray(array)
+    try:
+        arr = np.asarray(array)
+    except (ValueError, TypeError):  # numpy refuses ragged nested lists
+        raise InputError(f"{name} is not a rectangular array of numbers (ragged nested lists?)") from None
     source_dtype = tagged or str(arr.dtype)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype.kind == "V"):
-        raise InputError(f"{name} has dtype {arr.dtype}, expected floating point numbers")
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise InputError(f"{name} is complex ({arr.dtype}); expected real numbers")
+    # Void covers dtypes that numpy only knows through extensions (ml_dtypes' bfloat16); bool is not a number.
+    if arr.dtype.kind not in "iufV":
+        raise InputError(f"{name} has dtype {arr.dtype}, expected real numbers")
     try:
-        return arr.astype(np.float64), source_dtype
+        with np.errstate(over="ignore"):  # a wider float that overflows is caught as non-finite by the caller
+            return arr.astype(np.float64), source_dtype
     except (TypeError, ValueError) as exc:
         raise InputError(f"{name} has dtype {arr.dtype}, which cannot be read as float64: {exc}") from None
+
+
+def _torch_to_float64(tensor, name: str) -> tuple[np.ndarray, str]:
+    """A dense tensor of real numbers as float64; anything without plain values is an InputError."""
+    import torch  # noqa: PLC0415 - already imported by whoever made the tensor
+
+    if not isinstance(tensor, torch.Tensor):
+        raise InputError(f"{name} is a {type(tensor).__name__}, not an array or tensor")
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    if tensor.is_meta:
+        raise InputError(f"{name} is a meta tensor (a shape without values); load the real weights")
+    if tensor.layout != torch.strided:
+        raise InputError(f"{name} is a {str(tensor.layout).removeprefix('torch.')} tensor; convert it"
+                         " with .to_dense() first")
+    if tensor.is_quantized:
+        raise InputError(f"{name} is a quantized tensor ({dtype}); call .dequantize() first")
+    if tensor.dtype.is_complex:
+        raise InputError(f"{name} is complex ({dtype}); expected real numbers")
+    if tensor.dtype == torch.bool:
+        raise InputError(f"{name} has dtype {dtype}, expected real numbers")
+    try:
+        return tensor.detach().to("cpu").double().numpy(), dtype
+    except (RuntimeError, TypeError, NotImplementedError) as exc:  # tensor subclasses torch cannot copy out
+        raise InputError(f"{name} ({dtype}) cannot be read as float64: {str(exc).splitlines()[0][:200]}") from None
 
 
 def _check_finite(arr: np.ndarray, name: str) -> None:

@@ -6,8 +6,13 @@ fault, and listing what the file holds when an array is missing.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
+import re
+import stat
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +45,10 @@ class ArraySpec:
 
 
 def _open(path: Path):
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder without config.json; give a checkpoint folder or a"
                          " .npz, .npy, .safetensors or .pt file")
+    check_regular_file(path)
     suffix = path.suffix.lower()
     if suffix not in _READERS:
         raise InputError(f"{path}: unsupported file type '{suffix}' (expected .npz, .npy, .safetensors, .pt)")
@@ -57,8 +61,7 @@ def load_vector(path: str | os.PathLike, name: str, length: int) -> np.ndarray:
     source = _open(path)
     if name not in source.names():
         raise InputError(f"{path}: no array named '{name}'; it has: {_listing(source)}")
-    value = source.get(name)
-    arr = as_float64(value)
+    arr = as_float64(source.get(name), f"{path}: '{name}'")
     if arr.shape != (length,):
         raise InputError(f"{path}: '{name}' has shape {arr.shape}, expected ({length},)")
     if not np.isfinite(arr).all():
@@ -136,57 +139,160 @@ class _ArrayFileSource:
 SOURCE = _ArrayFileSource()
 
 
-def _listing(source) -> str:
-    parts = [f"{n} {source.describe(n)}" for n in source.names()]
+def _listing(source, limit: int = 20) -> str:
+    """What a file holds, from its headers only (never by reading the arrays themselves)."""
+    names = source.names()
+    parts = [f"{printable(n)} {source.describe(n)}" for n in names[:limit]]
+    if len(names) > limit:
+        parts.append(f"... ({len(names) - limit} more)")
     return ", ".join(parts) if parts else "(no arrays)"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def printable(text, limit: int = 160) -> str:
+    """``text`` (a name or message from a file or a library) as one short printable line."""
+    text = _ANSI.sub("", str(text))
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in " ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_regular_file(path: Path) -> os.stat_result:
+    """The file's status, or an InputError if it is missing, a folder, or not a regular file.
+
+    Checked before anything opens the path: opening a FIFO blocks forever, a device never ends.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({printable(exc.strerror or exc)})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: is a folder, expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: is not a regular file (a FIFO, device or socket)")
+    return st
+
+
+# An archive member may expand to at most this many bytes, or this many times its compressed size,
+# whichever is larger: real weights barely compress, a zip bomb expands a thousandfold.
+NPZ_EXPAND_FLOOR = 256 * 2**20
+NPZ_EXPAND_RATIO = 100
+
+
+def _npy_header(fh, where: str) -> tuple[np.dtype, tuple[int, ...], int]:
+    """dtype, shape and data size in bytes of a .npy stream, read from its header alone."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except Exception as exc:  # numpy raises several types for a bad header
+        raise InputError(f"{where}: not a readable .npy header ({printable(exc)})") from None
+    if dtype.hasobject:
+        raise InputError(f"{where}: holds Python objects, which cannot be read without pickle")
+    return dtype, shape, math.prod(shape) * dtype.itemsize
+
+
+def _check_text(arr: np.ndarray, where: str, text: bool) -> np.ndarray:
+    if text and arr.dtype.kind not in "US":
+        raise InputError(f"{where} should hold token strings, has dtype {arr.dtype}")
+    return arr
+
+
 class _NpzFile:
+    """A .npz archive, read lazily: its directory at once, a member's header to describe it, and only
+    the members asked for, after their declared sizes were checked against the headers and the archive."""
+
     def __init__(self, path: Path):
         self.path = path
+        self.size = check_regular_file(path).st_size
         try:
-            self.data = np.load(path, allow_pickle=False)
-            self.keys = list(self.data.files)
-        except Exception as exc:  # numpy raises several types for a bad archive
-            raise InputError(f"{path}: not a readable .npz archive ({exc})") from None
+            self.zip = zipfile.ZipFile(path)  # reads the central directory only
+        except Exception as exc:  # zipfile raises several types for a bad archive
+            raise InputError(f"{path}: not a readable .npz archive ({printable(exc)})") from None
+        self.members = {}
+        for info in self.zip.infolist():
+            self.members[info.filename.removesuffix(".npy")] = info
 
     def names(self):
-        return self.keys
+        return list(self.members)
 
     def describe(self, name):
         try:
-            arr = self.data[name]
-        except Exception:
+            with self.zip.open(self.members[name]) as fh:
+                dtype, shape, _ = _npy_header(fh, "")
+        except Exception:  # a listing describes what it can
             return "(unreadable)"
-        return f"{arr.dtype}{list(arr.shape)}"
+        return f"{dtype}{list(shape)}"
+
+    def get(self, name, text=False):
+        where = f"{self.path}: array '{printable(name)}'"
+        info = self.members[name]
+        if info.compress_size > self.size or (info.compress_type == zipfile.ZIP_STORED
+                                              and info.file_size != info.compress_size):
+            raise InputError(f"{where} declares more bytes than the archive holds (corrupt archive)")
+        if info.file_size > max(NPZ_EXPAND_FLOOR, NPZ_EXPAND_RATIO * info.compress_size):
+            raise InputError(f"{where} would expand from {info.compress_size} to {info.file_size} bytes;"
+                             " refusing a likely zip bomb (save real weights with np.savez)")
+        try:
+            with self.zip.open(info) as fh:
+                dtype, shape, nbytes = _npy_header(fh, where)
+                if fh.tell() + nbytes != info.file_size:
+                    raise InputError(f"{where} declares {dtype}{list(shape)} ({nbytes} bytes) but its archive"
+                                     f" entry holds {info.file_size - fh.tell()} bytes of data")
+            with self.zip.open(info) as fh:
+                arr = np.lib.format.read_array(fh, allow_pickle=False)
+        except InputError:
+            raise
+        except Exception as exc:  # zipfile and numpy raise several types for corrupt data
+            raise InputError(f"{where} is corrupt ({printable(exc)})") from None
+        return _check_text(arr, where, text)
+
+
+class _NpyFile:
+    """A .npy file: one array, its header checked against the file's size before it is read."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        size = check_regular_file(path).st_size
+        try:
+            with open(path, "rb") as fh:
+                self.dtype, self.shape, nbytes = _npy_header(fh, f"{path}")
+                if fh.tell() + nbytes != size:
+                    raise InputError(f"{path}: declares {self.dtype}{list(self.shape)} ({nbytes} bytes) but holds"
+                                     f" {size - fh.tell()} bytes of data")
+        except OSError as exc:
+            raise InputError(f"{path}: cannot be read ({printable(exc.strerror or exc)})") from None
+
+    def names(self):
+        return ["weight"]
+
+    def describe(self, name):
+        return f"{self.dtype}{list(self.shape)}"
 
     def get(self, name, text=False):
         try:
-            arr = self.data[name]
-        except ValueError as exc:
-            raise InputError(f"{self.path}: array '{name}' cannot be read without pickle ({exc})") from None
-        except Exception as exc:
-            raise InputError(f"{self.path}: array '{name}' is corrupt ({exc})") from None
-        if text and arr.dtype.kind not in "US":
-            raise InputError(f"{self.path}: '{name}' should hold token strings, has dtype {arr.dtype}")
-        return arr
+            with open(self.path, "rb") as fh:
+                arr = np.lib.format.read_array(fh, allow_pickle=False)
+        except Exception as exc:  # the file changed since its header was checked
+            raise InputError(f"{self.path}: not a readable .npy file ({printable(exc)})") from None
+        return _check_text(arr, f"{self.path}: '{name}'", text)
 
 
-class _NpyFile(_NpzFile):
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            self.array = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise InputError(f"{path}: not a readable .npy file ({exc})") from None
-        self.data = {"weight": self.array}
-        self.keys = ["weight"]
-
-
-# dtype codes of the safetensors format (its spec: an 8-byte little-endian header length,
-# a JSON header of {name: {dtype, shape, data_offsets}}, then the raw little-endian data).
-_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "bf16", "I64": "<i8", "I32": "<i4",
-              "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+# safetensors dtype codes -> numpy names, for the codes that hold real numbers.
+_ST_REAL = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+            "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64", "U32": "uint32", "U16": "uint16",
+            "U8": "uint8"}
+# Bits per element, only to say which header entry the library rejected.
+_ST_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+            "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64}
+_ST_MAX_HEADER = 100_000_000  # the safetensors library's own limit
 
 
 def value_dtype_name(value) -> str:
@@ -195,73 +301,120 @@ def value_dtype_name(value) -> str:
 
 
 class _SafetensorsFile:
+    """A .safetensors file read through the ``safetensors`` library.
+
+    The library validates the header (offsets, shapes, dtypes, overlaps, and that the data exactly
+    covers the file) before any tensor is read, and reads only the tensor asked for. numpy has no
+    bfloat16, so BF16 tensors are read as raw 16-bit words at the offsets of that validated header and
+    widened exactly (a bfloat16 is the top half of a float32).
+    """
+
     def __init__(self, path: Path):
         self.path = path
-        size = path.stat().st_size
+        check_regular_file(path)
         try:
-            with open(path, "rb") as fh:
-                head = fh.read(8)
-                if len(head) < 8:
-                    raise ValueError("file is shorter than its 8-byte header length")
-                n = int.from_bytes(head, "little")
-                if n <= 0 or 8 + n > size:
-                    raise ValueError(f"header length {n} does not fit a file of {size} bytes")
-                header = json.loads(fh.read(n))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: not a valid safetensors file ({exc})") from None
-        if not isinstance(header, dict):
-            raise InputError(f"{path}: not a valid safetensors file (header is not a JSON object)")
-        header.pop("__metadata__", None)
-        self.header, self.data_start = header, 8 + n
-        for name, info in header.items():
-            try:
-                start, end = info["data_offsets"]
-                shape = info["shape"]
-                dtype = info["dtype"]
-            except (KeyError, TypeError, ValueError):
-                raise InputError(f"{path}: tensor '{name}' has a malformed header entry") from None
-            if self.data_start + end > size:
-                raise InputError(f"{path}: tensor '{name}' runs past the end of the file (truncated?)")
-            if dtype in _ST_DTYPES and dtype != "BOOL":
-                itemsize = 2 if dtype == "BF16" else np.dtype(_ST_DTYPES[dtype]).itemsize
-                if end - start != itemsize * int(np.prod(shape, dtype=np.int64)):
-                    raise InputError(f"{path}: tensor '{name}' has {end - start} bytes, not what"
-                                     f" {dtype}{shape} needs")
+            with self._open() as fh:
+                self.info = {}
+                for name in fh.keys():
+                    piece = fh.get_slice(name)
+                    self.info[name] = (piece.get_dtype(), list(piece.get_shape()))
+        except Exception as exc:  # SafetensorError, OSError
+            reason = printable(str(exc).removeprefix("Error while deserializing header: "))
+            blame = _blame_safetensors(path)
+            raise InputError(f"{path}: not a valid safetensors file ({blame + '; ' if blame else ''}{reason})"
+                             ) from None
+
+    def _open(self):
+        from safetensors import safe_open  # noqa: PLC0415 - imported when a safetensors file is read
+
+        return safe_open(str(self.path), framework="numpy")
 
     def names(self):
-        return list(self.header)
+        return list(self.info)
 
     def describe(self, name):
-        info = self.header[name]
-        return f"{info['dtype']}{info['shape']}"
+        dtype, shape = self.info[name]
+        return f"{dtype}{shape}"
 
     def dtype_name(self, name) -> str:
         """numpy's name of the stored dtype (``bfloat16`` for BF16), or the safetensors code."""
-        code = self.header[name]["dtype"]
-        if code == "BF16":
-            return "bfloat16"
-        return np.dtype(_ST_DTYPES[code]).name if code in _ST_DTYPES else code
+        code = self.info[name][0]
+        return _ST_REAL.get(code, code)
 
     def get(self, name, text=False):
+        where = f"{self.path}: tensor '{printable(name)}'"
         if text:
-            raise InputError(f"{self.path}: safetensors files hold no token strings; '{name}' is a tensor")
-        info = self.header[name]
-        dtype = info["dtype"]
-        if dtype not in _ST_DTYPES:
-            raise InputError(f"{self.path}: tensor '{name}' has unsupported dtype {dtype}")
-        start, end = info["data_offsets"]
-        if dtype == "BF16":
-            # numpy has no bfloat16: widen the 16 stored bits to float32 (exact).
-            raw = np.fromfile(self.path, dtype="<u2", count=(end - start) // 2, offset=self.data_start + start)
-            arr = (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
-            return _Tagged(arr, "bfloat16")
-        from safetensors import safe_open  # noqa: PLC0415 - reads only the tensor asked for
-
+            raise InputError(f"{where} is a tensor; safetensors files hold no token strings")
+        dtype, shape = self.info[name]
+        if dtype not in _ST_REAL:
+            raise InputError(f"{where} has dtype {dtype}, expected real numbers")
         try:
-            with safe_open(str(self.path), framework="numpy") as fh:
+            if dtype == "BF16":
+                return _Tagged(self._bfloat16(name, shape), "bfloat16")
+            with self._open() as fh:
                 return fh.get_tensor(name)
-        except Exception as exc:
-            raise InputError(f"{self.path}: tensor '{name}' cannot be read ({exc})") from None
+        except InputError:
+            raise
+        except Exception as exc:  # the file changed since its header was validated
+            raise InputError(f"{where} cannot be read ({printable(exc)})") from None
+
+    def _bfloat16(self, name: str, shape: list[int]) -> np.ndarray:
+        with self._open():  # the library re-validates the header as it is now
+            with open(self.path, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                entry = json.loads(fh.read(n))[name]
+        if entry["dtype"] != "BF16" or list(entry["shape"]) != shape:
+            raise ValueError("the header changed while it was read")
+        count = math.prod(shape)
+        raw = np.fromfile(self.path, dtype="<u2", count=count, offset=8 + n + entry["data_offsets"][0])
+        if raw.size != count:
+            raise ValueError("the file is shorter than its validated header says")
+        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+
+
+def _blame_safetensors(path: Path) -> str | None:
+    """Which tensor's header entry is wrong, in words, for the message only (the library decides)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n > min(_ST_MAX_HEADER, size - 8):
+                return None
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    data_len = size - 8 - n
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        what = f"tensor '{printable(name)}'"
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and isinstance(shape, list)
+                and all(type(v) is int for v in [*offsets, *shape])):
+            return f"{what} has a malformed header entry"
+        if min(offsets) < 0:
+            return f"{what} has a negative data offset"
+        if any(v < 0 for v in shape):
+            return f"{what} has a negative dimension in shape {shape}"
+        if offsets[1] < offsets[0]:
+            return f"{what} ends before it starts"
+        if offsets[1] > data_len:
+            return f"{what} runs past the end of the file (truncated?)"
+        bits = _ST_BITS.get(entry.get("dtype"))
+        if bits and (offsets[1] - offsets[0]) * 8 != math.prod(shape) * bits:
+            return f"{what} has {offsets[1] - offsets[0]} bytes, not what {entry['dtype']}{shape} needs"
+        spans.append((offsets[0], offsets[1], what))
+    spans.sort()
+    for (_, end, before), (start, _, what) in itertools.pairwise(spans):
+        if start < end:
+            return f"{what} overlaps {before}"
+        if start > end:
+            return f"{what} starts after a gap in the data"
+    return None
 
 
 class _Tagged(np.ndarray):
@@ -272,18 +425,31 @@ class _Tagged(np.ndarray):
         obj.source_dtype = source_dtype
         return obj
 
+    def __array_finalize__(self, obj):  # views (a transpose) keep the tag
+        self.source_dtype = getattr(obj, "source_dtype", None)
+
+
+_TORCH_FLOOR = (2, 6)  # torch.load(weights_only=True) can be bypassed before 2.6 (CVE-2025-32434)
+
 
 class _TorchFile:
+    """A torch.save file, read with weights_only=True (no code runs) and memory-mapped when it can be."""
+
     def __init__(self, path: Path):
         self.path = path
+        check_regular_file(path)
         try:
             import torch  # noqa: PLC0415 - .pt files need torch
         except ImportError:
             raise InputError(f"{path}: reading .pt files needs torch (pip install 'argmaxcheck[torch]')") from None
+        if torch.__version__ < _TORCH_FLOOR:
+            raise InputError(f"{path}: torch {torch.__version__} can be made to run code from a .pt file"
+                             " (CVE-2025-32434); install torch>=2.6 to read it")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise InputError(f"{path}: cannot be read by torch.load(weights_only=True) ({exc})") from None
+            # mmap reads only the tensors used; the legacy (non-zip) format cannot be mapped.
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        except Exception as exc:  # torch raises many types, with multi-line messages
+            raise InputError(f"{path}: {_torch_load_error(exc)}") from None
         if isinstance(obj, torch.Tensor):
             obj = {"weight": obj}
         if not isinstance(obj, dict):
@@ -302,15 +468,27 @@ class _TorchFile:
 
     def get(self, name, text=False):
         v = self.items[name]
+        where = f"{self.path}: '{printable(name)}'"
         if text:
             if isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v):
                 return np.array(v)
-            raise InputError(f"{self.path}: '{name}' should be a list of token strings")
+            raise InputError(f"{where} should be a list of token strings")
         import torch  # noqa: PLC0415
 
         if not isinstance(v, torch.Tensor):
-            raise InputError(f"{self.path}: '{name}' is a {type(v).__name__}, not a tensor")
+            raise InputError(f"{where} is a {type(v).__name__}, not a tensor")
         return v
+
+
+def _torch_load_error(exc: Exception) -> str:
+    """torch.load's multi-line, ANSI-coloured refusal as one short line."""
+    text = _ANSI.sub("", str(exc))
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ", 1)[0]
+        return (f"holds pickled Python objects, not only tensors ({printable(detail, 120)}); torch.load"
+                " (weights_only=True) refuses them: save a state_dict() of tensors instead")
+    first = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return f"cannot be read by torch.load(weights_only=True) ({printable(first)})"
 
 
 _READERS = {".npz": _NpzFile, ".npy": _NpyFile, ".safetensors": _SafetensorsFile, ".pt": _TorchFile,

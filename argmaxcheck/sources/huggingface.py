@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
+import math
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
 from ..errors import InputError
 from ..layer import OutputLayer, as_float64
-from .arrays import _SafetensorsFile, _TorchFile, value_dtype_name
+from .arrays import _SafetensorsFile, _TorchFile, check_regular_file, printable, value_dtype_name
 from .base import LoadedLayer, SourceRequest
 from .norms import fold_norm
 
@@ -49,7 +50,7 @@ _HEAD_BIAS = {"phi": "lm_head.bias", "bert": "cls.predictions.bias", "roberta": 
               "xlm-roberta": "lm_head.bias", "bart": "final_logits_bias", "marian": "final_logits_bias"}
 
 
-def _family(model_type: str, config: dict):
+def _family(model_type: str, config: dict, where: str):
     """Where a family keeps its head and final norm; None if unknown."""
     if model_type in _FAMILIES:
         return _FAMILIES[model_type]
@@ -64,10 +65,78 @@ def _family(model_type: str, config: dict):
         return (["lm_head.weight"], "shared.weight", "rmsnorm", "decoder.final_layer_norm.weight", None,
                 "layer_norm_epsilon")
     if model_type in ("bart", "marian"):  # post-LN: the last decoder layer's final norm feeds the head
-        last = int(config.get("decoder_layers", 1)) - 1
+        last = _config_value(config, "decoder_layers", int, 1, where)
+        if last < 1:
+            raise InputError(f"{where}: 'decoder_layers' is {last}, expected at least 1")
+        last -= 1
         norm = f"model.decoder.layers.{last}.final_layer_norm"
         return (["lm_head.weight"], "model.shared.weight", "layernorm", f"{norm}.weight", f"{norm}.bias", None)
     return None
+
+
+# The most bytes of JSON read from a checkpoint folder: parsing time and memory stay bounded.
+CONFIG_JSON_LIMIT = 16 * 2**20
+INDEX_JSON_LIMIT = 64 * 2**20
+TOKENIZER_JSON_LIMIT = 512 * 2**20
+
+
+def read_json(path: Path, limit: int):
+    """The JSON value in ``path``, a regular file of at most ``limit`` bytes; InputError otherwise."""
+    size = check_regular_file(path).st_size
+    if size > limit:
+        raise InputError(f"{path}: {size} bytes of JSON, more than the {limit} this file type may have")
+    try:
+        with open(path, "rb") as fh:
+            return json.loads(fh.read(limit + 1))
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply to be a real file of this kind") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    except ValueError as exc:  # JSONDecodeError names the place, never the content
+        raise InputError(f"{path}: not valid JSON ({printable(exc)})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({printable(exc.strerror or exc)})") from None
+
+
+def checkpoint_file(folder: Path, name: str, what: str) -> Path:
+    """``folder / name``, refused unless it stays inside the checkpoint folder, links followed.
+
+    ``name`` comes from the folder's own files (a shard index), so it is untrusted: no absolute path,
+    no ``..``, no link out. A Hugging Face cache snapshot links its files to ``../../blobs/``: that folder
+    of the same repository counts as inside. The file itself is checked when it is opened.
+    """
+    parts = PurePosixPath(name).parts
+    if (not name or "\0" in name or PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute()
+            or PureWindowsPath(name).drive or ".." in parts or ".." in PureWindowsPath(name).parts):
+        raise InputError(f"{what}: '{printable(name)}' is not a plain file name inside the checkpoint folder")
+    real_folder = folder.resolve()
+    roots = [real_folder]
+    if real_folder.parent.name == "snapshots":
+        roots.append(real_folder.parent.parent / "blobs")
+    target = (folder / name).resolve()
+    if not any(target.is_relative_to(root) for root in roots):
+        raise InputError(f"{what}: '{printable(name)}' leads outside the checkpoint folder (a link?);"
+                         " copy the file in or audit the folder it points to")
+    return folder / name
+
+
+def _present(folder: Path, name: str) -> bool:
+    path = folder / name
+    return path.is_symlink() or path.exists()
+
+
+def _config_value(config: dict, key: str, kind: type, default, where: str):
+    """``config[key]`` checked to be a ``kind`` (bool is not a number here); ``default`` if absent or null."""
+    value = config.get(key)
+    if value is None:
+        return default
+    ok = isinstance(value, bool) if kind is bool else (isinstance(value, kind) and not isinstance(value, bool))
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        expected = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[kind]
+        raise InputError(f"{where}: '{key}' is {printable(repr(value), 40)}, expected {expected}")
+    return value
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -95,12 +164,16 @@ def load_checkpoint(path: str | Path, head: str | None = None) -> LoadedLayer:
     ``head`` names the output-layer tensor when the family's usual names do not apply.
     """
     folder = Path(path)
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{folder / 'config.json'}: cannot be read as JSON ({exc})") from None
-    return _from_tensors(str(folder), config, _TensorIndex(folder), head,
-                         lambda rows: _token_names(folder, rows))
+    config_path = checkpoint_file(folder, "config.json", str(folder))
+    config = read_json(config_path, CONFIG_JSON_LIMIT)
+    for name in ("tokenizer.json", "vocab.json"):  # read by _token_names: inside the folder, and bounded
+        if _present(folder, name):
+            size = check_regular_file(checkpoint_file(folder, name, str(folder))).st_size
+            if size > TOKENIZER_JSON_LIMIT:
+                raise InputError(f"{folder / name}: {size} bytes, more than the {TOKENIZER_JSON_LIMIT} a"
+                                 " tokenizer file may have")
+    return _from_tensors(str(folder), config, lambda: _TensorIndex(folder), head,
+                         lambda rows: _token_names(folder, rows), str(config_path))
 
 
 def checkpoint_from_model(model, tokenizer=None, head: str | None = None) -> LoadedLayer:
@@ -116,23 +189,40 @@ def checkpoint_from_model(model, tokenizer=None, head: str | None = None) -> Loa
         strings += [f"<padding row {i}>" for i in range(known, rows)]
         return strings, frozenset(i for i in getattr(tokenizer, "all_special_ids", []) if i < rows)
 
-    return _from_tensors(type(model).__name__, config, _StateDict(model.state_dict()), head, names)
+    return _from_tensors(type(model).__name__, config, lambda: _StateDict(model.state_dict()), head, names,
+                         f"{type(model).__name__}.config")
 
 
-def _from_tensors(folder: str, config: dict, tensors, head: str | None, token_names) -> LoadedLayer:
-    """Find the head and final norm among ``tensors`` (a _TensorIndex or _StateDict) and fold them;
-    ``folder`` names the source in errors (a path, or the model's class)."""
+def _from_tensors(folder: str, config, open_tensors, head: str | None, token_names, config_name: str
+                  ) -> LoadedLayer:
+    """Check ``config``, then find the head and final norm among ``open_tensors()`` (a _TensorIndex or
+    _StateDict) and fold them; ``folder`` names the source in errors (a path, or the model's class),
+    ``config_name`` its config."""
+    if not isinstance(config, dict):
+        raise InputError(f"{config_name}: expected a JSON object of settings, got {type(config).__name__}")
     model_type = config.get("model_type")
-    spec = _family(model_type, config)
+    if not isinstance(model_type, str):
+        raise InputError(f"{config_name}: 'model_type' is {printable(repr(model_type), 40)},"
+                         " expected the model family's name")
+    spec = _family(model_type, config, config_name)
     if spec is None:
         supported = sorted([*_FAMILIES, "bert", "roberta", "xlm-roberta", "t5", "bart", "marian"])
-        raise InputError(f"{folder}: model_type '{model_type}' is not supported yet"
+        raise InputError(f"{folder}: model_type '{printable(model_type, 60)}' is not supported yet"
                          f" (supported: {', '.join(supported)})")
     heads, tied_name, norm, norm_w, norm_b, eps_key = spec
+    tied = _config_value(config, "tie_word_embeddings", bool, True, config_name)
+    if model_type == "opt":
+        hidden = _config_value(config, "hidden_size", int, None, config_name)
+        if _config_value(config, "word_embed_proj_dim", int, hidden, config_name) != hidden:
+            raise InputError(f"{folder}: OPT with project_out (word_embed_proj_dim != hidden_size) is not"
+                             " supported yet")
+    eps = float(_config_value(config, eps_key, float, 0.0, config_name) or 1e-5) if eps_key else 1e-5
+    if eps < 0:
+        raise InputError(f"{config_name}: '{eps_key}' is {eps}, expected a number >= 0")
+    tensors = open_tensors()
     if head is not None and head not in tensors:
         raise InputError(f"{folder}: no tensor named '{head}'; it has: {', '.join(tensors.matrices()[:20])}")
     head = head or next((h for h in heads if h in tensors), None)
-    tied = config.get("tie_word_embeddings", True)
     if head is None and tied and tied_name in tensors:
         head = tied_name
     if head is None:
@@ -140,6 +230,8 @@ def _from_tensors(folder: str, config: dict, tensors, head: str | None, token_na
                          f" tensors: {', '.join(tensors.matrices()[:20])} (pick one with --weight NAME)")
     weight = tensors.get(head)
     source_dtype = tensors.dtype(head)
+    if weight.ndim != 2 or 0 in weight.shape:
+        raise InputError(f"{folder}: output layer '{head}' has shape {weight.shape}, expected [vocabulary, dim]")
     if model_type == "t5" and head == tied_name:
         # A tied T5 head rescales its input by d^-0.5: no argmax changes, but margins stay in logit units.
         weight = weight * weight.shape[1] ** -0.5
@@ -151,10 +243,6 @@ def _from_tensors(folder: str, config: dict, tensors, head: str | None, token_na
         raise InputError(f"{folder}: '{norm_w}' has shape {gamma.shape}, expected ({d},) to match {head}")
     if not np.isfinite(gamma).all():
         raise InputError(f"{folder}: '{norm_w}' has non-finite values")
-    if model_type == "opt" and config.get("word_embed_proj_dim", config.get("hidden_size")) != config.get(
-            "hidden_size"):
-        raise InputError(f"{folder}: OPT with project_out (word_embed_proj_dim != hidden_size) is not supported yet")
-    eps = float(config.get(eps_key) or 1e-5) if eps_key else 1e-5
     head_bias = None
     if _HEAD_BIAS.get(model_type) in tensors:
         head_bias = tensors.get(_HEAD_BIAS[model_type]).reshape(-1)
@@ -174,25 +262,33 @@ def _from_tensors(folder: str, config: dict, tensors, head: str | None, token_na
 
 
 class _TensorIndex:
-    """Tensor name -> the file that holds it, over single or sharded safetensors or pytorch_model.bin."""
+    """Tensor name -> the file that holds it, over single or sharded safetensors or pytorch_model.bin.
+
+    Every file name comes from the folder itself and must stay inside it (:func:`checkpoint_file`);
+    shards are opened only when a tensor they hold is asked for.
+    """
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.where: dict[str, Path] = {}
         self.files: dict[Path, object] = {}
-        index = folder / "model.safetensors.index.json"
-        if index.exists():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (OSError, ValueError, KeyError) as exc:
-                raise InputError(f"{index}: not a valid shard index ({exc})") from None
-            self.where = {name: folder / shard for name, shard in weight_map.items()}
-        elif (folder / "model.safetensors").exists():
-            single = folder / "model.safetensors"
+        if _present(folder, "model.safetensors.index.json"):
+            index = checkpoint_file(folder, "model.safetensors.index.json", str(folder))
+            data = read_json(index, INDEX_JSON_LIMIT)
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
+            if not (isinstance(weight_map, dict)
+                    and all(isinstance(v, str) for v in weight_map.values())):
+                raise InputError(f"{index}: not a valid shard index ('weight_map' must map tensor names to"
+                                 " shard file names)")
+            shards = {shard: checkpoint_file(folder, shard, f"{index}: shard")
+                      for shard in set(weight_map.values())}
+            self.where = {name: shards[shard] for name, shard in weight_map.items()}
+        elif _present(folder, "model.safetensors"):
+            single = checkpoint_file(folder, "model.safetensors", str(folder))
             self.files[single] = _SafetensorsFile(single)
             self.where = dict.fromkeys(self.files[single].names(), single)
-        elif (folder / "pytorch_model.bin").exists():
-            single = folder / "pytorch_model.bin"
+        elif _present(folder, "pytorch_model.bin"):
+            single = checkpoint_file(folder, "pytorch_model.bin", str(folder))
             self.files[single] = _TorchFile(single)
             self.where = dict.fromkeys(self.files[single].names(), single)
         else:
@@ -204,16 +300,17 @@ class _TensorIndex:
     def _file(self, name):
         path = self.where[name]
         if path not in self.files:
-            if not path.exists():
-                raise InputError(f"{path}: shard listed in the index for '{name}' is missing")
+            if not _present(path.parent, path.name):
+                raise InputError(f"{path}: shard listed in the index for '{printable(name)}' is missing")
             self.files[path] = _SafetensorsFile(path)
         source = self.files[path]
         if name not in source.names():
-            raise InputError(f"{path}: does not hold '{name}' although the index says so")
+            raise InputError(f"{path}: does not hold '{printable(name)}' although the index says so")
         return source
 
     def get(self, name):
-        return as_float64(self._file(name).get(name))
+        path = self.where[name]
+        return as_float64(self._file(name).get(name), f"{path}: tensor '{printable(name)}'")
 
     def dtype(self, name) -> str:
         return self._file(name).dtype_name(name)
@@ -232,7 +329,7 @@ class _StateDict:
         return name in self.state
 
     def get(self, name):
-        return as_float64(self.state[name])
+        return as_float64(self.state[name], f"tensor '{name}'")
 
     def dtype(self, name) -> str:
         return value_dtype_name(self.state[name])

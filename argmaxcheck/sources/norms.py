@@ -7,6 +7,8 @@ layer, so the features that reach it are not all of R^d:
   ``z`` has mean 0 and ``|z|^2 = d var / (var + eps) < d``. In an orthonormal
   basis ``Q`` of the mean-zero subspace the logits are ``W' y + b'`` with
   ``W' = W diag(gamma) Q``, ``b' = W beta + b`` and ``|y| < sqrt(d)``: a ball.
+  ``Q`` is a Householder reflection applied implicitly (:class:`MeanZeroBasis`),
+  so a head with d much larger than its number of rows never needs a d x d matrix.
 * **RMSNorm** ``x = g * z`` (Gemma: ``(1 + g) * z``), ``|z| < sqrt(d)`` in all of
   R^d: the ball ``|z| < sqrt(d)`` on ``W diag(g)``.
 
@@ -45,6 +47,8 @@ def fold_norm(raw: OutputLayer, norm: str, gamma: np.ndarray, beta: np.ndarray |
             raise InputError(f"{what} has shape {vec.shape}, expected ({expected},)")
         if not np.isfinite(vec).all():
             raise InputError(f"{what} has non-finite values")
+    if norm == "layernorm" and d < 2:
+        raise InputError("a LayerNorm over 1 feature always outputs its bias: every logit is constant")
     basis = None
     # Fold each distinct row once and copy it: BLAS need not round identical rows identically,
     # and duplicates (untrained reserved tokens) must stay exact ties after the fold.
@@ -52,8 +56,8 @@ def fold_norm(raw: OutputLayer, norm: str, gamma: np.ndarray, beta: np.ndarray |
     inverse = inverse.ravel()
     if norm == "layernorm":
         beta = np.zeros(d) if beta is None else beta
-        basis = _mean_zero_basis(d)
-        folded = ((distinct * gamma) @ basis)[inverse]
+        basis = MeanZeroBasis(d)
+        folded = basis.apply(distinct * gamma)[inverse]
         bias = (distinct @ beta)[inverse] + (0.0 if head_bias is None else head_bias)
         layer = OutputLayer.from_arrays(folded, bias, raw.tokens, source_dtype=raw.source_dtype)
         domain_text = f"LayerNorm output: |z| <= sqrt({d}) in the {d - 1}-dim mean-zero subspace"
@@ -66,11 +70,38 @@ def fold_norm(raw: OutputLayer, norm: str, gamma: np.ndarray, beta: np.ndarray |
                       basis, eps)
 
 
-def _mean_zero_basis(d: int) -> np.ndarray:
-    """Columns 2..d of the Householder reflection that maps e_1 to 1/sqrt(d): an orthonormal basis of 1^perp."""
-    v = np.full(d, 1.0 / np.sqrt(d))
-    v[0] -= 1.0
-    h = np.eye(d) - 2.0 * np.outer(v, v) / (v @ v)
-    return h[:, 1:]
+class MeanZeroBasis:
+    """An orthonormal basis ``Q`` (d x d-1) of the mean-zero subspace ``1^perp``, never formed densely.
 
+    ``Q`` is columns 2..d of the Householder reflection ``H = I - 2 v v^T / |v|^2`` with
+    ``v = 1/sqrt(d) - e_1``, which swaps ``e_1`` and the unit mean vector; so
+    ``A Q = (A - (2 / |v|^2) (A v) v^T)[:, 1:]``: O(n d) time and memory instead of O(d^2).
+    ``z @ basis`` works on numpy arrays as it would for the dense matrix.
+    """
 
+    __array_ufunc__ = None  # makes numpy's `z @ basis` defer to __rmatmul__ instead of densifying
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self._v = np.full(dim, 1.0 / np.sqrt(dim))
+        self._v[0] -= 1.0
+        self._scale = 2.0 / float(self._v @ self._v)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.dim, self.dim - 1)
+
+    def apply(self, a: np.ndarray) -> np.ndarray:
+        """``a @ Q`` for ``a`` of shape (..., d): coordinates of each row in the mean-zero basis."""
+        a = np.asarray(a, dtype=np.float64)
+        if a.shape[-1] != self.dim:
+            raise ValueError(f"expected vectors of length {self.dim}, got shape {a.shape}")
+        coef = (a @ self._v) * self._scale
+        return a[..., 1:] - coef[..., None] * self._v[1:]
+
+    def __rmatmul__(self, a: np.ndarray) -> np.ndarray:
+        return self.apply(a)
+
+    def to_dense(self) -> np.ndarray:
+        """``Q`` as a d x (d-1) array (O(d^2) memory: for small d and tests only)."""
+        return self.apply(np.eye(self.dim))
