@@ -57,7 +57,9 @@ class LoadedLayer:
         The head as stored, for audits on another domain.
     norm, basis, eps
         The folded norm (``none``, ``layernorm``, ``rmsnorm``, ``rmsnorm1p``),
-        the LayerNorm's mean-zero basis and its epsilon (see :meth:`fold_features`).
+        the LayerNorm's mean-zero basis (a :class:`~argmaxcheck.sources.norms.MeanZeroBasis`,
+        applied as ``z @ basis`` without forming a d x d matrix) and its epsilon
+        (see :meth:`fold_features`).
     """
 
     layer: OutputLayer
@@ -65,7 +67,7 @@ class LoadedLayer:
     info: dict = field(default_factory=dict)
     raw: OutputLayer | None = None
     norm: str = "none"
-    basis: np.ndarray | None = None
+    basis: object | None = None  # norms.MeanZeroBasis (norms imports this module)
     eps: float = 0.0
 
     @property
