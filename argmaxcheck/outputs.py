@@ -215,7 +215,9 @@ class OutputPlan:
         ------
         InputError
             A file could not be written (disk full, permissions changed since
-            the plan): nothing was changed.
+            the plan): no file was changed, which the message confirms (only
+            a rename failing half-way, if the folder changed under us, or a
+            stream failing after the files, leaves some written).
         KeyboardInterrupt, Terminated
             SIGINT or SIGTERM arrived; before the renames nothing was changed,
             after them every file is complete.
@@ -230,7 +232,10 @@ class OutputPlan:
             current, renamed = None, 0
             try:
                 for current in files:
-                    temps.append((_write_temp(current, data[current.option]), current.path))
+                    with _signals_held():  # a signal between creating and recording it would orphan the file
+                        fd, tmp = tempfile.mkstemp(dir=current.path.parent, prefix=TEMP_PREFIX, suffix=".tmp")
+                        temps.append((tmp, current.path))
+                    _fill_temp(fd, current, data[current.option])
                 with _signals_held():
                     for current in files:
                         os.replace(temps[0][0], current.path)
@@ -423,28 +428,21 @@ def _as_bytes(report: str | bytes) -> bytes:
     return report if isinstance(report, bytes) else report.encode("utf-8", errors="backslashreplace")
 
 
-def _write_temp(target: Target, data: bytes) -> str:
-    """Write ``data`` to a new temporary file next to ``target.path``; returns its name."""
-    fd, tmp = tempfile.mkstemp(dir=target.path.parent, prefix=TEMP_PREFIX, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-            if target.mode is None:
-                umask = os.umask(0)
-                os.umask(umask)
-                os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp's 0600 is for secrets; a report is not one
-            else:
-                os.fchmod(f.fileno(), target.mode)
-                if target.owner is not None and hasattr(os, "fchown"):
-                    with contextlib.suppress(OSError):  # only root may give a file away; others keep theirs
-                        os.fchown(f.fileno(), *target.owner)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return tmp
+def _fill_temp(fd: int, target: Target, data: bytes) -> None:
+    """Write ``data`` to the open temporary file ``fd`` (then closed) with the mode ``target`` keeps."""
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+        if target.mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp's 0600 is for secrets; a report is not one
+        else:
+            os.fchmod(f.fileno(), target.mode)
+            if target.owner is not None and hasattr(os, "fchown"):
+                with contextlib.suppress(OSError):  # only root may give a file away; others keep theirs
+                    os.fchown(f.fileno(), *target.owner)
 
 
 def _write_stream(target: Target, data: bytes) -> None:
