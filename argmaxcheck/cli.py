@@ -1,46 +1,65 @@
 """Command line: a thin layer over :func:`argmaxcheck.audit`.
 
-Exit codes: 0 the gate passed (by default: every audited token is
-argmaxable); 1 the gate failed (some token unargmaxable, practically
-unreachable or undecided beyond the --fail-on thresholds, not ignored, not
-already in the --baseline); 2 bad input or usage (one line on stderr).
+Exit codes (also in ``--help``): 0 the gate passed (by default: every
+audited token is argmaxable); 1 the gate failed (some token unargmaxable,
+practically unreachable or undecided beyond the --fail-on thresholds, not
+ignored, not already in the --baseline); 2 bad input or usage (one line on
+stderr, nothing written); 3 an internal error, a bug (one line; the
+traceback with --debug); 130 interrupted (SIGINT), 143 terminated (SIGTERM)
+while writing reports. Output targets are checked before the audit and
+written by :mod:`argmaxcheck.outputs`.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
-import os
+import re
 import sys
-import tempfile
-from pathlib import Path
+import traceback
+
+import numpy as np
 
 from . import __version__
 from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, ExactOptions, audit, explain_token, render_explanation
 from .errors import InputError
+from .outputs import Terminated, encode_for_stdout, plan_outputs, write_stdout
 from .report import ARGMAXABLE
 from .report.formats import FORMATS
 from .report.gate import Baseline, GatePolicy, evaluate, parse_fail_on
 from .sources import SourceRequest, load_source
 
-EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = """\
+exit status:
+  0    the gate passed (by default: every audited token is argmaxable)
+  1    the gate failed (see --fail-on, --ignore, --baseline)
+  2    bad input or usage: one line on stderr names the file, tensor, row or option; nothing is written
+  3    internal error (a bug): one line on stderr; --debug shows the traceback
+  130  interrupted (Ctrl-C); 143: terminated (SIGTERM) while writing reports, none left half-written
+"""
+REPORT_FILES = ("json", "html", "markdown", "junit")
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that exits 2 with one line (it already uses 2; this keeps the message short)."""
 
     def error(self, message):
-        sys.stderr.write(f"argmaxcheck: error: {message}\n")
+        sys.stderr.write(f"argmaxcheck: error: {_one_line(message)}\n")
         raise SystemExit(EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="argmaxcheck", description="Prove which softmax outputs can ever be the argmax.")
+    parser = _Parser(prog="argmaxcheck", description="Prove which softmax outputs can ever be the argmax.",
+                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"argmaxcheck {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    a = sub.add_parser("audit", help="audit every row of an output layer")
+    a = sub.add_parser("audit", help="audit every row of an output layer", epilog=EXIT_CODES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source_arguments(a)
     o = a.add_argument_group("output")
     o.add_argument("--tokens", default=None, metavar="LIST",
@@ -48,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--format", choices=list(FORMATS), default="table",
                    help="what to print (or write to --output): table (rich terminal report), text, json,"
                         " markdown, html, github (workflow annotations) or junit (XML)")
-    o.add_argument("--output", default=None, metavar="FILE", help="write the --format report here instead of stdout")
-    for fmt in ("json", "html", "markdown", "junit"):
+    o.add_argument("--output", default=None, metavar="FILE",
+                   help="write the --format report here instead of stdout ('-': stdout). Every report file is"
+                        " checked before the audit (never an input, a folder or a read-only file) and replaced"
+                        " atomically; devices and pipes such as /dev/null are written in place")
+    for fmt in REPORT_FILES:
         o.add_argument(f"--{fmt}", default=None, metavar="FILE", dest=f"{fmt}_file",
                        help=f"also write the {fmt} report to FILE")
     o.add_argument("--no-max-probability", action="store_true",
@@ -66,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a previous JSON report: count only tokens flagged since, and list those that recovered")
     c.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
                    help="never count these tokens: an id, an id range 5-9, an exact token string, or re:REGEX")
-    e = sub.add_parser("explain", help="explain the verdict on one token")
+    e = sub.add_parser("explain", help="explain the verdict on one token", epilog=EXIT_CODES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source_arguments(e)
     e.add_argument("token", help="a row id (digits) or a token string")
     e.add_argument("--format", choices=["text", "json"], default="text")
@@ -76,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_source_arguments(a) -> None:
     a.add_argument("path", help="a Hugging Face checkpoint folder, an .onnx model, or a .npz, .npy,"
                                 " .safetensors or .pt file with a [num_classes, dim] weight")
+    # SUPPRESS: `argmaxcheck --debug audit ...` is not undone by the subcommand's default
+    a.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the traceback of an internal error")
     g = a.add_argument_group("arrays")
     g.add_argument("--weight", default=None, metavar="NAME",
                    help="weight array (default: weight); for checkpoints and ONNX models, the head's tensor"
@@ -103,20 +129,49 @@ def _add_source_arguments(a) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see :data:`EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
     try:
         return _explain_command(args) if args.command == "explain" else _audit_command(args)
     except InputError as exc:
-        sys.stderr.write(f"argmaxcheck: error: {exc}\n")
-        return EXIT_USAGE
+        return _fail(args, f"error: {exc}", EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail(args, "interrupted", EXIT_INTERRUPTED)
+    except Terminated as exc:
+        return _fail(args, "terminated", 128 + exc.signum)
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        hint = "" if getattr(args, "debug", False) else " (run with --debug for the traceback)"
+        return _fail(args, f"internal error: {message}{hint}", EXIT_INTERNAL)
+
+
+def _fail(args, message: str, code: int) -> int:
+    """One line on stderr (the traceback before it with --debug); returns ``code``."""
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    sys.stderr.write(f"argmaxcheck: {_one_line(message)}\n")
+    return code
+
+
+def _one_line(text: str, limit: int = 2000) -> str:
+    """``text`` as one printable line: control characters (newlines, ESC) escaped, long text cut."""
+    text = str(text)
+    line = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
+    return line + (" ..." if len(text) > limit else "")
 
 
 def _load_source(args):
     """(layer, domain, checkpoint_info) for the PATH and array/norm/domain flags shared by all commands."""
     domain = _domain_from_args(args)
-    loaded = load_source(args.path, SourceRequest(
-        weight=args.weight, bias=args.bias, names=args.names, transpose=args.transpose, no_bias=args.no_bias,
-        norm=args.norm, norm_weight=args.norm_weight, norm_bias=args.norm_bias))
+    request = SourceRequest(weight=args.weight, bias=args.bias, names=args.names, transpose=args.transpose,
+                            no_bias=args.no_bias, norm=args.norm, norm_weight=args.norm_weight,
+                            norm_bias=args.norm_bias)
+    try:
+        loaded = load_source(args.path, request)
+    except RecursionError:  # a parser recursing on nested input: the file is at fault, not us
+        raise InputError(f"{args.path}: cannot be read (nested too deeply)") from None
+    except MemoryError:
+        raise InputError(f"{args.path}: cannot be read (not enough memory for what it declares)") from None
     if not loaded.info:  # a plain array file, audited as stored
         return loaded.layer, domain, None
     if args.domain == "auto":
@@ -126,19 +181,20 @@ def _load_source(args):
 
 
 def _audit_command(args) -> int:
-    targets = [("--output", args.output), ("--save-certificates", args.save_certificates)]
-    targets += [(f"--{f}", getattr(args, f"{f}_file")) for f in ("json", "html", "markdown", "junit")]
-    for flag, target in targets:
-        if target is not None:
-            parent = Path(target).resolve().parent
-            if not parent.is_dir():
-                raise InputError(f"{flag} {target}: folder {parent} does not exist")
-    if args.save_certificates is not None and not args.save_certificates.endswith(".npz"):
-        raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")
-    # Gate options are checked before the (possibly long) audit, so a typo fails at once.
+    # Everything the user typed is checked before the (possibly long) load and audit: a typo, a
+    # bad pattern or an output path that would destroy a file fails at once, with nothing written.
     policy = GatePolicy(parse_fail_on(args.fail_on), tuple(args.ignore))
     baseline = Baseline.load(args.baseline) if args.baseline else None
+    chosen = FORMATS[args.format]
+    requests = [("--output", args.output)] + [(f"--{f}", getattr(args, f"{f}_file")) for f in REPORT_FILES]
+    requests.append(("--save-certificates", args.save_certificates))
+    plan = plan_outputs(requests, inputs=[args.path] + ([args.baseline] if args.baseline else []),
+                        stdout_taken_by=f"the --format {args.format} report" if args.output is None else None)
+    certificates = plan.target("--save-certificates")
+    if certificates is not None and certificates.kind == "file" and not args.save_certificates.endswith(".npz"):
+        raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")
     layer, domain, checkpoint_info = _load_source(args)
+    policy.check_rows(layer.num_classes)
     tokens = _parse_tokens(args.tokens, layer.num_classes, layer.tokens) if args.tokens else None
     options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions(), precision=args.precision,
                            probability_seconds=0.0 if args.no_max_probability else AuditOptions.probability_seconds)
@@ -148,33 +204,53 @@ def _audit_command(args) -> int:
     report.source = str(args.path)
     report.checkpoint = checkpoint_info
     gate = evaluate(report, policy, baseline)
-    if args.save_certificates:
-        _atomic_write(args.save_certificates, report.save_certificates)
-    for fmt in ("json", "html", "markdown", "junit"):
-        target = getattr(args, f"{fmt}_file")
-        if target:
-            _emit(FORMATS[fmt](report, gate, layer), target)
-    chosen = FORMATS[args.format]
-    if chosen.terminal is not None and args.output is None:
-        chosen.terminal(report, gate)
-    else:
-        _emit(chosen(report, gate, layer), args.output)
+    # Every report is rendered in memory first: a format that fails leaves every file as it was.
+    rendered: dict[str, str | bytes] = {}
+    for t in plan.targets:
+        if t.option == "--save-certificates":
+            rendered[t.option] = _certificates_bytes(report)
+        else:
+            fmt = args.format if t.option == "--output" else t.option[2:]
+            rendered[t.option] = FORMATS[fmt](report, gate, layer)
+    screen = _render_stdout(chosen, report, gate, layer) if args.output is None else None
+    plan.write_all(rendered)
+    if screen is not None:  # the --format report on stdout, once every file is in place
+        write_stdout(screen)
     return EXIT_OK if gate.passed else EXIT_FOUND
+
+
+def _render_stdout(chosen, report, gate, layer) -> bytes:
+    """The --format report for stdout, as bytes (rich's styling included on a terminal)."""
+    if chosen.terminal is None:
+        return encode_for_stdout(chosen(report, gate, layer))
+    from rich.console import Console  # noqa: PLC0415
+
+    console = Console()
+    with console.capture() as captured:
+        chosen.terminal(report, gate, console)
+    return encode_for_stdout(captured.get())
+
+
+def _certificates_bytes(report) -> bytes:
+    buffer = io.BytesIO()
+    report.save_certificates(buffer)
+    return buffer.getvalue()
 
 
 def _explain_command(args) -> int:
     layer, domain, _ = _load_source(args)
     # Digits name a row id here (as for --ignore); any other text is a token string.
-    ids = _parse_tokens(args.token, layer.num_classes, None if args.token.isdigit() else layer.tokens,
+    ids = _parse_tokens(args.token, layer.num_classes, None if _is_id(args.token) else layer.tokens,
                         what="explain TOKEN")
     if len(ids) != 1:
         raise InputError(f"explain: give one token, got '{args.token}'")
     report, exp = explain_token(layer, domain, ids[0])
     report.source = str(args.path)
     if args.format == "json":
-        sys.stdout.write(json.dumps(exp.to_dict(report), indent=2, ensure_ascii=False) + "\n")
+        text = json.dumps(exp.to_dict(report), indent=2, ensure_ascii=False) + "\n"
     else:
-        sys.stdout.write(render_explanation(report, exp))
+        text = render_explanation(report, exp)
+    write_stdout(encode_for_stdout(text))
     return EXIT_OK if exp.result.verdict == ARGMAXABLE else EXIT_FOUND
 
 
@@ -202,33 +278,47 @@ def _domain_from_args(args):
 
 
 def _parse_tokens(spec: str, n: int, names: list[str] | None, what: str = "--tokens") -> list[int]:
-    """'0,5,10-20' or token strings (when names are known) -> row ids."""
+    """'0,5,10-20' or token strings (when names are known) -> sorted distinct row ids.
+
+    Every id and range is checked against the ``n`` rows before it is expanded,
+    so memory stays bounded by ``n`` whatever the ranges say.
+    """
     lookup = {name: i for i, name in enumerate(names)} if names else {}
-    ids: list[int] = []
+    chosen = np.zeros(n, dtype=bool)
     for part in spec.split(","):
         item = part.strip()
         if not item:
             continue
         if item in lookup:
-            ids.append(lookup[item])
+            chosen[lookup[item]] = True
             continue
         lo, sep, hi = item.partition("-")
-        try:
-            if sep and lo:
-                start, stop = int(lo), int(hi)
-                if stop < start:
-                    raise InputError(f"{what}: range '{item}' is empty")
-                ids.extend(range(start, stop + 1))
-            else:
-                ids.append(int(item))
-        except ValueError:
-            raise InputError(f"{what}: '{item}' is neither a row id, a range nor a known token") from None
-    bad = [i for i in ids if not 0 <= i < n]
-    if bad:
-        raise InputError(f"{what}: id {bad[0]} is out of range (the layer has {n} rows)")
-    if not ids:
+        if sep and _is_id(lo) and _is_id(hi):
+            start, stop = _row(lo, item, n, what), _row(hi, item, n, what)
+            if stop < start:
+                raise InputError(f"{what}: range '{_one_line(item, 80)}' is empty")
+            chosen[start:stop + 1] = True
+        elif _is_id(item):
+            chosen[_row(item, item, n, what)] = True
+        elif re.fullmatch(r"-[0-9]+", item):
+            raise InputError(f"{what}: id {item} is out of range (the layer has {n} rows: 0..{n - 1})")
+        else:
+            raise InputError(f"{what}: '{_one_line(item, 80)}' is neither a row id, a range nor a known token")
+    if not chosen.any():
         raise InputError(f"{what}: no token given")
-    return ids
+    return np.flatnonzero(chosen).tolist()
+
+
+def _is_id(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _row(digits: str, item: str, n: int, what: str) -> int:
+    """A row id from ASCII digits, refused (naming ``item``) when it is not below ``n``."""
+    if len(digits.lstrip("0")) > len(str(n)) or int(digits) >= n:
+        kind = "range" if item != digits else "id"
+        raise InputError(f"{what}: {kind} {_one_line(item, 80)} is out of range (the layer has {n} rows: 0..{n - 1})")
+    return int(digits)
 
 
 class _progress:
@@ -253,31 +343,6 @@ class _progress:
         if self.enabled:
             self.bar.stop()
         return False
-
-
-def _emit(text: str, output: str | None) -> None:
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        _atomic_write(output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def _atomic_write(target: str, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
-    target_path = Path(target)
-    fd, tmp = tempfile.mkstemp(dir=target_path.resolve().parent, prefix=".argmaxcheck-",
-                               suffix=target_path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a report is an ordinary file
-        os.replace(tmp, target_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,12 +1,19 @@
 """The command line as a user runs it: exit codes, one-line errors, reports, nothing half-written."""
 
 import json
+import shutil
+import signal
 import subprocess
 import sys
+import textwrap
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from argmaxcheck import cli
+from argmaxcheck.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 PPOCR = ROOT / "data" / "ppocrv4_rec_head.npz"
@@ -130,3 +137,194 @@ def test_bundled_ppocr_subset_names_characters(tmp_path):
     found = {t["id"]: t for t in report["tokens"]}
     assert 37 in found and found[37]["token"] == "刈"
     assert found[37]["certificate"]["top"][0]["token"]
+
+
+# --- exit codes: 2 bad input (one line), 3 internal error, 130 interrupted; checks before the audit ---
+
+def _main(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def small(tmp_path, rng):
+    path = tmp_path / "small.npz"
+    np.savez(path, weight=rng.normal(size=(24, 3)), tokens=np.array([f"t{i}" for i in range(24)]))
+    return path
+
+
+@pytest.fixture
+def no_audit(monkeypatch):
+    """Fail if the model is read or audited: these errors must come first."""
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("the model was read or audited before the options were checked")
+
+    monkeypatch.setattr(cli, "load_source", forbidden)
+    monkeypatch.setattr(cli, "audit", forbidden)
+
+
+def test_internal_error_is_exit_3_one_line_and_debug_shows_the_traceback(small, capsys, monkeypatch):
+    def crash(*_args, **_kwargs):
+        raise RuntimeError("solver exploded\n\x1b[2Jsecond line")
+
+    monkeypatch.setattr(cli, "audit", crash)
+    code, _, err = _main(capsys, "audit", small)
+    assert code == cli.EXIT_INTERNAL == 3
+    assert err.count("\n") == 1 and "\x1b" not in err and "Traceback" not in err
+    assert err.startswith("argmaxcheck: internal error: RuntimeError: solver exploded\\n\\x1b[2Jsecond line")
+    assert err.rstrip().endswith("(run with --debug for the traceback)")
+    for args in (["--debug", "audit", small], ["audit", small, "--debug"]):
+        code, _, err = _main(capsys, *args)
+        assert code == 3
+        assert "Traceback (most recent call last)" in err and "in crash" in err
+        assert err.strip().splitlines()[-1] == "argmaxcheck: internal error: RuntimeError: solver exploded\\n" \
+                                               "\\x1b[2Jsecond line"
+
+
+def test_keyboard_interrupt_is_exit_130_one_line(small, capsys, monkeypatch):
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "audit", interrupted)
+    try:
+        code, _, err = _main(capsys, "audit", small)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main() (a traceback for the user)")
+    assert code == 130 and err == "argmaxcheck: interrupted\n"
+
+
+def test_sigint_during_the_audit_is_exit_130_without_traceback(small):
+    child = textwrap.dedent("""
+        import signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        from argmaxcheck import cli
+        def slow_audit(*args, **kwargs):
+            print("auditing", flush=True)
+            time.sleep(60)
+        cli.audit = slow_audit
+        sys.exit(cli.main(sys.argv[1:]))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child, "audit", str(small), "--quiet"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "auditing"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err == "argmaxcheck: interrupted\n"
+
+
+def test_one_line_exit_2_deeply_nested_config_json(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(ROOT / "data" / "tiny-gpt2", ckpt)
+    (ckpt / "config.json").write_text("[" * 200_000 + "]" * 200_000)
+    code, _, err = _main(capsys, "audit", ckpt)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(ckpt) in lines[0] and "Traceback" not in err
+
+
+def _baselines(folder: Path) -> dict[str, tuple[bytes, str]]:
+    """name -> (file content, fragment of the one-line error)."""
+    def js(obj):
+        return json.dumps(obj).encode()
+
+    ok = {"schema_version": "1.0", "summary": {"num_classes": 24}}
+    return {
+        "list": (b"[]", "not an argmaxcheck JSON report"),
+        "null": (b"null", "not an argmaxcheck JSON report"),
+        "nested": (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+        "nested-object": (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "nested too deeply"),
+        "not-utf8": (b'{"summary": "\xff\xfe"}', "not a JSON report"),
+        "summary-list": (js({"summary": [], "tokens": []}), "'summary' object"),
+        "tokens-string": (js({**ok, "tokens": "abc"}), "'tokens' list"),
+        "token-int": (js({**ok, "tokens": [1]}), "token record 0 is not an object"),
+        "id-string": (js({**ok, "tokens": [{"id": "3", "verdict": "unargmaxable"}]}), "token record 0"),
+        "id-bool": (js({**ok, "tokens": [{"id": True, "verdict": "unargmaxable"}]}), "token record 0"),
+        "id-float": (js({**ok, "tokens": [{"id": 2.5, "verdict": "unargmaxable"}]}), "token record 0"),
+        "verdict-int": (js({**ok, "tokens": [{"id": 1, "verdict": 5}]}), "token record 0"),
+        "token-list": (js({**ok, "tokens": [{"id": 1, "verdict": "undecided", "token": []}]}), "'token' must be"),
+        "num-classes-string": (js({**ok, "summary": {"num_classes": "many"}, "tokens": []}), "num_classes"),
+        "version-object": (js({**ok, "schema_version": {"x": 1}, "tokens": []}), "schema_version dict"),
+        "folder": (None, "is a folder"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_baselines(Path())))
+def test_one_line_exit_2_bad_baseline_before_audit(small, tmp_path, capsys, no_audit, name):
+    content, fragment = _baselines(tmp_path)[name]
+    path = tmp_path / f"{name}.json"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    code, _, err = _main(capsys, "audit", small, "--baseline", path)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"argmaxcheck: error: --baseline {path}: "), err
+    assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--ignore", "re:("], "--ignore 're:(': bad regular expression"),
+    (["--ignore", "re:a{99999999999}"], "bad regular expression"),
+    (["--ignore", "re:" + "(" * 5000 + ")" * 5000], "bad regular expression"),
+    (["--ignore", "9-3"], "--ignore 9-3: the range is empty"),
+    (["--ignore", "0-99999999999999999999999"], "--ignore 0-99999999999999999999999: not an id"),
+    (["--fail-on", "unargmaxable=-1"], "--fail-on unargmaxable"),
+    (["--fail-on", "unargmaxable=1e9"], "not a count"),
+    (["--fail-on", "bogus=1"], "unknown category 'bogus'"),
+    (["--tokens", "0-5", "--json", "-"], "standard output already carries"),
+])
+def test_one_line_exit_2_bad_gate_options_before_audit(small, capsys, no_audit, flags, fragment):
+    code, _, err = _main(capsys, "audit", small, *flags)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], err
+
+
+def test_ignore_ids_are_checked_against_the_rows_before_the_audit(small, capsys, monkeypatch):
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("audited before --ignore was checked against the layer")
+
+    monkeypatch.setattr(cli, "audit", forbidden)
+    code, _, err = _main(capsys, "audit", small, "--ignore", "20-99")
+    assert code == 2 and "--ignore 20-99: not an id or id range within 0..23" in err
+
+
+@pytest.mark.parametrize("command", [["audit", "{path}", "--tokens", "3,0-2999999"],
+                                     ["explain", "{path}", "0-2999999"]])
+def test_one_line_exit_2_huge_token_range_is_refused_before_expanding(small, capsys, command):
+    tracemalloc.start()
+    try:
+        code, _, err = _main(capsys, *[a.format(path=small) for a in command])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "range 0-2999999 is out of range" in err and "0..23" in err
+    assert peak < 20e6, f"{peak / 1e6:.0f} MB allocated for a refused range"
+
+
+def test_token_lists_are_distinct_sorted_and_bounded():
+    names = ["a", "b", "c-d", "7"]
+    assert cli._parse_tokens("3,1-2,2, 1 ,c-d", 4, names) == [1, 2, 3]
+    assert cli._parse_tokens("7", 4, names) == [3]  # a token string first, as before
+    for spec, fragment in [("4", "id 4 is out of range"), ("-1", "id -1 is out of range"),
+                           ("1-9", "range 1-9 is out of range"), ("2-1", "empty"), ("١", "neither a row id"),
+                           ("1_0", "neither a row id"), (",,", "no token given"), ("9" * 5000, "out of range")]:
+        with pytest.raises(InputError, match=fragment):
+            cli._parse_tokens(spec, 4, names)
+
+
+def test_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["audit", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for line in ("0    the gate passed", "1    the gate failed", "2    bad input or usage",
+                 "3    internal error", "130  interrupted"):
+        assert line in out

@@ -47,11 +47,20 @@ class GatePolicy:
     ignore: Sequence[str] = ()
 
     def __post_init__(self):
+        if not isinstance(self.fail_on, Mapping):
+            raise InputError(f"--fail-on: expected a mapping of category to count, got {type(self.fail_on).__name__}")
         for key, value in self.fail_on.items():
             if key not in FLAGGED:
-                raise InputError(f"--fail-on: unknown category '{key}' (choose from {', '.join(FLAGGED)})")
-            if not (isinstance(value, (int, float)) and value >= 0):
+                raise InputError(f"--fail-on: unknown category {key!r} (choose from {', '.join(FLAGGED)})")
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value >= 0):
                 raise InputError(f"--fail-on {key}: the threshold must be a count >= 0 or 'never', got {value!r}")
+        if isinstance(self.ignore, str):  # one pattern, not a sequence of one-character patterns
+            object.__setattr__(self, "ignore", (self.ignore,))
+        _parse_ignore(self.ignore)  # syntax and regular expressions, before any audit
+
+    def check_rows(self, num_classes: int) -> None:
+        """Raise :class:`InputError` if an id or id range in ``ignore`` is not a row of a ``num_classes`` layer."""
+        _parse_ignore(self.ignore, num_classes)
 
 
 @dataclass(frozen=True)
@@ -64,27 +73,54 @@ class Baseline:
 
     @classmethod
     def load(cls, path: str | Path) -> Baseline:
-        """Read a JSON report written by ``argmaxcheck audit --format json``."""
+        """Read a JSON report written by ``argmaxcheck audit --format json``.
+
+        Raises
+        ------
+        InputError
+            One line naming ``--baseline`` and the file: missing, unreadable,
+            not JSON (or nested too deeply), not our schema, or a token record
+            of the wrong type.
+        """
+        def bad(why: str) -> InputError:
+            return InputError(f"--baseline {path}: {why}")
+
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = json.loads(Path(path).read_bytes())
         except FileNotFoundError:
-            raise InputError(f"--baseline {path}: no such file") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"--baseline {path}: not a JSON report ({exc})") from None
-        if not isinstance(data, dict) or "summary" not in data or "tokens" not in data:
-            raise InputError(f"--baseline {path}: not an argmaxcheck JSON report (no 'summary'/'tokens')")
-        major = str(data.get("schema_version", "1")).split(".")[0]
-        if major != "1":
-            raise InputError(f"--baseline {path}: schema_version {data.get('schema_version')} is not supported"
-                             " (this argmaxcheck reads 1.x)")
+            raise bad("no such file") from None
+        except IsADirectoryError:
+            raise bad("is a folder, not a JSON report") from None
+        except OSError as exc:
+            raise bad(f"cannot be read ({exc.strerror or exc})") from None
+        except RecursionError:
+            raise bad("not a JSON report (nested too deeply)") from None
+        except MemoryError:
+            raise bad("not a JSON report (too large to read)") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int too long
+            raise bad(f"not a JSON report ({_first_line(exc)})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("summary"), dict) \
+                or not isinstance(data.get("tokens"), list):
+            raise bad("not an argmaxcheck JSON report (it needs a 'summary' object and a 'tokens' list)")
+        version = data.get("schema_version", "1")
+        if not isinstance(version, (str, int, float)) or isinstance(version, bool) \
+                or str(version).split(".")[0] != "1":
+            raise bad(f"schema_version {_short(version)} is not supported (this argmaxcheck reads 1.x)")
+        num_classes = data["summary"].get("num_classes", -1)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < -1:
+            raise bad(f"summary.num_classes must be a row count, got {_short(num_classes)}")
         flagged = {}
         for k, tok in enumerate(data["tokens"]):
-            try:
-                if tok["verdict"] in FLAGGED:
-                    flagged[int(tok["id"])] = (tok["verdict"], tok.get("token"))
-            except (KeyError, TypeError, ValueError):
-                raise InputError(f"--baseline {path}: token record {k} has no valid 'id'/'verdict'") from None
-        return cls(str(path), flagged, int(data["summary"].get("num_classes", -1)))
+            if not isinstance(tok, dict):
+                raise bad(f"token record {k} is not an object")
+            i, verdict, token = tok.get("id"), tok.get("verdict"), tok.get("token")
+            if isinstance(i, bool) or not isinstance(i, int) or i < 0 or not isinstance(verdict, str):
+                raise bad(f"token record {k} has no valid 'id'/'verdict'")
+            if token is not None and not isinstance(token, str):
+                raise bad(f"token record {k}: 'token' must be a string or null")
+            if verdict in FLAGGED:
+                flagged[i] = (verdict, token)
+        return cls(str(path), flagged, num_classes)
 
 
 @dataclass(frozen=True)
@@ -160,25 +196,62 @@ def parse_fail_on(specs: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def _matcher(patterns: Sequence[str], n: int):
+def _parse_ignore(patterns: Sequence[str], n: int | None = None):
+    """``ignore`` patterns -> (ids, strings, regexes); id ranges are checked against ``n`` rows when given.
+
+    A range is checked before it is expanded, so a huge one costs nothing.
+    """
     ids: set[int] = set()
     strings: set[str] = set()
     regexes = []
     for pat in patterns:
+        if not isinstance(pat, str):
+            raise InputError(f"--ignore: patterns must be strings, got {_short(pat)}")
         if pat.startswith("re:"):
             try:
                 regexes.append(re.compile(pat[3:]))
-            except re.error as exc:
-                raise InputError(f"--ignore {pat!r}: bad regular expression ({exc})") from None
+            except (re.error, OverflowError, RecursionError, ValueError) as exc:
+                raise InputError(f"--ignore {_short(pat)!r}: bad regular expression ({_first_line(exc)})") from None
             continue
         lo, sep, hi = pat.partition("-")
-        if lo.isdigit() and (not sep or hi.isdigit()):
+        if _is_id(lo) and (not sep or _is_id(hi)):
+            if len(lo) > 18 or len(hi) > 18:
+                raise InputError(f"--ignore {_short(pat)}: not an id or id range"
+                                 + (f" within 0..{n - 1}" if n is not None else ""))
             start, stop = int(lo), int(hi) if sep else int(lo)
-            if stop < start or stop >= n:
-                raise InputError(f"--ignore {pat}: not an id or id range within 0..{n - 1}")
-            ids.update(range(start, stop + 1))
+            if stop < start:
+                raise InputError(f"--ignore {pat}: the range is empty")
+            if n is not None:
+                if stop >= n:
+                    raise InputError(f"--ignore {pat}: not an id or id range within 0..{n - 1}")
+                ids.update(range(start, stop + 1))
         else:
             strings.add(pat)
+    return ids, strings, regexes
+
+
+def _is_id(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return _short(text)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, float) or value is None or (isinstance(value, int) and value.bit_length() < 256):
+        text = repr(value)
+    else:  # a container or a huge int from an untrusted file: its type says enough
+        text = type(value).__name__
+    short = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
+    return short + ("..." if len(text) > limit else "")
+
+
+def _matcher(patterns: Sequence[str], n: int):
+    ids, strings, regexes = _parse_ignore(patterns, n)
 
     def match(i: int, token: str | None) -> bool:
         if i in ids:
