@@ -248,6 +248,21 @@ def test_every_output_of_the_cli_survives_hostile_names_and_paths(tmp_path, caps
     assert "'\\x1b[2J\\n::error::forged'" in out
 
 
+def test_json_report_of_an_onnx_node_name_that_is_not_utf8(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="HEADNODEX")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [weight])
+    path = tmp_path / "head.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString().replace(b"HEADNODEX", b"HEAD\xff\x1bODE"))
+    assert isinstance(onnx.load(str(path)).graph.node[0].name, bytes)  # protobuf hands it over undecoded
+    assert main(["audit", str(path), "--quiet", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"]["head_node"] == "HEAD\\xff\x1bODE"
+
+
 @pytest.mark.xfail(strict=True, reason="cli.py's explain --format json still calls json.dumps(ensure_ascii=False);"
                                        " it should call argmaxcheck.report.escape.json_text (not this branch's file)")
 def test_explain_json_survives_a_lone_surrogate(tmp_path, capsys):

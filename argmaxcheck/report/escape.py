@@ -58,10 +58,18 @@ def json_text(data, indent: int | None = 2) -> str:
     a JSON file such as tokenizer.json, and in a Python string) as a raw code
     point that no UTF-8 writer accepts. Surrogates only occur inside JSON
     strings, where the six-character escape is equivalent: ``json.loads``
-    returns the same string.
+    returns the same string. Bytes (a name protobuf could not decode as
+    UTF-8) are written as text with ``\\xNN`` for each undecodable byte.
     """
-    text = json.dumps(data, indent=indent, ensure_ascii=False)
+    text = json.dumps(data, indent=indent, ensure_ascii=False, default=_json_default)
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _json_default(value):
+    # protobuf (ONNX, proto2) hands back a name that is not valid UTF-8 as bytes: show its bytes as \xNN.
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 # -- XML ----------------------------------------------------------------------------------------------------------
