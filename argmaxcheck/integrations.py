@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from .domains import Domain
 from .engine.audit import AuditOptions, audit
 from .report.formats.text import render as render_text
-from .report.gate import GatePolicy, evaluate
-from .report.model import AuditReport
+from .report.gate import FLAGGED, GatePolicy, GateResult, evaluate
+from .report.model import PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport
 
 
 def audit_model(model, tokenizer=None, options: AuditOptions | None = None) -> AuditReport:
@@ -31,6 +31,9 @@ def audit_model(model, tokenizer=None, options: AuditOptions | None = None) -> A
 def assert_all_argmaxable(source, bias=None, domain: Domain | None = None, *, ignore: Sequence[str] = (),
                           tokenizer=None, options: AuditOptions | None = None) -> AuditReport:
     """Audit and raise ``AssertionError`` (with the report as text) if any token is flagged.
+
+    The message's first line names what failed, with counts per category
+    (``argmaxcheck: 2 undecided (no certificate could be checked)``).
 
     Parameters
     ----------
@@ -55,8 +58,18 @@ def assert_all_argmaxable(source, bias=None, domain: Domain | None = None, *, ig
         report = audit(source, bias, domain=domain, options=options)
     gate = evaluate(report, GatePolicy(ignore=tuple(ignore)))
     if not gate.passed:
-        raise AssertionError("argmaxcheck: some tokens can never be the argmax\n" + render_text(report, gate))
+        raise AssertionError(f"argmaxcheck: {_what_failed(gate)}\n" + render_text(report, gate))
     return report
+
+
+_MEANING = {UNARGMAXABLE: "can never be the argmax", PRACTICAL: "win only by less than the logits' precision",
+            UNDECIDED: "no certificate could be checked"}
+
+
+def _what_failed(gate: GateResult) -> str:
+    """'2 unargmaxable (can never be the argmax), 1 undecided (...)': the categories that failed, with counts."""
+    return ", ".join(f"{gate.counts[v]} {v.replace('_', ' ')} ({_MEANING[v]})"
+                     for v in FLAGGED if gate.exceeded(v))
 
 
 _callback_class = None

@@ -1,6 +1,8 @@
 """The CI recipes in docs/ run as written: the GitHub Actions step and the pre-commit hook."""
 
 import json
+import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -13,6 +15,7 @@ from safetensors.numpy import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "docs" / "examples" / "argmaxcheck-workflow.yml"
+CI_DOC = ROOT / "docs" / "ci.md"
 HOOKS = ROOT / ".pre-commit-hooks.yaml"
 PRECOMMIT = ROOT / "docs" / "examples" / "pre-commit-config.yaml"
 
@@ -29,8 +32,10 @@ def _repo_with_model(tmp_path: Path) -> Path:
 
 
 def _argmaxcheck(argv, cwd):
+    # The user's repository is the working folder: PYTHONPATH keeps this checkout's argmaxcheck the one that runs.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "argmaxcheck", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, check=False)
+                          timeout=600, check=False, env=env)
 
 
 def _break_a_row(repo: Path, row: int, like: int):
@@ -42,12 +47,33 @@ def _break_a_row(repo: Path, row: int, like: int):
     save_file(tensors, path)
 
 
-def _workflow_command() -> list[str]:
-    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["audit"]["steps"]
-    run = next(s["run"] for s in steps if "run" in s and s["run"].startswith("argmaxcheck audit"))
+def _average_a_row(repo: Path, row: int, a: int, b: int):
+    """Overwrite a row with the float32 average of two others (a merge bug): practically unreachable."""
+    path = repo / "models" / "my-model" / "model.safetensors"
+    tensors = load_file(path)
+    wte = next(k for k in tensors if k.endswith("wte.weight"))
+    w = tensors[wte].copy()
+    w[row] = ((w[a].astype(np.float64) + w[b]) / 2).astype(np.float32)
+    tensors[wte] = w
+    save_file(tensors, path)
+
+
+def _audit_argv(run: str) -> list[str]:
     argv = shlex.split(run)
     assert argv[:2] == ["argmaxcheck", "audit"]
     return argv[1:]
+
+
+def _workflow_command() -> list[str]:
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["audit"]["steps"]
+    return _audit_argv(next(s["run"] for s in steps if "run" in s and s["run"].startswith("argmaxcheck audit")))
+
+
+def _documented_command() -> list[str]:
+    """The audit step as docs/ci.md shows it (its first YAML block that runs argmaxcheck audit)."""
+    blocks = re.findall(r"```yaml\n(.*?)```", CI_DOC.read_text(), flags=re.S)
+    steps = yaml.safe_load(next(b for b in blocks if "argmaxcheck audit" in b))
+    return _audit_argv(next(s["run"] for s in steps if s.get("run", "").startswith("argmaxcheck audit")))
 
 
 def test_github_workflow_step_passes_on_baseline_and_fails_on_a_new_unreachable_token(tmp_path):
@@ -67,6 +93,22 @@ def test_github_workflow_step_passes_on_baseline_and_fails_on_a_new_unreachable_
     gate = json.loads((repo / "argmaxcheck.json").read_text())["gate"]
     assert sorted(gate["counted"]["unargmaxable"]) == [7, 8]
     assert set(gate["ignored"]) == set(range(250, 256))  # the <unused_k> rows, by the workflow's regex
+
+
+def test_documented_gate_fails_on_a_row_overwritten_with_the_float32_average_of_two_rows(tmp_path):
+    """Such a row is practically unreachable (argmaxable by a rounding step): the gate docs/ci.md shows catches it."""
+    repo = _repo_with_model(tmp_path)
+    argv = _documented_command()
+    assert argv == _workflow_command()  # the page shows the example workflow's step
+    assert _argmaxcheck(argv, repo).returncode == 0
+    _average_a_row(repo, 7, 3, 4)
+    proc = _argmaxcheck(argv, repo)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("::error")]
+    assert len(errors) == 1 and "token 7 'tok7'" in errors[0], errors
+    report = json.loads((repo / "argmaxcheck.json").read_text())
+    assert report["gate"]["failed"] == [7]
+    assert next(t["verdict"] for t in report["tokens"] if t["id"] == 7) != "argmaxable"
 
 
 def test_pre_commit_hook_runs_its_entry_with_the_documented_args(tmp_path):

@@ -33,6 +33,8 @@ def test_html_is_self_contained(report_html):
     text = report_html.read_text(encoding="utf-8")
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=[\"']?(https?:)?//", text), "fetches from a network"
     assert "&#x27;&lt;unused_0&gt;&#x27;" in text  # token strings are escaped, not markup
+    assert "domain: ball |z| &lt;= 5.657 (LayerNorm output: |z| &lt;= sqrt(32)" in text  # which domain, and why
+    assert "<td class=\"muted\">gate</td><td>fails</td>" in text  # each card says what the gate made of it
     assert text.count('class="card"') == 10  # 9 unargmaxable + 1 practically unreachable
 
 

@@ -147,7 +147,7 @@ def test_markdown_github_and_junit(planted):
     report.source = "layer.npz"
     gate = evaluate_gate(report, GatePolicy(ignore=["<unused>"]))
     md = FORMATS["markdown"](report, gate)
-    assert "| 7 | <code>'tok7'</code> |" in md and "gate failed" in md
+    assert "| 7 | `'tok7'` |" in md and "gate failed" in md
     gh = FORMATS["github"](report, gate).splitlines()
     errors = [line for line in gh if line.startswith("::error")]
     assert len(errors) == len(gate.counted())

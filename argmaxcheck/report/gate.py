@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from ..errors import InputError
@@ -139,12 +140,39 @@ class GateResult:
     def to_dict(self) -> dict:
         return {"passed": self.passed, "counts": self.counts,
                 "fail_on": {k: (None if math.isinf(v) else int(v)) for k, v in self.fail_on.items()},
-                "counted": self.failing, "ignored": self.ignored,
+                "counted": self.failing, "failed": sorted(self.failures()), "ignored": self.ignored,
                 "already_in_baseline": self.already_in_baseline, "recovered": self.recovered,
                 "baseline": self.baseline}
 
     def counted(self) -> set[int]:
+        """Ids of every counted token (flagged, not ignored, not already in the baseline)."""
         return {i for ids in self.failing.values() for i in ids}
+
+    def exceeded(self, verdict: str) -> bool:
+        """Whether ``verdict``'s count is over its threshold (so the gate fails on it)."""
+        return self.counts.get(verdict, 0) > self.fail_on.get(verdict, 0)
+
+    def failures(self) -> set[int]:
+        """Ids of the tokens that fail the gate: every counted token of a category over its threshold.
+
+        A category within its threshold (``--fail-on practically_unreachable=never``,
+        or 3 tokens where 5 are allowed) fails nothing, so none of its tokens is
+        a failure; one over it fails with all its counted tokens. Empty exactly
+        when the gate passed: every format marks these tokens, and only these,
+        as errors.
+        """
+        return {i for v, ids in self.failing.items() if self.exceeded(v) for i in ids}
+
+    def status(self, token: int) -> str:
+        """What the gate made of one flagged token: ``fails``, ``allowed``, ``ignored``, ``in baseline``."""
+        return self._statuses.get(token, "")
+
+    @cached_property
+    def _statuses(self) -> dict[int, str]:
+        out = {i: "ignored" for i in self.ignored} | {i: "in baseline" for i in self.already_in_baseline}
+        for v, ids in self.failing.items():
+            out |= dict.fromkeys(ids, "fails" if self.exceeded(v) else "allowed")
+        return out
 
 
 def evaluate(report: AuditReport, policy: GatePolicy | None = None, baseline: Baseline | None = None) -> GateResult:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .escape import escape_token
+from .escape import PLAIN, Style, escape_token, printable
 
 ARGMAXABLE = "argmaxable"
 UNARGMAXABLE = "unargmaxable"
@@ -163,25 +163,52 @@ class AuditReport:
         """How row ``i`` is named in explanations: its escaped string, else ``#id``."""
         return escape_token(self.names[i]) if self.names else f"#{i}"
 
-    def explain(self, t: TokenResult, terms: int = 4) -> str:
-        """One sentence saying why a token got its verdict, drawn from its certificate."""
+    def explain(self, t: TokenResult, terms: int = 4, style: Style = PLAIN) -> str:
+        """One sentence saying why a token got its verdict, drawn from its certificate.
+
+        ``style`` renders the sentence for one output: our words through
+        ``style.text``, token names (strings from the model file) through
+        ``style.literal``. The default is plain printable text.
+        """
+        text, lit = style.text, style.literal
         if t.tie_with is not None:
-            return f"tie: identical weights and bias to row {t.tie_with} ({self.label(t.tie_with)})"
+            return (text(f"tie: identical weights and bias to row {t.tie_with} (") + lit(self.label(t.tie_with))
+                    + text(")"))
         if t.verdict == PRACTICAL:
-            return (f"wins by at most {t.best_margin:.3g}, below the {t.threshold:.3g} that"
-                    f" {self.timings.get('precision', 'the')} logits can resolve there")
+            return text(f"wins by at most {t.best_margin:.3g}, below the {t.threshold:.3g} that"
+                        f" {self.timings.get('precision', 'the')} logits can resolve there")
         if t.verdict == UNDECIDED:
-            return t.reason
+            return text(t.reason)
         if t.verdict == ARGMAXABLE:
-            return f"wins by {t.margin:.3g} at its witness"
+            return text(f"wins by {t.margin:.3g} at its witness")
         if t.stage == "dominated":
-            return f"dominated: same weights as row {int(t.support[0])} ({self.label(int(t.support[0]))}), higher bias"
+            j = int(t.support[0])
+            return text(f"dominated: same weights as row {j} (") + lit(self.label(j)) + text("), higher bias")
         order = np.argsort(-t.weights)
         # Weights that round to 0.00 say nothing in a sentence; they stay in the "more".
         shown = [k for k in order[:terms] if t.weights[k] >= 0.005] or list(order[:1])
-        parts = [f"{t.weights[k]:.2f}·{self.label(int(t.support[k]))}" for k in shown]
-        more = f" + {len(order) - len(shown)} more" if len(order) > len(shown) else ""
-        return f"{escape_token(t.token) or f'#{t.id}'} is beaten everywhere by " + " + ".join(parts) + more
+        parts = [text(f"{t.weights[k]:.2f}·") + lit(self.label(int(t.support[k]))) for k in shown]
+        more = text(f" + {len(order) - len(shown)} more") if len(order) > len(shown) else ""
+        return (lit(escape_token(t.token) or f"#{t.id}") + text(" is beaten everywhere by ")
+                + text(" + ").join(parts) + more)
+
+    def domain_text(self) -> str:
+        """The audited domain and why it is the right one, in words (printable)."""
+        return f"{describe_domain(self.domain)} ({printable(self.domain_reason())})"
+
+    def domain_reason(self) -> str:
+        """Why the audit used its domain: the source's reason, the user's choice, or R^d by default."""
+        info = self.checkpoint or {}
+        if info.get("audited") == "raw head":
+            return "chosen with --domain; the head as stored, its final norm not folded"
+        if info.get("domain"):
+            why = str(info["domain"])
+            if info.get("audited") == "folded final norm" and info.get("norm_weight"):
+                why += f"; final norm {info['norm_weight']} folded into the head"
+            return why
+        if self.domain.get("kind") == "unbounded":
+            return "R^d: no final norm given"
+        return "chosen with --domain (or the domain argument)"
 
     def to_dict(self, gate: dict | None = None) -> dict:
         """The JSON report (schema: docs/report-schema.md)."""
@@ -234,3 +261,21 @@ def _domain_arrays(domain: dict, dim: int) -> dict:
         out["center"] = np.broadcast_to(np.asarray(domain["center"], dtype=np.float64), (dim,))
         out["radius"] = domain["radius"]
     return out
+
+
+def describe_domain(domain: dict) -> str:
+    """A domain summary (``Domain.describe()``) in words: ``ball |z| <= 27.7``, ``box 0 <= z_k <= inf``, ``R^d``."""
+    kind = domain.get("kind")
+    if kind == "ball":
+        center = domain.get("center", 0.0)
+        if isinstance(center, list):
+            return f"ball |z - c| <= {domain['radius']:.4g} (c given per coordinate)"
+        return f"ball |z{'' if center == 0 else f' - {center:g}'}| <= {domain['radius']:.4g}"
+    if kind == "box":
+        lower, upper = domain.get("lower"), domain.get("upper")
+        if isinstance(lower, list) or isinstance(upper, list):
+            def span(v):
+                return f"{v:g}" if not isinstance(v, list) else f"[{min(v):g}, {max(v):g}]"
+            return f"box, bounds per coordinate (lower in {span(lower)}, upper in {span(upper)})"
+        return f"box {lower:g} <= z_k <= {upper:g} for every k"
+    return "unbounded: all of R^d"

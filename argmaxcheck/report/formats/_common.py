@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 
-from ..escape import escape_token
+from ..escape import PLAIN, Style, escape_token, printable
 from ..gate import GateResult
 from ..model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 
@@ -27,40 +26,42 @@ def probability_text(t: TokenResult) -> str:
 
 
 def summary_lines(report: AuditReport) -> list[str]:
+    """Source and shape, domain (with why), counts: printable text, for each format to escape for its syntax."""
     s = report.summary()
-    dom = s["domain"]
-    dom_text = dom["kind"] + ("" if dom["kind"] == "unbounded" else
-                              f" {json.dumps({k: v for k, v in dom.items() if k != 'kind'})}")
-    return [f"{report.source or 'layer'}: {s['num_classes']} classes x {s['dim']} dims"
-            f" ({s['source_dtype']}{', bias' if s['bias'] else ''})",
-            f"domain: {dom_text}",
+    return [printable(f"{report.source or 'layer'}: {s['num_classes']} classes x {s['dim']} dims"
+                      f" ({s['source_dtype']}{', bias' if s['bias'] else ''})"),
+            f"domain: {report.domain_text()}",
             f"audited {s['audited']}: {s[ARGMAXABLE]} argmaxable, {s[UNARGMAXABLE]} unargmaxable,"
             f" {s[PRACTICAL]} practically unreachable, {s[UNDECIDED]} undecided in {s['seconds']:.1f} s"]
 
 
 def gate_lines(gate: GateResult | None) -> list[str]:
+    """The gate's verdict, per category, and the baseline and ignores it applied (printable text)."""
     if gate is None:
         return []
-    counted = ", ".join(f"{n} {v.replace('_', ' ')} (allowed {limit_text(gate.fail_on[v])})"
-                        for v, n in gate.counts.items())
+    counted = ", ".join(f"{n} {v.replace('_', ' ')} (allowed {limit_text(gate.fail_on[v])}"
+                        f"{': fails' if gate.exceeded(v) else ''})" for v, n in gate.counts.items())
     lines = [f"gate: {'PASSED' if gate.passed else 'FAILED'}: counted {counted}"]
     if gate.baseline:
-        lines.append(f"baseline {gate.baseline}: {len(gate.already_in_baseline)} already flagged there,"
-                     f" {len(gate.recovered)} recovered" + (f" ({id_list(gate.recovered)})" if gate.recovered else ""))
+        lines.append(printable(f"baseline {gate.baseline}: {len(gate.already_in_baseline)} already flagged there,"
+                               f" {len(gate.recovered)} recovered")
+                     + (f" ({id_list(gate.recovered)})" if gate.recovered else ""))
     if gate.ignored:
         lines.append(f"ignored: {len(gate.ignored)} token(s) ({id_list(gate.ignored)})")
     return lines
 
 
-def rows(report: AuditReport, verdict: str):
+def rows(report: AuditReport, verdict: str, gate: GateResult | None = None, style: Style = PLAIN):
+    """One row of cells per token with this verdict (see :data:`COLUMNS`); names and sentences in ``style``."""
     for t in report.tokens:
         if t.verdict == verdict:
             margin = "" if np.isnan(t.margin) else f"{t.margin:.3g}"
-            name = escape_token(t.token) + (" [special]" if t.id in report.special else "")
-            yield str(t.id), name, margin, probability_text(t), report.explain(t)
+            name = style.literal(escape_token(t.token)) + (style.text(" [special]") if t.id in report.special else "")
+            status = gate.status(t.id) if gate is not None else ""
+            yield str(t.id), name, margin, probability_text(t), status, report.explain(t, style=style)
 
 
-COLUMNS = ("id", "token", "margin", "max prob", "why")
+COLUMNS = ("id", "token", "margin", "max prob", "gate", "why")
 
 
 def limit_text(value: float) -> str:

@@ -17,7 +17,7 @@ import html
 import numpy as np
 
 from ...layer import OutputLayer
-from ..escape import escape_token
+from ..escape import HTML, escape_token, html_text
 from ..gate import GateResult
 from ..model import ARGMAXABLE, PRACTICAL, SCHEMA_VERSION, UNARGMAXABLE, UNDECIDED, AuditReport
 from ._common import SECTIONS, gate_lines, probability_text, summary_lines
@@ -49,12 +49,12 @@ def render(report: AuditReport, gate: GateResult | None = None, layer: OutputLay
         figures.append(prob)
     plots = "\n".join(f'<div class="plot">{fig.to_html(full_html=False, include_plotlyjs=False, config=_CONFIG)}'
                       "</div>" for fig in figures)
-    title = f"argmaxcheck: {report.source or 'layer'}"
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+    title = html_text(f"argmaxcheck: {report.source or 'layer'}")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
             f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
-            f"<h1>{html.escape(title)}</h1>"
-            f"<pre class=\"summary\">{html.escape(chr(10).join(summary_lines(report) + gate_lines(gate)))}</pre>"
-            f"{plots}{_cards(report)}"
+            f"<h1>{title}</h1>"
+            f"<pre class=\"summary\">{chr(10).join(map(html_text, summary_lines(report) + gate_lines(gate)))}</pre>"
+            f"{plots}{_cards(report, gate)}"
             f"<p class=\"muted\">argmaxcheck report, schema {SCHEMA_VERSION}."
             " Every verdict carries a certificate checked independently of the solver.</p></body></html>\n")
 
@@ -123,7 +123,7 @@ def _probability_figure(report: AuditReport):
     return fig
 
 
-def _cards(report: AuditReport) -> str:
+def _cards(report: AuditReport, gate: GateResult | None) -> str:
     parts = []
     for verdict, title in SECTIONS:
         tokens = [t for t in report.tokens if t.verdict == verdict]
@@ -132,16 +132,18 @@ def _cards(report: AuditReport) -> str:
         parts.append(f"<h2>{html.escape(title)} ({len(tokens)})</h2><div class=\"cards\">")
         for t in tokens[:_MAX_CARDS]:
             rows = [("margin", "" if np.isnan(t.margin) else f"{t.margin:.4g}"),
-                    ("max probability", probability_text(t)), ("decided by", t.stage)]
+                    ("max probability", probability_text(t)), ("decided by", t.stage),
+                    ("gate", gate.status(t.id) if gate is not None else "")]
+            rows = [(k, html_text(v)) for k, v in rows]
             if t.support is not None:
                 order = [k for k in np.argsort(-t.weights)[:5] if t.weights[k] >= 5e-4]
-                rows.append(("competitors", ", ".join(f"{t.weights[k]:.3f}·{report.label(int(t.support[k]))}"
+                label = report.label
+                rows.append(("competitors", ", ".join(f"{t.weights[k]:.3f}·{HTML.literal(label(int(t.support[k])))}"
                                                      for k in order)))
-            table = "".join(f"<tr><td class=\"muted\">{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
-                            for k, v in rows if v)
+            table = "".join(f"<tr><td class=\"muted\">{k}</td><td>{v}</td></tr>" for k, v in rows if v)
             parts.append(f"<div class=\"card\" style=\"--c: {_COLORS[verdict]}\"><h3>#{t.id} "
-                         f"<code>{html.escape(escape_token(t.token))}</code></h3>"
-                         f"<p>{html.escape(report.explain(t))}</p><table>{table}</table></div>")
+                         f"{HTML.literal(escape_token(t.token))}</h3>"
+                         f"<p>{report.explain(t, style=HTML)}</p><table>{table}</table></div>")
         parts.append("</div>")
         if len(tokens) > _MAX_CARDS:
             parts.append(f"<p class=\"muted\">… and {len(tokens) - _MAX_CARDS} more in the JSON report.</p>")

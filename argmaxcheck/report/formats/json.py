@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
+from ..escape import json_text
 from ..gate import GateResult
 from ..model import AuditReport
 
 
 def render(report: AuditReport, gate: GateResult | None = None) -> str:
-    """The report as indented JSON, with the gate's result when given."""
-    return json.dumps(report.to_dict(None if gate is None else gate.to_dict()), indent=2, ensure_ascii=False) + "\n"
+    """The report as indented JSON, with the gate's result when given: valid UTF-8 for any token string."""
+    return json_text(report.to_dict(None if gate is None else gate.to_dict())) + "\n"

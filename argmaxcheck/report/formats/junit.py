@@ -1,35 +1,52 @@
-"""JUnit XML: one test case per flagged token, failing when the gate counts it."""
+"""JUnit XML: one test case per flagged token, failing exactly when it fails the gate.
+
+Well-formed for any token: names and messages are printable text (no
+character XML 1.0 forbids), and the JSON record in a failure escapes the
+rest (:func:`~argmaxcheck.report.escape.xml_safe`).
+"""
 
 from __future__ import annotations
 
-import json
+import math
 import xml.etree.ElementTree as ET
 
-from ..escape import escape_token
+from ..escape import escape_token, json_text, printable, xml_safe
 from ..gate import GateResult
 from ..model import ARGMAXABLE, AuditReport
 
+_SKIPPED = {"ignored": "ignored (--ignore)", "in baseline": "already flagged in the baseline"}
+
 
 def render(report: AuditReport, gate: GateResult) -> str:
-    """JUnit XML: one test case per flagged token (failing when the gate counts it) and one for the rest."""
+    """JUnit XML: a test case per flagged token and one for the rest; ``failures`` is the number failing the gate.
+
+    A token fails when the gate fails on its category (see
+    :meth:`GateResult.failures`); a counted token within its category's
+    threshold, an ignored one and one already in the baseline are skipped,
+    with the reason.
+    """
     cases = []
-    counted = gate.counted()
     for t in report.tokens:
         if t.verdict == ARGMAXABLE:
             continue
         case = ET.Element("testcase", classname=f"argmaxcheck.{t.verdict}",
-                          name=f"{t.id} {escape_token(t.token)}".strip(), time="0")
-        if t.id in counted:
+                          name=printable(f"{t.id} {escape_token(t.token)}".strip()), time="0")
+        status = gate.status(t.id)
+        if status == "fails":
             failure = ET.SubElement(case, "failure", message=f"{t.verdict}: {report.explain(t)}", type=t.verdict)
-            failure.text = json.dumps(t.to_dict(report.names, report.special), ensure_ascii=False)
+            failure.text = xml_safe(json_text(t.to_dict(report.names, report.special), indent=None))
         else:
-            ET.SubElement(case, "skipped", message="ignored or already flagged in the baseline")
+            limit = gate.fail_on[t.verdict]
+            reason = _SKIPPED.get(status) or (f"counted, within --fail-on {t.verdict}="
+                                              f"{'never' if math.isinf(limit) else int(limit)}"
+                                              f" ({gate.counts[t.verdict]} counted)")
+            ET.SubElement(case, "skipped", message=reason)
         cases.append(case)
     ok = ET.Element("testcase", classname="argmaxcheck.argmaxable", name=f"{report.summary()[ARGMAXABLE]} argmaxable"
                     " tokens", time=f"{report.seconds:.3f}")
     cases.append(ok)
-    suite = ET.Element("testsuite", name=f"argmaxcheck {report.source}".strip(), tests=str(len(cases)),
-                       failures=str(len(counted)), errors="0",
+    suite = ET.Element("testsuite", name=printable(f"argmaxcheck {report.source}".strip()), tests=str(len(cases)),
+                       failures=str(len(gate.failures())), errors="0",
                        skipped=str(sum(1 for c in cases if c.find("skipped") is not None)),
                        time=f"{report.seconds:.3f}")
     suite.extend(cases)

@@ -19,14 +19,14 @@ def print_terminal(report: AuditReport, gate: GateResult | None = None, console=
         style = "bold" if k == 2 else ("bold red" if line.startswith("gate: FAILED") else None)
         console.print(Text(line, style=style or ""), soft_wrap=True)
     for verdict, title in SECTIONS:
-        table_rows = list(rows(report, verdict))
+        table_rows = list(rows(report, verdict, gate))
         if not table_rows:
             continue
         table = Table(title=f"{title} ({len(table_rows)})", title_justify="left")
         for col in COLUMNS:
-            table.add_column(col, overflow="fold", no_wrap=col in ("id", "margin"))
+            table.add_column(col, overflow="fold", no_wrap=col in ("id", "margin", "gate"))
         for row in table_rows[:limit]:
-            table.add_row(*(Text(cell) for cell in row))  # Text: no markup in token strings
+            table.add_row(*(Text(cell) for cell in row))  # Text: no markup; cells are printable already
         console.print(table)
         if len(table_rows) > limit:
             console.print(f"... and {len(table_rows) - limit} more (see --format json or --html)", markup=False)

@@ -8,8 +8,12 @@ from ._common import SECTIONS, gate_lines, rows, summary_lines
 
 
 def render(report: AuditReport, gate: GateResult | None = None) -> str:
-    """Plain text: summary lines, then tab-separated rows (for files and pipes)."""
+    """Plain text: summary lines, then rows ``id, token, verdict, margin, max prob, gate, why`` separated by tabs.
+
+    Every string is printable (no control characters): a token's tab or
+    newline shows as ``\\t``/``\\n`` and cannot add a column or a line.
+    """
     lines = summary_lines(report) + gate_lines(gate)
     for verdict, _ in SECTIONS:
-        lines += ["\t".join((*row[:2], verdict, *row[2:])) for row in rows(report, verdict)]
+        lines += ["\t".join((*row[:2], verdict, *row[2:])) for row in rows(report, verdict, gate)]
     return "\n".join(lines) + "\n"
