@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import re
 import sys
@@ -23,11 +22,13 @@ import traceback
 import numpy as np
 
 from . import __version__
+from ._text import printable
 from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, ExactOptions, audit, explain_token, render_explanation
 from .errors import InputError
 from .outputs import Terminated, encode_for_stdout, plan_outputs, write_stdout
 from .report import ARGMAXABLE
+from .report.escape import json_text
 from .report.formats import FORMATS
 from .report.gate import Baseline, GatePolicy, evaluate, parse_fail_on
 from .sources import SourceRequest, load_source
@@ -48,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that exits 2 with one line (it already uses 2; this keeps the message short)."""
 
     def error(self, message):
-        sys.stderr.write(f"argmaxcheck: error: {_one_line(message)}\n")
+        sys.stderr.write(f"argmaxcheck: error: {printable(message)}\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -149,15 +150,8 @@ def _fail(args, message: str, code: int) -> int:
     """One line on stderr (the traceback before it with --debug); returns ``code``."""
     if getattr(args, "debug", False):
         traceback.print_exc()
-    sys.stderr.write(f"argmaxcheck: {_one_line(message)}\n")
+    sys.stderr.write(f"argmaxcheck: {printable(message)}\n")
     return code
-
-
-def _one_line(text: str, limit: int = 2000) -> str:
-    """``text`` as one printable line: control characters (newlines, ESC) escaped, long text cut."""
-    text = str(text)
-    line = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
-    return line + (" ..." if len(text) > limit else "")
 
 
 def _load_source(args):
@@ -247,7 +241,7 @@ def _explain_command(args) -> int:
     report, exp = explain_token(layer, domain, ids[0])
     report.source = str(args.path)
     if args.format == "json":
-        text = json.dumps(exp.to_dict(report), indent=2, ensure_ascii=False) + "\n"
+        text = json_text(exp.to_dict(report)) + "\n"
     else:
         text = render_explanation(report, exp)
     write_stdout(encode_for_stdout(text))
@@ -296,14 +290,14 @@ def _parse_tokens(spec: str, n: int, names: list[str] | None, what: str = "--tok
         if sep and _is_id(lo) and _is_id(hi):
             start, stop = _row(lo, item, n, what), _row(hi, item, n, what)
             if stop < start:
-                raise InputError(f"{what}: range '{_one_line(item, 80)}' is empty")
+                raise InputError(f"{what}: range '{printable(item, 80)}' is empty")
             chosen[start:stop + 1] = True
         elif _is_id(item):
             chosen[_row(item, item, n, what)] = True
         elif re.fullmatch(r"-[0-9]+", item):
             raise InputError(f"{what}: id {item} is out of range (the layer has {n} rows: 0..{n - 1})")
         else:
-            raise InputError(f"{what}: '{_one_line(item, 80)}' is neither a row id, a range nor a known token")
+            raise InputError(f"{what}: '{printable(item, 80)}' is neither a row id, a range nor a known token")
     if not chosen.any():
         raise InputError(f"{what}: no token given")
     return np.flatnonzero(chosen).tolist()
@@ -317,7 +311,7 @@ def _row(digits: str, item: str, n: int, what: str) -> int:
     """A row id from ASCII digits, refused (naming ``item``) when it is not below ``n``."""
     if len(digits.lstrip("0")) > len(str(n)) or int(digits) >= n:
         kind = "range" if item != digits else "id"
-        raise InputError(f"{what}: {kind} {_one_line(item, 80)} is out of range (the layer has {n} rows: 0..{n - 1})")
+        raise InputError(f"{what}: {kind} {printable(item, 80)} is out of range (the layer has {n} rows: 0..{n - 1})")
     return int(digits)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .report.escape import printable
+from ._text import printable
 
 
 class InputError(ValueError):

@@ -28,17 +28,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
-def printable(text: str) -> str:
-    """``text`` with every non-printable character replaced by its Python escape (``\\x1b``, ``\\n``, ``\\ud800``).
-
-    Ordinary text (letters of any script, spaces, punctuation, backslashes) is
-    left as it is, so paths and messages stay readable.
-    """
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+from .._text import printable
 
 
 def escape_token(token: str | None) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from .._text import printable
 from ..errors import InputError
 from .model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport
 
@@ -274,8 +275,7 @@ def _short(value: object, limit: int = 80) -> str:
         text = repr(value)
     else:  # a container or a huge int from an untrusted file: its type says enough
         text = type(value).__name__
-    short = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
-    return short + ("..." if len(text) > limit else "")
+    return printable(text, limit + 3)
 
 
 def _matcher(patterns: Sequence[str], n: int):

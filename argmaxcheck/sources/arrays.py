@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._text import printable
 from ..domains import Unbounded
 from ..errors import InputError
 from ..layer import OutputLayer, as_float64
@@ -146,16 +147,6 @@ def _listing(source, limit: int = 20) -> str:
     if len(names) > limit:
         parts.append(f"... ({len(names) - limit} more)")
     return ", ".join(parts) if parts else "(no arrays)"
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-
-
-def printable(text, limit: int = 160) -> str:
-    """``text`` (a name or message from a file or a library) as one short printable line."""
-    text = _ANSI.sub("", str(text))
-    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in " ".join(text.split()))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_regular_file(path: Path) -> os.stat_result:
@@ -478,6 +469,9 @@ class _TorchFile:
         if not isinstance(v, torch.Tensor):
             raise InputError(f"{where} is a {type(v).__name__}, not a tensor")
         return v
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # torch colours its errors
 
 
 def _torch_load_error(exc: Exception) -> str:

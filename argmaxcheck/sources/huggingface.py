@@ -16,9 +16,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
+from .._text import printable
 from ..errors import InputError
 from ..layer import OutputLayer, as_float64
-from .arrays import _SafetensorsFile, _TorchFile, check_regular_file, printable, value_dtype_name
+from .arrays import _SafetensorsFile, _TorchFile, check_regular_file, value_dtype_name
 from .base import LoadedLayer, SourceRequest
 from .norms import fold_norm
 

@@ -59,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._text import printable
 from ..domains import Box, Unbounded
 from ..errors import InputError
 from ..layer import OutputLayer
@@ -254,7 +255,7 @@ def _show(name: str) -> str:
         text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # lone surrogates that surrogateescape did not make
         text = name.encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return printable(text)
 
 
 def _text(value: str | bytes) -> str:
