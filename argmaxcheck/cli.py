@@ -193,8 +193,8 @@ def _audit_command(args) -> int:
     options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions(), precision=args.precision,
                            probability_seconds=0.0 if args.no_max_probability else AuditOptions.probability_seconds)
     total = len(tokens) if tokens is not None else layer.num_classes
-    with _progress(total, quiet=args.quiet) as advance:
-        report = audit(layer, domain=domain, tokens=tokens, options=options, progress=advance)
+    with _progress(total, quiet=args.quiet) as progress:
+        report = audit(layer, domain=domain, tokens=tokens, options=options, progress=progress)
     report.source = str(args.path)
     report.checkpoint = checkpoint_info
     gate = evaluate(report, policy, baseline)
@@ -316,22 +316,37 @@ def _row(digits: str, item: str, n: int, what: str) -> int:
 
 
 class _progress:
-    """A rich progress bar on a terminal; nothing otherwise."""
+    """A rich progress display on a terminal, one line per stage with counts and an ETA; nothing otherwise."""
 
     def __init__(self, total: int, quiet: bool):
         self.enabled = not quiet and sys.stderr.isatty() and total > 0
-        self.total = total
+        self.task = None
 
     def __enter__(self):
         if not self.enabled:
-            return lambda _n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+            return None
+        from rich.progress import (  # noqa: PLC0415
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self.bar = Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            transient=True)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("eta"), TimeRemainingColumn(), transient=True)
         self.bar.start()
-        task = self.bar.add_task("audit", total=self.total)
-        return lambda n: self.bar.advance(task, n)
+        return self
+
+    def stage(self, name: str, total: int) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, completed=self.bar.tasks[-1].total)
+        self.task = self.bar.add_task(name, total=max(total, 0))
+
+    def advance(self, n: int = 1) -> None:
+        if self.task is not None:
+            self.bar.advance(self.task, n)
 
     def __exit__(self, *exc):
         if self.enabled:

@@ -17,6 +17,7 @@ from .exact import Competitors, ExactOptions, _any_point, seed_points, should_se
 from .precision import best_margin, margin_domain, threshold, unit_roundoff
 from .probability import bounded as probability_bounded
 from .probability import max_probability
+from .progress import Progress, as_progress
 from .screen import screen
 
 
@@ -53,12 +54,9 @@ class AuditOptions:
     probability_seconds: float = 30.0
 
 
-Progress = Callable[[int], None]
-
-
 def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int] | None = None, *,
           names: Sequence[str] | None = None, options: AuditOptions | None = None,
-          progress: Progress | None = None) -> AuditReport:
+          progress: Progress | Callable[[int], None] | None = None) -> AuditReport:
     """Decide, for every token, whether some input in ``domain`` makes it the strict argmax.
 
     Parameters
@@ -72,8 +70,10 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     names : sequence of str, optional
         Display names of the rows.
     options : AuditOptions, optional
-    progress : callable, optional
-        Called with the number of tokens newly decided.
+    progress : Progress or callable, optional
+        An object with ``stage(name, total)`` and ``advance(n)`` (see
+        :mod:`argmaxcheck.engine.progress`), told of each stage and of every
+        block of work done in it; or a callable given each ``n``.
 
     Returns
     -------
@@ -98,7 +98,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     # Every stage works on the layer scaled by a power of two to max |w|, |b| in [0.5, 1): exact, it
     # changes no verdict, witness or certificate, and keeps products clear of overflow and underflow.
     layer, exponent = _normalised(original)
-    progress = progress or (lambda _n: None)
+    progress = as_progress(progress)
     timings: dict[str, float] = {}
 
     results: dict[int, TokenResult] = {}
@@ -108,11 +108,11 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
 
     # Rows with identical weights: all but the best-biased one lose everywhere, and
     # equal bias means an exact tie. Their certificate is a single competitor.
-    for i in targets:
+    grouped = [i for i in targets if rep_of[i] != i or i in tie_partner]
+    progress.stage("identical rows", len(grouped))
+    for i in grouped:
         r = rep_of[i]
         partner = tie_partner.get(i)
-        if r == i and partner is None:
-            continue
         other = partner if partner is not None else r
         check = certify.check_certificate(layer.weight, layer.bias, i, np.array([other]), np.array([1.0]),
                                           domain)
@@ -123,7 +123,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
                                      tie_with=partner, check=check.method)
         else:  # cannot happen for exact duplicates; kept so a bug shows as undecided, not a guess
             results[i] = TokenResult(i, name(i), UNDECIDED, np.nan, stage, reason=check.reason)
-        progress(1)
+        progress.advance(1)
 
     if reps.size == 1:
         # All rows share one weight vector: the best-biased row (if not tied) wins at every point,
@@ -131,7 +131,6 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         lead = float(np.min(np.delete(layer.bias, reps[0]) * -1 + layer.bias[reps[0]]))
         for i in (int(r) for r in reps if int(r) in targets and int(r) not in results):
             results[i] = _argmaxable(i, name(i), _any_point(domain, layer.dim), lead, "dominated")
-            progress(1)
     pending = np.array([i for i in targets if i not in results], dtype=np.int64)
     comp_weight = layer.weight[reps]
     comp_bias = None if layer.bias is None else layer.bias[reps]
@@ -159,12 +158,14 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     seeded = should_seed(solve_domain, options.exact) and open_rows.size > 0
     seed_share = 0.0  # each token's part of the batched seeding, counted in its exact-step time
     if seeded:
+        progress.stage("seeding the exact step", int(open_rows.size))
         begin = starts[open_rows] if not options.exact_all else np.broadcast_to(solve_domain.center,
                                                                                  (open_rows.size, layer.dim))
         starts[open_rows] = seed_points(comp, position[pending[open_rows]], solve_domain, begin,
-                                        options.exact.seed_steps)
+                                        options.exact.seed_steps, progress=progress.advance)
         seed_share = (time.perf_counter() - t0) / open_rows.size
     per_token = []
+    progress.stage("exact step", int(open_rows.size))
     for k in open_rows:
         i = int(pending[k])
         t_tok = time.perf_counter()
@@ -190,13 +191,14 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         else:
             results[i] = TokenResult(i, name(i), UNDECIDED, np.nan, "exact", reason=out.reason)
         per_token.append(time.perf_counter() - t_tok + seed_share)
-        progress(1)
+        progress.advance(1)
     timings["exact_seconds"] = round(time.perf_counter() - t0, 4)
     if options.practical:
         t0 = time.perf_counter()
         precision = options.precision or layer.source_dtype
         timings["precision"] = precision
-        timings["practical_checked"] = _label_practical(results, comp, position, domain, unit_roundoff(precision))
+        timings["practical_checked"] = _label_practical(results, comp, position, domain, unit_roundoff(precision),
+                                                        progress)
         timings["practical_seconds"] = round(time.perf_counter() - t0, 4)
     if exponent:  # margins back in the layer's own logit units (exact: a power of two)
         results = {i: _unscaled(r, exponent) for i, r in results.items()}
@@ -204,7 +206,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         t0 = time.perf_counter()
         # Probabilities depend on the logits' scale: they are bounded on the layer as given.
         timings["probability_tokens"] = _bound_probabilities(results, original, domain,
-                                                             t0 + options.probability_seconds)
+                                                             t0 + options.probability_seconds, progress)
         timings["probability_seconds"] = round(time.perf_counter() - t0, 4)
     timings["exact_tokens"] = len(per_token)
     if per_token:
@@ -277,7 +279,7 @@ def _unscaled(result: TokenResult, exponent: int) -> TokenResult:
                    threshold=float(np.ldexp(result.threshold, exponent)))
 
 
-def _label_practical(results: dict, comp: Competitors, position, domain, unit: float) -> int:
+def _label_practical(results: dict, comp: Competitors, position, domain, unit: float, progress: Progress) -> int:
     """Relabel argmaxable tokens whose best margin is below the precision threshold; returns how
     many needed their best margin solved (those whose witness gap was below the threshold)."""
     bounded = margin_domain(domain, comp.bias is not None)
@@ -286,12 +288,13 @@ def _label_practical(results: dict, comp: Competitors, position, domain, unit: f
     solved = 0
     max_norm = float(comp.norms.max())
     max_bias = 0.0 if comp.bias is None else float(np.abs(comp.bias).max())
-    for i, res in list(results.items()):
-        if res.verdict != ARGMAXABLE:
-            continue
-        # |s_j(x)| <= |x| max|w_j| + max|b_j| settles almost every token without a product.
-        if res.margin >= 1.01 * unit * (float(np.linalg.norm(res.witness)) * max_norm + max_bias):
-            continue
+    # |s_j(x)| <= |x| max|w_j| + max|b_j| settles almost every token without a product.
+    close = [i for i, res in results.items() if res.verdict == ARGMAXABLE
+             and res.margin < 1.01 * unit * (float(np.linalg.norm(res.witness)) * max_norm + max_bias)]
+    progress.stage("best margins of narrow winners", len(close))
+    for i in close:
+        res = results[i]
+        progress.advance(1)
         pos = int(position[i])
         limit = threshold(comp, res.witness, unit)
         if res.margin >= limit:
@@ -308,12 +311,15 @@ def _label_practical(results: dict, comp: Competitors, position, domain, unit: f
     return solved
 
 
-def _bound_probabilities(results: dict, layer: OutputLayer, domain, deadline: float) -> int:
+def _bound_probabilities(results: dict, layer: OutputLayer, domain, deadline: float, progress: Progress) -> int:
     """Add max-probability bounds to unreachable tokens, in id order, until the deadline; returns how many."""
     done = 0
-    for i in sorted(results):
+    flagged = [i for i in sorted(results) if results[i].verdict in (UNARGMAXABLE, PRACTICAL)]
+    progress.stage("highest probabilities (time budget)", len(flagged))
+    for i in flagged:
         res = results[i]
-        if res.verdict not in (UNARGMAXABLE, PRACTICAL) or time.perf_counter() > deadline:
+        progress.advance(1)
+        if time.perf_counter() > deadline:
             continue
         found = max_probability(layer.weight, layer.bias, i, domain, deadline=deadline, seed_rows=res.support)
         if found is not None:

@@ -235,7 +235,7 @@ def should_seed(domain, options: ExactOptions) -> bool:
 
 
 def seed_points(comp: Competitors, positions: np.ndarray, domain: Ball, starts: np.ndarray, steps: int,
-                tau: float = 0.05, block: int = 64) -> np.ndarray:
+                tau: float = 0.05, block: int = 64, progress=None) -> np.ndarray:
     """Points near where each token does best on the ball, from a few Frank-Wolfe steps on the
     smoothed max-min  -tau log sum_j exp(-r_j(x) / tau)  of the Chebyshev slacks r_j over *every*
     row (float32 products; slacks are linear along a segment, so the line search is one-dimensional
@@ -246,7 +246,8 @@ def seed_points(comp: Competitors, positions: np.ndarray, domain: Ball, starts: 
     rounds instead of 4. Tokens go ``block`` at a time, so each step is two matrix products
     rather than two matrix-vector products per token (the weights are read once per block).
 
-    Returns one point per position, each inside the ball.
+    Returns one point per position, each inside the ball. ``progress`` is called with the
+    number of tokens of each block done.
     """
     points = np.array(starts, dtype=np.float64, copy=True).reshape(len(positions), -1)
     off = points - domain.center
@@ -256,6 +257,8 @@ def seed_points(comp: Competitors, positions: np.ndarray, domain: Ball, starts: 
     for first in range(0, len(positions), block):
         pos = np.asarray(positions[first:first + block], dtype=np.int64)
         points[first:first + pos.size] = _seed_block(comp, pos, domain, points[first:first + pos.size], steps, tau)
+        if progress is not None:
+            progress(int(pos.size))
     return points
 
 

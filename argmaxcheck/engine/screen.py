@@ -36,11 +36,12 @@ class ScreenResult:
 
 def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, positions: np.ndarray,
            domain, *, block_bytes: int = 128 << 20,
-           progress: Callable[[int], None] | None = None) -> ScreenResult:
+           progress=None) -> ScreenResult:
     """Try guessed witnesses for the tokens at ``positions`` (rows of the competitor matrix).
 
     ``weight32`` is the competitor matrix in float32 (used for speed),
     ``weight64`` the same rows in float64 (the truth the bounds refer to).
+    ``progress`` (a :class:`~argmaxcheck.engine.progress.Progress`) hears of each pass and block.
     """
     m, d = weight64.shape
     k = positions.size
@@ -55,7 +56,9 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
     directions = _guess_directions(weight64)
     ctx = _Context(weight32, bias, max_norm, cast_unit, domain, d)
     todo = np.arange(k)
-    for guess in directions:
+    for number, guess in enumerate(directions, start=1):
+        if progress is not None:
+            progress.stage(f"screen, guess {number} of {len(directions)}", int(todo.size))
         for start in range(0, todo.size, block):
             idx = todo[start:start + block]
             dirs = guess(positions[idx])
@@ -64,7 +67,7 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
             gaps[idx[better]] = g[better]
             witness[idx[better]] = x[better]
             if progress is not None:
-                progress(int((g > 0).sum()) if guess is directions[0] else 0)
+                progress.advance(int(idx.size))
         todo = todo[gaps[todo] <= 0]
         if todo.size == 0:
             break
