@@ -136,3 +136,27 @@ def test_unreachable_address_is_one_line_and_exit_2(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "cannot reach 127.0.0.1:1" in proc.stderr, proc.stderr
+
+
+@needs_ray
+def test_chunk_failing_beyond_its_retries_is_one_line_and_keeps_what_was_decided(cluster, layer, tmp_path):
+    options = AuditOptions(probability_seconds=0.0)
+
+    def always_dies(layer, domain, ids, options):
+        import signal  # noqa: PLC0415
+
+        from argmaxcheck.runner.chunks import audit_chunk  # noqa: PLC0415
+
+        if int(ids[0]) == 42:  # the last chunk: the others are usually finished and journaled by then
+            os.kill(os.getpid(), signal.SIGKILL)
+        return audit_chunk(layer, domain, ids, options)
+
+    journal = tmp_path / "journal"
+    with RayExecutor(task=always_dies, max_retries=0) as executor, \
+            pytest.raises(InputError, match=r"^Ray: chunk 7 \(tokens 42-47\) failed after 0 retries: ") as err:
+        audit_sharded(layer, options=options, chunk_size=6, executor=executor, journal=journal)
+    assert "\n" not in str(err.value)
+    kept = len(list(journal.glob("chunk-*.json")))
+    resumed = audit_sharded(layer, options=options, chunk_size=6, journal=journal)
+    assert resumed.timings["chunks_from_journal"] == kept < 8
+    _same_tokens(resumed, audit_sharded(layer, options=options, chunk_size=6))

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ import pytest
 
 from argmaxcheck import AuditOptions, Box, audit
 from argmaxcheck.cli import main
-from argmaxcheck.report.model import AuditReport
+from argmaxcheck.report.model import AuditReport, TokenResult
 from argmaxcheck.runner import audit_sharded, merge_reports, plan_chunks
+from argmaxcheck.runner.journal import STORED_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 8
@@ -81,6 +83,10 @@ def test_chunks_are_sorted_consecutive_blocks_and_merging_checks_coverage():
         merge_reports([parts[0], parts[0], parts[1]], np.arange(4))
     with pytest.raises(RuntimeError, match="2 missing"):
         merge_reports(parts[:1], np.arange(4))
+
+
+def test_journal_stores_every_field_of_a_token_result():
+    assert {f.name for f in fields(TokenResult)} == STORED_FIELDS
 
 
 def test_chunked_run_has_the_verdicts_of_one_call(rng):

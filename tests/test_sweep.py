@@ -3,6 +3,8 @@
 import csv
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from argmaxcheck.runner import expand_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_GPT2 = ROOT / "data" / "tiny-gpt2"
+BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
 
 @pytest.fixture
@@ -108,3 +111,17 @@ def test_source_lists_and_bad_output(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(["sweep", "x.npz", "--output", str(tmp_path / "file")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless chromium (apt-get install chromium)")
+def test_sweep_page_draws_its_chart_offline(sources, tmp_path):
+    out = tmp_path / "out"
+    main(["sweep", str(sources / "averages.npz"), str(sources / "broken.npz"), "--output", str(out), "--quiet"])
+    proc = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0",
+                           "--virtual-time-budget=15000", "--dump-dom", (out / "sweep.html").resolve().as_uri()],
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    assert 'class="main-svg"' in proc.stdout and "averages.npz" in proc.stdout  # plotly drew the bars
+    assert '<a href="models/averages.npz-' in proc.stdout and "<td>error: " in proc.stdout

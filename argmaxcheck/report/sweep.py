@@ -129,11 +129,18 @@ def render_html(result: SweepResult) -> str:
                       margin={"t": 60, "b": 120})
     plot = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
     head = "".join(f"<th>{html.escape(c)}</th>" for c in _COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in result.rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)[:-1])
+                   + f"<td>{_report_link(r)}</td></tr>" for r in result.rows)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>argmaxcheck sweep</title>"
             f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body><h1>argmaxcheck sweep</h1>"
             f"<div class=\"plot\">{plot}</div><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
             f"<p class=\"muted\">{html.escape(_footer(result))}</p></body></html>\n")
+
+
+def _report_link(row: SweepRow) -> str:
+    if row.failed or not row.report:
+        return html.escape(_cells(row)[-1])
+    return f'<a href="{html.escape(row.report)}">{html.escape(row.report)}</a>'
 
 
 _STYLE = """

@@ -129,29 +129,35 @@ class RayExecutor:
         window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         queue = list(jobs)
         running: dict = {}
-        while queue or running:
-            while queue and len(running) < window:
-                k, ids, options = queue.pop(0)
-                running[remote.remote(self.task, layer_ref, domain, ids, options)] = (k, ids)
-            done, _ = ray.wait(list(running), num_returns=1)
-            k, ids = running.pop(done[0])
-            try:
-                version, report = ray.get(done[0])
-            except ray.exceptions.RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, InputError):
-                    raise InputError(str(cause)) from None
-                raise ClusterError(f"Ray: chunk {k} (tokens {int(ids[0])}-{int(ids[-1])}) failed:"
-                                   f" {_first_line(cause or exc)}") from None
-            except ray.exceptions.RayError as exc:  # worker or node lost more often than max_retries
-                raise ClusterError(f"Ray: chunk {k} (tokens {int(ids[0])}-{int(ids[-1])}) failed after"
-                                   f" {self.max_retries} retries: {_first_line(exc)}") from None
-            if version != argmaxcheck.__version__:
-                raise ClusterError(f"Ray: the workers run argmaxcheck {version}, this is {argmaxcheck.__version__};"
-                                   " install the same version on every node")
-            if progress is not None:
-                progress(int(ids.size))
-            yield k, report
+        try:
+            while queue or running:
+                while queue and len(running) < window:
+                    k, ids, options = queue.pop(0)
+                    running[remote.remote(self.task, layer_ref, domain, ids, options)] = (k, ids)
+                done, _ = ray.wait(list(running), num_returns=1)
+                k, ids = running.pop(done[0])
+                version, report = self._result(ray, done[0], k, ids)
+                if version != argmaxcheck.__version__:
+                    raise ClusterError(f"Ray: the workers run argmaxcheck {version}, this is"
+                                       f" {argmaxcheck.__version__}; install the same version on every node")
+                if progress is not None:
+                    progress(int(ids.size))
+                yield k, report
+        finally:  # an error, or a caller that stops early: the other chunks' tasks are not wanted any more
+            for ref in running:
+                ray.cancel(ref)
+
+    def _result(self, ray, ref, k: int, ids: np.ndarray):
+        what = f"chunk {k} (tokens {int(ids[0])}-{int(ids[-1])})"
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, InputError):
+                raise InputError(str(cause)) from None
+            raise ClusterError(f"Ray: {what} failed: {_first_line(cause or exc)}") from None
+        except ray.exceptions.RayError as exc:  # worker or node lost more often than max_retries
+            raise ClusterError(f"Ray: {what} failed after {self.max_retries} retries: {_first_line(exc)}") from None
 
 
 def _run_task(task: ChunkTask, layer: OutputLayer, domain: Domain, ids: np.ndarray, options: AuditOptions):

@@ -63,7 +63,7 @@ class RunIdentity:
            chunk_size: int) -> RunIdentity:
         import argmaxcheck  # noqa: PLC0415 - the package's version; importing it at module load would be circular
 
-        names = "\0".join(layer.tokens).encode("utf-8", "surrogatepass") if layer.tokens is not None else b"<none>"
+        names = json.dumps(layer.tokens).encode()  # JSON: unambiguous for any string, lone surrogates included
         ids = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
         parts = {
             "weights": _hash(repr(layer.weight.shape).encode(), np.ascontiguousarray(layer.weight, np.float64)),
@@ -191,6 +191,8 @@ class Journal:
 
 _FLOATS = ("margin", "best_margin", "threshold", "max_probability", "max_probability_upper")
 _TEXTS = ("verdict", "stage", "check", "reason")
+# Every TokenResult field the journal stores (token names come from the layer); a test keeps it complete.
+STORED_FIELDS = frozenset({"id", "token", "witness", "support", "weights", "tie_with", *_FLOATS, *_TEXTS})
 
 
 def _report_to_npz(report: AuditReport) -> bytes:
