@@ -18,6 +18,7 @@ import math
 import re
 import sys
 import traceback
+from pathlib import Path
 
 import numpy as np
 
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a previous JSON report: count only tokens flagged since, and list those that recovered")
     c.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
                    help="never count these tokens: an id, an id range 5-9, an exact token string, or re:REGEX")
+    _add_scale_arguments(a)
+    _add_sweep_parser(sub)
     e = sub.add_parser("explain", help="explain the verdict on one token", epilog=EXIT_CODES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source_arguments(e)
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see :data:`EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
     try:
-        return _explain_command(args) if args.command == "explain" else _audit_command(args)
+        return {"explain": _explain_command, "sweep": _sweep_command}.get(args.command, _audit_command)(args)
     except InputError as exc:
         return _fail(args, f"error: {exc}", EXIT_USAGE)
     except KeyboardInterrupt:
@@ -177,6 +180,7 @@ def _load_source(args):
 def _audit_command(args) -> int:
     # Everything the user typed is checked before the (possibly long) load and audit: a typo, a
     # bad pattern or an output path that would destroy a file fails at once, with nothing written.
+    _check_scale_flags(args)
     policy = GatePolicy(parse_fail_on(args.fail_on), tuple(args.ignore))
     baseline = Baseline.load(args.baseline) if args.baseline else None
     chosen = FORMATS[args.format]
@@ -194,7 +198,7 @@ def _audit_command(args) -> int:
                            probability_seconds=0.0 if args.no_max_probability else AuditOptions.probability_seconds)
     total = len(tokens) if tokens is not None else layer.num_classes
     with _progress(total, quiet=args.quiet) as progress:
-        report = audit(layer, domain=domain, tokens=tokens, options=options, progress=progress)
+        report = _run_audit(args, layer, domain, tokens, options, progress)
     report.source = str(args.path)
     report.checkpoint = checkpoint_info
     gate = evaluate(report, policy, baseline)
@@ -229,6 +233,90 @@ def _certificates_bytes(report) -> bytes:
     buffer = io.BytesIO()
     report.save_certificates(buffer)
     return buffer.getvalue()
+
+
+def _add_scale_arguments(a) -> None:
+    s = a.add_argument_group("scale: chunks, resume, Ray (put --ray after PATH, or write --ray=ADDRESS)")
+    s.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                   help="audit in chunks of N tokens (default 4096 with --resume or --ray)")
+    s.add_argument("--resume", default=None, metavar="DIR",
+                   help="journal of finished chunks in DIR: the same command again decides only what is left")
+    s.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the chunks on Ray: a new local cluster, or ADDRESS (host:port, ray://host:port, auto);"
+                        " needs pip install 'argmaxcheck[ray]'")
+
+
+def _check_scale_flags(args) -> None:
+    """Fail on --ray without ray, or a --resume folder without a parent, before loading anything."""
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise InputError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if args.resume is not None and not Path(args.resume).resolve().parent.is_dir():
+        raise InputError(f"--resume {args.resume}: folder {Path(args.resume).resolve().parent} does not exist")
+    if args.ray is not None:
+        from .runner.executors import import_ray  # noqa: PLC0415 - the runner (and ray) only when asked for
+
+        import_ray()
+
+
+def _scale_executor(args):
+    from .runner import LocalExecutor, RayExecutor  # noqa: PLC0415
+
+    return RayExecutor(args.ray) if args.ray is not None else LocalExecutor()
+
+
+def _run_audit(args, layer, domain, tokens, options, progress):
+    """One engine call, or the chunked runner (argmaxcheck.runner) when --resume, --ray or --chunk-size ask."""
+    if args.resume is None and args.ray is None and args.chunk_size is None:
+        return audit(layer, domain=domain, tokens=tokens, options=options, progress=progress)
+    from .runner import DEFAULT_CHUNK_SIZE, audit_sharded  # noqa: PLC0415
+
+    with _scale_executor(args) as executor:
+        return audit_sharded(layer, domain=domain, tokens=tokens, options=options, executor=executor,
+                             chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE, journal=args.resume, progress=progress)
+
+
+def _add_sweep_parser(sub) -> None:
+    w = sub.add_parser("sweep", help="audit many models into one comparison table")
+    _add_source_arguments(w)  # its PATH is the first source; the array, norm and domain flags apply to all
+    w.add_argument("more", nargs="*", metavar="SOURCE", help="more sources; @FILE reads sources from FILE, one a line")
+    w.add_argument("--output", default="sweep", metavar="DIR",
+                   help="folder for sweep.md/.csv/.json/.html and models/*.json (default: ./sweep)")
+    w.add_argument("--no-max-probability", action="store_true", help="skip max-probability bounds")
+    w.add_argument("--exact-all", action="store_true", help="run the exact step for every token (slow)")
+    w.add_argument("--fail-on", action="append", default=[], metavar="CATEGORY=N", help="as for audit, per model")
+    w.add_argument("--ignore", action="append", default=[], metavar="PATTERN", help="as for audit, per model")
+    w.add_argument("--quiet", action="store_true", help="no line per model on stderr")
+    _add_scale_arguments(w)
+
+
+def _sweep_command(args) -> int:
+    """Exit 2 if any source failed to load or audit, else 1 if any model failed its gate, else 0."""
+    from .runner import sweep  # noqa: PLC0415
+
+    _check_scale_flags(args)
+    policy = GatePolicy(parse_fail_on(args.fail_on), tuple(args.ignore))
+    explicit = _domain_from_args(args)  # validates the domain flags even for --domain auto
+    request = SourceRequest(weight=args.weight, bias=args.bias, names=args.names, transpose=args.transpose,
+                            no_bias=args.no_bias, norm=args.norm, norm_weight=args.norm_weight,
+                            norm_bias=args.norm_bias)
+    options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions(), precision=args.precision,
+                           probability_seconds=0.0 if args.no_max_probability else AuditOptions.probability_seconds)
+
+    def on_row(k, total, row):
+        if not args.quiet:
+            what = f"error: {row.error}" if row.failed else (
+                f"{row.counts['unargmaxable']} unargmaxable, {row.counts['practically_unreachable']} practically"
+                f" unreachable, {row.counts['undecided']} undecided of {row.audited} in {row.seconds:.1f} s")
+            sys.stderr.write(f"[{k + 1}/{total}] {row.model}: {what}\n")
+
+    scaled = args.resume is not None or args.ray is not None or args.chunk_size is not None
+    with _scale_executor(args) as executor:
+        result = sweep([args.path, *args.more], args.output, request=request,
+                       domain=None if args.domain == "auto" else explicit, options=options, policy=policy,
+                       chunk_size=args.chunk_size, journal=args.resume, executor=executor if scaled else None,
+                       on_row=on_row)
+    sys.stdout.write(Path(args.output, "sweep.md").read_text(encoding="utf-8"))
+    return result.exit_code
 
 
 def _explain_command(args) -> int:

@@ -1,0 +1,208 @@
+"""Chunked and resumable audits: same verdicts as one call, a journal that survives SIGKILL, refusals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from argmaxcheck import AuditOptions, Box, audit
+from argmaxcheck.cli import main
+from argmaxcheck.report.model import AuditReport, TokenResult
+from argmaxcheck.runner import audit_sharded, merge_reports, plan_chunks
+from argmaxcheck.runner.journal import STORED_FIELDS
+
+ROOT = Path(__file__).resolve().parents[1]
+CHUNK = 8
+
+
+@pytest.fixture(scope="module")
+def layer_file(tmp_path_factory):
+    """60 rows in 5-d: 20 averages of others (unargmaxable, decided by the exact step), a tie, the rest reachable."""
+    rng = np.random.default_rng(7)
+    weight = rng.normal(size=(60, 5))
+    weight[30:50] = rng.dirichlet(np.ones(4), size=20) @ weight[:4]
+    weight[55] = weight[56]
+    path = tmp_path_factory.mktemp("layer") / "layer.npz"
+    np.savez(path, weight=weight, tokens=np.array([f"t{i}" for i in range(60)]))
+    return path
+
+
+def _flags(path, journal, *extra):
+    return [str(path), "--chunk-size", str(CHUNK), "--resume", str(journal), "--format", "json", *extra]
+
+
+def _comparable(report_json: Path) -> dict:
+    """The JSON report without what may differ between runs: timings and the total time."""
+    data = json.loads(report_json.read_text())
+    data.pop("timings")
+    data["summary"].pop("seconds")
+    return data
+
+
+def _certificates(path: Path) -> dict:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def reference(layer_file, tmp_path_factory):
+    """An uninterrupted chunked run: its JSON report and certificate file."""
+    out = tmp_path_factory.mktemp("reference")
+    code = main(["audit", *_flags(layer_file, out / "journal", "--output", str(out / "r.json"),
+                                  "--save-certificates", str(out / "c.npz"))])
+    assert code == 1
+    return _comparable(out / "r.json"), _certificates(out / "c.npz")
+
+
+def _assert_same_as_reference(reference, report_json: Path, certs: Path):
+    ref_json, ref_certs = reference
+    assert _comparable(report_json) == ref_json
+    got = _certificates(certs)
+    assert got.keys() == ref_certs.keys()
+    for key, value in ref_certs.items():
+        assert np.array_equal(got[key], value), key  # witnesses, margins and certificates, bit for bit
+
+
+def test_chunks_are_sorted_consecutive_blocks_and_merging_checks_coverage():
+    chunks = plan_chunks([9, 3, 3, 7, 1, 12], 20, chunk_size=2)
+    assert [c.tolist() for c in chunks] == [[1, 3], [7, 9], [12]]
+    assert [c.size for c in plan_chunks(None, 10, 4)] == [4, 4, 2]
+    w = np.vstack([np.eye(3), -np.ones((1, 3))])
+    parts = [audit(w, tokens=[0, 1]), audit(w, tokens=[2, 3])]
+    merged = merge_reports(parts[::-1], np.arange(4))
+    assert [t.id for t in merged.tokens] == [0, 1, 2, 3]
+    assert merged.seconds == pytest.approx(parts[0].seconds + parts[1].seconds)
+    with pytest.raises(RuntimeError, match="2 repeated"):
+        merge_reports([parts[0], parts[0], parts[1]], np.arange(4))
+    with pytest.raises(RuntimeError, match="2 missing"):
+        merge_reports(parts[:1], np.arange(4))
+
+
+def test_journal_stores_every_field_of_a_token_result():
+    assert {f.name for f in fields(TokenResult)} == STORED_FIELDS
+
+
+def test_chunked_run_has_the_verdicts_of_one_call(rng):
+    weight = rng.normal(size=(90, 4))
+    weight[40:60] = rng.dirichlet(np.ones(3), size=20) @ weight[:3]
+    options = AuditOptions(probability_seconds=0.0)
+    whole = audit(weight, domain=Box.symmetric(3.0), options=options)
+    chunked = audit_sharded(weight, domain=Box.symmetric(3.0), options=options, chunk_size=7)
+    assert isinstance(chunked, AuditReport)
+    assert [(t.id, t.verdict) for t in chunked.tokens] == [(t.id, t.verdict) for t in whole.tokens]
+    assert {k: v for k, v in chunked.summary().items() if k != "seconds"} == \
+        {k: v for k, v in whole.summary().items() if k != "seconds"}
+    assert chunked.timings["chunks"] == 13 and chunked.timings["exact_tokens"] >= 20
+
+
+def _child(flags: list[str], hook: str) -> subprocess.Popen:
+    """The CLI in a child process, with ``hook`` (Python) run first to slow it down or kill it."""
+    code = f"import sys\n{hook}\nfrom argmaxcheck.cli import main\nsys.exit(main({['audit', *flags]!r}))\n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_mid_run_then_resume_decides_only_the_rest(layer_file, reference, tmp_path):
+    journal = tmp_path / "journal"
+    # Each chunk takes at least 0.3 s in the child, so the kill lands after the first chunk, well before the last.
+    slow = ("import time, argmaxcheck.runner.executors as e\norig = e.audit_chunk\n"
+            "e.audit_chunk = lambda *a, **k: (time.sleep(0.3), orig(*a, **k))[1]")
+    child = _child(_flags(layer_file, journal, "--output", str(tmp_path / "never.json")), slow)
+    deadline = time.monotonic() + 60
+    while not (journal / "chunk-000000.json").exists():
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    finished = len(list(journal.glob("chunk-*.json")))
+    total = len(plan_chunks(None, 60, CHUNK))
+    assert 1 <= finished < total and not (tmp_path / "never.json").exists()
+
+    code = main(["audit", *_flags(layer_file, journal, "--output", str(tmp_path / "r.json"),
+                                  "--save-certificates", str(tmp_path / "c.npz"))])
+    assert code == 1
+    _assert_same_as_reference(reference, tmp_path / "r.json", tmp_path / "c.npz")
+    timings = json.loads((tmp_path / "r.json").read_text())["timings"]
+    assert (timings["chunks"], timings["chunks_from_journal"]) == (total, finished)
+
+
+def test_sigkill_inside_a_write_leaves_no_half_chunk(layer_file, reference, tmp_path):
+    journal = tmp_path / "journal"
+    # Killed between writing the second chunk's temporary file and renaming it into place.
+    hook = ("import os, signal\nreal = os.replace\ncalls = []\n"
+            "def replace(a, b):\n    calls.append(b)\n"
+            "    if str(b).endswith('chunk-000001.npz'): os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    real(a, b)\nos.replace = replace")
+    child = _child(_flags(layer_file, journal), hook)
+    child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL
+    assert [p.name for p in journal.glob(".argmaxcheck-tmp-*")]  # the interrupted write, under a temporary name
+    assert not (journal / "chunk-000001.npz").exists()
+
+    code = main(["audit", *_flags(layer_file, journal, "--output", str(tmp_path / "r.json"),
+                                  "--save-certificates", str(tmp_path / "c.npz"))])
+    assert code == 1
+    _assert_same_as_reference(reference, tmp_path / "r.json", tmp_path / "c.npz")
+    assert not list(journal.glob(".argmaxcheck-tmp-*"))
+    assert json.loads((tmp_path / "r.json").read_text())["timings"]["chunks_from_journal"] == 1
+
+
+def test_damaged_chunk_is_decided_again_with_a_note(layer_file, reference, tmp_path, capsys):
+    journal = tmp_path / "journal"
+    assert main(["audit", *_flags(layer_file, journal, "--output", str(tmp_path / "first.json"))]) == 1
+    data = journal / "chunk-000002.npz"
+    data.write_bytes(data.read_bytes()[:100])  # truncated
+    (journal / "chunk-000004.json").unlink()  # never committed: redone silently
+    capsys.readouterr()
+    code = main(["audit", *_flags(layer_file, journal, "--output", str(tmp_path / "r.json"),
+                                  "--save-certificates", str(tmp_path / "c.npz"))])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "chunk 2 (tokens 16-23) is damaged" in err[0] and "deciding it again" in err[0]
+    _assert_same_as_reference(reference, tmp_path / "r.json", tmp_path / "c.npz")
+    total = len(plan_chunks(None, 60, CHUNK))
+    assert json.loads((tmp_path / "r.json").read_text())["timings"]["chunks_from_journal"] == total - 2
+
+
+def test_journal_of_other_inputs_or_flags_is_refused(layer_file, tmp_path, capsys):
+    journal = tmp_path / "journal"
+    assert main(["audit", *_flags(layer_file, journal, "--tokens", "0-20", "--output", str(tmp_path / "a.json"))]) == 1
+    before = {p.name: p.read_bytes() for p in journal.iterdir()}
+    other = tmp_path / "other.npz"
+    weight = np.load(layer_file)["weight"].copy()
+    weight[3, 1] += 1e-12
+    np.savez(other, weight=weight, tokens=np.load(layer_file)["tokens"])
+    cases = [
+        ([layer_file, "--chunk-size", "8", "--tokens", "0-20", "--domain", "box", "--bound", "2"], "domain"),
+        ([layer_file, "--chunk-size", "8", "--tokens", "0-21"], "audited tokens"),
+        ([layer_file, "--chunk-size", "4", "--tokens", "0-20"], "chunk size"),
+        ([other, "--chunk-size", "8", "--tokens", "0-20"], "weights"),
+        ([layer_file, "--chunk-size", "8", "--tokens", "0-20", "--precision", "float32"], "options"),
+    ]
+    for args, what in cases:
+        capsys.readouterr()
+        assert main(["audit", *map(str, args), "--resume", str(journal), "--format", "json"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "other inputs or flags" in err and f"differs in: {what}" in err, err
+    assert {p.name: p.read_bytes() for p in journal.iterdir()} == before  # nothing the user had is touched
+
+    (journal / "header.json").write_text((journal / "header.json").read_text().replace('"chunks"', '"chunkz"'))
+    assert main(["audit", str(layer_file), "--chunk-size", "8", "--tokens", "0-20", "--resume", str(journal)]) == 2
+    assert "header.json is corrupt" in capsys.readouterr().err
+
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    assert main(["audit", str(layer_file), "--resume", str(stranger)]) == 2
+    assert "not an argmaxcheck journal" in capsys.readouterr().err
+    assert [p.name for p in stranger.iterdir()] == ["notes.txt"]
+    assert main(["audit", str(layer_file), "--resume", str(tmp_path / "no" / "such")]) == 2
+    assert "does not exist" in capsys.readouterr().err
