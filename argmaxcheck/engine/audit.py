@@ -197,7 +197,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     return AuditReport(layer.num_classes, layer.dim, domain.describe(), layer.bias is not None,
                        layer.source_dtype, time.perf_counter() - started,
                        [results[i] for i in targets], names=names_list, timings=timings,
-                       special=layer.special)
+                       special=layer.special, display=layer.display, token_kinds=layer.token_kinds)
 
 
 def _label_practical(results: dict, comp: Competitors, position, domain, unit: float) -> int:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import arrays, huggingface, onnx
+from . import arrays, huggingface, onnx, tokens
 from .base import LoadedLayer, Source, SourceRequest
 
 SOURCES: tuple[Source, ...] = (
-    huggingface.SOURCE,
+    tokens.ReadableFolder(huggingface.SOURCE),
     onnx.SOURCE,
     arrays.SOURCE,
 )

@@ -242,27 +242,9 @@ class _StateDict:
 
 
 def _token_names(folder: Path, rows: int) -> tuple[list[str], frozenset[int]]:
-    """Names from tokenizer.json or vocab.json (rows past the vocabulary are padding rows), and special ids."""
-    vocab: dict[int, str] = {}
-    special: set[int] = set()
-    tok_json = folder / "tokenizer.json"
-    vocab_json = folder / "vocab.json"
-    try:
-        if tok_json.exists():
-            data = json.loads(tok_json.read_text(encoding="utf-8"))
-            model_vocab = data.get("model", {}).get("vocab", {})
-            if isinstance(model_vocab, dict):
-                vocab = {int(i): str(t) for t, i in model_vocab.items()}
-            elif isinstance(model_vocab, list):  # Unigram: [[piece, score], ...]
-                vocab = {i: str(entry[0]) for i, entry in enumerate(model_vocab)}
-            for added in data.get("added_tokens", []):
-                vocab[int(added["id"])] = str(added["content"])
-                if added.get("special"):
-                    special.add(int(added["id"]))
-        elif vocab_json.exists():
-            vocab = {int(i): str(t) for t, i in json.loads(vocab_json.read_text(encoding="utf-8")).items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{folder}: tokenizer files cannot be read ({exc})") from None
-    if not vocab:
-        return [f"<row {i}>" for i in range(rows)], frozenset()
-    return [vocab.get(i, f"<padding row {i}>") for i in range(rows)], frozenset(i for i in special if i < rows)
+    """Names from tokenizer.json (read by the tokenizers library) or vocab.json (rows past the vocabulary
+    are padding rows), and special ids. The registry adds the decoded forms (:mod:`.tokens`)."""
+    from .tokens import folder_table  # noqa: PLC0415 - kept inside so this file's imports stay as they are
+
+    table = folder_table(folder, rows)
+    return table.pieces, table.special

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 
-from ..escape import escape_token
 from ..gate import GateResult
 from ..model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 
@@ -56,7 +55,7 @@ def rows(report: AuditReport, verdict: str):
     for t in report.tokens:
         if t.verdict == verdict:
             margin = "" if np.isnan(t.margin) else f"{t.margin:.3g}"
-            name = escape_token(t.token) + (" [special]" if t.id in report.special else "")
+            name = report.token_text(t.id)
             yield str(t.id), name, margin, probability_text(t), report.explain(t)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..escape import escape_token, github_data, github_property
+from ..escape import github_data, github_property
 from ..gate import GateResult
 from ..model import ARGMAXABLE, AuditReport
 from ._common import gate_lines, probability_text, summary_lines
@@ -17,7 +17,7 @@ def render(report: AuditReport, gate: GateResult) -> str:
         if t.verdict == ARGMAXABLE:
             continue
         level = "error" if t.id in counted else "notice"
-        msg = f"token {t.id} {escape_token(t.token)} is {t.verdict.replace('_', ' ')}: {report.explain(t)}"
+        msg = f"token {t.id} {report.token_text(t.id)} is {t.verdict.replace('_', ' ')}: {report.explain(t)}"
         if probability_text(t):
             msg += f" (highest probability it can reach: {probability_text(t)})"
         lines.append(f"::{level} title={github_property(title)}::{github_data(msg)}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
-from ..escape import escape_token
 from ..gate import GateResult
 from ..model import ARGMAXABLE, AuditReport
 
@@ -18,10 +17,11 @@ def render(report: AuditReport, gate: GateResult) -> str:
         if t.verdict == ARGMAXABLE:
             continue
         case = ET.Element("testcase", classname=f"argmaxcheck.{t.verdict}",
-                          name=f"{t.id} {escape_token(t.token)}".strip(), time="0")
+                          name=f"{t.id} {report.token_text(t.id)}".strip(), time="0")
         if t.id in counted:
             failure = ET.SubElement(case, "failure", message=f"{t.verdict}: {report.explain(t)}", type=t.verdict)
-            failure.text = json.dumps(t.to_dict(report.names, report.special), ensure_ascii=False)
+            record = t.to_dict(report.names, report.special, None, report.display, report.token_kinds)
+            failure.text = json.dumps(record, ensure_ascii=False)
         else:
             ET.SubElement(case, "skipped", message="ignored or already flagged in the baseline")
         cases.append(case)
