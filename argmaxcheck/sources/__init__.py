@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import arrays, huggingface, onnx, tokens
+from . import arrays, gguf, huggingface, onnx, tokens
 from .base import LoadedLayer, Source, SourceRequest
 
 SOURCES: tuple[Source, ...] = (
     tokens.ReadableFolder(huggingface.SOURCE),
     onnx.SOURCE,
+    gguf.SOURCE,
     arrays.SOURCE,
 )
 

@@ -46,11 +46,12 @@ def fold_norm(raw: OutputLayer, norm: str, gamma: np.ndarray, beta: np.ndarray |
         if not np.isfinite(vec).all():
             raise InputError(f"{what} has non-finite values")
     basis = None
-    # Fold each distinct row once and copy it: BLAS need not round identical rows identically,
-    # and duplicates (untrained reserved tokens) must stay exact ties after the fold.
-    distinct, inverse = np.unique(weight, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
     if norm == "layernorm":
+        # Fold each distinct row once and copy it: BLAS need not round identical rows identically,
+        # and duplicates (untrained reserved tokens) must stay exact ties after the fold.
+        # (The RMSNorm fold scales elementwise, which keeps identical rows identical by itself.)
+        distinct, inverse = np.unique(weight, axis=0, return_inverse=True)
+        inverse = inverse.ravel()
         beta = np.zeros(d) if beta is None else beta
         basis = _mean_zero_basis(d)
         folded = ((distinct * gamma) @ basis)[inverse]
