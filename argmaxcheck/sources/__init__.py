@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import arrays, gguf, huggingface, onnx, tokens
+from . import arrays, gguf, hub, huggingface, onnx, tokens
 from .base import LoadedLayer, Source, SourceRequest
 
 SOURCES: tuple[Source, ...] = (
     tokens.ReadableFolder(huggingface.SOURCE),
     onnx.SOURCE,
     gguf.SOURCE,
+    hub.SOURCE,
     arrays.SOURCE,
 )
 
