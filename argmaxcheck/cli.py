@@ -4,6 +4,7 @@ Exit codes: 0 the gate passed (by default: every audited token is
 argmaxable); 1 the gate failed (some token unargmaxable, practically
 unreachable or undecided beyond the --fail-on thresholds, not ignored, not
 already in the --baseline); 2 bad input or usage (one line on stderr).
+``diff``: 0 no token lost reachability, 1 some token did, 2 bad input.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
+from .diff import diff_reports
 from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, ExactOptions, audit, explain_token, render_explanation
 from .errors import InputError
@@ -26,6 +28,16 @@ from .report.gate import Baseline, GatePolicy, evaluate, parse_fail_on
 from .sources import SourceRequest, load_source
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+
+EPILOG = """exit codes:
+  0  audit: the gate passed (by default every audited token is argmaxable); diff: no token lost reachability
+  1  audit: the gate failed (see --fail-on, --ignore, --baseline); diff: some token argmaxable in A is not in B
+  2  bad input or usage (one line on stderr)
+
+examples:
+  argmaxcheck audit data/ppocrv4_rec_head.npz --html report.html --json report.json
+  argmaxcheck diff HuggingFaceTB/SmolLM2-135M-Instruct SmolLM2-135M-Instruct.Q4_1.gguf
+"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +49,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="argmaxcheck", description="Prove which softmax outputs can ever be the argmax.")
+    parser = _Parser(prog="argmaxcheck", description="Prove which softmax outputs can ever be the argmax.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"argmaxcheck {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     a = sub.add_parser("audit", help="audit every row of an output layer")
@@ -70,7 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_arguments(e)
     e.add_argument("token", help="a row id (digits) or a token string")
     e.add_argument("--format", choices=["text", "json"], default="text")
+    _add_diff_parser(sub)
     return parser
+
+
+def _add_diff_parser(sub) -> None:
+    f = sub.add_parser("diff", help="compare the audits of two versions of one vocabulary (fp16 against a"
+                                    " quantised GGUF, a base model against its fine-tune)",
+                       epilog="exit codes: 0 no token lost reachability; 1 some token argmaxable in A is not"
+                              " in B; 2 bad input")
+    f.add_argument("a", help="the reference: a checkpoint folder, hub id ORG/NAME[@REV], .gguf, .onnx or array file")
+    f.add_argument("b", help="the version to compare with A (same number of rows)")
+    f.add_argument("--format", choices=["text", "json"], default="text")
+    f.add_argument("--output", default=None, metavar="FILE", help="write the --format report here instead of stdout")
+    f.add_argument("--json", default=None, metavar="FILE", dest="json_file", help="also write the JSON report")
+    f.add_argument("--top", type=int, default=10, metavar="N", help="how many of the largest margin shifts to list")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_source_arguments(a) -> None:
@@ -105,6 +133,8 @@ def _add_source_arguments(a) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "diff":
+            return _diff_command(args)
         return _explain_command(args) if args.command == "explain" else _audit_command(args)
     except InputError as exc:
         sys.stderr.write(f"argmaxcheck: error: {exc}\n")
@@ -176,6 +206,31 @@ def _explain_command(args) -> int:
     else:
         sys.stdout.write(render_explanation(report, exp))
     return EXIT_OK if exp.result.verdict == ARGMAXABLE else EXIT_FOUND
+
+
+def _diff_command(args) -> int:
+    for flag, target in (("--output", args.output), ("--json", args.json_file)):
+        if target is not None and not Path(target).resolve().parent.is_dir():
+            raise InputError(f"{flag} {target}: folder {Path(target).resolve().parent} does not exist")
+    if args.top < 0:
+        raise InputError(f"--top must be >= 0, got {args.top}")
+    loaded = [load_source(path) for path in (args.a, args.b)]
+    if loaded[0].layer.num_classes != loaded[1].layer.num_classes:  # before two long audits
+        raise InputError(f"{args.a} has {loaded[0].layer.num_classes} rows but {args.b} has"
+                         f" {loaded[1].layer.num_classes}: diff compares two versions of the same vocabulary")
+    reports = []
+    for path, source in zip((args.a, args.b), loaded, strict=True):
+        # Each side on the domain its own model produces; probabilities are not compared, so not bounded.
+        with _progress(source.layer.num_classes, quiet=args.quiet) as advance:
+            report = audit(source.layer, domain=source.domain, options=AuditOptions(probability_seconds=0.0),
+                           progress=advance)
+        report.source, report.checkpoint = str(path), source.info or None
+        reports.append(report)
+    result = diff_reports(*reports, top=args.top)
+    if args.json_file:
+        _emit(result.render_json(), args.json_file)
+    _emit(result.render_json() if args.format == "json" else result.render_text(), args.output)
+    return EXIT_FOUND if result.lost else EXIT_OK
 
 
 def _domain_from_args(args):
