@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 from gguf_helpers import smollm2_path, write_gguf
 
+import argmaxcheck
 from argmaxcheck import AuditOptions, InputError, audit
 from argmaxcheck.sources import load_source
 from argmaxcheck.sources.gguf import load_gguf
@@ -153,6 +155,8 @@ def test_cli_reports_show_decoded_text_next_to_the_piece(tmp_path, rng):
     assert "' the' (raw 'Ġthe')" in proc.stdout
     assert "'<|endoftext|>' [control]" in proc.stdout
     report = json.loads(out.read_text())
+    schema = Path(argmaxcheck.__file__).parent / "report" / "report.schema.json"
+    pytest.importorskip("jsonschema").validate(report, json.loads(schema.read_text()))
     assert report["checkpoint"]["format"] == "gguf" and report["checkpoint"]["head_type"] == "F32"
     records = {t["id"]: t for t in report["tokens"]}
     assert records[1]["display"] == " the" and records[1]["token"] == "Ġthe" and "kind" not in records[1]

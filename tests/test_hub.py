@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx2
 import huggingface_hub
 import numpy as np
 import pytest
@@ -140,6 +139,7 @@ class FakeHub:
         self.requests.append((filename, revision))
         url = f"https://huggingface.co/{repo_id}/resolve/{revision or 'main'}/{filename}"
         if self.error or filename not in self.remote:
+            httpx2 = pytest.importorskip("httpx2")  # huggingface_hub >= 2's HTTP client builds its errors
             code = self.error or "EntryNotFound"
             hf_raise_for_status(httpx2.Response(403 if code == "GatedRepo" else 404,
                                                 headers={"X-Error-Code": code},
