@@ -102,8 +102,9 @@ def _add_diff_parser(sub) -> None:
 
 
 def _add_source_arguments(a) -> None:
-    a.add_argument("path", help="a Hugging Face checkpoint folder, an .onnx model, or a .npz, .npy,"
-                                " .safetensors or .pt file with a [num_classes, dim] weight")
+    a.add_argument("path", help="a Hugging Face checkpoint folder or model id ORG/NAME[@REVISION], a .gguf file,"
+                                " an .onnx model, or a .npz, .npy, .safetensors or .pt file with a"
+                                " [num_classes, dim] weight")
     g = a.add_argument_group("arrays")
     g.add_argument("--weight", default=None, metavar="NAME",
                    help="weight array (default: weight); for checkpoints and ONNX models, the head's tensor"

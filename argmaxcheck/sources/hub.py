@@ -90,7 +90,8 @@ def fetch(repo_id: str, revision: str | None = None, head: str | None = None) ->
     spec = _family(model_type, config) if isinstance(model_type, str) else None
     if spec is None:  # refuse before downloading any weights
         raise InputError(f"{repo_id}: model_type '{model_type}' is not supported yet")
-    files.get("tokenizer.json") or files.get("vocab.json")
+    if files.get("tokenizer.json") is None:
+        files.get("vocab.json")
     heads, tied_name, _norm, norm_w, norm_b, _eps = spec
     needed = {*heads, tied_name, norm_w, norm_b, _HEAD_BIAS.get(model_type), head} - {None}
     index_path = files.get("model.safetensors.index.json")
