@@ -6,7 +6,8 @@ practically unreachable or undecided beyond the --fail-on thresholds, not
 ignored, not already in the --baseline); 2 bad input or usage (one line on
 stderr, nothing written); 3 an internal error, a bug (one line; the
 traceback with --debug); 130 interrupted (SIGINT), 143 terminated (SIGTERM)
-while writing reports. Output targets are checked before the audit and
+while writing reports. ``diff``: 0 no token lost
+reachability, 1 some token did, 2 bad input. Output targets are checked before the audit and
 written by :mod:`argmaxcheck.outputs`.
 """
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from . import __version__
 from ._text import printable
+from .diff import diff_reports
 from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, ExactOptions, audit, explain_token, render_explanation
 from .errors import InputError
@@ -37,13 +39,19 @@ from .sources import SourceRequest, load_source
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CODES = """\
 exit status:
-  0    the gate passed (by default: every audited token is argmaxable)
-  1    the gate failed (see --fail-on, --ignore, --baseline)
+  0    the gate passed (by default: every audited token is argmaxable); diff: no token lost reachability
+  1    the gate failed (see --fail-on, --ignore, --baseline); diff: some token argmaxable in A is not in B
   2    bad input or usage: one line on stderr names the file, tensor, row or option; nothing is written
   3    internal error (a bug): one line on stderr; --debug shows the traceback
   130  interrupted (Ctrl-C); 143: terminated (SIGTERM) while writing reports, none left half-written
 """
 REPORT_FILES = ("json", "html", "markdown", "junit")
+
+EPILOG = EXIT_CODES + """
+examples:
+  argmaxcheck audit data/ppocrv4_rec_head.npz --html report.html --json report.json
+  argmaxcheck diff HuggingFaceTB/SmolLM2-135M-Instruct SmolLM2-135M-Instruct.Q4_1.gguf
+"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,7 +64,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="argmaxcheck", description="Prove which softmax outputs can ever be the argmax.",
-                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"argmaxcheck {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -97,12 +105,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_arguments(e)
     e.add_argument("token", help="a row id (digits) or a token string")
     e.add_argument("--format", choices=["text", "json"], default="text")
+    _add_diff_parser(sub)
     return parser
 
 
+def _add_diff_parser(sub) -> None:
+    f = sub.add_parser("diff", help="compare the audits of two versions of one vocabulary (fp16 against a"
+                                    " quantised GGUF, a base model against its fine-tune)",
+                       epilog="exit codes: 0 no token lost reachability; 1 some token argmaxable in A is not"
+                              " in B; 2 bad input")
+    f.add_argument("a", help="the reference: a checkpoint folder, hub id ORG/NAME[@REV], .gguf, .onnx or array file")
+    f.add_argument("b", help="the version to compare with A (same number of rows)")
+    f.add_argument("--format", choices=["text", "json"], default="text")
+    f.add_argument("--output", default=None, metavar="FILE", help="write the --format report here instead of stdout")
+    f.add_argument("--json", default=None, metavar="FILE", dest="json_file", help="also write the JSON report")
+    f.add_argument("--top", type=int, default=10, metavar="N", help="how many of the largest margin shifts to list")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _add_source_arguments(a) -> None:
-    a.add_argument("path", help="a Hugging Face checkpoint folder, an .onnx model, or a .npz, .npy,"
-                                " .safetensors or .pt file with a [num_classes, dim] weight")
+    a.add_argument("path", help="a Hugging Face checkpoint folder or model id ORG/NAME[@REVISION], a .gguf file,"
+                                " an .onnx model, or a .npz, .npy, .safetensors or .pt file with a"
+                                " [num_classes, dim] weight")
     # SUPPRESS: `argmaxcheck --debug audit ...` is not undone by the subcommand's default
     a.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the traceback of an internal error")
@@ -136,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see :data:`EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
     try:
-        return {"explain": _explain_command, "sweep": _sweep_command}.get(args.command, _audit_command)(args)
+        commands = {"explain": _explain_command, "sweep": _sweep_command, "diff": _diff_command}
+        return commands.get(args.command, _audit_command)(args)
     except InputError as exc:
         return _fail(args, f"error: {exc}", EXIT_USAGE)
     except KeyboardInterrupt:
@@ -334,6 +359,33 @@ def _explain_command(args) -> int:
         text = render_explanation(report, exp)
     write_stdout(encode_for_stdout(text))
     return EXIT_OK if exp.result.verdict == ARGMAXABLE else EXIT_FOUND
+
+
+def _diff_command(args) -> int:
+    if args.top < 0:
+        raise InputError(f"--top must be >= 0, got {args.top}")
+    # The same output rules as audit: checked before two long audits, written all or none.
+    plan = plan_outputs([("--output", args.output), ("--json", args.json_file)], inputs=[args.a, args.b],
+                        stdout_taken_by="the diff" if args.output is None else None)
+    loaded = [load_source(path) for path in (args.a, args.b)]
+    if loaded[0].layer.num_classes != loaded[1].layer.num_classes:  # before two long audits
+        raise InputError(f"{args.a} has {loaded[0].layer.num_classes} rows but {args.b} has"
+                         f" {loaded[1].layer.num_classes}: diff compares two versions of the same vocabulary")
+    reports = []
+    for path, source in zip((args.a, args.b), loaded, strict=True):
+        # Each side on the domain its own model produces; probabilities are not compared, so not bounded.
+        with _progress(source.layer.num_classes, quiet=args.quiet) as progress:
+            report = audit(source.layer, domain=source.domain, options=AuditOptions(probability_seconds=0.0),
+                           progress=progress)
+        report.source, report.checkpoint = str(path), source.info or None
+        reports.append(report)
+    result = diff_reports(*reports, top=args.top)
+    main_text = result.render_json() if args.format == "json" else result.render_text()
+    rendered = {t.option: (main_text if t.option == "--output" else result.render_json()) for t in plan.targets}
+    plan.write_all(rendered)
+    if args.output is None:
+        write_stdout(encode_for_stdout(main_text))
+    return EXIT_FOUND if result.lost else EXIT_OK
 
 
 def _domain_from_args(args):

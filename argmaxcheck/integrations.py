@@ -21,8 +21,11 @@ from .report.model import PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport
 def audit_model(model, tokenizer=None, options: AuditOptions | None = None) -> AuditReport:
     """Audit a live ``transformers`` model's head on the features its final norm can produce."""
     from .sources.huggingface import checkpoint_from_model  # noqa: PLC0415
+    from .sources.tokens import transformers_table  # noqa: PLC0415
 
     ckpt = checkpoint_from_model(model, tokenizer)
+    if tokenizer is not None:  # decoded forms and kinds, as for folders
+        ckpt = transformers_table(tokenizer, ckpt.layer.num_classes).apply(ckpt)
     report = audit(ckpt.layer, domain=ckpt.domain, options=options)
     report.source, report.checkpoint = type(model).__name__, ckpt.info
     return report
@@ -88,7 +91,7 @@ def ArgmaxCallback(every: int = 500, tokenizer=None, options: AuditOptions | Non
         try:
             from transformers import TrainerCallback  # noqa: PLC0415
         except ImportError:
-            raise ImportError("ArgmaxCallback needs transformers: pip install transformers") from None
+            raise ImportError("ArgmaxCallback needs transformers: pip install 'argmaxcheck[hf]'") from None
         _callback_class = type("ArgmaxCallback", (TrainerCallback,), dict(_CallbackMethods.__dict__))
     return _callback_class(every, tokenizer, options, on_train_end)
 

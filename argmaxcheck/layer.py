@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,11 @@ class OutputLayer:
         Rows the tokenizer marks as special tokens.
     source_dtype : str
         The dtype the weights had before they were widened to float64.
+    display : list of str or None
+        What each row decodes to as text (``' the'`` for the piece ``'Ġthe'``),
+        when the source has a tokenizer; see :mod:`argmaxcheck.sources.tokens`.
+    token_kinds : dict of int to str
+        Rows that are not ordinary text, by kind (``control``, ``byte``, ``unused``...).
     """
 
     weight: np.ndarray
@@ -31,6 +36,8 @@ class OutputLayer:
     tokens: list[str] | None
     source_dtype: str
     special: frozenset[int] = frozenset()  # ids the tokenizer marks as special tokens
+    display: list[str] | None = None
+    token_kinds: dict[int, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 
 import torch
+from tokenizers import AddedToken, Tokenizer
+from tokenizers.models import WordLevel
 from transformers import GPT2Config, GPT2LMHeadModel
 
 OUT = Path(__file__).with_name("tiny-gpt2")
@@ -32,13 +34,17 @@ def main() -> None:
         wte[250:256] = wte[250]
     model.save_pretrained(OUT)
     (OUT / "generation_config.json").unlink(missing_ok=True)
-    names = ["<|bos|>", "<|eos|>"] + [f"tok{i}" for i in range(2, 250)] + [f"<unused_{k}>" for k in range(6)]
-    tokenizer = {"version": "1.0", "model": {"type": "WordLevel", "vocab": {t: i for i, t in enumerate(names)},
-                                             "unk_token": "<|eos|>"},
-                 "added_tokens": [{"id": 0, "content": "<|bos|>", "special": True},
-                                  {"id": 1, "content": "<|eos|>", "special": True}]}
-    (OUT / "tokenizer.json").write_text(json.dumps(tokenizer, indent=1) + "\n", encoding="utf-8")
+    write_tokenizer()
     print(f"wrote {OUT}")
+
+
+def write_tokenizer() -> None:
+    """A word-level tokenizer.json, built with the tokenizers library so that it loads as real ones do."""
+    names = ["<|bos|>", "<|eos|>"] + [f"tok{i}" for i in range(2, 250)] + [f"<unused_{k}>" for k in range(6)]
+    tokenizer = Tokenizer(WordLevel({t: i for i, t in enumerate(names)}, unk_token="<|eos|>"))
+    tokenizer.add_special_tokens([AddedToken("<|bos|>", special=True), AddedToken("<|eos|>", special=True)])
+    (OUT / "tokenizer.json").write_text(json.dumps(json.loads(tokenizer.to_str()), indent=1) + "\n",
+                                        encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tokenizers import AddedToken, Tokenizer
+from tokenizers.models import BPE
 
 transformers = pytest.importorskip("transformers")
 
@@ -139,9 +141,9 @@ def test_token_names_added_tokens_and_padding_rows(tmp_path):
     tiny("llama", tmp_path, True)
     vocab = {f"tok{i}": i for i in range(60)}
     vocab["\n"] = 60
-    tokenizer = {"model": {"type": "BPE", "vocab": vocab, "merges": []},
-                 "added_tokens": [{"id": 61, "content": "<|end|>", "special": True}]}
-    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer))
+    tokenizer = Tokenizer(BPE(vocab, merges=[]))
+    tokenizer.add_special_tokens([AddedToken("<|end|>", special=True)])
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
     layer = load_checkpoint(tmp_path).layer
     names = layer.tokens
     assert names[0] == "tok0" and names[60] == "\n" and names[61] == "<|end|>"

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_sources_are_picked_by_the_registry(tmp_path):
     np.savez(tmp_path / "m.npz", weight=np.eye(3))
     picked = {s.name: s.matches(p) for s in SOURCES for p in [tmp_path / "m.npz"]}
-    assert picked == {"huggingface": False, "onnx": False, "arrays": True}
+    assert picked == {"huggingface": False, "onnx": False, "gguf": False, "hub": False, "arrays": True}
     assert [s.name for s in SOURCES if s.matches(ROOT / "data" / "tiny-gpt2")] == ["huggingface"]
     folder = load_source(ROOT / "data" / "tiny-gpt2")
     assert folder.norm == "layernorm" and "LayerNorm" in folder.domain_reason and folder.raw is not None

@@ -216,7 +216,8 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     return AuditReport(original.num_classes, original.dim, domain.describe(), original.bias is not None,
                        original.source_dtype, time.perf_counter() - started,
                        [results[i] for i in targets], names=names_list, timings=timings,
-                       special=original.special)
+                       special=original.special, display=original.display,
+                       token_kinds=original.token_kinds)
 
 
 def _as_layer(weight, bias, names) -> tuple[OutputLayer, Domain]:
@@ -279,9 +280,11 @@ def _unscaled(result: TokenResult, exponent: int) -> TokenResult:
                    threshold=float(np.ldexp(result.threshold, exponent)))
 
 
-def _label_practical(results: dict, comp: Competitors, position, domain, unit: float, progress: Progress) -> int:
+def _label_practical(results: dict, comp: Competitors, position, domain, unit: float,
+                     progress: Progress | None = None) -> int:
     """Relabel argmaxable tokens whose best margin is below the precision threshold; returns how
     many needed their best margin solved (those whose witness gap was below the threshold)."""
+    progress = as_progress(progress)
     bounded = margin_domain(domain, comp.bias is not None)
     if bounded is None:
         return 0

@@ -25,7 +25,6 @@ from scipy.optimize import linprog
 
 from ..domains import Box, Unbounded
 from ..layer import OutputLayer
-from ..report.escape import escape_token
 from ..report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport, TokenResult
 from . import certify
 from .audit import AuditOptions, audit
@@ -46,7 +45,8 @@ class Explanation:
     bias_note: str = ""
 
     def to_dict(self, report: AuditReport) -> dict:
-        return {"token": self.result.to_dict(report.names, report.special, self.sentence),
+        return {"token": self.result.to_dict(report.names, report.special, self.sentence, report.display,
+                                             report.token_kinds),
                 "point": self.point_kind, "rivals": self.rivals,
                 "bias_increase": {"sufficient": self.bias_increase, "necessary_above": self.bias_increase_lower,
                                   "note": self.bias_note}}
@@ -140,7 +140,7 @@ def _best_margin_lp(comp: Competitors, p: int, domain, support, max_rounds: int 
 def render_explanation(report: AuditReport, exp: Explanation) -> str:
     """The explanation as text (what ``argmaxcheck explain`` prints)."""
     t = exp.result
-    lines = [f"token {t.id} {escape_token(t.token)}: {t.verdict.replace('_', ' ')}",
+    lines = [f"token {t.id} {report.token_text(t.id)}: {t.verdict.replace('_', ' ')}",
              f"why: {exp.sentence}",
              f"margin: {'n/a' if np.isnan(t.margin) else f'{t.margin:.6g}'}"]
     if np.isfinite(t.max_probability):
@@ -148,7 +148,7 @@ def render_explanation(report: AuditReport, exp: Explanation) -> str:
                      f" (no input gives more than {t.max_probability_upper:.4g})")
     if exp.rivals:
         lines.append(f"strongest competitors at its {exp.point_kind} (logit minus its own):")
-        lines += [f"  #{r['id']} {escape_token(r['token'])}  {r['gap']:+.6g}" for r in exp.rivals]
+        lines += [f"  #{r['id']} {report.token_text(r['id'])}  {r['gap']:+.6g}" for r in exp.rivals]
     if t.verdict != ARGMAXABLE and (exp.bias_increase is not None or exp.bias_note):
         if exp.bias_increase is not None:
             lines.append(f"smallest bias increase that makes it reachable: between {exp.bias_increase_lower:.6g}"

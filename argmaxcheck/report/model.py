@@ -83,9 +83,13 @@ class TokenResult:
     max_probability_upper: float = np.nan
 
     def to_dict(self, names: list[str] | None = None, special: frozenset[int] = frozenset(),
-                explanation: str | None = None) -> dict:
-        """JSON-ready record (the witness vector is left to the certificate file)."""
+                explanation: str | None = None, display: list[str] | None = None,
+                kinds: dict[int, str] | None = None) -> dict:
+        """JSON-ready record (the witness vector is left to the certificate file); ``display`` and
+        ``kinds`` add the token's decoded text and its kind (:class:`AuditReport`)."""
         out = {"id": self.id, "token": self.token, **({"special": True} if self.id in special else {}),
+               **({"display": display[self.id]} if display else {}),
+               **({"kind": kinds[self.id]} if kinds and self.id in kinds else {}),
                "verdict": self.verdict,
                "margin": None if np.isnan(self.margin) else float(self.margin), "stage": self.stage}
         if explanation is not None:
@@ -116,7 +120,10 @@ class TokenResult:
 class AuditReport:
     """Everything an audit found. The CLI prints this; nothing it prints is missing here.
 
-    ``tokens`` holds one record per audited token, in id order.
+    ``tokens`` holds one record per audited token, in id order. ``names`` are
+    the raw pieces as stored, ``display`` (when the source has a tokenizer) the
+    text each row decodes to, and ``token_kinds`` the rows that are not
+    ordinary text (``control``, ``byte``, ``unused``...; :mod:`argmaxcheck.sources.tokens`).
     """
 
     num_classes: int
@@ -131,6 +138,8 @@ class AuditReport:
     source: str = ""
     checkpoint: dict | None = None  # which tensors and which folded domain, for checkpoint audits
     special: frozenset[int] = frozenset()
+    display: list[str] | None = None
+    token_kinds: dict[int, str] = field(default_factory=dict)
 
     def ids(self, verdict: str) -> list[int]:
         return [t.id for t in self.tokens if t.verdict == verdict]
@@ -160,8 +169,21 @@ class AuditReport:
                 **counts, "seconds": round(self.seconds, 4)}
 
     def label(self, i: int) -> str:
-        """How row ``i`` is named in explanations: its escaped string, else ``#id``."""
+        """How row ``i`` is named in explanations: its escaped decoded text (else its piece), else ``#id``."""
+        if self.display:
+            return escape_token(self.display[i])
         return escape_token(self.names[i]) if self.names else f"#{i}"
+
+    def token_text(self, i: int) -> str:
+        """Row ``i`` for a report's token column: the decoded text, the raw piece when it differs,
+        and the kind of a row that is not ordinary text (``'<|im_end|>' [control]``)."""
+        if not self.names:
+            return ""
+        text = escape_token(self.names[i])
+        if self.display and self.display[i] != self.names[i]:
+            text = f"{escape_token(self.display[i])} (raw {text})"
+        kind = self.token_kinds.get(i) or ("special" if i in self.special else None)
+        return text + (f" [{kind}]" if kind else "")
 
     def explain(self, t: TokenResult, terms: int = 4, style: Style = PLAIN) -> str:
         """One sentence saying why a token got its verdict, drawn from its certificate.
@@ -189,7 +211,7 @@ class AuditReport:
         shown = [k for k in order[:terms] if t.weights[k] >= 0.005] or list(order[:1])
         parts = [text(f"{t.weights[k]:.2f}·") + lit(self.label(int(t.support[k]))) for k in shown]
         more = text(f" + {len(order) - len(shown)} more") if len(order) > len(shown) else ""
-        return (lit(escape_token(t.token) or f"#{t.id}") + text(" is beaten everywhere by ")
+        return (lit(self.label(t.id)) + text(" is beaten everywhere by ")
                 + text(" + ").join(parts) + more)
 
     def domain_text(self) -> str:
@@ -219,7 +241,7 @@ class AuditReport:
             "unargmaxable": sorted(self.unargmaxable),
             "practically_unreachable": self.practically_unreachable,
             "undecided": self.undecided,
-            "tokens": [t.to_dict(self.names, self.special, self.explain(t))
+            "tokens": [t.to_dict(self.names, self.special, self.explain(t), self.display, self.token_kinds)
                        for t in self.tokens if t.verdict != ARGMAXABLE],
             "timings": self.timings,
             **({"gate": gate} if gate is not None else {}),

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import arrays, huggingface, onnx
+from . import arrays, gguf, hub, huggingface, onnx, tokens
 from .base import LoadedLayer, Source, SourceRequest
 
 SOURCES: tuple[Source, ...] = (
-    huggingface.SOURCE,
+    tokens.ReadableFolder(huggingface.SOURCE),
     onnx.SOURCE,
+    gguf.SOURCE,
+    hub.SOURCE,
     arrays.SOURCE,
 )
 

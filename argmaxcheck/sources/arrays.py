@@ -167,6 +167,24 @@ def check_regular_file(path: Path) -> os.stat_result:
     return st
 
 
+def read_json(path: Path, limit: int):
+    """The JSON value in ``path``, a regular file of at most ``limit`` bytes; InputError otherwise."""
+    size = check_regular_file(path).st_size
+    if size > limit:
+        raise InputError(f"{path}: {size} bytes of JSON, more than the {limit} this file type may have")
+    try:
+        with open(path, "rb") as fh:
+            return json.loads(fh.read(limit + 1))
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply to be a real file of this kind") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    except ValueError as exc:  # JSONDecodeError names the place, never the content
+        raise InputError(f"{path}: not valid JSON ({printable(exc)})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({printable(exc.strerror or exc)})") from None
+
+
 # An archive member may expand to at most this many bytes, or this many times its compressed size,
 # whichever is larger: real weights barely compress, a zip bomb expands a thousandfold.
 NPZ_EXPAND_FLOOR = 256 * 2**20

@@ -10,7 +10,6 @@ read; shards that do not hold them are never opened.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -19,7 +18,7 @@ import numpy as np
 from .._text import printable
 from ..errors import InputError
 from ..layer import OutputLayer, as_float64
-from .arrays import _SafetensorsFile, _TorchFile, check_regular_file, value_dtype_name
+from .arrays import _SafetensorsFile, _TorchFile, check_regular_file, read_json, value_dtype_name
 from .base import LoadedLayer, SourceRequest
 from .norms import fold_norm
 
@@ -79,24 +78,6 @@ def _family(model_type: str, config: dict, where: str):
 CONFIG_JSON_LIMIT = 16 * 2**20
 INDEX_JSON_LIMIT = 64 * 2**20
 TOKENIZER_JSON_LIMIT = 512 * 2**20
-
-
-def read_json(path: Path, limit: int):
-    """The JSON value in ``path``, a regular file of at most ``limit`` bytes; InputError otherwise."""
-    size = check_regular_file(path).st_size
-    if size > limit:
-        raise InputError(f"{path}: {size} bytes of JSON, more than the {limit} this file type may have")
-    try:
-        with open(path, "rb") as fh:
-            return json.loads(fh.read(limit + 1))
-    except RecursionError:
-        raise InputError(f"{path}: JSON nested too deeply to be a real file of this kind") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text") from None
-    except ValueError as exc:  # JSONDecodeError names the place, never the content
-        raise InputError(f"{path}: not valid JSON ({printable(exc)})") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({printable(exc.strerror or exc)})") from None
 
 
 def checkpoint_file(folder: Path, name: str, what: str) -> Path:
@@ -340,27 +321,9 @@ class _StateDict:
 
 
 def _token_names(folder: Path, rows: int) -> tuple[list[str], frozenset[int]]:
-    """Names from tokenizer.json or vocab.json (rows past the vocabulary are padding rows), and special ids."""
-    vocab: dict[int, str] = {}
-    special: set[int] = set()
-    tok_json = folder / "tokenizer.json"
-    vocab_json = folder / "vocab.json"
-    try:
-        if tok_json.exists():
-            data = json.loads(tok_json.read_text(encoding="utf-8"))
-            model_vocab = data.get("model", {}).get("vocab", {})
-            if isinstance(model_vocab, dict):
-                vocab = {int(i): str(t) for t, i in model_vocab.items()}
-            elif isinstance(model_vocab, list):  # Unigram: [[piece, score], ...]
-                vocab = {i: str(entry[0]) for i, entry in enumerate(model_vocab)}
-            for added in data.get("added_tokens", []):
-                vocab[int(added["id"])] = str(added["content"])
-                if added.get("special"):
-                    special.add(int(added["id"]))
-        elif vocab_json.exists():
-            vocab = {int(i): str(t) for t, i in json.loads(vocab_json.read_text(encoding="utf-8")).items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{folder}: tokenizer files cannot be read ({exc})") from None
-    if not vocab:
-        return [f"<row {i}>" for i in range(rows)], frozenset()
-    return [vocab.get(i, f"<padding row {i}>") for i in range(rows)], frozenset(i for i in special if i < rows)
+    """Names from tokenizer.json (read by the tokenizers library) or vocab.json (rows past the vocabulary
+    are padding rows), and special ids. The registry adds the decoded forms (:mod:`.tokens`)."""
+    from .tokens import folder_table  # noqa: PLC0415 - kept inside so this file's imports stay as they are
+
+    table = folder_table(folder, rows)
+    return table.pieces, table.special

@@ -50,11 +50,12 @@ def fold_norm(raw: OutputLayer, norm: str, gamma: np.ndarray, beta: np.ndarray |
     if norm == "layernorm" and d < 2:
         raise InputError("a LayerNorm over 1 feature always outputs its bias: every logit is constant")
     basis = None
-    # Fold each distinct row once and copy it: BLAS need not round identical rows identically,
-    # and duplicates (untrained reserved tokens) must stay exact ties after the fold.
-    distinct, inverse = np.unique(weight, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
     if norm == "layernorm":
+        # Fold each distinct row once and copy it: BLAS need not round identical rows identically,
+        # and duplicates (untrained reserved tokens) must stay exact ties after the fold.
+        # (The RMSNorm fold scales elementwise, which keeps identical rows identical by itself.)
+        distinct, inverse = np.unique(weight, axis=0, return_inverse=True)
+        inverse = inverse.ravel()
         beta = np.zeros(d) if beta is None else beta
         basis = MeanZeroBasis(d)
         folded = basis.apply(distinct * gamma)[inverse]

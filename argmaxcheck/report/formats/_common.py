@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..escape import PLAIN, Style, escape_token, printable
+from ..escape import PLAIN, Style, printable
 from ..gate import GateResult
 from ..model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 
@@ -56,7 +56,7 @@ def rows(report: AuditReport, verdict: str, gate: GateResult | None = None, styl
     for t in report.tokens:
         if t.verdict == verdict:
             margin = "" if np.isnan(t.margin) else f"{t.margin:.3g}"
-            name = style.literal(escape_token(t.token)) + (style.text(" [special]") if t.id in report.special else "")
+            name = style.literal(report.token_text(t.id))  # decoded text, raw piece, kind
             status = gate.status(t.id) if gate is not None else ""
             yield str(t.id), name, margin, probability_text(t), status, report.explain(t, style=style)
 

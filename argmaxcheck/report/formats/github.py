@@ -7,7 +7,8 @@ cannot start a command of its own or drive the log viewer.
 
 from __future__ import annotations
 
-from ..escape import escape_token, github_data, github_property
+from ..._text import printable
+from ..escape import github_data, github_property
 from ..gate import GateResult
 from ..model import ARGMAXABLE, AuditReport
 from ._common import gate_lines, probability_text, summary_lines
@@ -25,7 +26,8 @@ def render(report: AuditReport, gate: GateResult) -> str:
         if t.verdict == ARGMAXABLE:
             continue
         status = gate.status(t.id)
-        msg = f"token {t.id} {escape_token(t.token)} is {t.verdict.replace('_', ' ')}: {report.explain(t)}"
+        name = printable(report.token_text(t.id))
+        msg = f"token {t.id} {name} is {t.verdict.replace('_', ' ')}: {report.explain(t)}"
         if probability_text(t):
             msg += f" (highest probability it can reach: {probability_text(t)})"
         msg += f" [gate: {status}]"

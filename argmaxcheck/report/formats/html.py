@@ -17,7 +17,7 @@ import html
 import numpy as np
 
 from ...layer import OutputLayer
-from ..escape import HTML, escape_token, html_text
+from ..escape import HTML, html_text
 from ..gate import GateResult
 from ..model import ARGMAXABLE, PRACTICAL, SCHEMA_VERSION, UNARGMAXABLE, UNDECIDED, AuditReport
 from ._common import SECTIONS, gate_lines, probability_text, summary_lines
@@ -94,7 +94,7 @@ def _projection_figure(report: AuditReport, weight: np.ndarray):
     for v, rows in groups:
         if rows.size == 0:
             continue
-        hover = [html.escape(f"#{i} {escape_token(report.names[i]) if report.names else ''}") for i in rows]
+        hover = [html.escape(f"#{i} {report.label(i) if report.names else ''}") for i in rows]
         fig.add_trace(go.Scatter(x=coords[rows, 0], y=coords[rows, 1], mode="markers", name=v.replace("_", " "),
                                  text=hover, hoverinfo="text",
                                  marker={"color": _COLORS[v], "size": 4 if v == ARGMAXABLE else 8,
@@ -113,7 +113,7 @@ def _probability_figure(report: AuditReport):
     if not flagged:
         return None
     flagged.sort(key=lambda t: -t.max_probability_upper)
-    labels = [html.escape(f"#{t.id} {escape_token(t.token)}") for t in flagged]
+    labels = [html.escape(f"#{t.id} {report.label(t.id)}") for t in flagged]
     fig = go.Figure(go.Bar(x=labels, y=[t.max_probability_upper for t in flagged],
                            marker_color=[_COLORS[t.verdict] for t in flagged], name="upper bound"))
     fig.add_trace(go.Scatter(x=labels, y=[t.max_probability for t in flagged], mode="markers",
@@ -142,7 +142,7 @@ def _cards(report: AuditReport, gate: GateResult | None) -> str:
                                                      for k in order)))
             table = "".join(f"<tr><td class=\"muted\">{k}</td><td>{v}</td></tr>" for k, v in rows if v)
             parts.append(f"<div class=\"card\" style=\"--c: {_COLORS[verdict]}\"><h3>#{t.id} "
-                         f"{HTML.literal(escape_token(t.token))}</h3>"
+                         f"{HTML.literal(report.token_text(t.id))}</h3>"
                          f"<p>{report.explain(t, style=HTML)}</p><table>{table}</table></div>")
         parts.append("</div>")
         if len(tokens) > _MAX_CARDS:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import xml.etree.ElementTree as ET
 
-from ..escape import escape_token, json_text, printable, xml_safe
+from ..escape import json_text, printable, xml_safe
 from ..gate import GateResult
 from ..model import ARGMAXABLE, AuditReport
 
@@ -30,11 +30,12 @@ def render(report: AuditReport, gate: GateResult) -> str:
         if t.verdict == ARGMAXABLE:
             continue
         case = ET.Element("testcase", classname=f"argmaxcheck.{t.verdict}",
-                          name=printable(f"{t.id} {escape_token(t.token)}".strip()), time="0")
+                          name=printable(f"{t.id} {report.token_text(t.id)}".strip()), time="0")
         status = gate.status(t.id)
         if status == "fails":
             failure = ET.SubElement(case, "failure", message=f"{t.verdict}: {report.explain(t)}", type=t.verdict)
-            failure.text = xml_safe(json_text(t.to_dict(report.names, report.special), indent=None))
+            record = t.to_dict(report.names, report.special, None, report.display, report.token_kinds)
+            failure.text = xml_safe(json_text(record, indent=None))
         else:
             limit = gate.fail_on[t.verdict]
             reason = _SKIPPED.get(status) or (f"counted, within --fail-on {t.verdict}="

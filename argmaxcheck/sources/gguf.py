@@ -1,0 +1,218 @@
+"""GGUF files (llama.cpp, Ollama): the head, its final norm and the token table, read with the ``gguf`` package.
+
+* **The head** is ``output.weight``, or the input embedding ``token_embd.weight``
+  when the model ties them, dequantised by ``gguf.quants.dequantize`` from
+  whatever ggml type it is stored in (F32, F16, BF16, Q8_0, Q4_K, Q6_K...).
+* **The final norm** is ``output_norm.weight`` (and ``output_norm.bias``). The
+  metadata decides its kind: ``{arch}.attention.layer_norm_rms_epsilon`` means
+  RMSNorm, ``{arch}.attention.layer_norm_epsilon`` LayerNorm. llama.cpp's
+  converter already stores Gemma's ``1 + w`` as the weight, so every RMSNorm
+  here folds as a plain one. The norm is folded into the head (:mod:`.norms`):
+  the audit runs on the features the model can really produce.
+* **The token table** is ``tokenizer.ggml.tokens`` with
+  ``tokenizer.ggml.token_type`` (control, user-defined, unused and byte tokens
+  are marked; :mod:`.tokens` decodes the pieces).
+
+Only architectures whose graph ends ``output_norm -> output`` (nothing but a
+monotone soft-cap after it) are read; any other is refused by name rather
+than audited on the wrong domain.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..layer import OutputLayer
+from .base import LoadedLayer, SourceRequest
+from .norms import fold_norm
+from .tokens import TokenTable, bytes_text, gguf_table
+
+# llama.cpp architectures whose logits are output(output_norm(h)), possibly soft-capped (monotone: the
+# argmax is unchanged). Kept explicit: a new architecture may put something else between them.
+ARCHITECTURES = frozenset({
+    "llama", "mistral3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "gemma", "gemma2", "gemma3", "phi2", "phi3",
+    "gpt2", "gptneox", "starcoder", "starcoder2", "stablelm", "falcon", "bloom", "mpt", "olmo2", "internlm2",
+    "deepseek", "deepseek2", "smollm3", "exaone",
+})
+_FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+class _GGUFSource:
+    """The registry entry: a ``.gguf`` file."""
+
+    name = "gguf"
+
+    def matches(self, path: Path) -> bool:
+        return path.suffix.lower() == ".gguf"
+
+    def load(self, path: Path, request: SourceRequest) -> LoadedLayer:
+        return load_gguf(path, head=request.weight)
+
+
+SOURCE = _GGUFSource()
+
+
+def load_gguf(path: str | Path, head: str | None = None) -> LoadedLayer:
+    """Read a GGUF file's head, fold its final norm, and attach its token table.
+
+    ``head`` names the output-layer tensor when it is not ``output.weight`` or the tied ``token_embd.weight``.
+    """
+    path = Path(path)
+    reader = _open(path)
+    fields = reader.fields
+    arch = _string(path, fields, "general.architecture")
+    if arch is None:
+        raise InputError(f"{path}: no general.architecture in the metadata")
+    if arch not in ARCHITECTURES:
+        raise InputError(f"{path}: architecture '{arch}' is not supported yet"
+                         f" (supported: {', '.join(sorted(ARCHITECTURES))})")
+    tensors = {t.name: t for t in reader.tensors}
+    if head is not None and head not in tensors:
+        raise InputError(f"{path}: no tensor named '{head}'; matrices: {_matrices(tensors)}")
+    head = head or ("output.weight" if "output.weight" in tensors else "token_embd.weight")
+    if head not in tensors:
+        raise InputError(f"{path}: no output.weight or token_embd.weight; matrices: {_matrices(tensors)}"
+                         " (pick one with --weight NAME)")
+    weight = _matrix(path, tensors[head])
+    rows, d = weight.shape
+
+    rms_key, ln_key = f"{arch}.attention.layer_norm_rms_epsilon", f"{arch}.attention.layer_norm_epsilon"
+    if rms_key in fields:
+        norm, eps = "rmsnorm", _number(path, fields, rms_key)
+    elif ln_key in fields:
+        norm, eps = "layernorm", _number(path, fields, ln_key)
+    else:
+        raise InputError(f"{path}: neither {rms_key} nor {ln_key} is in the metadata, so the final norm is unknown")
+    if "output_norm.weight" not in tensors:
+        raise InputError(f"{path}: the final norm 'output_norm.weight' is missing")
+    gamma = _vector(path, tensors["output_norm.weight"], d)
+    beta = _vector(path, tensors["output_norm.bias"], d) if "output_norm.bias" in tensors else None
+    if beta is not None and norm == "rmsnorm":
+        raise InputError(f"{path}: 'output_norm.bias' next to an RMSNorm epsilon ({rms_key}): the norm is ambiguous")
+    bias_name = head.removesuffix(".weight") + ".bias"
+    head_bias = _vector(path, tensors[bias_name], rows) if head != "token_embd.weight" and bias_name in tensors \
+        else None
+
+    table = _token_table(path, fields, head, rows)
+    source_dtype = _FLOAT_DTYPES.get(tensors[head].tensor_type.name, tensors[head].tensor_type.name)
+    raw = OutputLayer.from_arrays(weight, None, None, name=f"{path.name}:{head}", source_dtype=source_dtype)
+    folded = fold_norm(raw, norm, gamma, beta, head_bias, eps)
+    info = {"format": "gguf", "architecture": arch, "head": head, "head_type": tensors[head].tensor_type.name,
+            "tied": head == "token_embd.weight", "norm": norm, "norm_weight": "output_norm.weight",
+            "norm_bias": "output_norm.bias" if beta is not None else None, "eps": eps,
+            "tokenizer": _string(path, fields, "tokenizer.ggml.model"), "domain": folded.info["domain"]}
+    if arch.startswith("gemma"):
+        info["norm_note"] = "llama.cpp stores Gemma's norm weight as 1 + w: folded as stored"
+    if f"{arch}.final_logit_softcapping" in fields:
+        info["softcap_note"] = "final logits are soft-capped (monotone): same argmax, margins before the cap"
+    loaded = LoadedLayer(folded.layer, folded.domain, info, folded.raw, norm, folded.basis, eps)
+    return table.apply(loaded)
+
+
+def _gguf():
+    try:
+        import gguf  # noqa: PLC0415 - only .gguf files need it
+    except ImportError:
+        raise InputError("reading .gguf files needs the gguf package (pip install gguf)") from None
+    return gguf
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    gguf = _gguf()
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as exc:  # the reader raises ValueError, IndexError, KeyError... on a damaged file
+        raise InputError(f"{path}: not a readable GGUF file (truncated or corrupt? {type(exc).__name__}:"
+                         f" {str(exc)[:160]})") from None
+
+
+def _matrices(tensors: dict) -> str:
+    names = [name for name, t in tensors.items() if len(t.shape) == 2]
+    return ", ".join(names[:20]) + (f", … {len(names) - 20} more" if len(names) > 20 else "")
+
+
+def _values(path: Path, tensor) -> np.ndarray:
+    """A tensor's values as float32/float64 in numpy order (rows first), dequantised by the gguf package."""
+    gguf = _gguf()
+    kind = tensor.tensor_type
+    if kind.name == "F64":
+        values = np.asarray(tensor.data, dtype=np.float64)
+    elif kind.name.startswith("I"):  # I8 ... I64: integer tensors, not weights
+        raise InputError(f"{path}: tensor '{tensor.name}' holds integers ({kind.name}), not weights")
+    else:
+        try:
+            values = gguf.quants.dequantize(tensor.data, kind)
+        except NotImplementedError:
+            raise InputError(f"{path}: tensor '{tensor.name}' is stored as {kind.name}, which the installed gguf"
+                             f" {metadata.version('gguf')} cannot dequantise") from None
+        except (ValueError, IndexError) as exc:
+            raise InputError(f"{path}: tensor '{tensor.name}' ({kind.name}) cannot be dequantised ({exc})") from None
+    shape = tuple(int(n) for n in reversed(tensor.shape))  # ggml lists dimensions innermost first
+    try:
+        return values.reshape(shape)
+    except ValueError:
+        raise InputError(f"{path}: tensor '{tensor.name}' holds {values.size} values, not {shape}") from None
+
+
+def _matrix(path: Path, tensor) -> np.ndarray:
+    if len(tensor.shape) != 2:
+        raise InputError(f"{path}: '{tensor.name}' has {len(tensor.shape)} dimensions, expected a 2-D"
+                         " [num_classes, dim] matrix")
+    return _values(path, tensor)
+
+
+def _vector(path: Path, tensor, length: int) -> np.ndarray:
+    values = _values(path, tensor).astype(np.float64).reshape(-1)
+    if values.shape != (length,):
+        raise InputError(f"{path}: '{tensor.name}' has {values.size} values, expected {length}")
+    if not np.isfinite(values).all():
+        raise InputError(f"{path}: '{tensor.name}' has non-finite values")
+    return values
+
+
+def _string(path: Path, fields: dict, key: str) -> str | None:
+    field = fields.get(key)
+    if field is None:
+        return None
+    if [t.name for t in field.types] != ["STRING"]:
+        raise InputError(f"{path}: metadata '{key}' should be a string")
+    return bytes_text(bytes(field.parts[field.data[0]]))
+
+
+def _number(path: Path, fields: dict, key: str) -> float:
+    field = fields[key]
+    if len(field.types) != 1 or field.types[0].name not in ("FLOAT32", "FLOAT64", "UINT32", "INT32"):
+        raise InputError(f"{path}: metadata '{key}' should be a number")
+    value = float(field.parts[field.data[0]][0])
+    if not (np.isfinite(value) and value >= 0):
+        raise InputError(f"{path}: metadata '{key}' is {value}, expected a finite number >= 0")
+    return value
+
+
+def _token_table(path: Path, fields: dict, head: str, rows: int) -> TokenTable:
+    tokens = fields.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        return TokenTable.unnamed(rows)
+    if [t.name for t in tokens.types] != ["ARRAY", "STRING"]:
+        raise InputError(f"{path}: metadata 'tokenizer.ggml.tokens' should be an array of strings")
+    # Pieces are untrusted bytes: a piece that is not UTF-8 shows its bytes as <0xAB>.
+    pieces = [bytes_text(bytes(tokens.parts[i])) for i in tokens.data]
+    if len(pieces) != rows:
+        raise InputError(f"{path}: the tokenizer has {len(pieces)} tokens but the head '{head}' has {rows} rows;"
+                         " they must belong to the same model")
+    types = None
+    kinds = fields.get("tokenizer.ggml.token_type")
+    if kinds is not None:
+        if len(kinds.types) != 2 or kinds.types[0].name != "ARRAY" or not kinds.types[1].name.startswith(("INT",
+                                                                                                         "UINT")):
+            raise InputError(f"{path}: metadata 'tokenizer.ggml.token_type' should be an array of integers")
+        types = [int(kinds.parts[i][0]) for i in kinds.data]
+        if len(types) != rows:
+            raise InputError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries for {rows} tokens")
+    return gguf_table(pieces, types, _string(path, fields, "tokenizer.ggml.model"))
