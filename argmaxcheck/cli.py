@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--save-certificates", default=None, metavar="FILE.npz",
                    help="write every witness and certificate (layout in the README)")
     o.add_argument("--exact-all", action="store_true", help="run the exact step for every token (slow)")
+    o.add_argument("--device", choices=["auto", "cpu", "cuda", "torch-cpu"], default="auto",
+                   help="where the screen's float32 products run: auto (a CUDA GPU through torch when there is"
+                        " one, else numpy), cpu (numpy), cuda, or torch-cpu; products stay exact IEEE float32")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     c = a.add_argument_group("gate (exit status 1 when it fails)")
     c.add_argument("--fail-on", action="append", default=[], metavar="CATEGORY=N",
@@ -220,7 +223,8 @@ def _audit_command(args) -> int:
     policy.check_rows(layer.num_classes)
     tokens = _parse_tokens(args.tokens, layer.num_classes, layer.tokens) if args.tokens else None
     options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions(), precision=args.precision,
-                           probability_seconds=0.0 if args.no_max_probability else AuditOptions.probability_seconds)
+                           probability_seconds=0.0 if args.no_max_probability else AuditOptions.probability_seconds,
+                           device=args.device)
     total = len(tokens) if tokens is not None else layer.num_classes
     with _progress(total, quiet=args.quiet) as progress:
         report = _run_audit(args, layer, domain, tokens, options, progress)
@@ -308,6 +312,8 @@ def _add_sweep_parser(sub) -> None:
                    help="folder for sweep.md/.csv/.json/.html and models/*.json (default: ./sweep)")
     w.add_argument("--no-max-probability", action="store_true", help="skip max-probability bounds")
     w.add_argument("--exact-all", action="store_true", help="run the exact step for every token (slow)")
+    w.add_argument("--device", choices=["auto", "cpu", "cuda", "torch-cpu"], default="auto",
+                   help="as for audit: where the screen's products run")
     w.add_argument("--fail-on", action="append", default=[], metavar="CATEGORY=N", help="as for audit, per model")
     w.add_argument("--ignore", action="append", default=[], metavar="PATTERN", help="as for audit, per model")
     w.add_argument("--quiet", action="store_true", help="no line per model on stderr")
@@ -325,7 +331,8 @@ def _sweep_command(args) -> int:
                             no_bias=args.no_bias, norm=args.norm, norm_weight=args.norm_weight,
                             norm_bias=args.norm_bias)
     options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions(), precision=args.precision,
-                           probability_seconds=0.0 if args.no_max_probability else AuditOptions.probability_seconds)
+                           probability_seconds=0.0 if args.no_max_probability else AuditOptions.probability_seconds,
+                           device=args.device)
 
     def on_row(k, total, row):
         if not args.quiet:

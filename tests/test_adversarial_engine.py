@@ -132,8 +132,9 @@ def test_modules_with_a_weight_are_audited():
     assert assert_all_argmaxable(torch.nn.Linear(4, 6), options=FAST).all_argmaxable
 
 
+@pytest.mark.parametrize("scale", [1.0, 2.0**-40, 2.0**40])
 @pytest.mark.parametrize("domain,with_bias", [(Ball(4.0), False), (Ball(4.0), True), (Unbounded(), False)])
-def test_float32_average_gets_one_category_on_every_bounded_view(domain, with_bias):
+def test_float32_average_gets_one_category_on_every_bounded_view(domain, with_bias, scale):
     """A row overwritten with the float32 average of two others sits a hair off their segment.
     It was 'undecided' bias-free (radius ~1e-9, below the solvers' tolerances) but 'practically
     unreachable' with a bias: now a tighter pass finds its float64 witness in both cases."""
@@ -141,6 +142,9 @@ def test_float32_average_gets_one_category_on_every_bounded_view(domain, with_bi
     w = rng.normal(size=(200, 16)).astype(np.float32)
     w[7] = ((w[3].astype(np.float64) + w[5]) / 2).astype(np.float32)
     bias = (w.astype(np.float64) @ rng.normal(size=16)) * 0.1 if with_bias else None
+    # The same layer in other units (exact powers of two): the label must not depend on them.
+    w = w * np.float32(scale)
+    bias = None if bias is None else bias * scale
     report = audit(w, bias, domain=domain, options=FAST)
     assert report.tokens[7].verdict == "practically_unreachable"
     assert report.tokens[7].best_margin < report.tokens[7].threshold
@@ -157,3 +161,13 @@ def test_explain_never_proposes_a_negative_bias_increase():
     _, why = explain_token(loaded.layer, loaded.domain, 203)
     assert why.result.verdict == "practically_unreachable"
     assert 0.0 <= why.bias_increase_lower <= why.bias_increase
+
+
+def test_identical_rows_are_grouped_exactly_even_when_fingerprints_collide():
+    from argmaxcheck.engine.audit import _row_groups  # noqa: PLC0415
+
+    w = np.array([[1.0, 2.0], [2.0, 1.0], [1.0, 2.0], [3.0, 0.5], [2.0, 1.0]])
+    # Multipliers of 1 make the fingerprint the sum of the bit patterns: (a, b) and (b, a) collide.
+    group = _row_groups(w, mult=np.ones(2, dtype=np.uint64))
+    assert group[0] == group[2] and group[1] == group[4] and len({group[0], group[1], group[3]}) == 3
+    assert len(set(_row_groups(w).tolist())) == 3

@@ -13,6 +13,7 @@ from ..errors import InputError
 from ..layer import OutputLayer
 from ..report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 from . import certify
+from .backend import make_backend
 from .exact import Competitors, ExactOptions, _any_point, seed_points, should_seed, solve_token
 from .precision import best_margin, margin_domain, threshold, unit_roundoff
 from .probability import bounded as probability_bounded
@@ -43,7 +44,14 @@ class AuditOptions:
     probability_seconds : float
         Time budget for bounding the highest probability each unreachable
         token can reach (bounded domains; :mod:`argmaxcheck.probability`).
-        0 skips it; tokens left when the budget runs out get no bounds.
+        The audit spends at most this, and at most a quarter of the time the
+        verdicts took (but 2 s at least): the brackets are a report's extra,
+        not its verdicts. 0 skips it; tokens left when the budget runs out get
+        no bounds.
+    device : str
+        Where the screen's float32 products run (:mod:`argmaxcheck.engine.backend`):
+        ``auto`` (CUDA through torch when present, else numpy), ``cpu`` (numpy),
+        ``cuda``, or ``torch-cpu`` (torch on the CPU, for tests).
     """
 
     exact_all: bool = False
@@ -52,6 +60,7 @@ class AuditOptions:
     practical: bool = True
     precision: str | None = None
     probability_seconds: float = 30.0
+    device: str = "auto"
 
 
 def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int] | None = None, *,
@@ -132,8 +141,11 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         for i in (int(r) for r in reps if int(r) in targets and int(r) not in results):
             results[i] = _argmaxable(i, name(i), _any_point(domain, layer.dim), lead, "dominated")
     pending = np.array([i for i in targets if i not in results], dtype=np.int64)
-    comp_weight = layer.weight[reps]
-    comp_bias = None if layer.bias is None else layer.bias[reps]
+    # Without duplicate rows the competitors are the layer itself: no copy of the weights.
+    comp_weight = layer.weight if reps.size == layer.num_classes else layer.weight[reps]
+    comp_bias = None if layer.bias is None or reps.size == layer.num_classes else layer.bias[reps]
+    if reps.size == layer.num_classes:
+        comp_bias = layer.bias
     position = np.full(layer.num_classes, -1, dtype=np.int64)
     position[reps] = np.arange(reps.size)
     solve_domain = _scale_free_domain(domain) if comp_bias is None else None
@@ -144,8 +156,12 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     weight32 = None  # the screen's float32 copy, reused by the exact step's seeding
     if pending.size and not options.exact_all:
         weight32 = comp_weight.astype(np.float32)
+        backend = make_backend(weight32, options.device)
+        timings["device"] = backend.name
         found = screen(weight32, comp_weight, comp_bias, position[pending], domain,
-                       block_bytes=options.block_bytes, progress=progress)
+                       block_bytes=options.block_bytes, progress=progress, backend=backend)
+        if backend.note:
+            timings["device_note"] = backend.note
         for k, i in enumerate(pending):
             if found.gap[k] > 0:
                 results[int(i)] = _argmaxable(int(i), name(int(i)), found.witness[k], found.gap[k], "screen")
@@ -206,7 +222,8 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         t0 = time.perf_counter()
         # Probabilities depend on the logits' scale: they are bounded on the layer as given.
         timings["probability_tokens"] = _bound_probabilities(results, original, domain,
-                                                             t0 + options.probability_seconds, progress)
+                                                             t0 + _probability_budget(options, t0 - started),
+                                                             progress)
         timings["probability_seconds"] = round(time.perf_counter() - t0, 4)
     timings["exact_tokens"] = len(per_token)
     if per_token:
@@ -251,7 +268,9 @@ def _normalised(layer: OutputLayer) -> tuple[OutputLayer, int]:
     """The layer divided by ``2**e`` so that its largest |weight| or |bias| lies in [0.5, 1), and ``e``.
 
     Scaling every logit by the same positive factor changes no argmax, so verdicts, witnesses
-    and certificates carry over unchanged; margins scale by the factor. Multiplying by a power
+    and certificates carry over unchanged; margins scale by the factor. The solvers' tolerances
+    and caps are absolute numbers, so one scale for every layer also makes their answers (the
+    practically-unreachable label above all) independent of the units the weights came in. Multiplying by a power
     of two is exact unless values fall below float64's normal range, which is checked.
     """
     top = float(np.abs(layer.weight).max())
@@ -288,6 +307,7 @@ def _label_practical(results: dict, comp: Competitors, position, domain, unit: f
     bounded = margin_domain(domain, comp.bias is not None)
     if bounded is None:
         return 0
+    bounded = bounded.resolve(comp.weight.shape[1])
     solved = 0
     max_norm = float(comp.norms.max())
     max_bias = 0.0 if comp.bias is None else float(np.abs(comp.bias).max())
@@ -299,19 +319,38 @@ def _label_practical(results: dict, comp: Competitors, position, domain, unit: f
         res = results[i]
         progress.advance(1)
         pos = int(position[i])
-        limit = threshold(comp, res.witness, unit)
+        limit = threshold(comp, _on_the_sphere(res.witness, bounded, comp.bias), unit)
         if res.margin >= limit:
             continue
         solved += 1
         best = best_margin(comp, pos, bounded, res.witness, cap=max(1.0, 1e3 * limit))
         if best is None:
             continue
-        limit = threshold(comp, best.x, unit)
+        limit = threshold(comp, _on_the_sphere(best.x, bounded, comp.bias), unit)
         if best.value < limit:
             x, gap = (best.x, best.gap) if best.gap > 0 else (res.witness, res.margin)
             results[i] = TokenResult(i, res.token, PRACTICAL, gap, res.stage, witness=x, check=res.check,
                                      best_margin=best.value, threshold=limit)
     return solved
+
+
+def _on_the_sphere(x: np.ndarray, domain, bias) -> np.ndarray:
+    """Where the precision threshold of a best margin is measured.
+
+    Without a bias, on a ball around 0, every gap and every logit scales with |x|: the best
+    margin is reached on the sphere, where the solver's point may not quite be. Its ray is
+    what matters, so the threshold is taken where the ray meets the sphere (the solver's
+    interior point would understate the logits, and so the threshold, by |x| / R).
+    """
+    norm = float(np.linalg.norm(x))
+    if bias is not None or not isinstance(domain, Ball) or domain.center.any() or norm == 0:
+        return x
+    return x * (domain.radius / norm)
+
+
+def _probability_budget(options: AuditOptions, verdict_seconds: float) -> float:
+    """Seconds for max-probability brackets: the option's budget, capped at a quarter of the verdicts' time."""
+    return min(options.probability_seconds, max(2.0, 0.25 * verdict_seconds))
 
 
 def _bound_probabilities(results: dict, layer: OutputLayer, domain, deadline: float, progress: Progress) -> int:
@@ -401,6 +440,37 @@ def _targets(tokens, n: int) -> list[int]:
     return sorted(set(ids))
 
 
+def _row_groups(weight: np.ndarray, block: int = 8192, mult: np.ndarray | None = None) -> np.ndarray:
+    """A group id per row, equal exactly for rows with identical bits, in O(n) extra memory.
+
+    Rows are fingerprinted by a random linear hash of their 64-bit patterns (integer arithmetic
+    wraps deterministically, so identical rows always collide); rows that share a fingerprint are
+    then compared bit for bit, so a chance collision of different rows never merges them.
+    """
+    n, d = weight.shape
+    bits = np.ascontiguousarray(weight).view(np.uint64)
+    if mult is None:
+        mult = np.random.default_rng(0).integers(1, 2**63, size=d, dtype=np.uint64) | np.uint64(1)
+    prints = np.empty(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for lo in range(0, n, block):
+            prints[lo:lo + block] = (bits[lo:lo + block] * mult).sum(axis=1, dtype=np.uint64)
+    _, group = np.unique(prints, return_inverse=True)
+    group = group.ravel().astype(np.int64)
+    counts = np.bincount(group)
+    next_id = counts.size
+    for g in np.flatnonzero(counts > 1):  # shared fingerprints: split by exact comparison
+        members = np.flatnonzero(group == g)
+        same = np.all(bits[members] == bits[members[0]], axis=1)
+        members = members[~same]  # the rows equal to the first keep the id g
+        while members.size:
+            same = np.all(bits[members] == bits[members[0]], axis=1)
+            group[members[same]] = next_id
+            next_id += 1
+            members = members[~same]
+    return group
+
+
 def _group_identical_rows(layer: OutputLayer):
     """Split rows into representatives (one per distinct weight row, the best bias) and the rest.
 
@@ -408,10 +478,8 @@ def _group_identical_rows(layer: OutputLayer):
     ``rep_of[i]`` the representative of row i's group; ``tie_partner[i]``
     another row with identical weights *and* bias, for rows in such a tie.
     """
-    n, d = layer.weight.shape
-    keys = np.ascontiguousarray(layer.weight).view(np.dtype((np.void, d * 8))).ravel()
-    _, group = np.unique(keys, return_inverse=True)
-    group = group.ravel()
+    n = layer.weight.shape[0]
+    group = _row_groups(layer.weight)
     bias = layer.bias if layer.bias is not None else np.zeros(n)
     ids = np.arange(n)
     order = np.lexsort((ids, -bias, group))  # by group, best bias first, then lowest id

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..domains import Ball, Box, Unbounded
 from . import certify
+from .backend import NumpyBackend
 from .certify import U32, U64
 
 # Scales tried along a guessed direction when the bias makes scale matter.
@@ -36,12 +37,13 @@ class ScreenResult:
 
 def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, positions: np.ndarray,
            domain, *, block_bytes: int = 128 << 20,
-           progress=None) -> ScreenResult:
+           progress=None, backend=None) -> ScreenResult:
     """Try guessed witnesses for the tokens at ``positions`` (rows of the competitor matrix).
 
     ``weight32`` is the competitor matrix in float32 (used for speed),
     ``weight64`` the same rows in float64 (the truth the bounds refer to).
     ``progress`` (a :class:`~argmaxcheck.engine.progress.Progress`) hears of each pass and block.
+    ``backend`` (:mod:`.backend`) runs the float32 products; default numpy.
     """
     m, d = weight64.shape
     k = positions.size
@@ -54,7 +56,7 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
         return ScreenResult(gaps, witness)
     block = int(max(1, min(k, block_bytes // (4 * max(m, 1)))))
     directions = _guess_directions(weight64)
-    ctx = _Context(weight32, bias, max_norm, cast_unit, domain, d)
+    ctx = _Context(weight32, bias, max_norm, cast_unit, domain, d, backend or NumpyBackend(weight32))
     todo = np.arange(k)
     for number, guess in enumerate(directions, start=1):
         if progress is not None:
@@ -103,8 +105,9 @@ class _Context:
     |computed score - exact score at the claimed point|, valid for every row.
     """
 
-    def __init__(self, weight32, bias, max_norm, cast_unit, domain, d):
+    def __init__(self, weight32, bias, max_norm, cast_unit, domain, d, backend):
         self.weight32 = weight32
+        self.product = backend.product  # weight32 @ points.T, on the CPU or a GPU
         self.max_norm = max_norm
         # float32 product error, weights rounded to float32 (cast_unit), points rounded to
         # float32 (U32) and the float64 arithmetic that assembles a point (8 U64).
@@ -137,7 +140,7 @@ class _Context:
         ``product`` is ``weight32 @ points32.T`` when the caller has it already; it is
         overwritten with the scores.
         """
-        s = self.weight32 @ points32.T if product is None else product
+        s = self.product(points32) if product is None else product
         pnorm = np.linalg.norm(points32.astype(np.float64), axis=1) * 1.0001
         mag = self.max_norm * pnorm  # bound on any |w_j . point|
         # Relative rounding, plus what underflow in the cast and the products can lose absolutely.
@@ -162,9 +165,37 @@ class _Context:
         if isinstance(dom, Unbounded) and not self.has_offset:
             s, err = self._scores(unit32)
             return certify.witness_gap_bounds(s, own, err), unit
-        # Scale matters (bias, or a ball): pick a scale per column with a float32 search over
-        # the unscaled scores, then certify only the chosen scale.
-        g32 = self.weight32 @ unit32.T
+        if isinstance(dom, Ball) and not dom.center.any():
+            return self._centred_ball(unit32, own)
+        return self._scaled(unit32, own)
+
+    def _centred_ball(self, unit32: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A ball around 0 (a folded LayerNorm or RMSNorm): the whole radius first, scored by one product
+        at the claimed points themselves (no pass to rescale or re-score them); without a bias that is
+        all (gaps scale with the radius), with one the smaller radii are tried for the columns left."""
+        radius32 = np.float32(self.domain.radius * (1 - 1e-9))
+        if float(radius32) > self.domain.radius * (1 - 1e-9):
+            radius32 = np.nextafter(radius32, np.float32(0))
+        pts32 = unit32 * radius32
+        pts = pts32.astype(np.float64)
+        s, err = self._scores(pts32)
+        gap = certify.witness_gap_bounds(s, own, err)
+        del s
+        inside = np.einsum("ij,ij->i", pts, pts) * (1 + certify.gamma(pts.shape[1] + 2, U64)) <= self.domain.radius**2
+        gap[~inside] = -np.inf
+        left = np.flatnonzero(gap <= 0)
+        if self.has_offset and left.size:
+            g, x = self._scaled(unit32[left], own[left])
+            better = g > gap[left]
+            gap[left[better]], pts[left[better]] = g[better], x[better]
+        return gap, pts
+
+    def _scaled(self, unit32: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scale matters (a bias, or a ball): pick a scale per column with a float32 search over the
+        unscaled scores, then certify only the chosen scale."""
+        unit = unit32.astype(np.float64)
+        dom = self.domain
+        g32 = self.product(unit32)
         if isinstance(dom, Unbounded):
             scales = self._spread(g32)[None, :] * _UNBOUNDED_SCALES[:, None]
             base = np.zeros_like(unit)
@@ -240,7 +271,7 @@ class _Context:
                 np.isinf(dom.lower), np.minimum(unit[left], 0.0), 0.0)
             norms = np.linalg.norm(free, axis=1)
             free /= np.where(norms > 0, norms, 1.0)[:, None]
-            g32 = self.weight32 @ free.astype(np.float32).T
+            g32 = self.product(free.astype(np.float32))
             scale = self._best_scale(g32, own[left])
             pts = np.clip(self.box_centre + scale[:, None] * free, dom.lower, dom.upper)
             pts32 = pts.astype(np.float32)
