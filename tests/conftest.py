@@ -20,3 +20,15 @@ def full_lp_radius(weight, bias, i, lower, upper):
     res = linprog(np.r_[np.zeros(d), -1.0], A_ub=a_ub, b_ub=c / norm, bounds=bounds, method="highs")
     assert res.status == 0
     return -res.fun
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """Fail the test if the CLI reads the model or audits: these errors must come first."""
+    from argmaxcheck import cli  # noqa: PLC0415
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("the model was read or audited before the options and output targets were checked")
+
+    monkeypatch.setattr(cli, "load_source", forbidden)
+    monkeypatch.setattr(cli, "audit", forbidden)

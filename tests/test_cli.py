@@ -154,16 +154,6 @@ def small(tmp_path, rng):
     return path
 
 
-@pytest.fixture
-def no_audit(monkeypatch):
-    """Fail if the model is read or audited: these errors must come first."""
-    def forbidden(*_args, **_kwargs):
-        raise AssertionError("the model was read or audited before the options were checked")
-
-    monkeypatch.setattr(cli, "load_source", forbidden)
-    monkeypatch.setattr(cli, "audit", forbidden)
-
-
 def test_internal_error_is_exit_3_one_line_and_debug_shows_the_traceback(small, capsys, monkeypatch):
     def crash(*_args, **_kwargs):
         raise RuntimeError("solver exploded\n\x1b[2Jsecond line")
@@ -254,7 +244,7 @@ def _baselines(folder: Path) -> dict[str, tuple[bytes, str]]:
 
 
 @pytest.mark.parametrize("name", list(_baselines(Path())))
-def test_one_line_exit_2_bad_baseline_before_audit(small, tmp_path, capsys, no_audit, name):
+def test_one_line_exit_2_bad_baseline_before_audit(small, tmp_path, capsys, no_load, name):
     content, fragment = _baselines(tmp_path)[name]
     path = tmp_path / f"{name}.json"
     if content is None:
@@ -279,7 +269,7 @@ def test_one_line_exit_2_bad_baseline_before_audit(small, tmp_path, capsys, no_a
     (["--fail-on", "bogus=1"], "unknown category 'bogus'"),
     (["--tokens", "0-5", "--json", "-"], "standard output already carries"),
 ])
-def test_one_line_exit_2_bad_gate_options_before_audit(small, capsys, no_audit, flags, fragment):
+def test_one_line_exit_2_bad_gate_options_before_audit(small, capsys, no_load, flags, fragment):
     code, _, err = _main(capsys, "audit", small, *flags)
     assert code == 2, err
     lines = err.strip().splitlines()

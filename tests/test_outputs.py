@@ -36,16 +36,6 @@ def layer(tmp_path, rng):
     return path
 
 
-@pytest.fixture
-def no_load(monkeypatch):
-    """Fail the test if the CLI reads the model or audits: output targets must be refused before."""
-    def forbidden(*_args, **_kwargs):
-        raise AssertionError("the model was read or audited before the output targets were checked")
-
-    monkeypatch.setattr(cli, "load_source", forbidden)
-    monkeypatch.setattr(cli, "audit", forbidden)
-
-
 def run_main(capsys, *args):
     code = cli.main([str(a) for a in args])
     out, err = capsys.readouterr()

@@ -222,14 +222,7 @@ def _raw_tokenizer_table(path: Path, rows: int, refused: InputError) -> TokenTab
             entries[token["content"]] = token["id"]
             if token.get("special"):
                 special.add(token["id"])
-    size = max(entries.values(), default=-1) + 1
-    if size > rows:
-        raise InputError(f"{path}: the tokenizer has {size} tokens but the head has {rows} rows;"
-                         " they must belong to the same model")
-    names = [f"<padding row {i}>" for i in range(rows)]
-    for piece, i in entries.items():
-        names[i] = str(piece)
-    kinds = {i: "padding" for i in range(rows) if names[i] == f"<padding row {i}>"}
+    names, kinds = _row_pieces(path, entries, rows, "tokenizer")
     kinds.update({i: "special" for i in special if i < rows})
     return TokenTable(names, None, kinds, frozenset(i for i in special if i < rows))
 
@@ -246,6 +239,18 @@ def _load_tokenizer(path: str):
         raise InputError(f"{path}: not a tokenizer the tokenizers library can read ({exc})") from None
 
 
+def _row_pieces(path: Path, entries: dict, rows: int, what: str) -> tuple[list[str], dict[int, str]]:
+    """One piece per head row from {piece: id} (rows past the vocabulary are padding), checked against the head."""
+    size = max(entries.values(), default=-1) + 1
+    if size > rows:
+        raise InputError(f"{path}: the {what} has {size} tokens but the head has {rows} rows;"
+                         " they must belong to the same model")
+    names = [f"<padding row {i}>" for i in range(rows)]
+    for piece, i in entries.items():
+        names[i] = str(piece)
+    return names, {i: "padding" for i in range(rows) if names[i] == f"<padding row {i}>"}
+
+
 VOCAB_JSON_LIMIT = 512 * 2**20  # bytes of tokenizer.json or vocab.json read as plain JSON
 
 
@@ -254,14 +259,7 @@ def vocab_json_table(path: Path, rows: int) -> TokenTable:
     data = read_json(path, VOCAB_JSON_LIMIT)
     if not isinstance(data, dict) or not all(isinstance(i, int) and i >= 0 for i in data.values()):
         raise InputError(f"{path}: expected an object mapping each token to a non-negative id")
-    size = max(data.values(), default=-1) + 1
-    if size > rows:
-        raise InputError(f"{path}: the vocabulary has {size} tokens but the head has {rows} rows;"
-                         " they must belong to the same model")
-    names = [f"<padding row {i}>" for i in range(rows)]
-    for piece, i in data.items():
-        names[i] = str(piece)
-    kinds = {i: "padding" for i in range(rows) if names[i] == f"<padding row {i}>"}
+    names, kinds = _row_pieces(path, data, rows, "vocabulary")
     raw = [None if i in kinds else byte_level_bytes(p) for i, p in enumerate(names)]
     if any(b is None for i, b in enumerate(raw) if i not in kinds):
         return TokenTable(names, None, kinds)
