@@ -85,7 +85,9 @@ class OutputLayer:
         # +0.0 turns -0.0 into 0.0 so that byte-level duplicate detection sees equal rows as equal.
         # +0.0 also copies: the layer never aliases the caller's array. A copy made by the widening
         # above is reused in place rather than copied again (a 262k x 640 head is 1.3 GB in float64).
-        if np.may_share_memory(w, weight) or not w.flags.c_contiguous:
+        # Only a numpy input is known not to share memory with a fresh widening; a torch tensor's
+        # numpy view does share it (float64 on the CPU), so anything else is copied.
+        if not isinstance(weight, np.ndarray) or np.may_share_memory(w, weight) or not w.flags.c_contiguous:
             w = np.ascontiguousarray(w + 0.0)
         else:
             w += 0.0
