@@ -36,11 +36,13 @@ class IpmResult:
 
 def solve_chebyshev(a: np.ndarray, c: np.ndarray, lower: np.ndarray, upper: np.ndarray, cap: float = 1.0,
                     tol: float = 1e-9, max_iter: int = 80, stop_when_positive: float | None = None,
-                    unit_ball: bool = False, t_zero: float = 1e-7) -> IpmResult:
+                    unit_ball: bool = False, t_zero: float = 1e-7, rel_tol: float = 0.0) -> IpmResult:
     """Solve the restricted problem; with ``stop_when_positive``, return at the first primal-feasible
     iterate whose ``t`` exceeds it (its x already beats every row of ``a``: a candidate witness).
     With ``unit_ball``, x is also confined to ``||x|| <= 1`` (the bounds should then be infinite);
-    its ``t`` is then the dual bound when that is at most ``t_zero``, else the primal value."""
+    its ``t`` is then the dual bound when that is at most ``t_zero``, else the primal value. On a ball,
+    ``rel_tol`` also ends the solve once its bounds agree to that fraction of the optimum (a best
+    margin is wanted to a few digits, not to ``tol`` in absolute terms)."""
     k, d = a.shape
     p = d + 1  # variables (x, t)
     # Bound rows, kept implicit: sign * z[var] <= h.
@@ -107,7 +109,7 @@ def solve_chebyshev(a: np.ndarray, c: np.ndarray, lower: np.ndarray, upper: np.n
             # (half the optimal radius; a point barely inside the working rows is cut off by rows
             # outside them, costing another round), or row weights proving t* < 0 with the bound
             # known to 50% (the certificate check needs the sign, not nine digits).
-            if bounds.gap() <= tol * scale or (stop_when_positive is not None and (
+            if bounds.gap() <= max(tol * scale, rel_tol * abs(bounds.upper)) or (stop_when_positive is not None and (
                     bounds.lower > max(stop_when_positive, 0.5 * bounds.upper)
                     or (bounds.upper < -tol * scale and bounds.gap() <= 0.5 * -bounds.upper))):
                 converged = True
