@@ -28,6 +28,11 @@ def matvec(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     return matrix @ vector
 
 
+def matmat(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``left @ right`` for float64 matrices (a small dense product, e.g. of a certificate's basis)."""
+    return blas.dgemm(1.0, np.asarray(left, dtype=np.float64), np.asarray(right, dtype=np.float64))
+
+
 def vecmat(vector: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """``vector @ matrix`` for a float64 matrix."""
     if matrix.dtype == np.float64 and matrix.flags.c_contiguous and matrix.ndim == 2 and matrix.size:
