@@ -34,37 +34,52 @@ from pathlib import Path
 
 import numpy as np
 
-from argmaxcheck import Box, OutputLayer, Unbounded, audit
+from argmaxcheck import AuditOptions, Box, OutputLayer, Unbounded, audit
+from argmaxcheck.engine.backend import make_backend
 from argmaxcheck.sources import SourceRequest, load_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "real"
-TARGETS = {"whisper": 3.0, "smollm2": 2.0, "gpt2": 1.5, "synthetic262k": 3.0}
+TARGETS = {"whisper": 3.0, "smollm2": 2.0, "gpt2": 1.5, "synthetic262k": 3.0, "llama128k": 3.0}
 
 
-def product_seconds(weight32: np.ndarray, rows: int | None, block: int = 4096) -> float:
-    """Seconds for W @ W.T (float32, in row blocks); with ``rows``, that many rows timed and scaled up."""
+def product_seconds(weight32: np.ndarray, rows: int | None, device: str = "cpu", block: int = 4096) -> float:
+    """Seconds for W @ W.T (float32, in row blocks, on ``device``); with ``rows``, that many rows timed and
+    scaled up (the product's cost is linear in the rows)."""
+    backend = make_backend(weight32, device)
     n = weight32.shape[0]
     take = n if rows is None else min(rows, n)
+    backend.product(weight32[:64])  # warm-up (a GPU's context and first kernel)
     start = time.perf_counter()
     for lo in range(0, take, block):
-        weight32 @ weight32[lo:min(lo + block, take)].T
+        backend.product(weight32[lo:min(lo + block, take)])
+    if device != "cpu":
+        _synchronize()
     return (time.perf_counter() - start) * n / take
+
+
+def _synchronize() -> None:
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_case(name: str, layer: OutputLayer, domain, tokens=None, product_rows=None) -> None:
+def run_case(name: str, layer: OutputLayer, domain, tokens=None, product_rows=None, device: str = "cpu") -> None:
     weight32 = layer.weight.astype(np.float32)
-    products = [product_seconds(weight32, product_rows)]
+    products = [product_seconds(weight32, product_rows, device)]
     del weight32  # not held during the audit: its peak memory is the audit's own
     t0 = time.perf_counter()
-    report = audit(layer, domain=domain, tokens=tokens)
+    report = audit(layer, domain=domain, tokens=tokens, options=AuditOptions(device=device))
     seconds = time.perf_counter() - t0
     weight32 = layer.weight.astype(np.float32)
-    products.append(product_seconds(weight32, product_rows))
+    products.append(product_seconds(weight32, product_rows, device))
     del weight32
     product = statistics.median(products)
     audited = len(report.tokens)
@@ -73,7 +88,7 @@ def run_case(name: str, layer: OutputLayer, domain, tokens=None, product_rows=No
     stages = Counter(t.stage for t in report.tokens)
     t = report.timings
     print(f"== {name}: {layer.num_classes} x {layer.dim}, domain {s['domain']['kind']}, bias {s['bias']},"
-          f" {audited} tokens audited")
+          f" {audited} tokens audited, products on {t.get('device', device)}")
     print(f"   verdicts: {s['argmaxable']} argmaxable, {s['unargmaxable']} unargmaxable,"
           f" {s['practically_unreachable']} practically unreachable, {s['undecided']} undecided")
     print(f"   settled by stage: {dict(stages)}; reached the per-token solver: {t.get('exact_tokens', 0)}"
