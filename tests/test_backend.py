@@ -48,3 +48,21 @@ def test_device_choice():
         assert isinstance(make_backend(w32, "auto"), NumpyBackend)
         with pytest.raises(InputError, match="no CUDA device"):
             make_backend(w32, "cuda")
+
+
+def test_out_of_device_memory_moves_the_products_to_numpy(monkeypatch):
+    rng = np.random.default_rng(2)
+    w32 = rng.normal(size=(50, 8)).astype(np.float32)
+    x32 = rng.normal(size=(3, 8)).astype(np.float32)
+    backend = TorchBackend(w32, "cpu")
+
+    class _Full:
+        def __matmul__(self, other):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    backend.blocks = [_Full()]
+    first = backend.product(x32)  # the failing device product falls back ...
+    second = backend.product(x32)  # ... and every later one goes straight to numpy
+    np.testing.assert_array_equal(first, w32 @ x32.T)
+    np.testing.assert_array_equal(second, w32 @ x32.T)
+    assert "out of memory" in backend.note and backend.name.startswith("numpy")

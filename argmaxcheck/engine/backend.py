@@ -49,6 +49,7 @@ class TorchBackend:
         self.weight32 = weight32  # kept for the CPU fallback
         self.rows = weight32.shape[0]
         self.blocks: list = []
+        self.fallback: NumpyBackend | None = None
         self._upload(weight32, self.rows)
 
     def _upload(self, weight32: np.ndarray, block_rows: int) -> None:
@@ -67,6 +68,8 @@ class TorchBackend:
                 self.note = f"weights held on {self.device.type} in blocks of {block_rows} rows (device memory)"
 
     def product(self, points32: np.ndarray) -> np.ndarray:
+        if self.fallback is not None:  # the device ran out of memory earlier: numpy from then on
+            return self.fallback.product(points32)
         torch = self.torch
         try:
             x = torch.from_numpy(np.ascontiguousarray(points32)).to(self.device)
@@ -78,8 +81,8 @@ class TorchBackend:
             # Out of device memory even in blocks: finish on the CPU rather than fail the audit.
             self.blocks, self.note = [], f"{self.device.type} ran out of memory: products moved to numpy on the CPU"
             self.name = "numpy (cpu, after a device out-of-memory)"
-            self.product = NumpyBackend(self.weight32).product
-            return self.product(points32)
+            self.fallback = NumpyBackend(self.weight32)
+            return self.fallback.product(points32)
 
 
 def _exact_float32(torch) -> None:
