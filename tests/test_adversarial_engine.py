@@ -171,3 +171,28 @@ def test_identical_rows_are_grouped_exactly_even_when_fingerprints_collide():
     group = _row_groups(w, mult=np.ones(2, dtype=np.uint64))
     assert group[0] == group[2] and group[1] == group[4] and len({group[0], group[1], group[3]}) == 3
     assert len(set(_row_groups(w).tolist())) == 3
+
+
+def test_biases_at_the_bottom_of_float32_never_give_a_false_witness():
+    """Biases near 2**-149 next to weights near 1 make the screen's scale tiny: its product and the
+    bias cast then underflow absolutely, which the bound must cover (once 3 in 3000 draws slipped)."""
+    w = np.array([[-0.5], [0.25], [0.5]])
+    bias = np.array([1.375, -3.375, -4.625]) * 2.0**-149  # b0 + 3 b2 < 4 b1 fails: token 1 never wins
+    report = audit(w, bias, options=AuditOptions(device="cpu", probability_seconds=0.0))
+    assert report.tokens[1].verdict == "unargmaxable"
+    rng = np.random.default_rng(7)
+    for _ in range(150):
+        b = rng.integers(-40, 40, size=3).astype(np.float64) * 2.0**-149
+        report = audit(w, b, options=FAST)
+        _recheck(report, w, b, Unbounded())
+
+
+def test_identical_rows_without_bias_or_with_a_constant_one_are_ties():
+    w = np.array([[1.0, 2.0], [1.0, 2.0]])
+    for bias in (None, np.array([3.0, 3.0])):
+        assert [t.stage for t in audit(w, bias, options=FAST).tokens] == ["tie", "tie"]
+
+
+def test_unscalable_bias_is_named_in_the_refusal():
+    with pytest.raises(InputError, match="weights and bias span"):
+        audit(np.zeros((3, 2)), np.array([1e300, 1e-320, 0.0]))

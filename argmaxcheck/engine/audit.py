@@ -134,7 +134,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
             results[i] = TokenResult(i, name(i), UNDECIDED, np.nan, stage, reason=check.reason)
         progress.advance(1)
 
-    if reps.size == 1:
+    if reps.size == 1 and layer.bias is not None:  # without a bias, identical rows are all ties (above)
         # All rows share one weight vector: the best-biased row (if not tied) wins at every point,
         # by its smallest bias lead. No solver is needed and the gap is exact.
         lead = float(np.min(np.delete(layer.bias, reps[0]) * -1 + layer.bias[reps[0]]))
@@ -285,9 +285,12 @@ def _normalised(layer: OutputLayer) -> tuple[OutputLayer, int]:
     bias = None if layer.bias is None else np.ldexp(layer.bias, -exponent)
     if not (np.array_equal(np.ldexp(weight, exponent), layer.weight)
             and (bias is None or np.array_equal(np.ldexp(bias, exponent), layer.bias))):
-        smallest = float(np.abs(layer.weight[layer.weight != 0]).min())
-        raise InputError(f"the weights span too many orders of magnitude for float64 (largest |value| {top:.3g},"
-                         f" smallest nonzero |weight| {smallest:.3g}): scaling them to a common range would"
+        values = np.abs(layer.weight.ravel())
+        if layer.bias is not None:
+            values = np.concatenate([values, np.abs(layer.bias)])
+        smallest = float(values[values != 0].min())
+        raise InputError(f"the weights and bias span too many orders of magnitude for float64 (largest |value|"
+                         f" {top:.3g}, smallest nonzero {smallest:.3g}): scaling them to a common range would"
                          " round the smallest; rescale or clean the layer")
     return replace(layer, weight=weight, bias=bias), exponent
 

@@ -121,12 +121,15 @@ class _Context:
             # weight32 differs from the true weights by cast_unit: fold that into the bound.
             offset = offset + weight32.astype(np.float64) @ c
             offset_err = (certify.gamma(d + 2, U64) + cast_unit) * max_norm * float(np.linalg.norm(c))
+            # The float32 weights may have lost entries to underflow (absolutely, up to ETA32 / 2 each).
+            offset_err += d * certify.ETA32 * float(np.abs(c).max())
         self.has_offset = bias is not None or offset_err > 0
         self.offset = offset
         self.offset32 = offset.astype(np.float32)[:, None]
         self.offset_max = float(np.abs(offset).max()) if offset.size else 0.0
         # |offset32 - offset| <= U32 |offset| on top of the offset's own error.
-        self.offset_err = offset_err + U32 * self.offset_max
+        # Casting the offset to float32 errs relatively, and absolutely where it underflows.
+        self.offset_err = offset_err + U32 * self.offset_max + certify.ETA32
         if isinstance(domain, Box):
             lo, hi = domain.lower, domain.upper
             widths = (hi - lo)[np.isfinite(hi - lo) & (hi > lo)]
@@ -152,7 +155,9 @@ class _Context:
         if self.has_offset:
             s += self.offset32
             err = err + self.offset_err + U32 * (mag + self.offset_max)
-        return s, err * 1.0001
+        # A product by the scale, or the offset's addition, can underflow: up to ETA32 / 2 each, absolutely,
+        # whatever the scale (a bias tiny next to the weights makes the scale, and so err, tiny).
+        return s, err * 1.0001 + 2 * certify.ETA32
 
     def best_points(self, dirs: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         norms = np.linalg.norm(dirs, axis=1)
