@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import arrays, gguf, hub, huggingface, onnx, tokens
+from . import arrays, gguf, hub, huggingface, onnx
 from .base import LoadedLayer, Source, SourceRequest
 
 SOURCES: tuple[Source, ...] = (
-    tokens.ReadableFolder(huggingface.SOURCE),
+    huggingface.SOURCE,
     onnx.SOURCE,
     gguf.SOURCE,
     hub.SOURCE,

@@ -9,6 +9,7 @@ it all came from. The CLI picks a source from the registry in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -85,6 +86,22 @@ class LoadedLayer:
         if self.norm in ("rmsnorm", "rmsnorm1p"):
             return h / np.sqrt((h**2).mean(axis=-1, keepdims=True) + self.eps)
         return h
+
+
+@dataclass(frozen=True)
+class HeadSource:
+    """A :class:`Source` for a kind of model that ``matches`` recognises and ``read(path, head=...)`` loads,
+    the head tensor being the user's ``--weight`` (None: the kind's own default)."""
+
+    name: str
+    recognise: Callable[[Path], bool]
+    read: Callable[..., LoadedLayer]
+
+    def matches(self, path: Path) -> bool:
+        return self.recognise(path)
+
+    def load(self, path: Path, request: SourceRequest) -> LoadedLayer:
+        return self.read(path, head=request.weight)
 
 
 class Source(Protocol):

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..layer import OutputLayer
-from .base import LoadedLayer, SourceRequest
+from .base import HeadSource, LoadedLayer
 from .norms import fold_norm
 from .tokens import TokenTable, bytes_text, gguf_table
 
@@ -39,21 +39,6 @@ ARCHITECTURES = frozenset({
     "deepseek", "deepseek2", "smollm3", "exaone",
 })
 _FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-
-
-class _GGUFSource:
-    """The registry entry: a ``.gguf`` file."""
-
-    name = "gguf"
-
-    def matches(self, path: Path) -> bool:
-        return path.suffix.lower() == ".gguf"
-
-    def load(self, path: Path, request: SourceRequest) -> LoadedLayer:
-        return load_gguf(path, head=request.weight)
-
-
-SOURCE = _GGUFSource()
 
 
 def load_gguf(path: str | Path, head: str | None = None) -> LoadedLayer:
@@ -216,3 +201,6 @@ def _token_table(path: Path, fields: dict, head: str, rows: int) -> TokenTable:
         if len(types) != rows:
             raise InputError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries for {rows} tokens")
     return gguf_table(pieces, types, _string(path, fields, "tokenizer.ggml.model"))
+
+
+SOURCE = HeadSource("gguf", lambda path: path.suffix.lower() == ".gguf", load_gguf)  # the registry entry

@@ -26,7 +26,6 @@ from ..errors import InputError
 from .arrays import read_json
 from .base import LoadedLayer, SourceRequest
 from .huggingface import _HEAD_BIAS, CONFIG_JSON_LIMIT, _family, load_checkpoint
-from .tokens import folder_table
 
 _REPO_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<rev>[A-Za-z0-9._/-]+))?")
 # Names that are files, not repos: a missing 'data/head.npz' should say "no such file".
@@ -67,7 +66,6 @@ def load_repo(repo_id: str, revision: str | None = None, head: str | None = None
     """
     folder, commit = fetch(repo_id, revision, head)
     loaded = load_checkpoint(folder, head=head)
-    loaded = folder_table(folder, loaded.layer.num_classes).apply(loaded)
     info = {**loaded.info, "repo_id": repo_id, "revision": commit,
             **({"requested_revision": revision} if revision and revision != commit else {})}
     return dataclasses.replace(loaded, info=info)

@@ -19,8 +19,9 @@ from .._text import printable
 from ..errors import InputError
 from ..layer import OutputLayer, as_float64
 from .arrays import _SafetensorsFile, _TorchFile, check_regular_file, read_json, value_dtype_name
-from .base import LoadedLayer, SourceRequest
+from .base import HeadSource, LoadedLayer
 from .norms import fold_norm
+from .tokens import folder_table
 
 # model_type -> (head candidates, tied-embedding name, final norm kind, norm weight, norm bias, eps key)
 _FAMILIES = {
@@ -125,21 +126,6 @@ def is_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").exists()
 
 
-class _FolderSource:
-    """The registry entry: a folder with ``config.json``."""
-
-    name = "huggingface"
-
-    def matches(self, path: Path) -> bool:
-        return is_checkpoint(path)
-
-    def load(self, path: Path, request: SourceRequest) -> LoadedLayer:
-        return load_checkpoint(path, head=request.weight)
-
-
-SOURCE = _FolderSource()
-
-
 def load_checkpoint(path: str | Path, head: str | None = None) -> LoadedLayer:
     """Read a Hugging Face checkpoint folder and fold its final norm into the output layer.
 
@@ -154,8 +140,10 @@ def load_checkpoint(path: str | Path, head: str | None = None) -> LoadedLayer:
             if size > TOKENIZER_JSON_LIMIT:
                 raise InputError(f"{folder / name}: {size} bytes, more than the {TOKENIZER_JSON_LIMIT} a"
                                  " tokenizer file may have")
-    return _from_tensors(str(folder), config, lambda: _TensorIndex(folder), head,
-                         lambda rows: _token_names(folder, rows), str(config_path))
+    loaded = _from_tensors(str(folder), config, lambda: _TensorIndex(folder), head,
+                           lambda rows: _token_names(folder, rows), str(config_path))
+    # The table's decoded forms and kinds too (the names above came from the same, cached, table).
+    return folder_table(folder, loaded.layer.num_classes).apply(loaded)
 
 
 def checkpoint_from_model(model, tokenizer=None, head: str | None = None) -> LoadedLayer:
@@ -322,8 +310,9 @@ class _StateDict:
 
 def _token_names(folder: Path, rows: int) -> tuple[list[str], frozenset[int]]:
     """Names from tokenizer.json (read by the tokenizers library) or vocab.json (rows past the vocabulary
-    are padding rows), and special ids. The registry adds the decoded forms (:mod:`.tokens`)."""
-    from .tokens import folder_table  # noqa: PLC0415 - kept inside so this file's imports stay as they are
-
+    are padding rows), and special ids; :func:`load_checkpoint` attaches the decoded forms and kinds."""
     table = folder_table(folder, rows)
     return table.pieces, table.special
+
+
+SOURCE = HeadSource("huggingface", is_checkpoint, load_checkpoint)  # the registry entry

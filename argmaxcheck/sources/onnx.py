@@ -63,7 +63,7 @@ from .._text import printable
 from ..domains import Box, Unbounded
 from ..errors import InputError
 from ..layer import OutputLayer
-from .base import LoadedLayer, SourceRequest
+from .base import HeadSource, LoadedLayer
 from .norms import fold_norm
 
 SWISH_MIN = -0.2784645427610738  # min of x * sigmoid(x), at x = -1.2785, rounded outward
@@ -106,21 +106,6 @@ _LITERAL_MAX_CHARS = 64 * 1024
 def is_onnx(path: Path) -> bool:
     """An ``.onnx`` path: the ONNX source reads it, and says so if it is not a regular file."""
     return path.suffix.lower() == ".onnx" and (path.exists() or path.is_symlink())
-
-
-class _OnnxSource:
-    """The registry entry: an ``.onnx`` file."""
-
-    name = "onnx"
-
-    def matches(self, path: Path) -> bool:
-        return is_onnx(path)
-
-    def load(self, path: Path, request: SourceRequest) -> LoadedLayer:
-        return load_onnx(path, head=request.weight)
-
-
-SOURCE = _OnnxSource()
 
 
 def load_onnx(path: str | Path, head: str | None = None) -> LoadedLayer:
@@ -1238,3 +1223,6 @@ def _parse_names(text: str, n: int) -> tuple[list[str] | None, str]:
             return None, "is a mapping that does not give one name to each index 0, 1, ..."
         return [_text(index[k]) for k in range(len(index))], ""
     return [_text(line) for line in text.splitlines()], ""
+
+
+SOURCE = HeadSource("onnx", is_onnx, load_onnx)  # the registry entry

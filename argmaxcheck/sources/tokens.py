@@ -312,18 +312,3 @@ def transformers_table(tokenizer, rows: int) -> TokenTable:
     special = frozenset(i for i in getattr(tokenizer, "all_special_ids", []) if i < rows)
     kinds = {**{i: "special" for i in special}, **{i: "padding" for i in range(size, rows)}}
     return TokenTable(names, None, kinds, special)
-
-
-class ReadableFolder:
-    """A folder source whose layers also carry their token table's decoded forms and kinds."""
-
-    def __init__(self, source):
-        self.source = source
-        self.name = source.name
-
-    def matches(self, path: Path) -> bool:
-        return self.source.matches(path)
-
-    def load(self, path: Path, request) -> LoadedLayer:
-        loaded = self.source.load(path, request)
-        return folder_table(path, loaded.layer.num_classes).apply(loaded)
