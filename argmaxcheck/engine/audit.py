@@ -137,15 +137,15 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     if reps.size == 1 and layer.bias is not None:  # without a bias, identical rows are all ties (above)
         # All rows share one weight vector: the best-biased row (if not tied) wins at every point,
         # by its smallest bias lead. No solver is needed and the gap is exact.
-        lead = float(np.min(np.delete(layer.bias, reps[0]) * -1 + layer.bias[reps[0]]))
+        lead = float(layer.bias[reps[0]] - np.delete(layer.bias, reps[0]).max())
         for i in (int(r) for r in reps if int(r) in targets and int(r) not in results):
             results[i] = _argmaxable(i, name(i), _any_point(domain, layer.dim), lead, "dominated")
     pending = np.array([i for i in targets if i not in results], dtype=np.int64)
-    # Without duplicate rows the competitors are the layer itself: no copy of the weights.
-    comp_weight = layer.weight if reps.size == layer.num_classes else layer.weight[reps]
-    comp_bias = None if layer.bias is None or reps.size == layer.num_classes else layer.bias[reps]
-    if reps.size == layer.num_classes:
-        comp_bias = layer.bias
+    if reps.size == layer.num_classes:  # no duplicate rows: the competitors are the layer itself, no copy
+        comp_weight, comp_bias = layer.weight, layer.bias
+    else:
+        comp_weight = layer.weight[reps]
+        comp_bias = None if layer.bias is None else layer.bias[reps]
     position = np.full(layer.num_classes, -1, dtype=np.int64)
     position[reps] = np.arange(reps.size)
     solve_domain = _scale_free_domain(domain) if comp_bias is None else None
