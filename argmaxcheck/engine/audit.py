@@ -182,10 +182,18 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         seed_share = (time.perf_counter() - t0) / open_rows.size
     per_token = []
     progress.stage("exact step", int(open_rows.size))
-    for k in open_rows:
+    use_starts = seeded or not options.exact_all
+    block = _prefetch_block(comp_weight.shape[0])
+    fetch_share = 0.0
+    for n_done, k in enumerate(open_rows):
         i = int(pending[k])
         t_tok = time.perf_counter()
-        x0 = starts[k] if seeded or not options.exact_all else None
+        if n_done % block == 0:  # the next tokens' passes over every row, as one product
+            ks = open_rows[n_done:n_done + block]
+            comp.prefetch(position[pending[ks]], starts[ks] if use_starts else None)
+            fetch_share = (time.perf_counter() - t_tok) / ks.size
+            t_tok = time.perf_counter()
+        x0 = starts[k] if use_starts else None
         out = solve_token(comp, int(position[i]), solve_domain, x0, options.exact, seeded=seeded)
         if out.witness is not None:
             x, gap = out.witness, out.witness_gap
@@ -206,7 +214,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
                                      support=reps[cert.support], weights=cert.weights, check=cert.method)
         else:
             results[i] = TokenResult(i, name(i), UNDECIDED, np.nan, "exact", reason=out.reason)
-        per_token.append(time.perf_counter() - t_tok + seed_share)
+        per_token.append(time.perf_counter() - t_tok + seed_share + fetch_share)
         progress.advance(1)
     timings["exact_seconds"] = round(time.perf_counter() - t0, 4)
     if options.practical:
@@ -302,6 +310,11 @@ def _unscaled(result: TokenResult, exponent: int) -> TokenResult:
                    threshold=float(np.ldexp(result.threshold, exponent)))
 
 
+def _prefetch_block(rows: int, budget_bytes: int = 128 * 2**20) -> int:
+    """Tokens per :meth:`Competitors.prefetch`: two float64 columns of ``rows`` each, within the budget."""
+    return int(min(64, max(1, budget_bytes // (16 * rows))))
+
+
 def _label_practical(results: dict, comp: Competitors, position, domain, unit: float,
                      progress: Progress | None = None) -> int:
     """Relabel argmaxable tokens whose best margin is below the precision threshold; returns how
@@ -326,7 +339,8 @@ def _label_practical(results: dict, comp: Competitors, position, domain, unit: f
         if res.margin >= limit:
             continue
         solved += 1
-        best = best_margin(comp, pos, bounded, res.witness, cap=max(1.0, 1e3 * limit))
+        best = best_margin(comp, pos, bounded, res.witness, cap=max(1.0, 1e3 * limit),
+                           threshold_at=lambda x: threshold(comp, _on_the_sphere(x, bounded, comp.bias), unit))
         if best is None:
             continue
         limit = threshold(comp, _on_the_sphere(best.x, bounded, comp.bias), unit)

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from ..domains import Ball, Box
 from . import certify, ipm
-from ._blas import matvec
+from ._blas import matvec, rows_times
 
 _INF = highspy.kHighsInf
 
@@ -72,10 +72,43 @@ class Competitors:
         # Rows of the last proven certificate: tokens inside the hull tend to be surrounded
         # by the same rows, so they seed the next token's working set.
         self.recent_support = np.zeros(0, dtype=np.int64)
+        self._fetched: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         s = matvec(self.weight, x)
         return s if self.bias is None else s + self.bias
+
+    def prefetch(self, positions: np.ndarray, starts: np.ndarray | None = None) -> None:
+        """Compute, in one pass over the rows, what the next tokens' solves start with.
+
+        For each position p: every row's product with row p (its distances to the others) and,
+        with ``starts``, the scores at its start point. Each token would otherwise make two
+        passes over every row of its own; batched, the rows are read once per block.
+        Replaces the previous block.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        cols = [self.weight[positions].T] + ([np.asarray(starts, dtype=np.float64).T] if starts is not None else [])
+        prod = rows_times(self.weight, np.hstack(cols))
+        size = positions.size
+        if starts is not None and self.bias is not None:
+            prod[:, size:] += self.bias[:, None]
+        self._fetched = {int(p): (prod[:, k], None if starts is None else starts[k],
+                                  None if starts is None else prod[:, size + k])
+                         for k, p in enumerate(positions)}
+
+    def cross(self, p: int) -> np.ndarray:
+        """Every row's product with row ``p`` (from :meth:`prefetch` when it was fetched)."""
+        fetched = self._fetched.get(p)
+        if fetched is not None:
+            return fetched[0]
+        return rows_times(self.weight, self.weight[p][:, None])[:, 0]
+
+    def scores_from(self, p: int, x: np.ndarray) -> np.ndarray:
+        """:meth:`scores` at token ``p``'s start point ``x``, from :meth:`prefetch` when it was fetched."""
+        fetched = self._fetched.get(p)
+        if fetched is not None and fetched[1] is not None and np.array_equal(fetched[1], x):
+            return fetched[2]
+        return self.scores(x)
 
     @property
     def weight32(self) -> np.ndarray:
@@ -93,10 +126,10 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
     (the audit seeds its tokens in blocks), so the ball seeding is not repeated here.
     """
     d = comp.weight.shape[1]
-    a_norm = _row_distances(comp, np.array([p]), matvec(comp.weight, comp.weight[p])[None, :])[0]
+    a_norm = _row_distances(comp, np.array([p]), comp.cross(p)[None, :])[0]
 
-    def violations(x, t):
-        s = comp.scores(x)
+    def violations(x, t, s=None):  # s: the scores at x when already computed
+        s = comp.scores(x) if s is None else s
         return (s - s[p]) / a_norm + t
 
     others = np.flatnonzero(np.isfinite(a_norm))
@@ -109,7 +142,7 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
         start = x0 if x0 is not None else _any_point(domain, d)
         if should_seed(domain, options) and not seeded:
             start = seed_points(comp, np.array([p]), domain, start[None, :], options.seed_steps)[0]
-        viol = violations(start, 0.0)
+        viol = violations(start, 0.0, comp.scores_from(p, start))
         viol[p] = -np.inf
         viol[~np.isfinite(a_norm)] = -np.inf
         working = np.sort(np.argpartition(-viol, k0 - 1)[:k0]) if k0 < others.size else others
@@ -178,11 +211,11 @@ def _solve_simplex(comp, p, domain, working, a_norm, violations, per_round, opti
                                  " Deciding it exactly needs the weights in higher precision")
                 result.certificate = cert
                 return result
-        gap = certify.check_witness(comp.weight, comp.bias, p, x, domain, comp.norms)
+        gap, scores = certify.witness_and_scores(comp.weight, comp.bias, p, x, domain, comp.norms)
         if gap > 0:
             result.witness, result.witness_gap = x, gap
             return result
-        cand = _most_violated(violations(x, max(t, 0.0)), in_working, p, per_round)
+        cand = _most_violated(violations(x, max(t, 0.0), scores), in_working, p, per_round)
         if cand.size == 0:
             result.reason = (f"its best margin is within rounding error of zero (Chebyshev radius {t:.2g}): float64"
                              " finds no input where it wins and no proof that none exists"
@@ -407,11 +440,11 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0,
                 comp.recent_support = cert.support[order]
                 return result
             return None
-        gap = certify.check_witness(comp.weight, comp.bias, p, res.x, domain, comp.norms)
+        gap, scores = certify.witness_and_scores(comp.weight, comp.bias, p, res.x, domain, comp.norms)
         if gap > 0:
             result.witness, result.witness_gap = res.x, gap
             return result
-        cand = _most_violated(violations(res.x, max(res.t, 0.0)), in_working, p, per_round)
+        cand = _most_violated(violations(res.x, max(res.t, 0.0), scores), in_working, p, per_round)
         if cand.size == 0:
             return None
         rows = np.concatenate([rows, cand])
