@@ -8,13 +8,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..domains import Ball, Box, Domain, Unbounded
+from ..domains import Domain, Unbounded
 from ..errors import InputError
 from ..layer import OutputLayer
 from ..report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 from . import certify
 from .backend import make_backend
-from .exact import Competitors, ExactOptions, _any_point, seed_points, should_seed, solve_token
+from .exact import Competitors, ExactOptions, seed_points, should_seed, solve_token
 from .precision import best_margin, margin_domain, threshold, unit_roundoff
 from .probability import bounded as probability_bounded
 from .probability import max_probability
@@ -139,7 +139,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         # by its smallest bias lead. No solver is needed and the gap is exact.
         lead = float(layer.bias[reps[0]] - np.delete(layer.bias, reps[0]).max())
         for i in (int(r) for r in reps if int(r) in targets and int(r) not in results):
-            results[i] = _argmaxable(i, name(i), _any_point(domain, layer.dim), lead, "dominated")
+            results[i] = _argmaxable(i, name(i), domain.anchor(), lead, "dominated")
     pending = np.array([i for i in targets if i not in results], dtype=np.int64)
     if reps.size == layer.num_classes:  # no duplicate rows: the competitors are the layer itself, no copy
         comp_weight, comp_bias = layer.weight, layer.bias
@@ -148,7 +148,9 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         comp_bias = None if layer.bias is None else layer.bias[reps]
     position = np.full(layer.num_classes, -1, dtype=np.int64)
     position[reps] = np.arange(reps.size)
-    solve_domain = _scale_free_domain(domain) if comp_bias is None else None
+    # For a bias-free layer, the cone the domain generates gives the same verdicts (see
+    # ``scale_free_cone`` in domains.py) and admits exact certificates on its open sides.
+    solve_domain = domain.scale_free_cone() if comp_bias is None else None
     solve_domain = solve_domain or domain
 
     t0 = time.perf_counter()
@@ -175,7 +177,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     seed_share = 0.0  # each token's part of the batched seeding, counted in its exact-step time
     if seeded:
         progress.stage("seeding the exact step", int(open_rows.size))
-        begin = starts[open_rows] if not options.exact_all else np.broadcast_to(solve_domain.center,
+        begin = starts[open_rows] if not options.exact_all else np.broadcast_to(solve_domain.centre(),
                                                                                  (open_rows.size, layer.dim))
         starts[open_rows] = seed_points(comp, position[pending[open_rows]], solve_domain, begin,
                                         options.exact.seed_steps, progress=progress.advance)
@@ -197,11 +199,12 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         out = solve_token(comp, int(position[i]), solve_domain, x0, options.exact, seeded=seeded)
         if out.witness is not None:
             x, gap = out.witness, out.witness_gap
-            if solve_domain is not domain or (comp_bias is None and isinstance(domain, Unbounded)):
+            # Bias-free: a witness of the cone is shrunk into the domain; on R^d it is normalised.
+            if solve_domain is not domain or (comp_bias is None and domain.whole_space):
                 y, gap_y = _scale_free_witness(comp, int(position[i]), x, domain)
                 if gap_y > 0:
                     x, gap = y, gap_y
-                elif not isinstance(domain, Unbounded):  # rounding undid a positive gap: say so
+                elif solve_domain is not domain:  # the cone's witness did not survive rounding: say so
                     x, gap = None, gap_y
             if x is None:
                 results[i] = TokenResult(i, name(i), UNDECIDED, np.nan, "exact",
@@ -360,9 +363,10 @@ def _on_the_sphere(x: np.ndarray, domain, bias) -> np.ndarray:
     interior point would understate the logits, and so the threshold, by |x| / R).
     """
     norm = float(np.linalg.norm(x))
-    if bias is not None or not isinstance(domain, Ball) or domain.center.any() or norm == 0:
+    radius = domain.origin_ball_radius
+    if bias is not None or radius is None or norm == 0:
         return x
-    return x * (domain.radius / norm)
+    return x * (radius / norm)
 
 
 def _probability_budget(options: AuditOptions, verdict_seconds: float) -> float:
@@ -392,29 +396,6 @@ def _argmaxable(i, token, x, gap, stage) -> TokenResult:
                        check="witness gap > rounding-error bound")
 
 
-def _scale_free_domain(domain):
-    """For a bias-free layer, the cone that gives the same verdicts as ``domain``, or None.
-
-    Scores are linear, so x wins iff every positive multiple of x wins. If
-    the domain contains 0, every point of the cone it generates has a small
-    multiple inside it, so the verdicts agree; and the cone's open sides admit
-    exact certificates, where the domain itself only has a tie at 0 (best gap
-    exactly 0) that floating point cannot settle.
-    """
-    if isinstance(domain, Ball):
-        return Unbounded() if np.linalg.norm(domain.center) < domain.radius else None
-    if isinstance(domain, Box):
-        lo, hi = domain.lower, domain.upper
-        if np.any(lo > 0) or np.any(hi < 0):
-            return None  # 0 is not in the box
-        if np.all(lo < 0) and np.all(hi > 0):
-            return Unbounded()
-        if np.all(np.isinf(lo) | (lo == 0)) and np.all(np.isinf(hi) | (hi == 0)):
-            return None  # already a cone
-        return Box(np.where(lo < 0, -np.inf, 0.0), np.where(hi > 0, np.inf, 0.0))
-    return None
-
-
 def _scale_free_witness(comp: Competitors, pos: int, x: np.ndarray, domain) -> tuple[np.ndarray, float]:
     """Rescale a witness of a bias-free layer: unit norm on R^d, else into the domain.
 
@@ -425,19 +406,10 @@ def _scale_free_witness(comp: Competitors, pos: int, x: np.ndarray, domain) -> t
     norm = float(np.linalg.norm(x))
     if not norm > 0:  # x = 0 ties every row of a bias-free layer: not a witness
         return x, -np.inf
-    if isinstance(domain, Unbounded):
+    factor = domain.ray_room(x)  # how far the ray through x stays in the domain
+    if not np.isfinite(factor):  # all of it: unit norm
         factor = 1.0 / norm
-    elif isinstance(domain, Ball):
-        factor = (domain.radius - float(np.linalg.norm(domain.center))) / norm
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            room = np.where(x > 0, domain.upper / x, np.where(x < 0, domain.lower / x, np.inf))
-        factor = float(np.min(room))
-        if not np.isfinite(factor):
-            factor = 1.0 / norm
-    y = x * (factor * (1 - 1e-9))
-    if isinstance(domain, Box):
-        y = np.clip(y, domain.lower, domain.upper)
+    y = domain.project(x * (factor * (1 - 1e-9)))  # a no-op but where rounding left the domain
     gap = certify.check_witness(comp.weight, comp.bias, pos, y, domain, comp.norms)
     return y, gap
 

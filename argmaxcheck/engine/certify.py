@@ -29,23 +29,8 @@ from fractions import Fraction
 import numpy as np
 import scipy.linalg
 
-from ..domains import Ball, Box, Unbounded
+from .._rounding import ETA32, ETA64, U32, U64, gamma
 from ._blas import matmat, matvec, vecmat
-
-U64 = 2.0**-53
-U32 = 2.0**-24
-# Smallest subnormals: a product or a cast that underflows errs by up to half of one, absolutely,
-# which no relative bound covers. The audit scales layers to max |w| near 1, so these terms are
-# tiny, but they keep every bound true for rows with very small entries.
-ETA64 = 2.0**-1074
-ETA32 = 2.0**-149
-
-
-def gamma(k: int, unit: float) -> float:
-    """Twice Higham's gamma_k: a bound on the relative error of a k-term dot product."""
-    ku = k * unit
-    return 2.0 * ku / (1.0 - ku)
-
 
 # --------------------------------------------------------------------------- witnesses
 
@@ -94,14 +79,8 @@ def score_error_bound(x_norms: np.ndarray, max_row_norm: float, dim: int, unit: 
 
 
 def in_domain(x: np.ndarray, domain) -> bool:
-    """Exact membership test of a candidate witness (ball: with a rounding margin)."""
-    if isinstance(domain, Unbounded):
-        return True
-    if isinstance(domain, Box):
-        return bool(np.all(x >= domain.lower) and np.all(x <= domain.upper))
-    diff = x - domain.center
-    sq = float(diff @ diff)
-    return sq * (1.0 + gamma(x.size + 2, U64)) <= domain.radius**2
+    """Exact membership test of a candidate witness (the domain covers its own test's rounding)."""
+    return bool(domain.certainly_contains(x))
 
 
 def check_witness(weight: np.ndarray, bias: np.ndarray | None, row: int, x: np.ndarray,
@@ -157,6 +136,7 @@ def check_certificate(weight: np.ndarray, bias: np.ndarray | None, row: int, sup
     """
     support = np.asarray(support, dtype=np.int64)
     lam = np.asarray(lam, dtype=np.float64)
+    domain = domain.resolve(weight.shape[1])  # callers may pass Unbounded() as it is
     keep = lam > 0
     support, lam = support[keep], lam[keep]
 
@@ -173,7 +153,7 @@ def check_certificate(weight: np.ndarray, bias: np.ndarray | None, row: int, sup
 
     w_i = weight[row]
     rows = weight[support]
-    m, d = rows.shape
+    m = rows.shape[0]
     g = gamma(m + 3, U64)
     # Each difference w_j - w_i is rounded once, then weighted and summed: the error is
     # relative to |w_j - w_i|, so an exact duplicate gives v = 0 with no error at all.
@@ -197,16 +177,8 @@ def check_certificate(weight: np.ndarray, bias: np.ndarray | None, row: int, sup
     # Where the exact certificate has v_k = 0, the solver leaves noise of either sign: a
     # coordinate on an open side whose |v_k| is at noise level must be an equality too.
     scale = vecmat(lam, np.abs(rows) + np.abs(w_i))
-    near_zero = _open_coordinates(domain, d) & (np.abs(v) <= 1e-9 * np.maximum(scale, 1e-300))
+    near_zero = domain.open_coordinates() & (np.abs(v) <= 1e-9 * np.maximum(scale, 1e-300))
     return _check_exactly(weight, bias, row, support, lam, domain, [undecided, undecided | near_zero])
-
-
-def _open_coordinates(domain, d: int) -> np.ndarray:
-    if isinstance(domain, Unbounded):
-        return np.ones(d, dtype=bool)
-    if isinstance(domain, Box):
-        return ~(np.isfinite(domain.lower) & np.isfinite(domain.upper))
-    return np.zeros(d, dtype=bool)
 
 
 def _bound_from_interval(v, v_err, beta, beta_err, domain) -> tuple[float, np.ndarray]:
@@ -214,45 +186,11 @@ def _bound_from_interval(v, v_err, beta, beta_err, domain) -> tuple[float, np.nd
 
     Returns the bound and a mask of coordinates whose sign must be known
     exactly (open directions of the domain where the interval straddles the
-    required sign). The bound ignores those coordinates.
+    required sign). The bound ignores those coordinates. The domain bounds
+    ``min_{x in D} v.x + beta`` from below; the negation is exact.
     """
-    d = v.size
-    lo_v, hi_v = v - v_err, v + v_err
-    undecided = np.zeros(d, dtype=bool)
-    if isinstance(domain, Ball):
-        c = domain.center
-        norm_hi = float(np.linalg.norm(np.abs(v) + v_err)) * (1.0 + gamma(d + 2, U64))
-        dot_hi = float(-(v @ c)) + float(v_err @ np.abs(c)) + gamma(d + 2, U64) * float(np.abs(v) @ np.abs(c))
-        total = dot_hi - beta + beta_err + domain.radius * norm_hi
-        return total * (1.0 + 4 * U64) + 4 * U64 * abs(beta), undecided
-    if isinstance(domain, Unbounded):
-        lower = np.full(d, -np.inf)
-        upper = np.full(d, np.inf)
-    else:
-        lower, upper = domain.lower, domain.upper
-    # term_k = max over x_k in [lower, upper] and v_k in [lo_v, hi_v] of -v_k x_k
-    terms = np.zeros(d)
-    fin_lo, fin_hi = np.isfinite(lower), np.isfinite(upper)
-    both = fin_lo & fin_hi
-    with np.errstate(invalid="ignore"):
-        cand = np.stack([-lo_v * lower, -hi_v * lower, -lo_v * upper, -hi_v * upper])
-    terms[both] = cand[:, both].max(axis=0)
-    # upper open (x_k -> +inf): need v_k >= 0; then the worst x_k is the lower side.
-    only_lo = fin_lo & ~fin_hi
-    ok = only_lo & (lo_v >= 0)
-    terms[ok] = np.maximum(-lo_v[ok] * lower[ok], -hi_v[ok] * lower[ok])
-    undecided |= only_lo & (lo_v < 0)
-    # lower open (x_k -> -inf): need v_k <= 0.
-    only_hi = ~fin_lo & fin_hi
-    ok = only_hi & (hi_v <= 0)
-    terms[ok] = np.maximum(-lo_v[ok] * upper[ok], -hi_v[ok] * upper[ok])
-    undecided |= only_hi & (hi_v > 0)
-    # fully open: v_k must be exactly 0.
-    neither = ~fin_lo & ~fin_hi
-    exact_zero = neither & (v == 0) & (v_err == 0)
-    undecided |= neither & ~exact_zero
-    total = float(terms[~undecided].sum()) - beta + beta_err
-    return total * (1.0 + gamma(d + 2, U64)) + gamma(d + 2, U64) * float(np.abs(terms).sum()), undecided
+    lower, undecided = domain.linear_min_bound(v, v_err, beta, beta_err)
+    return -lower, undecided
 
 
 def _check_exactly(weight, bias, row, support, lam, domain, masks) -> CertificateCheck:
@@ -504,28 +442,6 @@ def _solve_unique(eqs: list[list[Fraction]], m: int) -> list[Fraction] | None:
 
 
 def _exact_bound(v: dict[int, Fraction], beta: Fraction, domain) -> Fraction | None:
-    """Exact ``max_{x in D} -(v.x + beta)``; None when it is +inf."""
-    if isinstance(domain, Ball):
-        # sqrt is not rational: bound ||v|| from above by a rational.
-        norm_sq = sum(val * val for val in v.values())
-        c = domain.center
-        dot = sum(val * Fraction(float(c[k])) for k, val in v.items())
-        norm_hi = Fraction(float(np.sqrt(float(norm_sq)))) * Fraction(1 + 2**-50) if norm_sq else Fraction(0)
-        return -dot - beta + Fraction(float(domain.radius)) * norm_hi
-    total = -beta
-    for k, val in v.items():
-        if isinstance(domain, Unbounded):
-            lo, hi = -np.inf, np.inf
-        else:
-            lo, hi = float(domain.lower[k]), float(domain.upper[k])
-        if val == 0:
-            continue
-        if val > 0:  # -v x is largest at the lower end
-            if not np.isfinite(lo):
-                return None
-            total += -val * Fraction(lo)
-        else:
-            if not np.isfinite(hi):
-                return None
-            total += -val * Fraction(hi)
-    return total
+    """Exact ``max_{x in D} -(v.x + beta)`` (on a ball, an upper bound); None when it is +inf."""
+    lower = domain.linear_min_bound_rational(v, beta)
+    return None if lower is None else -lower

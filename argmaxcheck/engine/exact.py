@@ -13,8 +13,9 @@ weights of the restricted problem form the certificate; if its ``x`` beats
 every row, ``x`` is the witness. Both are handed to :mod:`certify`, which
 does not trust the solver.
 
-Boxes and R^d are LPs, balls are SOCPs; both go first to the dense interior-point
-method of :mod:`ipm` and fall back to HiGHS (warm-started) or Clarabel.
+Boxes and R^d are LPs, balls are SOCPs (the domain's ``solver_family``); both go
+first to the dense interior-point method of :mod:`ipm` and fall back to HiGHS
+(warm-started) or Clarabel.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 
-from ..domains import Ball, Box
 from . import certify, ipm
 from ._blas import matvec, rows_times
 
@@ -139,7 +139,7 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
         working = others
     else:
         k0 = min(others.size, options.initial_rows or max(d, 100))
-        start = x0 if x0 is not None else _any_point(domain, d)
+        start = x0 if x0 is not None else domain.anchor()
         if should_seed(domain, options) and not seeded:
             start = seed_points(comp, np.array([p]), domain, start[None, :], options.seed_steps)[0]
         viol = violations(start, 0.0, comp.scores_from(p, start))
@@ -152,7 +152,7 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
     per_round = options.rows_per_round or max(d // 2, 50)
     # The dense IPM pays off in high dimension for LPs (simplex pivots are dense d x d updates)
     # and at any dimension for balls (measured 12x faster than Clarabel at 1500 x 768).
-    if options.interior_point and not options.full and (isinstance(domain, Ball) or d >= 64):
+    if options.interior_point and not options.full and (domain.solver_family == "socp" or d >= 64):
         found = _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0, options.max_rounds)
         if found is not None:
             return found
@@ -173,7 +173,7 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
 def _solve_simplex(comp, p, domain, working, a_norm, violations, per_round, options) -> ExactResult:
     """Constraint generation over HiGHS (LPs, warm-started) or Clarabel (balls)."""
     m, d = comp.weight.shape
-    solver = _HighsLP(domain, d) if not isinstance(domain, Ball) else _ClarabelSOCP(domain, d)
+    solver = _ClarabelSOCP(domain, d) if domain.solver_family == "socp" else _HighsLP(domain, d)
     solver.add_rows(comp, p, working, a_norm)
     in_working = np.zeros(m, dtype=bool)
     in_working[working] = True
@@ -198,7 +198,7 @@ def _solve_simplex(comp, p, domain, working, a_norm, violations, per_round, opti
             if t < -1e-7:
                 # The vertex the solver returns can be badly conditioned (tiny weights on an
                 # almost-flat simplex); a clearly infeasible problem has deeper certificates.
-                if not isinstance(domain, Ball):
+                if domain.solver_family == "lp":
                     lam = _deep_certificate(comp, p, rows, a_norm, domain, t)
                     if lam is not None:
                         deep = certify.check_certificate(comp.weight, comp.bias, p, rows, lam, domain)
@@ -264,10 +264,11 @@ def _exact_distances(diff: np.ndarray) -> np.ndarray:
 
 def should_seed(domain, options: ExactOptions) -> bool:
     """Whether the exact step starts a token from :func:`seed_points` (balls, interior-point path)."""
-    return isinstance(domain, Ball) and options.seed_steps > 0 and options.interior_point and not options.full
+    return (domain.solver_family == "socp" and options.seed_steps > 0 and options.interior_point
+            and not options.full)
 
 
-def seed_points(comp: Competitors, positions: np.ndarray, domain: Ball, starts: np.ndarray, steps: int,
+def seed_points(comp: Competitors, positions: np.ndarray, domain, starts: np.ndarray, steps: int,
                 tau: float = 0.05, block: int = 64, progress=None) -> np.ndarray:
     """Points near where each token does best on the ball, from a few Frank-Wolfe steps on the
     smoothed max-min  -tau log sum_j exp(-r_j(x) / tau)  of the Chebyshev slacks r_j over *every*
@@ -283,10 +284,7 @@ def seed_points(comp: Competitors, positions: np.ndarray, domain: Ball, starts: 
     number of tokens of each block done.
     """
     points = np.array(starts, dtype=np.float64, copy=True).reshape(len(positions), -1)
-    off = points - domain.center
-    norms = np.linalg.norm(off, axis=1)
-    outside = norms > domain.radius
-    points[outside] = domain.center + off[outside] * (domain.radius / norms[outside, None])
+    points = domain.project(points.T).T  # one point per column there (a view: no copy either way)
     for first in range(0, len(positions), block):
         pos = np.asarray(positions[first:first + block], dtype=np.int64)
         points[first:first + pos.size] = _seed_block(comp, pos, domain, points[first:first + pos.size], steps, tau)
@@ -295,7 +293,7 @@ def seed_points(comp: Competitors, positions: np.ndarray, domain: Ball, starts: 
     return points
 
 
-def _seed_block(comp: Competitors, pos: np.ndarray, domain: Ball, x: np.ndarray, steps: int,
+def _seed_block(comp: Competitors, pos: np.ndarray, domain, x: np.ndarray, steps: int,
                 tau: float) -> np.ndarray:
     w32, bias = comp.weight32, comp.bias
     cols = np.arange(pos.size)
@@ -367,14 +365,28 @@ def _unit_rows(comp: Competitors, p: int, idx: np.ndarray, a_norm: np.ndarray) -
     return a, c
 
 
-def ball_rows(domain: Ball, a: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows a.x <= c rewritten for x = center + R u, so that the domain is ||u|| <= 1."""
-    return domain.radius * a, c - matvec(a, domain.center)
+def ball_rows(domain, a: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows a.x <= c rewritten for x = anchor + R u (an SOCP-family domain is the ball of radius
+    R = ``ray_reach`` around ``anchor()``), so that the domain is ||u|| <= 1."""
+    return domain.ray_reach * a, c - matvec(a, domain.anchor())
 
 
-def from_ball(domain: Ball, u: np.ndarray) -> np.ndarray:
+def from_ball(domain, u: np.ndarray) -> np.ndarray:
     """The point of the ball for u (||u|| <= 1), pulled in by 1e-9 so rounding keeps it inside."""
-    return domain.center + domain.radius * (1.0 - 1e-9) * u
+    return domain.anchor() + domain.ray_reach * (1.0 - 1e-9) * u
+
+
+def solver_bounds(domain, d: int, open_side: float) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Bounds on the solver's variables and whether they also lie in the unit ball.
+
+    LP-family domains bound x itself (``coordinate_bounds()``, open sides at ``-open_side`` /
+    ``open_side``: the interior-point method needs a bounded x); SOCP-family domains are solved in
+    ball coordinates u (:func:`ball_rows`), whose only constraint is ``||u|| <= 1``.
+    """
+    if domain.solver_family == "socp":
+        return np.full(d, -np.inf), np.full(d, np.inf), True
+    lower, upper = domain.coordinate_bounds()
+    return np.where(np.isfinite(lower), lower, -open_side), np.where(np.isfinite(upper), upper, open_side), False
 
 
 def _most_violated(viol: np.ndarray, in_working: np.ndarray, p: int, per_round: int) -> np.ndarray:
@@ -406,14 +418,7 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0,
         bound = 1.0
     else:  # ten times the screen's best guess: a scale the features plausibly have
         bound = 10.0 * max(1.0, float(np.abs(x0).max())) if x0 is not None else 1e3
-    ball = isinstance(domain, Ball)
-    if isinstance(domain, Box):
-        lower = np.where(np.isfinite(domain.lower), domain.lower, -bound)
-        upper = np.where(np.isfinite(domain.upper), domain.upper, bound)
-    elif ball:  # solved in ball coordinates x = center + R u, ||u|| <= 1
-        lower, upper = np.full(d, -np.inf), np.full(d, np.inf)
-    else:
-        lower, upper = np.full(d, -bound), np.full(d, bound)
+    lower, upper, ball = solver_bounds(domain, d, bound)
     rows = np.asarray(working)
     in_working = np.zeros(comp.weight.shape[0], dtype=bool)
     in_working[rows] = True
@@ -465,10 +470,7 @@ def _deep_certificate(comp, p, rows, a_norm, domain, t_star) -> np.ndarray | Non
     """
     a, c = _unit_rows(comp, p, rows, a_norm)
     k, d = a.shape
-    if isinstance(domain, Box):
-        lower, upper = domain.lower, domain.upper
-    else:
-        lower, upper = np.full(d, -np.inf), np.full(d, np.inf)
+    lower, upper = domain.coordinate_bounds()  # an LP-family domain
     fin_lo, fin_hi = np.isfinite(lower), np.isfinite(upper)
     both = np.flatnonzero(fin_lo & fin_hi)
     nb = both.size
@@ -525,14 +527,6 @@ def _deep_certificate(comp, p, rows, a_norm, domain, t_star) -> np.ndarray | Non
     return (col[k] + np.maximum(col[:k], 0.0)) / a_norm[rows]
 
 
-def _any_point(domain, d: int) -> np.ndarray:
-    if isinstance(domain, Ball):
-        return domain.center.copy()
-    if isinstance(domain, Box):
-        return np.clip(np.zeros(d), domain.lower, domain.upper)
-    return np.zeros(d)
-
-
 _banner_shown = False
 
 
@@ -566,11 +560,7 @@ class _HighsLP:
         # (measured: 93 vs 292 simplex iterations on a PP-OCRv4 token).
         h.setOptionValue("simplex_scale_strategy", 0)
         h.setOptionValue("presolve", "off")
-        if isinstance(domain, Box):
-            lower = np.where(np.isfinite(domain.lower), domain.lower, -_INF)
-            upper = np.where(np.isfinite(domain.upper), domain.upper, _INF)
-        else:
-            lower, upper = np.full(d, -_INF), np.full(d, _INF)
+        lower, upper, _ = solver_bounds(domain, d, _INF)  # an LP-family domain: x's own column bounds
         h.addVars(d + 1, np.append(lower, -_INF), np.append(upper, 1.0))
         h.changeColsCost(1, np.array([d], dtype=np.int32), np.array([1.0]))
         h.changeObjectiveSense(highspy.ObjSense.kMaximize)
@@ -606,7 +596,7 @@ class _HighsLP:
 class _ClarabelSOCP:
     """The same problem on a ball ``x = center + R u, ||u|| <= 1``: an SOCP, re-solved each round."""
 
-    def __init__(self, domain: Ball, d: int):
+    def __init__(self, domain, d: int):
         self.domain, self.d = domain, d
         self.blocks: list[np.ndarray] = []
         self.rhs: list[np.ndarray] = []
@@ -620,7 +610,7 @@ class _ClarabelSOCP:
         self.rows = np.concatenate([self.rows, idx])
 
     def solve(self, time_limit):
-        import clarabel  # noqa: PLC0415 - only needed for ball domains
+        import clarabel  # noqa: PLC0415 - only needed for SOCP-family domains
 
         d = self.d
         lin = np.vstack(self.blocks)

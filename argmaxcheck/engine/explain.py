@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linprog
 
-from ..domains import Box, Unbounded
+from ..domains import Unbounded
 from ..layer import OutputLayer
 from ..report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport, TokenResult
 from . import certify
 from .audit import AuditOptions, audit
-from .exact import Competitors, _any_point, _most_violated
+from .exact import Competitors, _most_violated
 from .precision import best_margin, margin_domain
 
 
@@ -91,7 +91,7 @@ def _bias_increase(comp: Competitors, p: int, domain, result: TokenResult):
         return 0.0, 0.0, None, "any positive raise: at x = 0 every logit is 0, and the raise breaks the tie"
     bounded = margin_domain(domain, comp.bias is not None)
     if bounded is not None:
-        start = result.witness if result.witness is not None else _any_point(bounded, comp.weight.shape[1])
+        start = result.witness if result.witness is not None else bounded.anchor()
         best = best_margin(comp, p, bounded, start, cap=1e6)
         if best is None:
             return None, None, None, "the best-margin solve did not converge"
@@ -109,8 +109,7 @@ def _best_margin_lp(comp: Competitors, p: int, domain, support, max_rounds: int 
     """max t s.t. (w_j - w_p).x + t <= b_p - b_j over an (unbounded) box or R^d, by row generation."""
     weight, bias = comp.weight, comp.bias
     m, d = weight.shape
-    lower = domain.lower if isinstance(domain, Box) else np.full(d, -np.inf)
-    upper = domain.upper if isinstance(domain, Box) else np.full(d, np.inf)
+    lower, upper = domain.coordinate_bounds()  # an LP-family domain (a ball is bounded: never here)
     start = np.clip(np.zeros(d), lower, upper)
     s0 = comp.scores(start)
     gaps0 = s0 - s0[p]

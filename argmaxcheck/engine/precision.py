@@ -37,9 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..domains import Ball, Box, Unbounded
 from . import certify, ipm
-from .exact import Competitors, _most_violated, ball_rows, from_ball
+from .exact import Competitors, _most_violated, ball_rows, from_ball, solver_bounds
 
 _COARSE = 2e-4  # relative agreement of the bounds in rounds that still add rows
 _SLACK = 1e-2  # how clearly the coarse bounds must clear the threshold (it moves with x)
@@ -52,14 +51,9 @@ def unit_roundoff(precision: str) -> float:
 
 
 def margin_domain(domain, has_bias: bool):
-    """The bounded set on which best margins are measured, or None where they are not defined."""
-    if isinstance(domain, Ball):
-        return domain
-    if isinstance(domain, Box) and np.isfinite(domain.lower).all() and np.isfinite(domain.upper).all():
-        return domain
-    if isinstance(domain, Unbounded) and not has_bias:
-        return Ball(1.0)
-    return None
+    """The bounded set on which best margins are measured, or None where they are not defined
+    (the domain itself when bounded; the unit ball for a bias-free layer on R^d)."""
+    return domain.margin_domain(has_bias)
 
 
 def threshold(comp: Competitors, x: np.ndarray, unit: float) -> float:
@@ -87,11 +81,7 @@ def best_margin(comp: Competitors, p: int, domain, x0: np.ndarray, cap: float,
     weight = comp.weight
     m, d = weight.shape
     domain = domain.resolve(d)
-    ball = isinstance(domain, Ball)
-    if ball:
-        lower, upper = np.full(d, -np.inf), np.full(d, np.inf)
-    else:
-        lower, upper = domain.lower, domain.upper
+    lower, upper, ball = solver_bounds(domain, d, np.inf)  # a bounded domain: no side is open
 
     def gaps(x):  # s_j(x) - s_p(x), own row excluded
         s = comp.scores(x)
@@ -121,7 +111,7 @@ def best_margin(comp: Competitors, p: int, domain, x0: np.ndarray, cap: float,
         total = float(res.duals.sum())
         weights = res.duals / total if total > 0 else None
         value = ipm.dual_bound(c, weights, weights @ a, lower, upper, ball) if weights is not None else np.inf
-        x = from_ball(domain, res.x) if ball else np.clip(res.x, lower, upper)
+        x = from_ball(domain, res.x) if ball else domain.project(res.x)
         if not (np.isfinite(value) and np.isfinite(x).all()):
             return None
         over = gaps(x)

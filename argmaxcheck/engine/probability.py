@@ -39,11 +39,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..domains import Ball, Box
-
 _LOG_TOL = 1e-4  # stop when the two bounds agree to this, in log-probability (0.01% of the probability)
 _POLISH_SECONDS = 5.0  # the restricted exponential-cone solves, per token, when Frank-Wolfe stalls
 _SOLVER_TOL = 1e-9
+_INSET = 1e-12  # points on a ball's sphere are pulled in by this fraction of the radius
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,7 @@ def _evaluate(weight, b, p, domain, x):
 
 def bounded(domain) -> bool:
     """Whether the maximum probability is defined (and computed) on this domain."""
-    return isinstance(domain, Ball) or (isinstance(domain, Box) and bool(
-        np.isfinite(domain.lower).all() and np.isfinite(domain.upper).all()))
+    return domain.bounded
 
 
 def max_probability(weight: np.ndarray, bias: np.ndarray | None, p: int, domain, x0: np.ndarray | None = None,
@@ -109,7 +107,7 @@ def max_probability(weight: np.ndarray, bias: np.ndarray | None, p: int, domain,
 
     m, d = weight.shape
     b = np.zeros(m) if bias is None else bias
-    x = _centre(domain, d) if x0 is None else np.asarray(x0, dtype=np.float64)
+    x = domain.centre() if x0 is None else np.asarray(x0, dtype=np.float64)
     # Every row first: Frank-Wolfe finds where the token does best and which rows carry the
     # softmax mass there, which the restricted solves below then polish.
     x, lower, upper = _frank_wolfe(weight, b, p, domain, x, deadline, fw_steps)
@@ -120,8 +118,7 @@ def max_probability(weight: np.ndarray, bias: np.ndarray | None, p: int, domain,
     if seed_rows is not None:
         working[np.asarray(seed_rows, dtype=np.int64)] = True
     var = cp.Variable(d)
-    constraints = ([cp.norm(var - domain.center) <= domain.radius] if isinstance(domain, Ball)
-                   else [var >= domain.lower, var <= domain.upper])
+    constraints = domain.cvxpy_constraints(var)
     polish_end = time.perf_counter() + _POLISH_SECONDS
     for _ in range(max_rounds):
         if time.perf_counter() > min(polish_end, deadline or np.inf):
@@ -144,7 +141,8 @@ def max_probability(weight: np.ndarray, bias: np.ndarray | None, p: int, domain,
             break
         # The restricted optimum bounds the true one only up to the solver's tolerance: add it.
         restricted = float(problem.value) + 10 * _SOLVER_TOL if problem.status == cp.OPTIMAL else np.inf
-        x = _into(domain, np.asarray(var.value, dtype=np.float64))
+        # The solver's point, pulled into the domain (solvers meet constraints only to a tolerance).
+        x = domain.project(np.asarray(var.value, dtype=np.float64), inset=_INSET)
         _, reached, _, probs, bound = _evaluate(weight, b, p, domain, x)
         upper = min(restricted, bound)
         lower = max(reached, float(np.log(best.reached)))
@@ -183,11 +181,8 @@ def _line_search(s, delta, p, evaluations: int = 40) -> float:
 
 
 def _linear_argmax(domain, g: np.ndarray) -> np.ndarray:
-    """A point of the domain maximising g.y."""
-    if isinstance(domain, Ball):
-        norm = float(np.linalg.norm(g))
-        return domain.center + (domain.radius * (1 - 1e-12) / norm) * g if norm > 0 else domain.center.copy()
-    return np.where(g > 0, domain.upper, domain.lower)
+    """A point of the domain maximising g.y (a ball's, pulled in so that rounding keeps it inside)."""
+    return domain.linear_min(-g, inset=_INSET)[1]
 
 
 def _top_rows(scores: np.ndarray, p: int, taken: np.ndarray, count: int) -> np.ndarray:
@@ -204,26 +199,8 @@ def _top_rows(scores: np.ndarray, p: int, taken: np.ndarray, count: int) -> np.n
 
 
 def _linear_max(domain, g: np.ndarray) -> float:
-    """max of g.y over the domain."""
-    if isinstance(domain, Ball):
-        return float(g @ domain.center) + domain.radius * float(np.linalg.norm(g))
-    return float(np.sum(np.maximum(g * domain.lower, g * domain.upper)))
-
-
-def _centre(domain, d: int) -> np.ndarray:
-    if isinstance(domain, Ball):
-        return domain.center.copy()
-    return (domain.lower + domain.upper) / 2
-
-
-def _into(domain, x: np.ndarray) -> np.ndarray:
-    """The solver's point, pulled into the domain (solvers meet constraints only to a tolerance)."""
-    if isinstance(domain, Ball):
-        off = x - domain.center
-        norm = float(np.linalg.norm(off))
-        limit = domain.radius * (1 - 1e-12)
-        return domain.center + off * (limit / norm) if norm > limit else x
-    return np.clip(x, domain.lower, domain.upper)
+    """max of g.y over the domain (the negation of min (-g).y is exact)."""
+    return -domain.linear_min(-g)[0]
 
 
 def _argmax_on_unit_interval(phi, evaluations: int) -> float:

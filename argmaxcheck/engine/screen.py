@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..domains import Ball, Box, Unbounded
+from .._rounding import U32, U64
 from . import certify
 from .backend import NumpyBackend
-from .certify import U32, U64
 
 # Scales tried along a guessed direction when the bias makes scale matter.
 _UNBOUNDED_SCALES = 2.0 ** np.arange(-3, 8)
@@ -103,6 +102,10 @@ class _Context:
     Scores stay in float32 end to end (the max of float32 numbers is exact);
     every rounding on the way is covered by a per-column bound ``err`` on
     |computed score - exact score at the claimed point|, valid for every row.
+
+    The domain's ``screen_search`` picks the search: ``"rays"`` (the domain is the ball of radius
+    ``ray_reach`` around ``anchor()``, all of R^d when that is infinite) scores whole rays from the
+    anchor with one product per direction; ``"clip"`` clips guesses into ``coordinate_bounds()``.
     """
 
     def __init__(self, weight32, bias, max_norm, cast_unit, domain, d, backend):
@@ -116,8 +119,9 @@ class _Context:
         self.d = d
         offset = np.zeros(weight32.shape[0]) if bias is None else bias.astype(np.float64)
         offset_err = 0.0
-        if isinstance(domain, Ball) and domain.center.any():
-            c = domain.center
+        self.rays = domain.screen_search == "rays"
+        c = domain.anchor()
+        if self.rays and c.any():  # rays from a point other than 0: fold W c into the offset
             # weight32 differs from the true weights by cast_unit: fold that into the bound.
             offset = offset + weight32.astype(np.float64) @ c
             offset_err = (certify.gamma(d + 2, U64) + cast_unit) * max_norm * float(np.linalg.norm(c))
@@ -130,11 +134,11 @@ class _Context:
         # |offset32 - offset| <= U32 |offset| on top of the offset's own error.
         # Casting the offset to float32 errs relatively, and absolutely where it underflows.
         self.offset_err = offset_err + U32 * self.offset_max + certify.ETA32
-        if isinstance(domain, Box):
-            lo, hi = domain.lower, domain.upper
+        if not self.rays:
+            lo, hi = self.lower, self.upper = domain.coordinate_bounds()
             widths = (hi - lo)[np.isfinite(hi - lo) & (hi > lo)]
             self.box_half = float(np.median(widths)) / 2 if widths.size else 1.0
-            self.box_centre = np.clip(np.zeros(d), lo, hi)
+            self.box_centre = c  # the point of the box nearest 0
 
     def _scores(self, points32: np.ndarray, scale: np.ndarray | None = None,
                 product: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -165,28 +169,29 @@ class _Context:
         unit32 = (dirs / norms[:, None]).astype(np.float32)
         unit = unit32.astype(np.float64)
         dom = self.domain
-        if isinstance(dom, Box):
+        if not self.rays:
             return self._box(unit, own)
-        if isinstance(dom, Unbounded) and not self.has_offset:
+        if dom.origin_ball_radius is not None:
+            return self._centred_ball(unit32, own, dom.origin_ball_radius)
+        if not np.isfinite(dom.ray_reach) and not self.has_offset:  # R^d without bias: scale is irrelevant
             s, err = self._scores(unit32)
             return certify.witness_gap_bounds(s, own, err), unit
-        if isinstance(dom, Ball) and not dom.center.any():
-            return self._centred_ball(unit32, own)
         return self._scaled(unit32, own)
 
-    def _centred_ball(self, unit32: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _centred_ball(self, unit32: np.ndarray, own: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
         """A ball around 0 (a folded LayerNorm or RMSNorm): the whole radius first, scored by one product
         at the claimed points themselves (no pass to rescale or re-score them); without a bias that is
         all (gaps scale with the radius), with one the smaller radii are tried for the columns left."""
-        radius32 = np.float32(self.domain.radius * (1 - 1e-9))
-        if float(radius32) > self.domain.radius * (1 - 1e-9):
+        radius32 = np.float32(radius * (1 - 1e-9))
+        if float(radius32) > radius * (1 - 1e-9):
             radius32 = np.nextafter(radius32, np.float32(0))
         pts32 = unit32 * radius32
         pts = pts32.astype(np.float64)
         s, err = self._scores(pts32)
         gap = certify.witness_gap_bounds(s, own, err)
         del s
-        inside = np.einsum("ij,ij->i", pts, pts) * (1 + certify.gamma(pts.shape[1] + 2, U64)) <= self.domain.radius**2
+        # |p| <= radius, rigorously: the ball about 0 of that radius is the domain.
+        inside = np.einsum("ij,ij->i", pts, pts) * (1 + certify.gamma(pts.shape[1] + 2, U64)) <= radius**2
         gap[~inside] = -np.inf
         left = np.flatnonzero(gap <= 0)
         if self.has_offset and left.size:
@@ -197,16 +202,16 @@ class _Context:
 
     def _scaled(self, unit32: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scale matters (a bias, or a ball): pick a scale per column with a float32 search over the
-        unscaled scores, then certify only the chosen scale."""
+        unscaled scores, then certify only the chosen scale. Points lie on rays from the anchor."""
         unit = unit32.astype(np.float64)
         dom = self.domain
         g32 = self.product(unit32)
-        if isinstance(dom, Unbounded):
+        reach = dom.ray_reach
+        if not np.isfinite(reach):  # R^d: the bias sets the scale
             scales = self._spread(g32)[None, :] * _UNBOUNDED_SCALES[:, None]
-            base = np.zeros_like(unit)
-        else:  # Ball
-            scales = dom.radius * (1 - 1e-9) * np.repeat(_BALL_FRACTIONS[:, None], unit.shape[0], axis=1)
-            base = np.broadcast_to(dom.center, unit.shape)
+        else:  # a ball: fractions of its radius
+            scales = reach * (1 - 1e-9) * np.repeat(_BALL_FRACTIONS[:, None], unit.shape[0], axis=1)
+        base = np.broadcast_to(dom.anchor(), unit.shape)
         # Scales rounded to float32 are the ones certified and claimed; round them down so
         # that points on a ball's sphere stay inside it.
         scales32 = scales.astype(np.float32)
@@ -243,22 +248,20 @@ class _Context:
         s, err = self._scores(unit32, best_scale, product=g32)  # g32 becomes the scores: one GEMM a block
         gap = certify.witness_gap_bounds(s, own, err)
         points = base + unit * best_scale[:, None]
-        if isinstance(dom, Ball):
-            # Points must truly lie in the ball; drop any that rounding pushed out.
-            inside = np.array([certify.in_domain(p, dom) for p in points])
-            gap[~inside] = -np.inf
+        # Points must truly lie in the domain; drop any that rounding pushed out (or that overflowed).
+        gap[~dom.certainly_contains(points.T)] = -np.inf
         gap[~np.isfinite(points).all(axis=1)] = -np.inf
         return gap, points
 
     def _box(self, unit: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        dom = self.domain
+        lower, upper = self.lower, self.upper
         best_gap = np.full(unit.shape[0], -np.inf)
         best_pts = np.zeros_like(unit)
         for reach in (self.box_half * np.sqrt(self.d), self.box_half):
-            pts = np.clip(self.box_centre + reach * unit, dom.lower, dom.upper)
+            pts = np.clip(self.box_centre + reach * unit, lower, upper)
             # The claimed points are float32 numbers inside the box (rounding must not leave it).
             pts32 = pts.astype(np.float32)
-            pts = np.clip(pts32.astype(np.float64), dom.lower, dom.upper)
+            pts = np.clip(pts32.astype(np.float64), lower, upper)
             pts32 = pts.astype(np.float32)
             exact = np.all(pts32.astype(np.float64) == pts, axis=1)
             s, err = self._scores(pts32)
@@ -267,20 +270,20 @@ class _Context:
             better = gap > best_gap
             best_gap[better], best_pts[better] = gap[better], pts[better]
         left = np.flatnonzero(best_gap <= 0)
-        if self.has_offset and left.size and np.isinf(dom.upper - dom.lower).any():
+        if self.has_offset and left.size and np.isinf(upper - lower).any():
             # A box open on some side, with a bias: the scale of a good point is set by the bias,
             # not by the box. Search scales as on R^d (float32, clipping ignored), then certify the
             # clipped point at the chosen scale.
             # Along the direction's part that the open sides allow (the rest stays at the finite bound).
-            free = np.where(np.isinf(dom.upper), np.maximum(unit[left], 0.0), 0.0) + np.where(
-                np.isinf(dom.lower), np.minimum(unit[left], 0.0), 0.0)
+            free = np.where(np.isinf(upper), np.maximum(unit[left], 0.0), 0.0) + np.where(
+                np.isinf(lower), np.minimum(unit[left], 0.0), 0.0)
             norms = np.linalg.norm(free, axis=1)
             free /= np.where(norms > 0, norms, 1.0)[:, None]
             g32 = self.product(free.astype(np.float32))
             scale = self._best_scale(g32, own[left])
-            pts = np.clip(self.box_centre + scale[:, None] * free, dom.lower, dom.upper)
+            pts = np.clip(self.box_centre + scale[:, None] * free, lower, upper)
             pts32 = pts.astype(np.float32)
-            pts = np.clip(pts32.astype(np.float64), dom.lower, dom.upper)
+            pts = np.clip(pts32.astype(np.float64), lower, upper)
             pts32 = pts.astype(np.float32)
             exact = np.all(pts32.astype(np.float64) == pts, axis=1)
             s, err = self._scores(pts32)
