@@ -32,6 +32,7 @@ A new domain implements these methods; one that fits neither solver family
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -612,7 +613,7 @@ class Ball:
         v, v_err = np.asarray(v, dtype=np.float64), np.asarray(v_err, dtype=np.float64)
         d = v.size
         c = self.center
-        norm_hi = float(np.linalg.norm(np.abs(v) + v_err)) * (1.0 + gamma(d + 2, U64))
+        norm_hi = _norm_no_underflow(np.abs(v) + v_err) * (1.0 + gamma(d + 2, U64))
         dot_hi = float(-(v @ c)) + float(v_err @ np.abs(c)) + gamma(d + 2, U64) * float(np.abs(v) @ np.abs(c))
         total = dot_hi - offset + offset_err + self.radius * norm_hi
         return -(total * (1.0 + 4 * U64) + 4 * U64 * abs(offset)), np.zeros(d, dtype=bool)
@@ -622,7 +623,7 @@ class Ball:
         ``v`` taken as 0): exact but for ``||v||``, which is bounded from above (sqrt is not rational)."""
         norm_sq = sum(val * val for val in v.values())
         dot = sum(val * Fraction(float(self.center[k])) for k, val in v.items())
-        norm_hi = Fraction(float(np.sqrt(float(norm_sq)))) * Fraction(1 + 2**-50) if norm_sq else Fraction(0)
+        norm_hi = _sqrt_upper(norm_sq)
         return -(-dot - offset + Fraction(float(self.radius)) * norm_hi)
 
     def cvxpy_constraints(self, var) -> list:
@@ -654,6 +655,34 @@ class Ball:
 
 
 Domain = Unbounded | Box | Ball
+
+
+def _norm_no_underflow(vec: np.ndarray) -> float:
+    """||vec|| computed after scaling by a power of two (exact), so tiny entries do not underflow
+    to a zero norm (``sqrt(x.x)`` does below about 1e-154, which would shrink an upper bound)."""
+    top = float(np.max(vec, initial=0.0))
+    if top == 0.0 or not np.isfinite(top):
+        return top
+    exponent = int(np.frexp(top)[1])
+    return float(np.ldexp(np.sqrt(np.sum(np.ldexp(vec, -exponent) ** 2)), exponent))
+
+
+def _sqrt_upper(value: Fraction) -> Fraction:
+    """A rational upper bound on sqrt(value), within about 2^-60 relative, at any magnitude.
+
+    sqrt(p / q) = sqrt(p q) / q; the integer square root, rounded up, bounds sqrt(p q 4^k) from
+    above once p q is scaled to at least 128 bits (through a float, a tiny ``value`` underflowed
+    to a zero bound).
+    """
+    if value <= 0:
+        return Fraction(0)
+    p, q = value.numerator, value.denominator
+    shift = max(0, (128 - (p * q).bit_length() + 1) // 2)
+    scaled = p * q << (2 * shift)
+    root = math.isqrt(scaled)
+    if root * root < scaled:
+        root += 1
+    return Fraction(root, q << shift)
 
 
 def _columns(x, dim: int | None) -> tuple[np.ndarray, bool]:

@@ -107,38 +107,55 @@ def run_case(name: str, layer: OutputLayer, domain, tokens=None, product_rows=No
           + f"; peak RSS {peak_mb():.0f} MB", flush=True)
 
 
-def whisper(args) -> None:
+def whisper(args):
     path = SHARED / "whisper_base.npz"
     loaded = load_source(path, SourceRequest(norm="layernorm", norm_weight="norm_weight", norm_bias="norm_bias"))
-    run_case("whisper", loaded.layer, loaded.domain, product_rows=args.product_rows)
+    yield "whisper", loaded.layer, loaded.domain, None, args.product_rows
 
 
-def smollm2(args) -> None:
+def smollm2(args):
     if not args.gguf:
         print("== smollm2: skipped (give --gguf PATH to SmolLM2-135M-Instruct.Q4_1.gguf)")
         return
     loaded = load_source(args.gguf)
-    run_case("smollm2", loaded.layer, loaded.domain, product_rows=args.product_rows)
+    yield "smollm2", loaded.layer, loaded.domain, None, args.product_rows
 
 
-def gpt2(args) -> None:
+def gpt2(args):
     from bench_gpt2_scale import build_layer  # noqa: PLC0415 - the same planted layer
 
     weight, _, _ = build_layer(50257, 768, 40, 10)
-    run_case("gpt2", OutputLayer.from_arrays(weight), Unbounded(), product_rows=args.product_rows)
+    yield "gpt2", OutputLayer.from_arrays(weight), Unbounded(), None, args.product_rows
 
 
-def synthetic262k(args) -> None:
+def synthetic262k(args):
     layer = real_like_layer(262144, 640)
     rng = np.random.default_rng(1)
     tokens = np.sort(rng.choice(layer.num_classes, args.sample, replace=False)).tolist() if args.sample else None
-    run_case("synthetic262k", layer, Unbounded(), tokens=tokens, product_rows=args.product_rows or 16384)
+    yield "synthetic262k", layer, Unbounded(), tokens, args.product_rows or 16384
 
 
-def ppocr(args) -> None:
+def ppocr(args):
     loaded = load_source(ROOT / "data" / "ppocrv4_rec_head.npz")
-    run_case("ppocr R^d", loaded.layer, Unbounded())
-    run_case("ppocr swish", loaded.layer, Box(-0.2784645427610738, np.inf))
+    yield "ppocr R^d", loaded.layer, Unbounded(), None, None
+    yield "ppocr swish", loaded.layer, Box(-0.2784645427610738, np.inf), None, None
+
+
+CASES = {"whisper": whisper, "smollm2": smollm2, "gpt2": gpt2, "synthetic262k": synthetic262k, "ppocr": ppocr}
+
+
+def case_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every script over these cases shares."""
+    parser.add_argument("--cases", default="whisper,ppocr,gpt2,smollm2,synthetic262k")
+    parser.add_argument("--gguf", default=None, help="SmolLM2-135M-Instruct.Q4_1.gguf")
+    parser.add_argument("--sample", type=int, default=2000, help="synthetic262k: tokens audited (0: all)")
+    parser.add_argument("--product-rows", type=int, default=None, help="time only this many rows of the product")
+
+
+def load_cases(args):
+    """(name, layer, domain, tokens, product_rows) for each case named in ``args.cases``."""
+    for name in args.cases.split(","):
+        yield from CASES[name.strip()](args)
 
 
 def real_like_layer(n: int, d: int, seed: int = 0) -> OutputLayer:
@@ -159,14 +176,10 @@ def real_like_layer(n: int, d: int, seed: int = 0) -> OutputLayer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="whisper,ppocr,gpt2,smollm2,synthetic262k")
-    parser.add_argument("--gguf", default=None, help="SmolLM2-135M-Instruct.Q4_1.gguf")
-    parser.add_argument("--sample", type=int, default=2000, help="synthetic262k: tokens audited (0: all)")
-    parser.add_argument("--product-rows", type=int, default=None, help="time only this many rows of the product")
+    case_arguments(parser)
     args = parser.parse_args()
-    cases = {"whisper": whisper, "smollm2": smollm2, "gpt2": gpt2, "synthetic262k": synthetic262k, "ppocr": ppocr}
-    for name in args.cases.split(","):
-        cases[name.strip()](args)
+    for name, layer, domain, tokens, product_rows in load_cases(args):
+        run_case(name, layer, domain, tokens=tokens, product_rows=product_rows)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import pytest
 from scipy.optimize import linprog
 
 from argmaxcheck import Ball, Box, Unbounded
+from argmaxcheck.domains import _sqrt_upper
 
 D = 5
 ENGINE = Path(__file__).resolve().parents[1] / "argmaxcheck" / "engine"
@@ -395,3 +396,24 @@ def test_the_engine_does_not_test_domain_types():
     assert _type_tests("if isinstance(domain, (Box,\n Ball)):") and _type_tests("isinstance(dom, Unbounded)")
     assert _type_tests("x = domain.kind == 'box'") and _type_tests("type(domain) is Ball")
     assert not _type_tests("isinstance(t, (int, np.integer)) or Box(0.0, 1.0)")
+
+
+def test_ball_bounds_do_not_underflow_for_tiny_directions():
+    """||v|| of entries near 1e-170 must not underflow to 0: the bound would then claim the
+    linear function is >= 0 on the ball, and a certificate could pass that should not."""
+    ball = Ball(1.0).resolve(3)
+    v = np.full(3, 1e-170)
+    true_min = -np.sqrt(3.0) * 1e-170
+    bound, _ = ball.linear_min_bound(v, np.zeros(3))
+    assert bound < 0 and bound <= true_min
+    exact = ball.linear_min_bound_rational({k: Fraction(1e-170) for k in range(3)}, Fraction(0))
+    assert exact < 0
+    assert exact * exact >= 3 * Fraction(1e-170) ** 2  # -bound >= ||v||, exactly
+
+
+def test_rational_square_root_bound_is_tight_and_above_at_any_magnitude():
+    for value in (Fraction(2), Fraction(9, 4), Fraction(1, 10**400), Fraction(10**400), Fraction(3, 10**330)):
+        upper = _sqrt_upper(value)
+        assert upper * upper >= value
+        below = upper * (1 - Fraction(1, 2**60))
+        assert below * below < value
