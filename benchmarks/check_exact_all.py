@@ -38,13 +38,13 @@ def main() -> int:
         staged = audit(layer, domain=domain, tokens=tokens, options=AuditOptions(probability_seconds=0))
         groups = defaultdict(list)
         for t in staged.tokens:
-            groups[(t.stage, t.verdict)].append(t.index)
+            groups[(t.stage, t.verdict)].append(t.id)
         drawn = sorted(int(i) for ids in groups.values()
                        for i in rng.choice(ids, min(args.per_stage, len(ids)), replace=False))
         reference = audit(layer, domain=domain, tokens=drawn,
                           options=AuditOptions(exact_all=True, probability_seconds=0))
-        ref = {t.index: t.verdict for t in reference.tokens}
-        by_index = {t.index: t for t in staged.tokens}
+        ref = {t.id: t.verdict for t in reference.tokens}
+        by_index = {t.id: t for t in staged.tokens}
         print(f"== {name}: {len(drawn)} tokens drawn from {len(groups)} (stage, verdict) groups,"
               f" {time.perf_counter() - t0:.0f} s")
         for (stage, verdict), ids in sorted(groups.items()):
