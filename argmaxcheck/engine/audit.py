@@ -14,6 +14,7 @@ from ..layer import OutputLayer
 from ..report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 from . import certify
 from .backend import make_backend
+from .batched import interior_certificates
 from .exact import Competitors, ExactOptions, seed_points, should_seed, solve_token
 from .precision import best_margin, margin_domain, threshold, unit_roundoff
 from .probability import bounded as probability_bounded
@@ -52,6 +53,10 @@ class AuditOptions:
         Where the screen's float32 products run (:mod:`argmaxcheck.engine.backend`):
         ``auto`` (CUDA through torch when present, else numpy), ``cpu`` (numpy),
         ``cuda``, or ``torch-cpu`` (torch on the CPU, for tests).
+    batched : bool
+        On R^d, try the batched phase (:mod:`argmaxcheck.engine.batched`) on the tokens the
+        screen left, before the per-token solver: shared-basis certificates for rows deep
+        inside their competitors' hull. False sends them all to the exact step.
     """
 
     exact_all: bool = False
@@ -61,6 +66,7 @@ class AuditOptions:
     precision: str | None = None
     probability_seconds: float = 30.0
     device: str = "auto"
+    batched: bool = True
 
 
 def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int] | None = None, *,
@@ -170,9 +176,23 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         starts = found.witness
     timings["screen_seconds"] = round(time.perf_counter() - t0, 4)
 
-    t0 = time.perf_counter()
     comp = Competitors(comp_weight, comp_bias, weight32)
     open_rows = np.array([k for k, i in enumerate(pending) if int(i) not in results], dtype=np.int64)
+    if open_rows.size and options.batched and not options.exact_all and solve_domain.whole_space:
+        # R^d: rows deep inside their competitors' hull get shared-basis certificates a block at a time.
+        t0 = time.perf_counter()
+        progress.stage("batched phase: rows inside the hull", int(open_rows.size))
+        checks = interior_certificates(comp, position[pending[open_rows]], solve_domain, progress=progress.advance)
+        for k, cert in zip(open_rows, checks, strict=True):
+            if cert is not None:
+                i = int(pending[k])
+                results[i] = TokenResult(i, name(i), UNARGMAXABLE, cert.bound, "batched",
+                                         support=reps[cert.support], weights=cert.weights, check=cert.method)
+        timings["batched_tokens"] = int(sum(c is not None for c in checks))
+        timings["batched_seconds"] = round(time.perf_counter() - t0, 4)
+        open_rows = np.array([k for k in open_rows if int(pending[k]) not in results], dtype=np.int64)
+
+    t0 = time.perf_counter()
     seeded = should_seed(solve_domain, options.exact) and open_rows.size > 0
     seed_share = 0.0  # each token's part of the batched seeding, counted in its exact-step time
     if seeded:

@@ -343,6 +343,76 @@ def _enclose_on(a_full, r, lam, basis, scale) -> tuple[np.ndarray, np.ndarray] |
     return mid * scale, rad * scale
 
 
+def check_on_shared_basis(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarray, support: np.ndarray,
+                          lams: np.ndarray, basis: np.ndarray, domain) -> list[CertificateCheck | None]:
+    """Check the R^d certificates of many tokens that share one support and one basis of it.
+
+    ``lams[:, b]`` are approximate weights on ``support`` with ``sum_j lam_j w_j ~ w_q`` for
+    token ``q = rows[b]``. As in :func:`_enclose_on`, an exact solution of
+    ``[W_S^T; 1] lam = [w_q; 1]`` is enclosed with the correction confined to the ``basis``
+    columns (d + 1 positions into ``support``), and the token is settled only if every enclosed
+    weight is >= 0 and the interval check of :func:`_finish_interval` (the bias) passes. The
+    basis's inverse and its contraction bound do not depend on the token, so they are computed
+    once for the block instead of once a token. Returns a check per token, or None where the
+    enclosure did not prove non-negative weights (the token goes on to the exact step).
+    """
+    support = np.asarray(support, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    d = weight.shape[1]
+    size = support.size
+    a_full = np.vstack([weight[support].T, np.ones((1, size))])
+    neq = d + 1
+    if basis.size != neq or size <= neq or np.isin(rows, support).any():
+        return [None] * rows.size
+    a = a_full[:, basis]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+            inv = scipy.linalg.inv(a, check_finite=False)
+    except (np.linalg.LinAlgError, ValueError):
+        return [None] * rows.size
+    if not np.isfinite(inv).all():
+        return [None] * rows.size
+    g = gamma(neq + 2, U64)
+    c_bound = np.abs(np.eye(neq) - matmat(inv, a)) * (1 + 2 * U64) + g * matmat(np.abs(inv), np.abs(a))
+    alpha = float(c_bound.sum(axis=1).max()) * (1 + g)
+    if not alpha < 1.0:
+        return [None] * rows.size
+    inv_norm = float(np.abs(inv).sum(axis=1).max()) * (1 + g)
+    rest = np.setdiff1d(np.arange(size), basis)
+    a_rest = a_full[:, rest]
+    finite = np.isfinite(lams).all(axis=0)  # a token without weights (NaN) is refused below
+    lams = np.where(finite, lams, 0.0)
+    fixed = lams[rest]
+    targets = np.vstack([weight[rows].T, np.ones((1, rows.size))])
+    # Right-hand sides for the basis columns, r - A_rest lam_rest, each entry a dot product of
+    # size - neq + 1 terms: the same bound as a single token's.
+    g_all = gamma(size + 2, U64)
+    rhs = targets - matmat(a_rest, fixed)
+    rhs_err = g_all * (np.abs(targets) + matmat(np.abs(a_rest), np.abs(fixed)))
+    x = lams[basis].copy()
+    for _ in range(3):
+        x = x + matmat(inv, rhs - matmat(a, x))
+    res = rhs - matmat(a, x)
+    res_bound = (np.abs(res).max(axis=0) + rhs_err.max(axis=0)
+                 + g * (np.abs(rhs) + matmat(np.abs(a), np.abs(x))).max(axis=0))
+    radius = inv_norm * res_bound / (1.0 - alpha) * (1 + 4 * U64)
+    coords = np.arange(d)
+    checks: list[CertificateCheck | None] = []
+    for b, row in enumerate(rows):
+        if not (finite[b] and np.isfinite(radius[b]) and np.all(x[:, b] - radius[b] >= 0)
+                and np.all(fixed[:, b] >= 0)):
+            checks.append(None)
+            continue
+        mid = lams[:, b].astype(np.float64).copy()
+        mid[basis] = x[:, b]
+        rad = np.zeros(size)
+        rad[basis] = radius[b]
+        check, _ = _finish_interval(weight, bias, int(row), support, mid, rad, coords, domain)
+        checks.append(check if check.ok else None)
+    return checks
+
+
 def _exact_differences(a: np.ndarray, b: np.ndarray, diff: np.ndarray) -> bool:
     """True when ``diff = fl(a - b)`` has no rounding error anywhere (Knuth's TwoSum)."""
     with np.errstate(over="ignore", invalid="ignore"):
@@ -360,13 +430,16 @@ def _finish_interval(weight, bias, row, support, lam_mid, lam_rad, coords, domai
     lam_j (b_j - b_i); working with differences keeps the enclosure's radius
     from being multiplied by the rows' size, which matters for near-duplicates.
     """
-    diffs = weight[support] - weight[row]
     g = gamma(support.size + 3, U64)
-    v = vecmat(lam_mid, diffs)
-    abs_diffs = np.abs(diffs)
-    v_err = vecmat(lam_rad, abs_diffs) + g * vecmat(np.abs(lam_mid), abs_diffs) + U64 * np.abs(v)
-    v[coords] = 0.0
-    v_err[coords] = 0.0
+    if coords.size == weight.shape[1]:  # every coordinate is an enclosed equality: v = 0 exactly
+        v, v_err = np.zeros(coords.size), np.zeros(coords.size)
+    else:
+        diffs = weight[support] - weight[row]
+        v = vecmat(lam_mid, diffs)
+        abs_diffs = np.abs(diffs)
+        v_err = vecmat(lam_rad, abs_diffs) + g * vecmat(np.abs(lam_mid), abs_diffs) + U64 * np.abs(v)
+        v[coords] = 0.0
+        v_err[coords] = 0.0
     if bias is None:
         beta, beta_err = 0.0, 0.0
     else:

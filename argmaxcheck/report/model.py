@@ -45,7 +45,8 @@ class TokenResult:
     margin : float
         See :data:`MARGIN_DOC`; NaN when undecided.
     stage : str
-        What decided it: ``"tie"``, ``"dominated"``, ``"screen"``, ``"exact"``.
+        What decided it: ``"tie"``, ``"dominated"``, ``"screen"``, ``"batched"`` (the batched
+        phase's shared-basis certificates, :mod:`argmaxcheck.engine.batched`), ``"exact"``.
     witness : ndarray or None
         Argmaxable: a point of the domain where the token strictly wins.
     support, weights : ndarray or None
@@ -208,7 +209,12 @@ class AuditReport:
             return text(f"dominated: same weights as row {j} (") + lit(self.label(j)) + text("), higher bias")
         order = np.argsort(-t.weights)
         # Weights that round to 0.00 say nothing in a sentence; they stay in the "more".
-        shown = [k for k in order[:terms] if t.weights[k] >= 0.005] or list(order[:1])
+        shown = [k for k in order[:terms] if t.weights[k] >= 0.005]
+        if not shown:  # a deep certificate spreads its weight over thousands of rows
+            top = int(order[0])
+            return (lit(self.label(t.id)) + text(f" is beaten everywhere by a weighted average of {len(order)} rows"
+                                                 f" (largest weight {t.weights[top]:.2g}, on ")
+                    + lit(self.label(int(t.support[top]))) + text(")"))
         parts = [text(f"{t.weights[k]:.2f}·") + lit(self.label(int(t.support[k]))) for k in shown]
         more = text(f" + {len(order) - len(shown)} more") if len(order) > len(shown) else ""
         return (lit(self.label(t.id)) + text(" is beaten everywhere by ")

@@ -1,0 +1,91 @@
+"""The batched phase: shared-basis certificates for rows deep inside the hull, checked, never guessed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from argmaxcheck import AuditOptions, Ball, Unbounded, audit
+from argmaxcheck.engine import certify
+from argmaxcheck.engine.batched import interior_certificates, support_rows
+from argmaxcheck.engine.exact import Competitors
+
+
+def _planted(rng, n=1500, d=24, planted=30, bias=False):
+    weight = rng.normal(size=(n, d))
+    ids = rng.choice(n, size=planted, replace=False)
+    pool = np.setdiff1d(np.arange(n), ids)
+    for i in ids:  # spread convex combinations: deep inside the hull
+        rows = rng.choice(pool, size=4 * d, replace=False)
+        weight[i] = rng.dirichlet(np.ones(rows.size)) @ weight[rows]
+    b = None
+    if bias:
+        b = rng.normal(scale=0.01, size=n)
+        b[ids] = -1.0  # well below any average of the others: still unargmaxable
+    return weight, b, np.sort(ids)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_deep_rows_are_settled_in_the_batched_phase_with_certificates_that_recheck(rng, with_bias):
+    weight, bias, ids = _planted(rng, bias=with_bias)
+    report = audit(weight, bias, options=AuditOptions(probability_seconds=0))
+    batched = [t for t in report.tokens if t.stage == "batched"]
+    assert {t.id for t in batched} == set(ids.tolist())
+    assert report.timings["batched_tokens"] == ids.size
+    for t in batched:
+        assert t.verdict == "unargmaxable" and t.id not in t.support
+        again = certify.check_certificate(weight, bias, t.id, t.support, t.weights, Unbounded())
+        assert again.ok, again.reason
+    reference = audit(weight, bias, tokens=ids.tolist(), options=AuditOptions(batched=False, probability_seconds=0))
+    assert all(t.verdict == "unargmaxable" and t.stage == "exact" for t in reference.tokens)
+
+
+def test_rows_on_the_hull_and_outside_the_support_go_on_to_the_exact_step(rng):
+    weight, _, ids = _planted(rng, planted=5)
+    comp = Competitors(weight, None)
+    ordinary = np.setdiff1d(np.arange(40), ids)[:20]  # vertices of the hull: argmaxable
+    checks = interior_certificates(comp, ordinary, Unbounded().resolve(weight.shape[1]))
+    assert checks == [None] * ordinary.size
+    # A deep row whose own certificate would need rows outside the support is not decided here
+    # if the support cannot hold it; whatever it gets is checked.
+    mixed = np.r_[ids, ordinary]
+    for pos, check in zip(mixed, interior_certificates(comp, mixed, Unbounded().resolve(weight.shape[1])),
+                          strict=True):
+        if check is not None:
+            assert pos in ids and check.ok
+
+
+def test_shared_basis_check_refuses_what_is_not_a_certificate(rng):
+    weight, _, ids = _planted(rng, planted=4)
+    d = weight.shape[1]
+    comp = Competitors(weight, None)
+    support = np.setdiff1d(support_rows(comp, 8 * d), ids)
+    lams = np.full((support.size, ids.size), 1.0 / support.size)  # the plain average: not w_q
+    basis = np.arange(d + 1)
+    assert certify.check_on_shared_basis(weight, None, ids, support, lams, basis, Unbounded().resolve(d)) \
+        == [None] * ids.size
+    nan = np.full_like(lams, np.nan)
+    assert certify.check_on_shared_basis(weight, None, ids, support, nan, basis, Unbounded().resolve(d)) \
+        == [None] * ids.size
+    own = np.r_[support[:-1], ids[0]]  # a token may not support itself
+    assert certify.check_on_shared_basis(weight, None, ids, own, lams, basis, Unbounded().resolve(d)) \
+        == [None] * ids.size
+
+
+def test_bias_that_lets_a_deep_row_win_is_not_overruled(rng):
+    """A row inside the hull of the weights with a large enough bias is argmaxable on R^d: the
+    enclosed weights' bias check must refuse it (the audit's screen finds its witness)."""
+    weight, bias, ids = _planted(rng, planted=6, bias=True)
+    bias[ids[:3]] = 5.0
+    comp = Competitors(weight, bias)
+    checks = interior_certificates(comp, ids, Unbounded().resolve(weight.shape[1]))
+    assert checks[:3] == [None] * 3 and all(c is not None and c.ok for c in checks[3:])
+    report = audit(weight, bias, tokens=ids.tolist(), options=AuditOptions(probability_seconds=0))
+    assert [t.verdict for t in report.tokens] == ["argmaxable"] * 3 + ["unargmaxable"] * 3
+
+
+def test_not_run_off_r_d(rng):
+    weight, _, ids = _planted(rng, planted=5)
+    report = audit(weight, rng.normal(scale=0.01, size=weight.shape[0]), domain=Ball(1.0),
+                   tokens=ids.tolist(), options=AuditOptions(probability_seconds=0))
+    assert "batched_tokens" not in report.timings and {t.stage for t in report.tokens} <= {"screen", "exact"}
