@@ -5,7 +5,7 @@ Prints, for each case, measured in the same run on the same machine:
 * the whole audit's time, and the time of one n x n x d float32 product (``W @ W.T`` in blocks;
   with ``--product-rows R`` only R rows of it, scaled up: the product's cost is linear in the rows),
   and their ratio;
-* the tokens settled by each stage (identical rows, screen, exact step) and the verdicts;
+* the tokens settled by each stage (identical rows, screen, batched phase, exact step) and the verdicts;
 * the per-token solver's median and maximum, and the stage timings;
 * the peak resident memory of the process so far.
 
@@ -95,7 +95,8 @@ def run_case(name: str, layer: OutputLayer, domain, tokens=None, product_rows=No
           f" ({100 * t.get('exact_tokens', 0) / audited:.2f} %)")
     print(f"   per-token solver: median {t.get('exact_median_seconds', float('nan')):.3f} s,"
           f" max {t.get('exact_max_seconds', float('nan')):.3f} s")
-    print(f"   stage seconds: screen {t.get('screen_seconds')}, exact {t.get('exact_seconds')},"
+    print(f"   stage seconds: screen {t.get('screen_seconds')}, batched phase {t.get('batched_seconds', '-')}"
+          f" ({t.get('batched_tokens', 0)} settled), exact {t.get('exact_seconds')},"
           f" best margins {t.get('practical_seconds')}, probabilities {t.get('probability_seconds')}")
     print(f"   audit {seconds:.1f} s" + (f" (x{scale:.1f} for the whole vocabulary: {seconds * scale:.1f} s)"
                                         if scale > 1 else ""))

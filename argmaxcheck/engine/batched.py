@@ -88,7 +88,7 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
 
 
 def _max_entropy_weights(rows: np.ndarray, targets: np.ndarray, steps: int, refresh: int,
-                         tol: float = 1e-10, stalled: float = 0.1, patience: int = 16) -> np.ndarray:
+                         tol: float = 1e-10, stalled: float = 0.1, patience: int = 8) -> np.ndarray:
     """Weights (K x B, columns on the simplex) ``lam ~ exp(theta_b . w_j)`` with ``rows^T lam ~ targets[b]``.
 
     Newton directions from the average Hessian of the tokens still moving, each followed by an
