@@ -89,3 +89,16 @@ def test_not_run_off_r_d(rng):
     report = audit(weight, rng.normal(scale=0.01, size=weight.shape[0]), domain=Ball(1.0),
                    tokens=ids.tolist(), options=AuditOptions(probability_seconds=0))
     assert "batched_tokens" not in report.timings and {t.stage for t in report.tokens} <= {"screen", "exact"}
+
+
+def test_wide_layers_skip_the_phase_without_d_by_d_work(rng):
+    import tracemalloc  # noqa: PLC0415
+
+    weight = rng.normal(size=(6, 20000))
+    weight[3] = 0.25 * weight[0] + 0.25 * weight[1] + 0.5 * weight[4]
+    comp = Competitors(weight, None)
+    tracemalloc.start()
+    checks = interior_certificates(comp, np.array([3]), Unbounded().resolve(20000))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert checks == [None] and peak < 50 * 2**20  # a d x d matrix would be 3.2 GB

@@ -66,7 +66,9 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
     ``steps`` bounds the Newton steps per block, ``refresh`` how often the shared Hessian is
     rebuilt. ``progress`` is called with the number of tokens of each block done.
     """
-    d = comp.weight.shape[1]
+    m, d = comp.weight.shape
+    if m < 2 * (d + 1):  # a deep certificate needs well over d + 1 rows; and no d x d work for wide layers
+        return [None] * len(positions)
     support = support_rows(comp, 8 * d)
     out: list[certify.CertificateCheck | None] = []
     for lo in range(0, len(positions), block):
