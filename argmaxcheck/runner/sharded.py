@@ -11,9 +11,11 @@ Ray run and an uninterrupted local run give the same report apart from
 ``seconds`` and ``timings``: the same verdicts, margins, witnesses and
 certificates, bit for bit (tested). Against an *unchunked* run
 (:func:`argmaxcheck.audit` over every token at once) the verdicts agree, but
-margins and witnesses may differ in their last bits, or come from another
-stage: the screen's blocked products and the exact step's batched seeding
-see a different set of tokens per call. One caveat for all of them: the
+margins and witnesses may differ in their last bits, the batched phase's
+certificates in their weights (a deep certificate is not unique; each is
+checked), or come from another stage: the screen's blocked products, the
+exact step's batched seeding and the batched phase's blocks see a different
+set of tokens per call. One caveat for all of them: the
 max-probability bracket has a time budget (split over the chunks in
 proportion to their size), so which flagged tokens get one can depend on
 the machine's speed; the brackets themselves do not.
