@@ -102,3 +102,17 @@ def test_wide_layers_skip_the_phase_without_d_by_d_work(rng):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert checks == [None] and peak < 50 * 2**20  # a d x d matrix would be 3.2 GB
+
+
+def test_same_chunks_give_the_same_batched_certificates_bit_for_bit(rng):
+    """What resumed and Ray runs rely on: a chunk's batched certificates depend only on the chunk."""
+    from argmaxcheck.runner import audit_sharded  # noqa: PLC0415
+
+    weight, _, ids = _planted(rng, n=1200, d=16, planted=40)
+    options = AuditOptions(probability_seconds=0)
+    first = audit_sharded(weight, options=options, chunk_size=300)
+    second = audit_sharded(weight, options=options, chunk_size=300)
+    batched = [(a, b) for a, b in zip(first.tokens, second.tokens, strict=True) if a.stage == "batched"]
+    assert len(batched) >= ids.size  # the planted rows, and any row of the cloud that is inside too
+    for a, b in batched:
+        assert np.array_equal(a.support, b.support) and np.array_equal(a.weights, b.weights)
