@@ -25,7 +25,11 @@ their best margin, so the check costs nothing for tokens that win clearly.
 The best margin reported is an upper bound on it: the weak-duality bound of
 the solver's row weights on the restricted problem, once no row outside it is
 violated at the solver's point (evaluated in float64, without the interval
-bounds the verdicts get); the witness at x* still
+bounds the verdicts get), within 2e-4 of the optimum where that already puts
+it clearly on one side of the threshold and within 1e-6 otherwise. The label
+is decided only once no row is violated: a restricted problem's point can be
+far from x*, and the threshold there is another (tried, and one label of
+whisper's flipped). The witness at x* still
 carries a certified positive gap: the token stays argmaxable in exact
 arithmetic, and the report keeps that proof.
 """
