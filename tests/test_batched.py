@@ -7,7 +7,7 @@ import pytest
 
 from argmaxcheck import AuditOptions, Ball, Unbounded, audit
 from argmaxcheck.engine import certify
-from argmaxcheck.engine.batched import interior_certificates, support_rows
+from argmaxcheck.engine.batched import _max_entropy_weights, interior_certificates, support_rows
 from argmaxcheck.engine.exact import Competitors
 
 
@@ -116,3 +116,58 @@ def test_same_chunks_give_the_same_batched_certificates_bit_for_bit(rng):
     assert len(batched) >= ids.size  # the planted rows, and any row of the cloud that is inside too
     for a, b in batched:
         assert np.array_equal(a.support, b.support) and np.array_equal(a.weights, b.weights)
+
+
+def test_tokens_hugging_a_face_do_not_spoil_the_block_for_deep_rows():
+    """Found in review: near-face tokens put their weight on that face's rows; a basis averaged
+    over them was singular and refused every deep row of the block."""
+    rng = np.random.default_rng(2)
+    n, d = 2000, 12
+    weight = rng.integers(-64, 65, size=(n, d)) * 2.0**-7
+    weight[:, 0] = np.minimum(weight[:, 0], 0.5)
+    face = rng.choice(n, 400, replace=False)
+    weight[face, 0] = 0.5  # a facet {x_0 = 0.5}
+    rest = np.setdiff1d(np.arange(n), face)
+    deep, flat, pool = rest[:20], rest[20:40], rest[40:]
+    for i in deep:
+        weight[i] = rng.dirichlet(np.ones(48)) @ weight[rng.choice(pool, 48, replace=False)]
+    for i in flat:  # on the facet, a hair inside
+        weight[i] = weight[rng.choice(face, 64, replace=False)].sum(axis=0) / 64
+        weight[i, 0] -= 1e-13
+    report = audit(weight, tokens=np.r_[deep, flat].tolist(), options=AuditOptions(probability_seconds=0))
+    stage = {t.id: (t.stage, t.verdict) for t in report.tokens}
+    assert all(stage[int(i)] == ("batched", "unargmaxable") for i in deep)
+
+
+def test_the_announced_stage_is_completed_when_the_phase_is_skipped(rng):
+    weight = rng.normal(size=(20, 16))
+    weight[5] = weight[:4].mean(axis=0)
+    seen = []
+
+    class Recorder:
+        def stage(self, name, total):
+            seen.append([name, total, 0])
+
+        def advance(self, n):
+            seen[-1][2] += n
+
+    audit(weight, options=AuditOptions(probability_seconds=0), progress=Recorder())
+    assert all(done == total for _, total, done in seen), seen
+
+
+def test_a_non_finite_bias_proves_nothing(rng):
+    weight, _, ids = _planted(rng, planted=4)
+    comp = Competitors(weight, None)
+    support = np.setdiff1d(support_rows(comp, 8 * weight.shape[1]), ids)
+    lams, converged = _max_entropy_weights(weight[support], weight[ids], steps=120, refresh=4)
+    assert converged.all()
+    basis = np.sort(np.argpartition(-lams.mean(axis=1), weight.shape[1])[: weight.shape[1] + 1])
+    domain = Unbounded().resolve(weight.shape[1])
+    good = certify.check_on_shared_basis(weight, None, ids, support, lams, basis, domain)
+    assert all(c is not None for c in good)
+    for poison in (np.nan, np.inf):
+        bias = np.zeros(weight.shape[0])
+        bias[support[0]] = poison
+        with np.errstate(invalid="ignore"):
+            bad = certify.check_on_shared_basis(weight, bias, ids, support, lams, basis, domain)
+        assert bad == [None] * ids.size

@@ -68,6 +68,8 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
     """
     m, d = comp.weight.shape
     if m < 2 * (d + 1):  # a deep certificate needs well over d + 1 rows; and no d x d work for wide layers
+        if progress is not None and len(positions):
+            progress(len(positions))  # the stage was announced: complete it
         return [None] * len(positions)
     support = support_rows(comp, 8 * d)
     out: list[certify.CertificateCheck | None] = []
@@ -75,13 +77,8 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
         pos = np.asarray(positions[lo:lo + block], dtype=np.int64)
         rows = np.setdiff1d(support, pos)  # a token never supports its own certificate
         if rows.size > d + 1:
-            lams = _max_entropy_weights(comp.weight[rows], comp.weight[pos], steps, refresh)
-            settled = np.isfinite(lams).all(axis=0)
-            if settled.any():
-                basis = np.sort(np.argpartition(-lams[:, settled].mean(axis=1), d)[: d + 1])
-                out.extend(certify.check_on_shared_basis(comp.weight, comp.bias, pos, rows, lams, basis, domain))
-            else:
-                out.extend([None] * pos.size)
+            lams, converged = _max_entropy_weights(comp.weight[rows], comp.weight[pos], steps, refresh)
+            out.extend(_check_block(comp, pos, rows, lams, converged, domain))
         else:
             out.extend([None] * pos.size)
         if progress is not None:
@@ -89,8 +86,39 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
     return out
 
 
+def _check_block(comp: Competitors, pos: np.ndarray, rows: np.ndarray, lams: np.ndarray, converged: np.ndarray,
+                 domain) -> list[certify.CertificateCheck | None]:
+    """Checked certificates for one block, on one shared basis of the support ``rows``.
+
+    The basis is the d + 1 rows of largest average weight over the tokens that converged:
+    tokens hugging a face of the hull (stragglers that ran out of steps) put their weight on
+    that face, and a basis taken from them is singular, which would refuse the whole block. If
+    converged tokens are still refused, they are tried once more on a pivoted-QR basis of the
+    weighted system (as :func:`certify._enclose` does for one token; about 4 GFLOP at d = 640,
+    so only then).
+    """
+    d = comp.weight.shape[1]
+    usable = np.isfinite(lams).all(axis=0)
+    chosen = converged if converged.any() else usable
+    if not chosen.any():
+        return [None] * pos.size
+    mean = lams[:, chosen].mean(axis=1)
+    basis = np.sort(np.argpartition(-mean, d)[: d + 1])
+    checks = certify.check_on_shared_basis(comp.weight, comp.bias, pos, rows, lams, basis, domain)
+    retry = np.flatnonzero(converged & np.array([c is None for c in checks]))
+    if retry.size:
+        system = np.vstack([comp.weight[rows].T, np.ones((1, rows.size))]) * mean
+        _, _, pivots = linalg.qr(system, mode="economic", pivoting=True, check_finite=False)
+        again = certify.check_on_shared_basis(comp.weight, comp.bias, pos[retry], rows, lams[:, retry],
+                                              np.sort(pivots[: d + 1]), domain)
+        for k, check in zip(retry, again, strict=True):
+            checks[k] = check
+    return checks
+
+
 def _max_entropy_weights(rows: np.ndarray, targets: np.ndarray, steps: int, refresh: int,
-                         tol: float = 1e-10, stalled: float = 0.1, patience: int = 8) -> np.ndarray:
+                         tol: float = 1e-10, stalled: float = 0.1, patience: int = 8
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """Weights (K x B, columns on the simplex) ``lam ~ exp(theta_b . w_j)`` with ``rows^T lam ~ targets[b]``.
 
     Newton directions from the average Hessian of the tokens still moving, each followed by an
@@ -99,13 +127,14 @@ def _max_entropy_weights(rows: np.ndarray, targets: np.ndarray, steps: int, refr
     the rows' hull has no such weights (its theta grows without bound): after ``patience``
     steps, a token whose residual is still above ``stalled`` times its first one leaves the
     block with NaN weights, which the enclosure refuses; converged tokens leave too, so later
-    steps cost only what is left.
+    steps cost only what is left. Also returns which tokens converged (residual <= ``tol``).
     """
     k, d = rows.shape
     mean = rows.mean(axis=0)
     centred = rows - mean
     goal = (targets - mean).T  # d x B
     out = np.full((k, goal.shape[1]), np.nan)
+    converged = np.zeros(goal.shape[1], dtype=bool)
     active = np.arange(goal.shape[1])
     z = np.zeros((k, goal.shape[1]), order="F")  # scores centred_j . theta_b
     lams = np.full((k, goal.shape[1]), 1.0 / k, order="F")
@@ -121,11 +150,12 @@ def _max_entropy_weights(rows: np.ndarray, targets: np.ndarray, steps: int, refr
         lost = (step >= patience) & (residual > stalled * first_residual)
         if (done | lost).any():
             out[:, active[done]] = lams[:, done]
+            converged[active[done]] = True
             keep = ~(done | lost)
             active, goal, z, lams = active[keep], goal[:, keep], z[:, keep], lams[:, keep]
             grad, first_residual = grad[:, keep], first_residual[keep]
             if active.size == 0:
-                return out
+                return out, converged
         if step % refresh == 0 or factor is None:
             avg = lams.mean(axis=1)
             first = blas.dgemv(1.0, centred.T, avg)
@@ -144,7 +174,7 @@ def _max_entropy_weights(rows: np.ndarray, targets: np.ndarray, steps: int, refr
         lams = np.exp(z - top)
         lams /= lams.sum(axis=0)
     out[:, active] = lams  # out of steps: the enclosure judges what they reached
-    return out
+    return out, converged
 
 
 def _line_search(z: np.ndarray, moves: np.ndarray, pull: np.ndarray, iterations: int = 6) -> np.ndarray:

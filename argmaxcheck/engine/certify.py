@@ -449,7 +449,7 @@ def _finish_interval(weight, bias, row, support, lam_mid, lam_rad, coords, domai
             + U64 * float(np.abs(lam_mid) @ (np.abs(bias[support]) + abs(bias[row])))
     bound, undecided = _bound_from_interval(v, v_err, beta, beta_err, domain)
     lam_out = np.clip(lam_mid, 0, None)
-    if undecided.any() or bound > 0.0:
+    if undecided.any() or not bound <= 0.0:  # NaN (a non-finite bias) proves nothing
         return CertificateCheck(False, np.nan, "", "verified solve left the certificate inconclusive",
                                 support, lam_out), undecided
     return CertificateCheck(True, min(bound, 0.0), "verified linear solve (exact equalities enclosed)", "",
