@@ -28,7 +28,12 @@ class _Silent:
 
 
 class _Counter:
-    """A plain callable given the number of tokens newly decided (the older ``progress=`` interface)."""
+    """A plain callable given each ``advance(n)`` of every stage (the older ``progress=`` interface).
+
+    A token that passes several stages (screen passes, the batched phase, seeding, the exact
+    step) is counted in each, so the sum can exceed the number of tokens; use an object with
+    ``stage`` and ``advance`` for totals per stage.
+    """
 
     def __init__(self, callback: Callable[[int], None]):
         self.callback = callback
