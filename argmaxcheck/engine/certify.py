@@ -304,9 +304,27 @@ def _enclose(rows, w_i, coords, lam) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _enclose_on(a_full, r, lam, basis, scale) -> tuple[np.ndarray, np.ndarray] | None:
     """Enclosure with the correction confined to ``basis`` columns (scaled system)."""
+    found = _enclose_columns(a_full, r, lam, basis)
+    if found is None:
+        return None
+    mid, rad = found
+    return mid * scale, rad * scale
+
+
+def _enclose_columns(a_full, targets, lams, basis) -> tuple[np.ndarray, np.ndarray] | None:
+    """Enclose exact solutions of ``a_full lam = targets`` near ``lams``, correcting only ``basis``.
+
+    ``targets`` and ``lams`` are one column (vectors) or several (one per token, sharing the
+    basis). The entries of ``lams`` outside the basis are kept as the exact floats they are;
+    the square system on the basis columns is solved approximately with an inverse ``C``, and
+    ``||I - C A|| <= alpha < 1`` proves A nonsingular with ``||A^-1|| <= ||C|| / (1 - alpha)``,
+    which bounds the distance to the exact solution from the residual, every rounding
+    included. The inverse and alpha do not depend on the columns. Returns (midpoint, radius),
+    with |exact - midpoint| <= radius entrywise (0 outside the basis), or None when the basis
+    cannot be verified.
+    """
     m = a_full.shape[1]
     neq = a_full.shape[0]
-    rest = np.setdiff1d(np.arange(m), basis)
     a = a_full[:, basis]
     try:  # scipy's LAPACK, like every other product of the exact step (see _blas.py): 21 -> 3 ms a call
         with warnings.catch_warnings():
@@ -317,30 +335,32 @@ def _enclose_on(a_full, r, lam, basis, scale) -> tuple[np.ndarray, np.ndarray] |
         return None
     if not np.isfinite(inv).all():
         return None
-    fixed = lam[rest]
-    # Right-hand side for the basis columns: r - A_rest lam_rest, enclosed.
-    g_all = gamma(m + 2, U64)
-    a_rest = a_full[:, rest]
-    rhs = r - matvec(a_rest, fixed)
-    rhs_err = g_all * (np.abs(r) + matvec(np.abs(a_rest), np.abs(fixed)))
-    x = lam[basis].copy()
-    for _ in range(3):
-        x = x + matvec(inv, rhs - matvec(a, x))
     g = gamma(neq + 2, U64)
     c_bound = np.abs(np.eye(neq) - matmat(inv, a)) * (1 + 2 * U64) + g * matmat(np.abs(inv), np.abs(a))
     alpha = float(c_bound.sum(axis=1).max()) * (1 + g)
     if not alpha < 1.0:
         return None
-    res = rhs - matvec(a, x)
-    res_bound = float(np.abs(res).max()) + float(rhs_err.max()) + g * float(
-        (np.abs(rhs) + matvec(np.abs(a), np.abs(x))).max())
+    product = matvec if lams.ndim == 1 else matmat  # one token's solve stays matrix-vector
+    rest = np.setdiff1d(np.arange(m), basis)
+    fixed = lams[rest]
+    # Right-hand side for the basis columns: r - A_rest lam_rest, enclosed.
+    g_all = gamma(m + 2, U64)
+    a_rest = a_full[:, rest]
+    rhs = targets - product(a_rest, fixed)
+    rhs_err = g_all * (np.abs(targets) + product(np.abs(a_rest), np.abs(fixed)))
+    x = lams[basis].copy()
+    for _ in range(3):
+        x = x + product(inv, rhs - product(a, x))
+    res = rhs - product(a, x)
+    res_bound = (np.abs(res).max(axis=0) + rhs_err.max(axis=0)
+                 + g * (np.abs(rhs) + product(np.abs(a), np.abs(x))).max(axis=0))
     inv_norm = float(np.abs(inv).sum(axis=1).max()) * (1 + g)
     radius = inv_norm * res_bound / (1.0 - alpha) * (1 + 4 * U64)
-    mid = lam.astype(np.float64).copy()
+    mid = lams.astype(np.float64).copy()
     mid[basis] = x
-    rad = np.zeros(m)
+    rad = np.zeros(mid.shape)
     rad[basis] = radius
-    return mid * scale, rad * scale
+    return mid, rad
 
 
 def check_on_shared_basis(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarray, support: np.ndarray,
@@ -348,67 +368,37 @@ def check_on_shared_basis(weight: np.ndarray, bias: np.ndarray | None, rows: np.
     """Check the R^d certificates of many tokens that share one support and one basis of it.
 
     ``lams[:, b]`` are approximate weights on ``support`` with ``sum_j lam_j w_j ~ w_q`` for
-    token ``q = rows[b]``. As in :func:`_enclose_on`, an exact solution of
+    token ``q = rows[b]``. As for one token (:func:`_enclose_on`), an exact solution of
     ``[W_S^T; 1] lam = [w_q; 1]`` is enclosed with the correction confined to the ``basis``
     columns (d + 1 positions into ``support``), and the token is settled only if every enclosed
     weight is >= 0 and the interval check of :func:`_finish_interval` (the bias) passes. The
-    basis's inverse and its contraction bound do not depend on the token, so they are computed
-    once for the block instead of once a token. Returns a check per token, or None where the
-    enclosure did not prove non-negative weights (the token goes on to the exact step).
+    basis's inverse and its contraction bound are computed once for the block
+    (:func:`_enclose_columns`). Returns a check per token, or None where the enclosure did not
+    prove non-negative weights (the token goes on to the exact step).
     """
     support = np.asarray(support, dtype=np.int64)
     rows = np.asarray(rows, dtype=np.int64)
     d = weight.shape[1]
     size = support.size
-    a_full = np.vstack([weight[support].T, np.ones((1, size))])
-    neq = d + 1
-    if basis.size != neq or size <= neq or np.isin(rows, support).any():
+    if basis.size != d + 1 or size <= d + 1 or np.isin(rows, support).any():
         return [None] * rows.size
-    a = a_full[:, basis]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-            inv = scipy.linalg.inv(a, check_finite=False)
-    except (np.linalg.LinAlgError, ValueError):
-        return [None] * rows.size
-    if not np.isfinite(inv).all():
-        return [None] * rows.size
-    g = gamma(neq + 2, U64)
-    c_bound = np.abs(np.eye(neq) - matmat(inv, a)) * (1 + 2 * U64) + g * matmat(np.abs(inv), np.abs(a))
-    alpha = float(c_bound.sum(axis=1).max()) * (1 + g)
-    if not alpha < 1.0:
-        return [None] * rows.size
-    inv_norm = float(np.abs(inv).sum(axis=1).max()) * (1 + g)
-    rest = np.setdiff1d(np.arange(size), basis)
-    a_rest = a_full[:, rest]
     finite = np.isfinite(lams).all(axis=0)  # a token without weights (NaN) is refused below
-    lams = np.where(finite, lams, 0.0)
-    fixed = lams[rest]
+    a_full = np.vstack([weight[support].T, np.ones((1, size))])
     targets = np.vstack([weight[rows].T, np.ones((1, rows.size))])
-    # Right-hand sides for the basis columns, r - A_rest lam_rest, each entry a dot product of
-    # size - neq + 1 terms: the same bound as a single token's.
-    g_all = gamma(size + 2, U64)
-    rhs = targets - matmat(a_rest, fixed)
-    rhs_err = g_all * (np.abs(targets) + matmat(np.abs(a_rest), np.abs(fixed)))
-    x = lams[basis].copy()
-    for _ in range(3):
-        x = x + matmat(inv, rhs - matmat(a, x))
-    res = rhs - matmat(a, x)
-    res_bound = (np.abs(res).max(axis=0) + rhs_err.max(axis=0)
-                 + g * (np.abs(rhs) + matmat(np.abs(a), np.abs(x))).max(axis=0))
-    radius = inv_norm * res_bound / (1.0 - alpha) * (1 + 4 * U64)
+    found = _enclose_columns(a_full, targets, np.where(finite, lams, 0.0), basis)
+    if found is None:
+        return [None] * rows.size
+    mid, rad = found
     coords = np.arange(d)
     checks: list[CertificateCheck | None] = []
     for b, row in enumerate(rows):
-        if not (finite[b] and np.isfinite(radius[b]) and np.all(x[:, b] - radius[b] >= 0)
-                and np.all(fixed[:, b] >= 0)):
+        # Outside the basis rad is 0 and mid the given weight, so this also asks those to be >= 0.
+        if not (finite[b] and np.all(mid[:, b] - rad[:, b] >= 0)):
             checks.append(None)
             continue
-        mid = lams[:, b].astype(np.float64).copy()
-        mid[basis] = x[:, b]
-        rad = np.zeros(size)
-        rad[basis] = radius[b]
-        check, _ = _finish_interval(weight, bias, int(row), support, mid, rad, coords, domain)
+        # Contiguous copies: a strided column would sum its dot products in another order.
+        check, _ = _finish_interval(weight, bias, int(row), support, np.ascontiguousarray(mid[:, b]),
+                                    np.ascontiguousarray(rad[:, b]), coords, domain)
         checks.append(check if check.ok else None)
     return checks
 
