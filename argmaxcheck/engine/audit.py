@@ -13,6 +13,7 @@ from ..errors import InputError
 from ..layer import OutputLayer
 from ..report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 from . import certify
+from ._fingerprint import row_fingerprints
 from .backend import make_backend
 from .batched import interior_certificates
 from .exact import Competitors, ExactOptions, seed_points, should_seed, solve_token
@@ -452,19 +453,12 @@ def _targets(tokens, n: int) -> list[int]:
 def _row_groups(weight: np.ndarray, block: int = 8192, mult: np.ndarray | None = None) -> np.ndarray:
     """A group id per row, equal exactly for rows with identical bits, in O(n) extra memory.
 
-    Rows are fingerprinted by a random linear hash of their 64-bit patterns (integer arithmetic
-    wraps deterministically, so identical rows always collide); rows that share a fingerprint are
-    then compared bit for bit, so a chance collision of different rows never merges them.
+    Rows are fingerprinted by their bits (:func:`row_fingerprints`: identical rows always
+    collide); rows that share a fingerprint are then compared bit for bit, so a chance collision
+    of different rows never merges them.
     """
-    n, d = weight.shape
     bits = np.ascontiguousarray(weight).view(np.uint64)
-    if mult is None:
-        mult = np.random.default_rng(0).integers(1, 2**63, size=d, dtype=np.uint64) | np.uint64(1)
-    prints = np.empty(n, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for lo in range(0, n, block):
-            prints[lo:lo + block] = (bits[lo:lo + block] * mult).sum(axis=1, dtype=np.uint64)
-    _, group = np.unique(prints, return_inverse=True)
+    _, group = np.unique(row_fingerprints(bits, mult, block), return_inverse=True)
     group = group.ravel().astype(np.int64)
     counts = np.bincount(group)
     next_id = counts.size
