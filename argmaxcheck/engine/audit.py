@@ -187,8 +187,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         for k, cert in zip(open_rows, checks, strict=True):
             if cert is not None:
                 i = int(pending[k])
-                results[i] = TokenResult(i, name(i), UNARGMAXABLE, cert.bound, "batched",
-                                         support=reps[cert.support], weights=cert.weights, check=cert.method)
+                results[i] = _unargmaxable(i, name(i), cert, reps, "batched")
         timings["batched_tokens"] = int(sum(c is not None for c in checks))
         timings["batched_seconds"] = round(time.perf_counter() - t0, 4)
         open_rows = np.array([k for k in open_rows if int(pending[k]) not in results], dtype=np.int64)
@@ -233,9 +232,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
             else:
                 results[i] = _argmaxable(i, name(i), x, gap, "exact")
         elif out.certificate is not None and out.certificate.ok:
-            cert = out.certificate
-            results[i] = TokenResult(i, name(i), UNARGMAXABLE, cert.bound, "exact",
-                                     support=reps[cert.support], weights=cert.weights, check=cert.method)
+            results[i] = _unargmaxable(i, name(i), out.certificate, reps, "exact")
         else:
             results[i] = TokenResult(i, name(i), UNDECIDED, np.nan, "exact", reason=out.reason)
         per_token.append(time.perf_counter() - t_tok + seed_share + fetch_share)
@@ -415,6 +412,12 @@ def _bound_probabilities(results: dict, layer: OutputLayer, domain, deadline: fl
 def _argmaxable(i, token, x, gap, stage) -> TokenResult:
     return TokenResult(i, token, ARGMAXABLE, float(gap), stage, witness=np.asarray(x, dtype=np.float64),
                        check="witness gap > rounding-error bound")
+
+
+def _unargmaxable(i, token, cert: certify.CertificateCheck, reps: np.ndarray, stage) -> TokenResult:
+    """The result of a checked certificate over competitor positions (``reps`` maps them to row ids)."""
+    return TokenResult(i, token, UNARGMAXABLE, cert.bound, stage, support=reps[cert.support], weights=cert.weights,
+                       check=cert.method)
 
 
 def _scale_free_witness(comp: Competitors, pos: int, x: np.ndarray, domain) -> tuple[np.ndarray, float]:
