@@ -121,15 +121,7 @@ def best_margin(comp: Competitors, p: int, domain, x0: np.ndarray, cap: float,
         over = gaps(x)
         extra = _most_violated(over + value, in_working, p, max(d // 2, 50))
         if extra.size == 0:
-            if not precise and threshold_at is not None:
-                # The lead at x over every row is a lower bound (in float64: the label is a
-                # judgement on rounding, the verdict keeps its certified witness).
-                lead = -float(over.max())
-                limit = threshold_at(x)
-                if value < (1 - _SLACK) * limit or lead > (1 + _SLACK) * limit:
-                    gap = certify.check_witness(weight, comp.bias, p, x, domain, comp.norms)
-                    return BestMargin(float(value), x, float(gap))
-            if not precise:
+            if not (precise or _clears(threshold_at, x, value, -float(over.max()))):
                 precise = True
                 continue
             gap = certify.check_witness(weight, comp.bias, p, x, domain, comp.norms)
@@ -138,3 +130,14 @@ def best_margin(comp: Competitors, p: int, domain, x0: np.ndarray, cap: float,
         in_working[extra] = True
     return None
 
+
+def _clears(threshold_at, x: np.ndarray, upper: float, lead: float) -> bool:
+    """Whether bounds on a best margin already lie clearly on one side of the threshold at ``x``.
+
+    ``upper`` is the dual bound; ``lead``, the lead at x over every row, a lower bound (both in
+    float64: the label is a judgement on rounding, the verdict keeps its certified witness).
+    """
+    if threshold_at is None:
+        return False
+    limit = threshold_at(x)
+    return upper < (1 - _SLACK) * limit or lead > (1 + _SLACK) * limit
