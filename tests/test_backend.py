@@ -66,3 +66,87 @@ def test_out_of_device_memory_moves_the_products_to_numpy(monkeypatch):
     np.testing.assert_array_equal(first, w32 @ x32.T)
     np.testing.assert_array_equal(second, w32 @ x32.T)
     assert "out of memory" in backend.note and backend.name.startswith("numpy")
+
+
+def _small_blocks(backend: TorchBackend, rows: int) -> TorchBackend:
+    """The same backend with its weights held in blocks of ``rows`` (as after a device out-of-memory)."""
+    backend._upload(backend.weight32, rows)
+    return backend
+
+
+@pytest.mark.parametrize("with_scale", [False, True])
+@pytest.mark.parametrize("with_offset", [False, True])
+def test_rival_scores_reduce_on_the_device_as_numpy_does(with_scale, with_offset):
+    rng = np.random.default_rng(3)
+    w32 = rng.normal(size=(1000, 16)).astype(np.float32)
+    x32 = rng.normal(size=(9, 16)).astype(np.float32)
+    own = rng.choice(1000, size=9, replace=False)
+    own[0] = 0  # first row of the first block, and last row of the last
+    own[1] = 999
+    scale32 = rng.uniform(0.5, 2, size=9).astype(np.float32) if with_scale else None
+    offset32 = rng.normal(size=1000).astype(np.float32) if with_offset else None
+    ref_mine, ref_best = NumpyBackend(w32).rival_scores(x32, own, scale32, offset32)
+    for backend in (TorchBackend(w32, "cpu"), _small_blocks(TorchBackend(w32, "cpu"), 300)):
+        mine, best = backend.rival_scores(x32, own, scale32, offset32)
+        assert mine.dtype == best.dtype == np.float32
+        # The products may differ in their last bits from numpy's (the screen's bound covers that).
+        np.testing.assert_allclose(mine, ref_mine, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(best, ref_best, rtol=1e-5, atol=1e-5)
+    exact = w32.astype(np.float64) @ x32.astype(np.float64).T
+    if with_scale:
+        exact *= scale32
+    if with_offset:
+        exact += offset32[:, None]
+    cols = np.arange(9)
+    np.testing.assert_allclose(mine, exact[own, cols], rtol=1e-5, atol=1e-5)
+    exact[own, cols] = -np.inf
+    np.testing.assert_allclose(best, exact.max(axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_transformed_norms_rank_rows_as_numpy_does():
+    rng = np.random.default_rng(4)
+    w32 = rng.normal(size=(700, 10)).astype(np.float32)
+    shift, transform = rng.normal(size=10).astype(np.float32), rng.normal(size=(10, 6)).astype(np.float32)
+    ref = NumpyBackend(w32).transformed_norms(shift, transform)
+    for backend in (TorchBackend(w32, "cpu"), _small_blocks(TorchBackend(w32, "cpu"), 256)):
+        np.testing.assert_allclose(backend.transformed_norms(shift, transform), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_batched_phase_on_torch_settles_what_numpy_settles(with_bias):
+    """Planted deep rows: the weights searched on torch give the same tokens, each certificate checked."""
+    from argmaxcheck.engine import certify  # noqa: PLC0415
+
+    rng = np.random.default_rng(5)
+    n, d = 1500, 24
+    weight = rng.normal(size=(n, d))
+    ids = np.sort(rng.choice(n, size=30, replace=False))
+    pool = np.setdiff1d(np.arange(n), ids)
+    for i in ids:
+        weight[i] = rng.dirichlet(np.ones(4 * d)) @ weight[rng.choice(pool, size=4 * d, replace=False)]
+    bias = None
+    if with_bias:
+        bias = rng.normal(scale=0.01, size=n)
+        bias[ids] = -1.0
+    options = {"probability_seconds": 0.0}
+    ref = audit(weight, bias, options=AuditOptions(device="cpu", **options))
+    got = audit(weight, bias, options=AuditOptions(device="torch-cpu", **options))
+    assert [t.verdict for t in got.tokens] == [t.verdict for t in ref.tokens]
+    assert [t.stage for t in got.tokens] == [t.stage for t in ref.tokens]
+    assert {t.id for t in got.tokens if t.stage == "batched"} == set(ids.tolist())
+    for t in got.tokens:
+        if t.verdict == "unargmaxable":
+            assert certify.check_certificate(weight, bias, t.id, t.support, t.weights, Unbounded()).ok
+
+
+def test_guess_directions_on_torch_agree_with_numpy():
+    from argmaxcheck.engine.screen import _guess_directions  # noqa: PLC0415
+
+    rng = np.random.default_rng(6)
+    weight = rng.normal(size=(300, 8)) * np.linspace(0.1, 3, 8)
+    pos = np.array([0, 5, 299])
+    ref = _guess_directions(weight)
+    got = _guess_directions(weight, TorchBackend(weight.astype(np.float32), "cpu").ops)
+    assert len(got) == len(ref)
+    for mine, theirs in zip(got, ref, strict=True):
+        np.testing.assert_allclose(mine(pos), theirs(pos), rtol=1e-9, atol=1e-12)

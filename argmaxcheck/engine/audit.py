@@ -51,7 +51,9 @@ class AuditOptions:
         not its verdicts. 0 skips it; tokens left when the budget runs out get
         no bounds.
     device : str
-        Where the screen's float32 products run (:mod:`argmaxcheck.engine.backend`):
+        Where the screen's float32 products and guesses, and the batched phase's search for
+        weights, run (:mod:`argmaxcheck.engine.backend`); certificates are always checked on
+        the CPU in float64:
         ``auto`` (CUDA through torch when present, else numpy), ``cpu`` (numpy),
         ``cuda``, or ``torch-cpu`` (torch on the CPU, for tests).
     batched : bool
@@ -163,6 +165,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     t0 = time.perf_counter()
     starts = np.zeros((pending.size, layer.dim))
     weight32 = None  # the screen's float32 copy, reused by the exact step's seeding
+    backend = None  # where the heavy products run; the batched phase reuses the screen's
     if pending.size and not options.exact_all:
         weight32 = comp_weight.astype(np.float32)
         backend = make_backend(weight32, options.device)
@@ -183,12 +186,15 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         # R^d: rows deep inside their competitors' hull get shared-basis certificates a block at a time.
         t0 = time.perf_counter()
         progress.stage("batched phase: rows inside the hull", int(open_rows.size))
-        checks = interior_certificates(comp, position[pending[open_rows]], solve_domain, progress=progress.advance)
+        checks = interior_certificates(comp, position[pending[open_rows]], solve_domain, progress=progress.advance,
+                                       backend=backend)
         for k, cert in zip(open_rows, checks, strict=True):
             if cert is not None:
                 i = int(pending[k])
                 results[i] = _unargmaxable(i, name(i), cert, reps, "batched")
         timings["batched_tokens"] = int(sum(c is not None for c in checks))
+        if backend is not None and backend.note:  # a device out-of-memory in the phase moved it to the CPU
+            timings["device_note"] = backend.note
         timings["batched_seconds"] = round(time.perf_counter() - t0, 4)
         open_rows = np.array([k for k in open_rows if int(pending[k]) not in results], dtype=np.int64)
 

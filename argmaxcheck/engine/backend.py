@@ -1,9 +1,17 @@
-"""Where the screen's float32 products run: numpy on the CPU, or torch (CUDA when present).
+"""Where the heavy products run: numpy on the CPU, or torch (CUDA when present).
+
+Three kinds of work go through a backend:
+
+* the screen's float32 products ``W @ X^T`` and their reduction to each column's own score and
+  best rival (:meth:`rival_scores`: on a GPU only two numbers a column come back, not m);
+* per-row quadratic forms for ranking rows (:meth:`transformed_norms`);
+* the float64 array work of the batched phase and of the screen's guesses (:attr:`ops`).
 
 The screen's acceptance bounds (:mod:`.certify`) assume IEEE float32 products with round-to-nearest
 and any summation order, so the torch backend turns off every faster-but-looser mode: TF32 matrix
 products and reduced-precision reductions. Verdicts and certificates are then as rigorous as on
-numpy (the products may differ in their last bits, which the bounds cover).
+numpy (the products may differ in their last bits, which the bounds cover). The float64 work only
+finds candidate weights and guesses; every certificate is still checked on the CPU in float64.
 
 The weights go to the device once; when they do not fit, the backend falls back to smaller row
 blocks, then to numpy on the CPU, and says so in :attr:`Backend.note`.
@@ -15,17 +23,167 @@ import glob
 import os
 
 import numpy as np
+from scipy import linalg
+from scipy.linalg import blas
 
 from ..errors import InputError
+from ._blas import rows_times
 
 DEVICES = ("auto", "cpu", "cuda", "torch-cpu")
 
 
+def rivals_of(scores: np.ndarray, own: np.ndarray, scale32: np.ndarray | None = None,
+              offset32: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's own score and its best rival's, from float32 products (modified in place).
+
+    ``scores`` (m, B) are scaled by ``scale32`` per column and shifted by ``offset32`` per row,
+    each in float32; column b's own row is ``own[b]``. The max of float32 numbers is exact.
+    """
+    if scale32 is not None:
+        scores *= scale32[None, :]
+    if offset32 is not None:
+        scores += offset32[:, None]
+    cols = np.arange(scores.shape[1])
+    mine = scores[own, cols].copy()
+    scores[own, cols] = -np.inf
+    best = scores.max(axis=0) if scores.shape[0] > 1 else np.full(cols.size, -np.inf, dtype=scores.dtype)
+    scores[own, cols] = mine
+    return mine, best
+
+
+class NumpyOps:
+    """The float64 array operations of the batched phase, on numpy and scipy's BLAS."""
+
+    name = "numpy"
+
+    @staticmethod
+    def asarray(array: np.ndarray):
+        return np.asarray(array, dtype=np.float64)
+
+    @staticmethod
+    def numpy(array) -> np.ndarray:
+        return np.asarray(array)
+
+    exp = staticmethod(np.exp)
+    isfinite = staticmethod(np.isfinite)
+    where = staticmethod(np.where)
+
+    @staticmethod
+    def full(shape, value: float):
+        return np.full(shape, value)
+
+    @staticmethod
+    def amax(array, axis: int):
+        return array.max(axis=axis)
+
+    @staticmethod
+    def rows_times(matrix, columns):
+        """``matrix @ columns`` for a tall matrix and a few columns."""
+        return rows_times(matrix, columns)
+
+    @staticmethod
+    def t_times(matrix, columns):
+        """``matrix.T @ columns``."""
+        return blas.dgemm(1.0, matrix.T, columns)  # matrix.T is a Fortran view: no copy
+
+    @staticmethod
+    def covariance(centred, weights):
+        """``sum_j weights_j c_j c_j^T - m m^T`` with ``m = sum_j weights_j c_j`` (lower triangle)."""
+        first = blas.dgemv(1.0, centred.T, weights)
+        return blas.dsyrk(1.0, (centred * np.sqrt(weights)[:, None]).T, lower=1) - np.outer(first, first)
+
+    @staticmethod
+    def centred_gram(weight: np.ndarray, mean: np.ndarray):
+        """``(W - mean)^T (W - mean)`` over every row of ``weight``."""
+        centred = weight - mean
+        return centred.T @ centred
+
+    eigh = staticmethod(np.linalg.eigh)
+
+    @staticmethod
+    def cholesky(matrix):
+        """A Cholesky factor of the lower triangle, or None when it is not positive definite."""
+        try:
+            return linalg.cho_factor(matrix, lower=True, check_finite=False)
+        except linalg.LinAlgError:
+            return None
+
+    @staticmethod
+    def cho_solve(factor, rhs):
+        return linalg.cho_solve(factor, rhs, check_finite=False)
+
+
+class TorchOps:
+    """The same operations with torch float64 on ``device``."""
+
+    def __init__(self, torch, device):
+        self.torch = torch
+        self.device = device
+        self.name = f"torch ({device.type})"
+
+    def asarray(self, array):
+        return self.torch.as_tensor(np.asarray(array, dtype=np.float64), device=self.device)
+
+    def numpy(self, array) -> np.ndarray:
+        return array.cpu().numpy() if isinstance(array, self.torch.Tensor) else np.asarray(array)
+
+    def exp(self, array):
+        return self.torch.exp(array)
+
+    def isfinite(self, array):
+        return self.torch.isfinite(array)
+
+    def where(self, condition, a, b):
+        return self.torch.where(condition, a, b)
+
+    def full(self, shape, value: float):
+        return self.torch.full(shape if isinstance(shape, tuple) else (shape,), value,
+                               dtype=self.torch.float64, device=self.device)
+
+    def amax(self, array, axis: int):
+        return self.torch.amax(array, dim=axis)
+
+    def rows_times(self, matrix, columns):
+        return matrix @ columns
+
+    def t_times(self, matrix, columns):
+        return matrix.T @ columns
+
+    def covariance(self, centred, weights):
+        first = centred.T @ weights
+        return (centred * weights[:, None]).T @ centred - self.torch.outer(first, first)
+
+    def centred_gram(self, weight: np.ndarray, mean: np.ndarray, block: int = 16384):
+        mean_on = self.asarray(mean)
+        gram = self.torch.zeros((weight.shape[1],) * 2, dtype=self.torch.float64, device=self.device)
+        for lo in range(0, weight.shape[0], block):  # bounded device memory
+            part = self.asarray(weight[lo:lo + block]) - mean_on
+            gram += part.T @ part
+        return gram
+
+    def eigh(self, matrix):
+        try:
+            return self.torch.linalg.eigh(matrix)
+        except RuntimeError as exc:  # torch.linalg.LinAlgError is a RuntimeError
+            raise np.linalg.LinAlgError(str(exc)) from None
+
+    def cholesky(self, matrix):
+        factor, info = self.torch.linalg.cholesky_ex(matrix)
+        return None if int(info) != 0 else factor
+
+    def cho_solve(self, factor, rhs):
+        return self.torch.cholesky_solve(rhs, factor)
+
+
+NUMPY_OPS = NumpyOps()
+
+
 class NumpyBackend:
-    """``weight32 @ points.T`` with numpy's BLAS."""
+    """Every product with numpy on the CPU."""
 
     name = "numpy (cpu)"
     note = ""
+    ops = NUMPY_OPS
 
     def __init__(self, weight32: np.ndarray):
         self.weight32 = weight32
@@ -34,9 +192,23 @@ class NumpyBackend:
         """(m, B) float32 scores of every row at B float32 points (rows of ``points32``)."""
         return self.weight32 @ points32.T
 
+    def rival_scores(self, points32: np.ndarray, own: np.ndarray, scale32: np.ndarray | None = None,
+                     offset32: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per point, the float32 score of its own row and the best of every other row's (:func:`rivals_of`)."""
+        return rivals_of(self.product(points32), own, scale32, offset32)
+
+    def transformed_norms(self, shift32: np.ndarray, transform32: np.ndarray, block: int = 65536) -> np.ndarray:
+        """``|(w_j - shift) T|^2`` for every row j, in float32 (a ranking, not a bound)."""
+        m = self.weight32.shape[0]
+        out = np.empty(m)
+        for lo in range(0, m, block):  # bounded memory at 262k rows
+            part = (self.weight32[lo:lo + block] - shift32) @ transform32
+            out[lo:lo + part.shape[0]] = np.einsum("ij,ij->i", part, part)
+        return out
+
 
 class TorchBackend:
-    """The same product with torch on ``device`` (``cuda`` or ``cpu``), exact IEEE float32."""
+    """The same work with torch on ``device`` (``cuda`` or ``cpu``), exact IEEE float32 products."""
 
     def __init__(self, weight32: np.ndarray, device: str):
         import torch  # noqa: PLC0415 - optional: only for --device cuda / torch-cpu
@@ -49,23 +221,37 @@ class TorchBackend:
         self.weight32 = weight32  # kept for the CPU fallback
         self.rows = weight32.shape[0]
         self.blocks: list = []
+        self.starts: list[int] = []
         self.fallback: NumpyBackend | None = None
+        self.ops = TorchOps(torch, self.device)
+        self._offset = (None, None)  # (the host offset last used, its device copy)
         self._upload(weight32, self.rows)
 
     def _upload(self, weight32: np.ndarray, block_rows: int) -> None:
         torch = self.torch
         while True:
             try:
+                self.starts = list(range(0, weight32.shape[0], block_rows))
                 self.blocks = [torch.from_numpy(np.ascontiguousarray(weight32[lo:lo + block_rows])).to(self.device)
-                               for lo in range(0, weight32.shape[0], block_rows)]
+                               for lo in self.starts]
                 return
             except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
                 self.blocks = []
-                if "out of memory" not in str(exc).lower() or block_rows <= 4096:
+                if not _out_of_memory(exc) or block_rows <= 4096:
                     raise
                 block_rows //= 2
                 torch.cuda.empty_cache()
                 self.note = f"weights held on {self.device.type} in blocks of {block_rows} rows (device memory)"
+
+    def _to_numpy(self, reason: str) -> NumpyBackend:
+        """Out of device memory even in blocks: finish on the CPU rather than fail the audit."""
+        self.blocks, self.note = [], f"{self.device.type} ran out of memory {reason}: moved to numpy on the CPU"
+        self.name = "numpy (cpu, after a device out-of-memory)"
+        self.fallback = NumpyBackend(self.weight32)
+        self.ops = NUMPY_OPS
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+        return self.fallback
 
     def product(self, points32: np.ndarray) -> np.ndarray:
         if self.fallback is not None:  # the device ran out of memory earlier: numpy from then on
@@ -76,13 +262,70 @@ class TorchBackend:
             parts = [(block @ x.T).cpu() for block in self.blocks]
             return torch.cat(parts).numpy() if len(parts) > 1 else parts[0].numpy()
         except RuntimeError as exc:
-            if "out of memory" not in str(exc).lower():
+            if not _out_of_memory(exc):
                 raise
-            # Out of device memory even in blocks: finish on the CPU rather than fail the audit.
-            self.blocks, self.note = [], f"{self.device.type} ran out of memory: products moved to numpy on the CPU"
-            self.name = "numpy (cpu, after a device out-of-memory)"
-            self.fallback = NumpyBackend(self.weight32)
-            return self.fallback.product(points32)
+            return self._to_numpy("in a product").product(points32)
+
+    def rival_scores(self, points32: np.ndarray, own: np.ndarray, scale32: np.ndarray | None = None,
+                     offset32: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if self.fallback is not None:
+            return self.fallback.rival_scores(points32, own, scale32, offset32)
+        try:
+            return self._rival_scores(points32, own, scale32, offset32)
+        except RuntimeError as exc:
+            if not _out_of_memory(exc):
+                raise
+            return self._to_numpy("in a product").rival_scores(points32, own, scale32, offset32)
+
+    def _rival_scores(self, points32, own, scale32, offset32):
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(points32)).to(self.device)
+        own_t = torch.from_numpy(np.asarray(own, dtype=np.int64)).to(self.device)
+        scale = None if scale32 is None else torch.from_numpy(np.ascontiguousarray(scale32)).to(self.device)
+        offset = None
+        if offset32 is not None:
+            if self._offset[0] is not offset32:  # the screen passes the same array every block
+                self._offset = (offset32, torch.from_numpy(np.ascontiguousarray(offset32).ravel()).to(self.device))
+            offset = self._offset[1]
+        cols = torch.arange(x.shape[0], device=self.device)
+        mine = torch.empty(x.shape[0], dtype=torch.float32, device=self.device)
+        best = torch.full((x.shape[0],), -torch.inf, dtype=torch.float32, device=self.device)
+        for lo, block in zip(self.starts, self.blocks, strict=True):
+            s = block @ x.T  # the same float32 operations, in the same order, as rivals_of
+            if scale is not None:
+                s *= scale[None, :]
+            if offset is not None:
+                s += offset[lo:lo + s.shape[0], None]
+            here = (own_t >= lo) & (own_t < lo + s.shape[0])
+            if bool(here.any()):
+                at = own_t[here] - lo
+                mine[here] = s[at, cols[here]]
+                s[at, cols[here]] = -torch.inf
+            # NaN propagates through amax as through numpy's max: such a column proves nothing.
+            best = torch.maximum(best, torch.amax(s, dim=0)) if s.shape[0] else best
+        return mine.cpu().numpy(), best.cpu().numpy()
+
+    def transformed_norms(self, shift32: np.ndarray, transform32: np.ndarray) -> np.ndarray:
+        if self.fallback is not None:
+            return self.fallback.transformed_norms(shift32, transform32)
+        torch = self.torch
+        try:
+            shift = torch.from_numpy(np.ascontiguousarray(shift32)).to(self.device)
+            transform = torch.from_numpy(np.ascontiguousarray(transform32)).to(self.device)
+            parts = []
+            for block in self.blocks:
+                for lo in range(0, block.shape[0], 32768):  # bounded device memory
+                    part = (block[lo:lo + 32768] - shift) @ transform
+                    parts.append((part * part).sum(dim=1).double().cpu())
+            return torch.cat(parts).numpy()
+        except RuntimeError as exc:
+            if not _out_of_memory(exc):
+                raise
+            return self._to_numpy("ranking rows").transformed_norms(shift32, transform32)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return "out of memory" in str(exc).lower()
 
 
 def _exact_float32(torch) -> None:
@@ -92,8 +335,6 @@ def _exact_float32(torch) -> None:
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
     torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
     torch.set_float32_matmul_precision("highest")
-
-
 def _nvidia_driver() -> bool:
     """Whether an NVIDIA driver is loaded (cheap: no torch import)."""
     return os.path.exists("/proc/driver/nvidia/version") or bool(glob.glob("/dev/nvidia[0-9]*"))

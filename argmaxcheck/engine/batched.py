@@ -28,57 +28,60 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy import linalg
-from scipy.linalg import blas
 
 from . import certify
-from ._blas import rows_times
+from .backend import NUMPY_OPS, NumpyBackend
 from .exact import Competitors
 
 
-def support_rows(comp: Competitors, size: int, sample: int = 20000) -> np.ndarray:
+def support_rows(comp: Competitors, size: int, sample: int = 20000, backend=None) -> np.ndarray:
     """The ``size`` rows farthest from the mean in whitened coordinates (sorted indices).
 
     The covariance is estimated on an evenly spaced sample of rows: a hint for choosing rows,
-    never used in a certificate.
+    never used in a certificate. ``backend`` ranks the rows (a GPU's, when the audit has one).
     """
     weight = comp.weight
     m = weight.shape[0]
+    ops = backend.ops if backend is not None else NUMPY_OPS
     mean = weight.mean(axis=0)
     picked = weight[:: max(1, m // sample)] - mean
-    cov = blas.dgemm(1.0, picked, picked, trans_a=1) / picked.shape[0]
-    values, vectors = np.linalg.eigh(cov)
+    values, vectors = ops.eigh(ops.centred_gram(picked, np.zeros_like(mean)) / picked.shape[0])
+    values, vectors = ops.numpy(values), ops.numpy(vectors)
     keep = values > values.max() * 1e-12
     whiten = vectors[:, keep] / np.sqrt(values[keep])
-    spread = np.empty(m)
-    whiten32, mean32 = whiten.astype(np.float32), mean.astype(np.float32)
-    for lo in range(0, m, 65536):  # bounded memory at 262k rows; float32 is plenty for a ranking
-        block = (comp.weight32[lo:lo + 65536] - mean32) @ whiten32
-        spread[lo:lo + block.shape[0]] = np.einsum("ij,ij->i", block, block)
+    ranker = backend if backend is not None else NumpyBackend(comp.weight32)
+    spread = ranker.transformed_norms(mean.astype(np.float32), whiten.astype(np.float32))
     size = min(size, m)
     return np.sort(np.argpartition(-spread, size - 1)[:size])
 
 
 def interior_certificates(comp: Competitors, positions: np.ndarray, domain, block: int = 64,
                           steps: int = 120, refresh: int = 4,
-                          progress: Callable[[int], None] | None = None) -> list[certify.CertificateCheck | None]:
+                          progress: Callable[[int], None] | None = None,
+                          backend=None) -> list[certify.CertificateCheck | None]:
     """A checked certificate, or None, for each position (rows of ``comp``) on R^d.
 
     ``steps`` bounds the Newton steps per block, ``refresh`` how often the shared Hessian is
-    rebuilt. ``progress`` is called with the number of tokens of each block done.
+    rebuilt. ``progress`` is called with the number of tokens of each block done. ``backend``
+    (:mod:`.backend`) runs the search for weights (on a GPU when the audit has one); the
+    certificates are checked on the CPU in float64 whatever it is.
     """
     m, d = comp.weight.shape
     if m < 2 * (d + 1):  # a deep certificate needs well over d + 1 rows; and no d x d work for wide layers
         if progress is not None and len(positions):
             progress(len(positions))  # the stage was announced: complete it
         return [None] * len(positions)
-    support = support_rows(comp, 8 * d)
+    ops = backend.ops if backend is not None else NUMPY_OPS
+    shared = _Support(comp, support_rows(comp, 8 * d, backend=backend), ops)
     out: list[certify.CertificateCheck | None] = []
     for lo in range(0, len(positions), block):
         pos = np.asarray(positions[lo:lo + block], dtype=np.int64)
-        rows = np.setdiff1d(support, pos)  # a token never supports its own certificate
-        if rows.size > d + 1:
-            lams, converged = _max_entropy_weights(comp.weight[rows], comp.weight[pos], steps, refresh)
-            out.extend(_check_block(comp, pos, rows, lams, converged, domain))
+        # A token never supports its own certificate: a block holding support rows gets its own support.
+        support = shared if not np.isin(pos, shared.rows).any() else _Support(
+            comp, np.setdiff1d(shared.rows, pos), ops)
+        if support.rows.size > d + 1:
+            lams, converged = _max_entropy_weights(support, comp.weight[pos], steps, refresh)
+            out.extend(_check_block(comp, pos, support, lams, converged, domain))
         else:
             out.extend([None] * pos.size)
         if progress is not None:
@@ -86,40 +89,66 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
     return out
 
 
-def _check_block(comp: Competitors, pos: np.ndarray, rows: np.ndarray, lams: np.ndarray, converged: np.ndarray,
+_QR_RETRY_MAX_DIM = 1024  # above this, a pivoted QR of the support costs more than it saves (see _check_block)
+
+
+class _Support:
+    """The support rows, with what every block needs of them prepared once: at 128k x 4096 the
+    support is 32768 x 4096 (1 GB in float64), too big to gather, centre and move to a GPU per block."""
+
+    def __init__(self, comp: Competitors, rows: np.ndarray, ops):
+        self.rows = rows
+        self.ops = ops
+        weight = comp.weight[rows]
+        self.mean = weight.mean(axis=0)
+        self.centred = ops.asarray(weight - self.mean)  # where the weights are searched (a GPU's memory)
+        self.system = np.vstack([weight.T, np.ones((1, rows.size))])  # [W_S^T; 1], what certificates solve
+
+
+def _check_block(comp: Competitors, pos: np.ndarray, support: _Support, lams: np.ndarray, converged: np.ndarray,
                  domain) -> list[certify.CertificateCheck | None]:
     """Checked certificates for one block, on one shared basis of the support ``rows``.
 
     The basis is the d + 1 rows of largest average weight over the tokens that converged:
     tokens hugging a face of the hull (stragglers that ran out of steps) put their weight on
-    that face, and a basis taken from them is singular, which would refuse the whole block. If
-    converged tokens are still refused, they are tried once more on a pivoted-QR basis of the
-    weighted system (as :func:`certify._enclose` does for one token; about 4 GFLOP at d = 640,
-    so only then).
+    that face, and a basis taken from them is singular, which would refuse the whole block.
+    Converged tokens still refused are tried again, on the d + 1 rows of largest average weight
+    over them alone (one more inverse), then, up to ``_QR_RETRY_MAX_DIM``, on a pivoted-QR basis
+    of the weighted system (as :func:`certify._enclose` does for one token). The QR costs about
+    8 d^3 flops at BLAS-2 speed: 4 GFLOP at d = 640, but about 10^12 at d = 4096, more than the
+    block's whole search on a GPU.
     """
     d = comp.weight.shape[1]
     usable = np.isfinite(lams).all(axis=0)
     chosen = converged if converged.any() else usable
     if not chosen.any():
         return [None] * pos.size
+    checks: list[certify.CertificateCheck | None] = [None] * pos.size
+    retry = np.flatnonzero(usable)  # first every token with weights, stragglers included
     mean = lams[:, chosen].mean(axis=1)
-    basis = np.sort(np.argpartition(-mean, d)[: d + 1])
-    checks = certify.check_on_shared_basis(comp.weight, comp.bias, pos, rows, lams, basis, domain)
-    retry = np.flatnonzero(converged & np.array([c is None for c in checks]))
-    if retry.size:
-        system = np.vstack([comp.weight[rows].T, np.ones((1, rows.size))]) * mean
-        _, _, pivots = linalg.qr(system, mode="economic", pivoting=True, check_finite=False)
-        again = certify.check_on_shared_basis(comp.weight, comp.bias, pos[retry], rows, lams[:, retry],
-                                              np.sort(pivots[: d + 1]), domain)
+    for attempt in range(3):
+        if attempt == 1:  # the refused converged tokens' own average weights
+            mean = lams[:, retry].mean(axis=1)
+        if attempt < 2:
+            basis = np.argpartition(-mean, d)[: d + 1]
+        elif d <= _QR_RETRY_MAX_DIM:
+            basis = linalg.qr(support.system * mean, mode="economic", pivoting=True, check_finite=False)[2][: d + 1]
+        else:
+            break
+        again = certify.check_on_shared_basis(comp.weight, comp.bias, pos[retry], support.rows, lams[:, retry],
+                                              np.sort(basis), domain, system=support.system)
         for k, check in zip(retry, again, strict=True):
             checks[k] = check
+        retry = np.flatnonzero(converged & np.array([c is None for c in checks]))
+        if retry.size == 0:
+            break
     return checks
 
 
-def _max_entropy_weights(rows: np.ndarray, targets: np.ndarray, steps: int, refresh: int,
+def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, refresh: int,
                          tol: float = 1e-10, stalled: float = 0.1, patience: int = 8
                          ) -> tuple[np.ndarray, np.ndarray]:
-    """Weights (K x B, columns on the simplex) ``lam ~ exp(theta_b . w_j)`` with ``rows^T lam ~ targets[b]``.
+    """Weights (K x B, columns on the simplex) ``lam ~ exp(theta_b . w_j)`` with ``W_S^T lam ~ targets[b]``.
 
     Newton directions from the average Hessian of the tokens still moving, each followed by an
     exact line search on its own token's dual objective: along a direction the scores move
@@ -128,28 +157,28 @@ def _max_entropy_weights(rows: np.ndarray, targets: np.ndarray, steps: int, refr
     steps, a token whose residual is still above ``stalled`` times its first one leaves the
     block with NaN weights, which the enclosure refuses; converged tokens leave too, so later
     steps cost only what is left. Also returns which tokens converged (residual <= ``tol``).
+    The support's ``ops`` (:mod:`.backend`) hold the arrays: numpy, or torch on a GPU.
     """
-    k, d = rows.shape
-    mean = rows.mean(axis=0)
-    centred = rows - mean
-    goal = (targets - mean).T  # d x B
-    out = np.full((k, goal.shape[1]), np.nan)
-    converged = np.zeros(goal.shape[1], dtype=bool)
-    active = np.arange(goal.shape[1])
-    z = np.zeros((k, goal.shape[1]), order="F")  # scores centred_j . theta_b
-    lams = np.full((k, goal.shape[1]), 1.0 / k, order="F")
-    scale = max(1.0, float(np.abs(goal).max()))
+    ops, centred, mean = support.ops, support.centred, support.mean
+    k, d = centred.shape
+    goal = ops.asarray((targets - mean).T)  # d x B
+    out = np.full((k, targets.shape[0]), np.nan)
+    converged = np.zeros(targets.shape[0], dtype=bool)
+    active = np.arange(targets.shape[0])
+    z = ops.full((k, active.size), 0.0)  # scores centred_j . theta_b
+    lams = ops.full((k, active.size), 1.0 / k)
+    scale = max(1.0, float(np.abs(targets - mean).max()))
     first_residual = None
     factor = None
     for step in range(steps):
-        grad = blas.dgemm(1.0, centred.T, lams) - goal  # d x B (centred.T: a Fortran view, no copy)
-        residual = np.abs(grad).max(axis=0)
+        grad = ops.t_times(centred, lams) - goal  # d x B
+        residual = ops.amax(abs(grad), 0)
         if first_residual is None:
             first_residual = residual
-        done = residual <= tol * scale
-        lost = (step >= patience) & (residual > stalled * first_residual)
+        done = ops.numpy(residual <= tol * scale)
+        lost = (step >= patience) & ops.numpy(residual > stalled * first_residual)
         if (done | lost).any():
-            out[:, active[done]] = lams[:, done]
+            out[:, active[done]] = ops.numpy(lams[:, done])
             converged[active[done]] = True
             keep = ~(done | lost)
             active, goal, z, lams = active[keep], goal[:, keep], z[:, keep], lams[:, keep]
@@ -157,45 +186,41 @@ def _max_entropy_weights(rows: np.ndarray, targets: np.ndarray, steps: int, refr
             if active.size == 0:
                 return out, converged
         if step % refresh == 0 or factor is None:
-            avg = lams.mean(axis=1)
-            first = blas.dgemv(1.0, centred.T, avg)
-            # The covariance of the rows under the block's average weights (lower triangle only).
-            hessian = blas.dsyrk(1.0, (centred * np.sqrt(avg)[:, None]).T, lower=1) - np.outer(first, first)
-            hessian[np.diag_indices(d)] += 1e-12 * max(float(np.trace(hessian)) / d, 1e-300)
-            try:
-                factor = linalg.cho_factor(hessian, lower=True, check_finite=False)
-            except linalg.LinAlgError:
+            hessian = ops.covariance(centred, lams.mean(axis=1))  # under the block's average weights
+            hessian[np.arange(d), np.arange(d)] += 1e-12 * max(float(hessian.diagonal().sum()) / d, 1e-300)
+            factor = ops.cholesky(hessian)
+            if factor is None:
                 break
-        direction = linalg.cho_solve(factor, grad, check_finite=False)
-        moves = rows_times(centred, direction)  # how each score changes per unit step
-        alpha = _line_search(z, moves, np.einsum("db,db->b", direction, goal))
-        z -= alpha * moves
-        top = z.max(axis=0)
-        lams = np.exp(z - top)
-        lams /= lams.sum(axis=0)
-    out[:, active] = lams  # out of steps: the enclosure judges what they reached
+        direction = ops.cho_solve(factor, grad)
+        moves = ops.rows_times(centred, direction)  # how each score changes per unit step
+        alpha = _line_search(z, moves, (direction * goal).sum(axis=0), ops)
+        z = z - alpha * moves
+        lams = ops.exp(z - ops.amax(z, 0))
+        lams = lams / lams.sum(axis=0)
+    out[:, active] = ops.numpy(lams)  # out of steps: the enclosure judges what they reached
     return out, converged
 
 
-def _line_search(z: np.ndarray, moves: np.ndarray, pull: np.ndarray, iterations: int = 6) -> np.ndarray:
+def _line_search(z, moves, pull, ops=NUMPY_OPS, iterations: int = 6):
     """Per column, the step a >= 0 minimising ``log sum_j exp(z_j - a moves_j) + a pull`` (convex in a).
 
     Safeguarded Newton from a = 1: the slope is ``pull - E[moves]`` and the curvature
     ``Var[moves]`` under the weights ``softmax(z - a moves)``.
     """
-    lo = np.zeros(z.shape[1])
-    hi = np.full(z.shape[1], np.inf)
-    a = np.ones(z.shape[1])
+    columns = z.shape[1]
+    lo = ops.full(columns, 0.0)
+    hi = ops.full(columns, np.inf)
+    a = ops.full(columns, 1.0)
     for _ in range(iterations):
         y = z - a * moves
-        w = np.exp(y - y.max(axis=0))
-        w /= w.sum(axis=0)
-        mean = np.einsum("kb,kb->b", w, moves)
+        w = ops.exp(y - ops.amax(y, 0))
+        w = w / w.sum(axis=0)
+        mean = (w * moves).sum(axis=0)
         slope = pull - mean
-        curve = np.einsum("kb,kb->b", w, moves * moves) - mean * mean
-        lo = np.where(slope < 0, a, lo)
-        hi = np.where(slope >= 0, a, hi)
-        newton = a - slope / np.where(curve > 0, curve, np.nan)
-        inside = np.isfinite(newton) & (newton > lo) & (newton < hi)
-        a = np.where(inside, newton, np.where(np.isfinite(hi), (lo + hi) / 2, 2 * a))
+        curve = (w * moves * moves).sum(axis=0) - mean * mean
+        lo = ops.where(slope < 0, a, lo)
+        hi = ops.where(slope >= 0, a, hi)
+        newton = a - slope / ops.where(curve > 0, curve, np.nan)
+        inside = ops.isfinite(newton) & (newton > lo) & (newton < hi)
+        a = ops.where(inside, newton, ops.where(ops.isfinite(hi), (lo + hi) / 2, 2 * a))
     return a

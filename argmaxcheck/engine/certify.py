@@ -56,13 +56,24 @@ def witness_gap_bounds(scores: np.ndarray, own_rows: np.ndarray, error: np.ndarr
     cols = np.arange(scores.shape[1])
     own = scores[own_rows, cols].copy()
     scores[own_rows, cols] = -np.inf
-    best_other = scores.max(axis=0).astype(np.float64)  # the max of floats is exact
+    best_other = scores.max(axis=0)  # the max of floats is exact
     scores[own_rows, cols] = own
+    return gap_bounds(own, best_other, error)
+
+
+def gap_bounds(own: np.ndarray, best_other: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """Certified lower bounds of ``s_i - max_{j != i} s_j`` from each column's computed own score
+    and best rival score (float32 or float64, each within ``error`` of the exact one).
+
+    Returns ``gap - 2 * error`` in float64; a positive entry is a proof, a NaN or overflowed
+    score gives -inf.
+    """
+    own = np.asarray(own).astype(np.float64)
+    best_other = np.asarray(best_other).astype(np.float64)
     # The subtraction in float64 of two float32 numbers is exact; of two float64 numbers it
     # errs by at most U64 |difference|, covered by the 1 + 2 U64 factor on the error.
     with np.errstate(invalid="ignore", over="ignore"):
-        gap = own.astype(np.float64) - best_other - 2.0 * error * (1 + 2 * U64) - 2 * U64 * np.abs(
-            own.astype(np.float64) - best_other)
+        gap = own - best_other - 2.0 * error * (1 + 2 * U64) - 2 * U64 * np.abs(own - best_other)
     # An overflowed or NaN score proves nothing: such a column is never a witness.
     return np.where(np.isfinite(gap), gap, -np.inf)
 
@@ -362,7 +373,8 @@ def _enclose_columns(a_full, targets, lams, basis) -> tuple[np.ndarray, np.ndarr
 
 
 def check_on_shared_basis(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarray, support: np.ndarray,
-                          lams: np.ndarray, basis: np.ndarray, domain) -> list[CertificateCheck | None]:
+                          lams: np.ndarray, basis: np.ndarray, domain, system: np.ndarray | None = None
+                          ) -> list[CertificateCheck | None]:
     """Check the R^d certificates of many tokens that share one support and one basis of it.
 
     ``lams[:, b]`` are approximate weights on ``support`` with ``sum_j lam_j w_j ~ w_q`` for
@@ -372,7 +384,8 @@ def check_on_shared_basis(weight: np.ndarray, bias: np.ndarray | None, rows: np.
     weight is >= 0 and the interval check of :func:`_finish_interval` (the bias) passes. The
     basis's inverse and its contraction bound are computed once for the block
     (:func:`_enclose_columns`). Returns a check per token, or None where the enclosure did not
-    prove non-negative weights (the token goes on to the exact step).
+    prove non-negative weights (the token goes on to the exact step). ``system`` is
+    ``[W_S^T; 1]`` when the caller has it already (blocks sharing a support).
     """
     support = np.asarray(support, dtype=np.int64)
     rows = np.asarray(rows, dtype=np.int64)
@@ -381,7 +394,7 @@ def check_on_shared_basis(weight: np.ndarray, bias: np.ndarray | None, rows: np.
     if basis.size != d + 1 or size <= d + 1 or np.isin(rows, support).any():
         return [None] * rows.size
     finite = np.isfinite(lams).all(axis=0)  # a token without weights (NaN) is refused below
-    a_full = np.vstack([weight[support].T, np.ones((1, size))])
+    a_full = np.vstack([weight[support].T, np.ones((1, size))]) if system is None else system
     targets = np.vstack([weight[rows].T, np.ones((1, rows.size))])
     found = _enclose_columns(a_full, targets, np.where(finite, lams, 0.0), basis)
     if found is None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .._rounding import U32, U64
 from . import certify
-from .backend import NumpyBackend
+from .backend import NUMPY_OPS, NumpyBackend, rivals_of
 
 # Scales tried along a guessed direction when the bias makes scale matter.
 _UNBOUNDED_SCALES = 2.0 ** np.arange(-3, 8)
@@ -54,8 +54,9 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
     if k == 0:
         return ScreenResult(gaps, witness)
     block = int(max(1, min(k, block_bytes // (4 * max(m, 1)))))
-    directions = _guess_directions(weight64)
-    ctx = _Context(weight32, bias, max_norm, cast_unit, domain, d, backend or NumpyBackend(weight32))
+    backend = backend or NumpyBackend(weight32)
+    directions = _guess_directions(weight64, backend.ops)
+    ctx = _Context(weight32, bias, max_norm, cast_unit, domain, d, backend)
     todo = np.arange(k)
     for number, guess in enumerate(directions, start=1):
         if progress is not None:
@@ -75,25 +76,31 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
     return ScreenResult(gaps, witness)
 
 
-def _guess_directions(weight: np.ndarray) -> list[Callable[[np.ndarray], np.ndarray]]:
-    """Guess functions: row positions -> (B, d) directions, best first."""
+def _guess_directions(weight: np.ndarray, ops=NUMPY_OPS) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """Guess functions: row positions -> (B, d) directions, best first.
+
+    ``ops`` (:mod:`.backend`) does the whitening's float64 work (a d x d covariance over every
+    row, its eigenvectors, and two B x d x d products a block): on a GPU at 128k x 4096 it is
+    seconds of the screen's time, on the CPU minutes. Guesses are only hints, so where they run
+    changes no proof.
+    """
     mean = weight.mean(axis=0)
-    centred = weight - mean
     simple = [lambda pos: weight[pos] - mean, lambda pos: weight[pos]]
     n, d = weight.shape
     try:
         if d <= n:
-            evals, evecs = np.linalg.eigh(centred.T @ centred / max(n - 1, 1))
+            evals, evecs = ops.eigh(ops.centred_gram(weight, mean) / max(n - 1, 1))
         else:  # d x d would be too big: the centred rows span at most n dimensions
-            _, sing, vt = np.linalg.svd(centred, full_matrices=False)
-            evals, evecs = sing**2 / max(n - 1, 1), vt.T
+            _, sing, vt = np.linalg.svd(weight - mean, full_matrices=False)
+            evals, evecs = ops.asarray(sing**2 / max(n - 1, 1)), ops.asarray(vt.T)
     except np.linalg.LinAlgError:  # guesses only: the simpler ones still work
         return simple
     # Regularise so rank-deficient layers do not explode the inverse. Directions outside the
     # span of the centred rows do not occur: every centred row lies in it.
     floor = max(float(evals.max()), 1e-300) * 1e-6
-    scaled = evecs / np.maximum(evals, floor)
-    return [lambda pos: ((weight[pos] - mean) @ scaled) @ evecs.T, *simple]
+    scaled = evecs / ops.where(evals > floor, evals, floor)
+    mean_on = ops.asarray(mean)
+    return [lambda pos: ops.numpy(((ops.asarray(weight[pos]) - mean_on) @ scaled) @ evecs.T), *simple]
 
 
 class _Context:
@@ -111,6 +118,7 @@ class _Context:
     def __init__(self, weight32, bias, max_norm, cast_unit, domain, d, backend):
         self.weight32 = weight32
         self.product = backend.product  # weight32 @ points.T, on the CPU or a GPU
+        self.rival_scores = backend.rival_scores  # the same, reduced to own score and best rival
         self.max_norm = max_norm
         # float32 product error, weights rounded to float32 (cast_unit), points rounded to
         # float32 (U32) and the float64 arithmetic that assembles a point (8 U64).
@@ -129,7 +137,7 @@ class _Context:
             offset_err += d * certify.ETA32 * float(np.abs(c).max())
         self.has_offset = bias is not None or offset_err > 0
         self.offset = offset
-        self.offset32 = offset.astype(np.float32)[:, None]
+        self.offset32 = offset.astype(np.float32)
         self.offset_max = float(np.abs(offset).max()) if offset.size else 0.0
         # |offset32 - offset| <= U32 |offset| on top of the offset's own error.
         # Casting the offset to float32 errs relatively, and absolutely where it underflows.
@@ -140,28 +148,36 @@ class _Context:
             self.box_half = float(np.median(widths)) / 2 if widths.size else 1.0
             self.box_centre = c  # the point of the box nearest 0
 
-    def _scores(self, points32: np.ndarray, scale: np.ndarray | None = None,
-                product: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """float32 scores (m, B) at ``scale * points`` plus the offset, and the per-column error bound.
+    def _gaps(self, points32: np.ndarray, own: np.ndarray, scale: np.ndarray | None = None,
+              product: np.ndarray | None = None) -> np.ndarray:
+        """Certified gap bounds of the B points ``scale * points`` (plus the offset), own rows ``own``.
 
-        ``product`` is ``weight32 @ points32.T`` when the caller has it already; it is
-        overwritten with the scores.
+        The backend reduces the float32 scores to each column's own score and best rival
+        (on a GPU, where they are computed). ``product`` is ``weight32 @ points32.T`` when the
+        caller has it already; it is then reduced here, and overwritten.
         """
-        s = self.product(points32) if product is None else product
+        scale32 = None if scale is None else scale.astype(np.float32)
+        offset32 = self.offset32 if self.has_offset else None
+        if product is None:
+            mine, best = self.rival_scores(points32, own, scale32, offset32)
+        else:
+            mine, best = rivals_of(product, own, scale32, offset32)
+        return certify.gap_bounds(mine, best, self._error(points32, scale))
+
+    def _error(self, points32: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+        """Per column, a bound on |computed score - exact score| of every row at ``scale * points``."""
         pnorm = np.linalg.norm(points32.astype(np.float64), axis=1) * 1.0001
         mag = self.max_norm * pnorm  # bound on any |w_j . point|
         # Relative rounding, plus what underflow in the cast and the products can lose absolutely.
         err = self.kappa * mag + 4 * self.d * certify.ETA32 * (1.0 + pnorm)
         if scale is not None:
-            s *= scale.astype(np.float32)[None, :]
             mag = mag * np.abs(scale)
             err = err * np.abs(scale) + U32 * mag
         if self.has_offset:
-            s += self.offset32
             err = err + self.offset_err + U32 * (mag + self.offset_max)
         # A product by the scale, or the offset's addition, can underflow: up to ETA32 / 2 each, absolutely,
         # whatever the scale (a bias tiny next to the weights makes the scale, and so err, tiny).
-        return s, err * 1.0001 + 2 * certify.ETA32
+        return err * 1.0001 + 2 * certify.ETA32
 
     def best_points(self, dirs: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         norms = np.linalg.norm(dirs, axis=1)
@@ -174,8 +190,7 @@ class _Context:
         if dom.origin_ball_radius is not None:
             return self._centred_ball(unit32, own, dom.origin_ball_radius)
         if not np.isfinite(dom.ray_reach) and not self.has_offset:  # R^d without bias: scale is irrelevant
-            s, err = self._scores(unit32)
-            return certify.witness_gap_bounds(s, own, err), unit
+            return self._gaps(unit32, own), unit
         return self._scaled(unit32, own)
 
     def _centred_ball(self, unit32: np.ndarray, own: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
@@ -187,9 +202,7 @@ class _Context:
             radius32 = np.nextafter(radius32, np.float32(0))
         pts32 = unit32 * radius32
         pts = pts32.astype(np.float64)
-        s, err = self._scores(pts32)
-        gap = certify.witness_gap_bounds(s, own, err)
-        del s
+        gap = self._gaps(pts32, own)
         # |p| <= radius, rigorously: the ball about 0 of that radius is the domain.
         inside = np.einsum("ij,ij->i", pts, pts) * (1 + certify.gamma(pts.shape[1] + 2, U64)) <= radius**2
         gap[~inside] = -np.inf
@@ -237,7 +250,7 @@ class _Context:
                 buf = np.multiply(g32, row.astype(np.float32)[None, :], out=full)
             else:
                 buf = g32[:, left] * row[left].astype(np.float32)[None, :]
-            buf += self.offset32
+            buf += self.offset32[:, None]
             cols = np.arange(left.size)
             mine = buf[own[left], cols].astype(np.float64)
             buf[own[left], cols] = -np.inf
@@ -245,8 +258,7 @@ class _Context:
             better = approx > best_gap[left]
             best_gap[left[better]], best_scale[left[better]] = approx[better], row[left][better]
         del full, buf
-        s, err = self._scores(unit32, best_scale, product=g32)  # g32 becomes the scores: one GEMM a block
-        gap = certify.witness_gap_bounds(s, own, err)
+        gap = self._gaps(unit32, own, best_scale, product=g32)  # g32 becomes the scores: one GEMM a block
         points = base + unit * best_scale[:, None]
         # Points must truly lie in the domain; drop any that rounding pushed out (or that overflowed).
         gap[~dom.certainly_contains(points.T)] = -np.inf
@@ -264,8 +276,7 @@ class _Context:
             pts = np.clip(pts32.astype(np.float64), lower, upper)
             pts32 = pts.astype(np.float32)
             exact = np.all(pts32.astype(np.float64) == pts, axis=1)
-            s, err = self._scores(pts32)
-            gap = certify.witness_gap_bounds(s, own, err)
+            gap = self._gaps(pts32, own)
             gap[~exact] = -np.inf
             better = gap > best_gap
             best_gap[better], best_pts[better] = gap[better], pts[better]
@@ -286,8 +297,7 @@ class _Context:
             pts = np.clip(pts32.astype(np.float64), lower, upper)
             pts32 = pts.astype(np.float32)
             exact = np.all(pts32.astype(np.float64) == pts, axis=1)
-            s, err = self._scores(pts32)
-            gap = certify.witness_gap_bounds(s, own[left], err)
+            gap = self._gaps(pts32, own[left])
             gap[~exact] = -np.inf
             better = gap > best_gap[left]
             best_gap[left[better]], best_pts[left[better]] = gap[better], pts[better]
@@ -308,7 +318,7 @@ class _Context:
         best, best_scale = np.full(cols.size, -np.inf), spread.copy()
         for factor in _UNBOUNDED_SCALES:
             scale = spread * factor
-            buf = g32 * scale.astype(np.float32)[None, :] + self.offset32
+            buf = g32 * scale.astype(np.float32)[None, :] + self.offset32[:, None]
             mine = buf[own, cols].astype(np.float64)
             buf[own, cols] = -np.inf
             approx = mine - buf.max(axis=0)
