@@ -150,3 +150,24 @@ def test_guess_directions_on_torch_agree_with_numpy():
     assert len(got) == len(ref)
     for mine, theirs in zip(got, ref, strict=True):
         np.testing.assert_allclose(mine(pos), theirs(pos), rtol=1e-9, atol=1e-12)
+
+
+def test_out_of_device_memory_in_the_reduction_moves_it_to_numpy():
+    rng = np.random.default_rng(7)
+    w32 = rng.normal(size=(50, 8)).astype(np.float32)
+    x32 = rng.normal(size=(3, 8)).astype(np.float32)
+    own = np.array([0, 7, 49])
+    backend = TorchBackend(w32, "cpu")
+
+    class _Full:
+        shape = (50, 8)
+
+        def __matmul__(self, other):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    backend.blocks = [_Full()]
+    mine, best = backend.rival_scores(x32, own)
+    ref = NumpyBackend(w32).rival_scores(x32, own)
+    np.testing.assert_array_equal(mine, ref[0])
+    np.testing.assert_array_equal(best, ref[1])
+    assert "out of memory" in backend.note and backend.ops.name == "numpy"

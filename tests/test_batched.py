@@ -172,3 +172,18 @@ def test_a_non_finite_bias_proves_nothing(rng):
         with np.errstate(invalid="ignore"):
             bad = certify.check_on_shared_basis(weight, bias, ids, support, lams, basis, domain)
         assert bad == [None] * ids.size
+
+
+def test_without_the_qr_retry_what_is_settled_is_still_checked(rng, monkeypatch):
+    """Above _QR_RETRY_MAX_DIM the block's second basis is the refused tokens' own average weights
+    and no QR follows; tokens it cannot prove go on to the exact step, never a guess."""
+    from argmaxcheck.engine import batched  # noqa: PLC0415
+
+    monkeypatch.setattr(batched, "_QR_RETRY_MAX_DIM", 0)
+    weight, _, ids = _planted(rng)
+    report = audit(weight, options=AuditOptions(probability_seconds=0))
+    assert all(t.verdict == "unargmaxable" for t in report.tokens if t.id in set(ids.tolist()))
+    assert report.timings["batched_tokens"] > 0
+    for t in report.tokens:
+        if t.stage == "batched":
+            assert certify.check_certificate(weight, None, t.id, t.support, t.weights, Unbounded()).ok
