@@ -103,46 +103,64 @@ class _Support:
         self.mean = weight.mean(axis=0)
         self.centred = ops.asarray(weight - self.mean)  # where the weights are searched (a GPU's memory)
         self.system = np.vstack([weight.T, np.ones((1, rows.size))])  # [W_S^T; 1], what certificates solve
+        self.inverse: certify.BasisInverse | None = None  # the basis that last proved tokens (_check_block)
 
 
 def _check_block(comp: Competitors, pos: np.ndarray, support: _Support, lams: np.ndarray, converged: np.ndarray,
                  domain) -> list[certify.CertificateCheck | None]:
-    """Checked certificates for one block, on one shared basis of the support ``rows``.
+    """Checked certificates for one block, on bases of the support shared by its tokens.
 
-    The basis is the d + 1 rows of largest average weight over the tokens that converged:
-    tokens hugging a face of the hull (stragglers that ran out of steps) put their weight on
-    that face, and a basis taken from them is singular, which would refuse the whole block.
-    Converged tokens still refused are tried again, on the d + 1 rows of largest average weight
-    over them alone (one more inverse), then, up to ``_QR_RETRY_MAX_DIM``, on a pivoted-QR basis
-    of the weighted system (as :func:`certify._enclose` does for one token). The QR costs about
-    8 d^3 flops at BLAS-2 speed: 4 GFLOP at d = 640, but about 10^12 at d = 4096, more than the
-    block's whole search on a GPU.
+    Bases are tried in turn, each on the tokens still refused (:func:`_bases`); the first that
+    proves anything is kept for the next block, whose tokens usually sit in the same part of
+    the hull: at d = 4096 a basis's verified inverse costs three d^3 products on the CPU, its
+    use on a block only products of the support with the block's weights.
     """
-    d = comp.weight.shape[1]
     usable = np.isfinite(lams).all(axis=0)
     chosen = converged if converged.any() else usable
-    if not chosen.any():
-        return [None] * pos.size
     checks: list[certify.CertificateCheck | None] = [None] * pos.size
-    retry = np.flatnonzero(usable)  # first every token with weights, stragglers included
-    mean = lams[:, chosen].mean(axis=1)
-    for attempt in range(3):
-        if attempt == 1:  # the refused converged tokens' own average weights
-            mean = lams[:, retry].mean(axis=1)
-        if attempt < 2:
-            basis = np.argpartition(-mean, d)[: d + 1]
-        elif d <= _QR_RETRY_MAX_DIM:
-            basis = linalg.qr(support.system * mean, mode="economic", pivoting=True, check_finite=False)[2][: d + 1]
-        else:
-            break
+    if not chosen.any():
+        return checks
+    refused = usable.copy()  # every token with weights, stragglers included
+    for basis in _bases(support, lams, chosen, converged, refused):
+        inverse = basis if isinstance(basis, certify.BasisInverse) else certify.invert_basis(
+            support.system, np.sort(basis))
+        if inverse is None:
+            continue
+        retry = np.flatnonzero(refused)
         again = certify.check_on_shared_basis(comp.weight, comp.bias, pos[retry], support.rows, lams[:, retry],
-                                              np.sort(basis), domain, system=support.system)
+                                              inverse.basis, domain, system=support.system, inverse=inverse)
         for k, check in zip(retry, again, strict=True):
             checks[k] = check
-        retry = np.flatnonzero(converged & np.array([c is None for c in checks]))
-        if retry.size == 0:
+            refused[k] = check is None
+        if any(check is not None for check in again):
+            support.inverse = inverse
+        if not refused.any():
             break
     return checks
+
+
+def _bases(support: _Support, lams: np.ndarray, chosen: np.ndarray, converged: np.ndarray, refused: np.ndarray):
+    """Bases (d + 1 positions into the support, or a ready :class:`certify.BasisInverse`) to try, best first.
+
+    1. the basis that last proved something, for an earlier block (no new inverse);
+    2. the d + 1 rows of largest average weight over the tokens that converged: tokens hugging a
+       face of the hull (stragglers that ran out of steps) put their weight on that face, and a
+       basis taken from them is singular;
+    3. the same over the converged tokens still refused (``refused`` is read when this is reached);
+    4. up to ``_QR_RETRY_MAX_DIM``, a pivoted-QR basis of the weighted system (as
+       :func:`certify._enclose` does for one token). The QR costs about 8 d^3 flops at BLAS-2
+       speed: 4 GFLOP at d = 640, about 10^12 at d = 4096, more than a block's whole search on a GPU.
+    """
+    d = support.centred.shape[1]
+    if support.inverse is not None:
+        yield support.inverse
+    mean = lams[:, chosen].mean(axis=1)
+    yield np.argpartition(-mean, d)[: d + 1]
+    left = refused & converged
+    if left.any():
+        yield np.argpartition(-lams[:, left].mean(axis=1), d)[: d + 1]
+    if d <= _QR_RETRY_MAX_DIM and (refused & converged).any():
+        yield linalg.qr(support.system * mean, mode="economic", pivoting=True, check_finite=False)[2][: d + 1]
 
 
 def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, refresh: int,

@@ -320,19 +320,28 @@ def _enclose_on(a_full, r, lam, basis, scale) -> tuple[np.ndarray, np.ndarray] |
     return mid * scale, rad * scale
 
 
-def _enclose_columns(a_full, targets, lams, basis) -> tuple[np.ndarray, np.ndarray] | None:
-    """Enclose exact solutions of ``a_full lam = targets`` near ``lams``, correcting only ``basis``.
+@dataclass(frozen=True)
+class BasisInverse:
+    """A verified approximate inverse ``inv`` of the square system ``a = a_full[:, basis]``.
 
-    ``targets`` and ``lams`` are one column (vectors) or several (one per token, sharing the
-    basis). The entries of ``lams`` outside the basis are kept as the exact floats they are;
-    the square system on the basis columns is solved approximately with an inverse ``C``, and
-    ``||I - C A|| <= alpha < 1`` proves A nonsingular with ``||A^-1|| <= ||C|| / (1 - alpha)``,
-    which bounds the distance to the exact solution from the residual, every rounding
-    included. The inverse and alpha do not depend on the columns. Returns (midpoint, radius),
-    with |exact - midpoint| <= radius entrywise (0 outside the basis), or None when the basis
-    cannot be verified.
+    ``||I - inv a|| <= alpha < 1`` (every rounding bounded), so ``a`` is nonsingular and
+    ``||a^-1|| <= inv_norm / (1 - alpha)``. Nothing here depends on the right-hand sides, so
+    blocks of tokens that share a support and a basis share one (:func:`invert_basis`); ``rest``
+    and ``a_rest`` (the columns outside the basis, and their absolute values) are kept with it.
     """
-    m = a_full.shape[1]
+
+    basis: np.ndarray
+    a: np.ndarray
+    inv: np.ndarray
+    alpha: float
+    inv_norm: float
+    rest: np.ndarray
+    a_rest: np.ndarray
+    abs_a_rest: np.ndarray
+
+
+def invert_basis(a_full: np.ndarray, basis: np.ndarray) -> BasisInverse | None:
+    """The :class:`BasisInverse` of ``a_full[:, basis]``, or None when it cannot be verified."""
     neq = a_full.shape[0]
     a = a_full[:, basis]
     try:  # scipy's LAPACK, like every other product of the exact step (see _blas.py): 21 -> 3 ms a call
@@ -349,22 +358,47 @@ def _enclose_columns(a_full, targets, lams, basis) -> tuple[np.ndarray, np.ndarr
     alpha = float(c_bound.sum(axis=1).max()) * (1 + g)
     if not alpha < 1.0:
         return None
+    inv_norm = float(np.abs(inv).sum(axis=1).max()) * (1 + g)
+    rest = np.setdiff1d(np.arange(a_full.shape[1]), basis)
+    a_rest = a_full[:, rest]
+    return BasisInverse(np.asarray(basis), a, inv, alpha, inv_norm, rest, a_rest, np.abs(a_rest))
+
+
+def _enclose_columns(a_full, targets, lams, basis, inverse: BasisInverse | None = None
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Enclose exact solutions of ``a_full lam = targets`` near ``lams``, correcting only ``basis``.
+
+    ``targets`` and ``lams`` are one column (vectors) or several (one per token, sharing the
+    basis). The entries of ``lams`` outside the basis are kept as the exact floats they are;
+    the square system on the basis columns is solved approximately with an inverse ``C``, and
+    ``||I - C A|| <= alpha < 1`` proves A nonsingular with ``||A^-1|| <= ||C|| / (1 - alpha)``,
+    which bounds the distance to the exact solution from the residual, every rounding
+    included. The inverse and alpha do not depend on the columns: ``inverse``, when given (for
+    the same ``a_full`` and ``basis``), saves computing them again. Returns (midpoint, radius),
+    with |exact - midpoint| <= radius entrywise (0 outside the basis), or None when the basis
+    cannot be verified.
+    """
+    m = a_full.shape[1]
+    neq = a_full.shape[0]
+    inverse = inverse if inverse is not None else invert_basis(a_full, basis)
+    if inverse is None:
+        return None
+    a, inv, alpha = inverse.a, inverse.inv, inverse.alpha
+    g = gamma(neq + 2, U64)
     product = matvec if lams.ndim == 1 else matmat  # one token's solve stays matrix-vector
-    rest = np.setdiff1d(np.arange(m), basis)
-    fixed = lams[rest]
+    fixed = lams[inverse.rest]
     # Right-hand side for the basis columns: r - A_rest lam_rest, enclosed.
     g_all = gamma(m + 2, U64)
-    a_rest = a_full[:, rest]
-    rhs = targets - product(a_rest, fixed)
-    rhs_err = g_all * (np.abs(targets) + product(np.abs(a_rest), np.abs(fixed)))
+    rhs = targets - product(inverse.a_rest, fixed)
+    rhs_err = g_all * (np.abs(targets) + product(inverse.abs_a_rest, np.abs(fixed)))
+    basis = inverse.basis
     x = lams[basis].copy()
     for _ in range(3):
         x = x + product(inv, rhs - product(a, x))
     res = rhs - product(a, x)
     res_bound = (np.abs(res).max(axis=0) + rhs_err.max(axis=0)
                  + g * (np.abs(rhs) + product(np.abs(a), np.abs(x))).max(axis=0))
-    inv_norm = float(np.abs(inv).sum(axis=1).max()) * (1 + g)
-    radius = inv_norm * res_bound / (1.0 - alpha) * (1 + 4 * U64)
+    radius = inverse.inv_norm * res_bound / (1.0 - alpha) * (1 + 4 * U64)
     mid = lams.astype(np.float64).copy()
     mid[basis] = x
     rad = np.zeros(mid.shape)
@@ -373,8 +407,8 @@ def _enclose_columns(a_full, targets, lams, basis) -> tuple[np.ndarray, np.ndarr
 
 
 def check_on_shared_basis(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarray, support: np.ndarray,
-                          lams: np.ndarray, basis: np.ndarray, domain, system: np.ndarray | None = None
-                          ) -> list[CertificateCheck | None]:
+                          lams: np.ndarray, basis: np.ndarray, domain, system: np.ndarray | None = None,
+                          inverse: BasisInverse | None = None) -> list[CertificateCheck | None]:
     """Check the R^d certificates of many tokens that share one support and one basis of it.
 
     ``lams[:, b]`` are approximate weights on ``support`` with ``sum_j lam_j w_j ~ w_q`` for
@@ -385,7 +419,8 @@ def check_on_shared_basis(weight: np.ndarray, bias: np.ndarray | None, rows: np.
     basis's inverse and its contraction bound are computed once for the block
     (:func:`_enclose_columns`). Returns a check per token, or None where the enclosure did not
     prove non-negative weights (the token goes on to the exact step). ``system`` is
-    ``[W_S^T; 1]`` when the caller has it already (blocks sharing a support).
+    ``[W_S^T; 1]`` when the caller has it already (blocks sharing a support), ``inverse`` its
+    :func:`invert_basis` on ``basis`` (blocks sharing a basis too).
     """
     support = np.asarray(support, dtype=np.int64)
     rows = np.asarray(rows, dtype=np.int64)
@@ -396,7 +431,7 @@ def check_on_shared_basis(weight: np.ndarray, bias: np.ndarray | None, rows: np.
     finite = np.isfinite(lams).all(axis=0)  # a token without weights (NaN) is refused below
     a_full = np.vstack([weight[support].T, np.ones((1, size))]) if system is None else system
     targets = np.vstack([weight[rows].T, np.ones((1, rows.size))])
-    found = _enclose_columns(a_full, targets, np.where(finite, lams, 0.0), basis)
+    found = _enclose_columns(a_full, targets, np.where(finite, lams, 0.0), basis, inverse)
     if found is None:
         return [None] * rows.size
     mid, rad = found
