@@ -196,3 +196,29 @@ def test_identical_rows_without_bias_or_with_a_constant_one_are_ties():
 def test_unscalable_bias_is_named_in_the_refusal():
     with pytest.raises(InputError, match="weights and bias span"):
         audit(np.zeros((3, 2)), np.array([1e300, 1e-320, 0.0]))
+
+
+@pytest.mark.parametrize("exponent", [-1030, -5, 3, 1010])
+def test_scaling_by_a_power_of_two_matches_ldexp_bit_for_bit(exponent):
+    """The audit's normalisation multiplies by 2**-e in blocks; it must equal np.ldexp wherever that is exact."""
+    from argmaxcheck.engine.audit import _scaled_exactly  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    values = np.ldexp(rng.normal(size=(9000, 3)), exponent - 1)  # largest magnitudes near 2**exponent
+    values[0, 0] = 0.0
+    got = _scaled_exactly(values, exponent)
+    assert got is not None
+    np.testing.assert_array_equal(got, np.ldexp(values, -exponent))
+    # A value that scaling down would round (below float64's normal range after the scaling).
+    if exponent > 0:
+        values[8999, 2] = np.ldexp(1.0 + 2.0**-52, -1022)
+        assert _scaled_exactly(values, exponent) is None
+
+
+def test_float32_copy_check_is_exact_in_blocks():
+    from argmaxcheck.engine.screen import _same_values  # noqa: PLC0415
+
+    weight = np.random.default_rng(1).normal(size=(9000, 4)).astype(np.float32).astype(np.float64)
+    assert _same_values(weight.astype(np.float32), weight)
+    weight[8999, 3] += 2.0**-40  # not a float32 number any more, in the last block
+    assert not _same_values(weight.astype(np.float32), weight)

@@ -308,18 +308,17 @@ def _normalised(layer: OutputLayer) -> tuple[OutputLayer, int]:
     practically-unreachable label above all) independent of the units the weights came in. Multiplying by a power
     of two is exact unless values fall below float64's normal range, which is checked.
     """
-    top = float(np.abs(layer.weight).max())
+    top = _largest_magnitude(layer.weight)  # finite: validated at the boundary
     if layer.bias is not None:
-        top = max(top, float(np.abs(layer.bias).max()))
+        top = max(top, _largest_magnitude(layer.bias))
     if top == 0.0:
         raise InputError("every weight (and bias) of the layer is zero: every token ties with every other")
     exponent = int(np.frexp(top)[1])
     if exponent == 0:
         return layer, 0
-    weight = np.ldexp(layer.weight, -exponent)
-    bias = None if layer.bias is None else np.ldexp(layer.bias, -exponent)
-    if not (np.array_equal(np.ldexp(weight, exponent), layer.weight)
-            and (bias is None or np.array_equal(np.ldexp(bias, exponent), layer.bias))):
+    weight = _scaled_exactly(layer.weight, exponent)
+    bias = None if layer.bias is None else _scaled_exactly(layer.bias, exponent)
+    if weight is None or (layer.bias is not None and bias is None):
         values = np.abs(layer.weight.ravel())
         if layer.bias is not None:
             values = np.concatenate([values, np.abs(layer.bias)])
@@ -328,6 +327,33 @@ def _normalised(layer: OutputLayer) -> tuple[OutputLayer, int]:
                          f" {top:.3g}, smallest nonzero {smallest:.3g}): scaling them to a common range would"
                          " round the smallest; rescale or clean the layer")
     return replace(layer, weight=weight, bias=bias), exponent
+
+
+def _largest_magnitude(values: np.ndarray) -> float:
+    """max |value| without a temporary the size of ``values`` (4 GB at 128k x 4096)."""
+    return max(float(values.max()), -float(values.min())) if values.size else 0.0
+
+
+def _scaled_exactly(values: np.ndarray, exponent: int, rows: int = 4096) -> np.ndarray | None:
+    """``values * 2**-exponent``, or None if that rounds any value.
+
+    Multiplying by a power of two is exact unless a result overflows or falls below float64's
+    normal range. Here every result has magnitude below 1, so scaling up (``exponent < 0``)
+    is always exact; scaling down is checked, a block of rows at a time (no second copy of
+    the weights). The product by ``2.0**-exponent`` rounds as ``np.ldexp`` does, and is several
+    times faster.
+    """
+    if abs(exponent) > 1000:  # 2**-exponent itself would not be a float64
+        out = np.ldexp(values, -exponent)
+        return out if np.array_equal(np.ldexp(out, exponent), values) else None
+    out = values * (2.0 ** -exponent)
+    if exponent > 0:
+        back = 2.0 ** exponent
+        flat_out, flat_in = out.reshape(out.shape[0], -1), values.reshape(values.shape[0], -1)
+        for lo in range(0, flat_out.shape[0], rows):
+            if not np.array_equal(flat_out[lo:lo + rows] * back, flat_in[lo:lo + rows]):
+                return None
+    return out
 
 
 def _unscaled(result: TokenResult, exponent: int) -> TokenResult:
