@@ -171,3 +171,26 @@ def test_out_of_device_memory_in_the_reduction_moves_it_to_numpy():
     np.testing.assert_array_equal(mine, ref[0])
     np.testing.assert_array_equal(best, ref[1])
     assert "out of memory" in backend.note and backend.ops.name == "numpy"
+
+
+@pytest.mark.parametrize("failing", ["covariance", "centred_gram", "eigh"])
+def test_out_of_device_memory_in_the_float64_work_finishes_on_numpy(monkeypatch, failing):
+    """The whitening, the support's choice and the batched phase's search move to numpy, and say so."""
+    from argmaxcheck.engine.backend import TorchOps  # noqa: PLC0415
+
+    def full(self, *args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    rng = np.random.default_rng(8)
+    n, d = 1500, 16
+    weight = rng.normal(size=(n, d))
+    ids = np.sort(rng.choice(n, size=12, replace=False))
+    pool = np.setdiff1d(np.arange(n), ids)
+    for i in ids:
+        weight[i] = rng.dirichlet(np.ones(4 * d)) @ weight[rng.choice(pool, size=4 * d, replace=False)]
+    ref = audit(weight, options=AuditOptions(device="cpu", probability_seconds=0.0))
+    monkeypatch.setattr(TorchOps, failing, full)
+    got = audit(weight, options=AuditOptions(device="torch-cpu", probability_seconds=0.0))
+    assert [t.verdict for t in got.tokens] == [t.verdict for t in ref.tokens]
+    assert {t.id for t in got.tokens if t.stage == "batched"} == set(ids.tolist())
+    assert "out of memory" in got.timings["device_note"]

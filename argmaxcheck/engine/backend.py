@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable
 
 import numpy as np
 from scipy import linalg
@@ -70,7 +71,7 @@ class NumpyOps:
 
     @staticmethod
     def full(shape, value: float):
-        return np.full(shape, value)
+        return np.full(shape, value, order="F")  # BLAS takes Fortran-ordered operands without a copy
 
     @staticmethod
     def amax(array, axis: int):
@@ -165,6 +166,8 @@ class TorchOps:
         try:
             return self.torch.linalg.eigh(matrix)
         except RuntimeError as exc:  # torch.linalg.LinAlgError is a RuntimeError
+            if _out_of_memory(exc):
+                raise  # for on_device's fallback, not a failed decomposition
             raise np.linalg.LinAlgError(str(exc)) from None
 
     def cholesky(self, matrix):
@@ -196,6 +199,10 @@ class NumpyBackend:
                      offset32: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per point, the float32 score of its own row and the best of every other row's (:func:`rivals_of`)."""
         return rivals_of(self.product(points32), own, scale32, offset32)
+
+    def on_device(self, work: Callable, what: str):
+        """``work(ops)`` with this backend's float64 operations (numpy's)."""
+        return work(self.ops)
 
     def transformed_norms(self, shift32: np.ndarray, transform32: np.ndarray, block: int = 65536) -> np.ndarray:
         """``|(w_j - shift) T|^2`` for every row j, in float32 (a ranking, not a bound)."""
@@ -242,6 +249,19 @@ class TorchBackend:
                 block_rows //= 2
                 torch.cuda.empty_cache()
                 self.note = f"weights held on {self.device.type} in blocks of {block_rows} rows (device memory)"
+
+    def on_device(self, work: Callable, what: str):
+        """``work(ops)`` on the device; if it runs out of memory there, everything moves to numpy (said
+        in :attr:`note`) and ``work`` runs again on numpy's operations. ``work`` must start afresh from
+        host data: nothing it put on the device is kept."""
+        if self.fallback is None:
+            try:
+                return work(self.ops)
+            except RuntimeError as exc:
+                if not _out_of_memory(exc):
+                    raise
+                self._to_numpy(what)
+        return work(NUMPY_OPS)
 
     def _to_numpy(self, reason: str) -> NumpyBackend:
         """Out of device memory even in blocks: finish on the CPU rather than fail the audit."""

@@ -42,15 +42,18 @@ def support_rows(comp: Competitors, size: int, sample: int = 20000, backend=None
     """
     weight = comp.weight
     m = weight.shape[0]
-    ops = backend.ops if backend is not None else NUMPY_OPS
+    backend = backend if backend is not None else NumpyBackend(comp.weight32)
     mean = weight.mean(axis=0)
     picked = weight[:: max(1, m // sample)] - mean
-    values, vectors = ops.eigh(ops.centred_gram(picked, np.zeros_like(mean)) / picked.shape[0])
-    values, vectors = ops.numpy(values), ops.numpy(vectors)
+
+    def eigen(ops):
+        values, vectors = ops.eigh(ops.centred_gram(picked, np.zeros_like(mean)) / picked.shape[0])
+        return ops.numpy(values), ops.numpy(vectors)
+
+    values, vectors = backend.on_device(eigen, "choosing the batched phase's support")
     keep = values > values.max() * 1e-12
     whiten = vectors[:, keep] / np.sqrt(values[keep])
-    ranker = backend if backend is not None else NumpyBackend(comp.weight32)
-    spread = ranker.transformed_norms(mean.astype(np.float32), whiten.astype(np.float32))
+    spread = backend.transformed_norms(mean.astype(np.float32), whiten.astype(np.float32))
     size = min(size, m)
     return np.sort(np.argpartition(-spread, size - 1)[:size])
 
@@ -71,16 +74,18 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
         if progress is not None and len(positions):
             progress(len(positions))  # the stage was announced: complete it
         return [None] * len(positions)
-    ops = backend.ops if backend is not None else NUMPY_OPS
-    shared = _Support(comp, support_rows(comp, 8 * d, backend=backend), ops)
+    backend = backend if backend is not None else NumpyBackend(comp.weight32)
+    shared = _Support(comp, support_rows(comp, 8 * d, backend=backend))
     out: list[certify.CertificateCheck | None] = []
     for lo in range(0, len(positions), block):
         pos = np.asarray(positions[lo:lo + block], dtype=np.int64)
         # A token never supports its own certificate: a block holding support rows gets its own support.
-        support = shared if not np.isin(pos, shared.rows).any() else _Support(
-            comp, np.setdiff1d(shared.rows, pos), ops)
+        support = shared if not np.isin(pos, shared.rows).any() else _Support(comp, np.setdiff1d(shared.rows, pos))
         if support.rows.size > d + 1:
-            lams, converged = _max_entropy_weights(support, comp.weight[pos], steps, refresh)
+            lams, converged = backend.on_device(
+                lambda ops, support=support, pos=pos: _max_entropy_weights(support, comp.weight[pos], steps, refresh,
+                                                                           ops=ops),
+                "in the batched phase")
             out.extend(_check_block(comp, pos, support, lams, converged, domain))
         else:
             out.extend([None] * pos.size)
@@ -96,14 +101,21 @@ class _Support:
     """The support rows, with what every block needs of them prepared once: at 128k x 4096 the
     support is 32768 x 4096 (1 GB in float64), too big to gather, centre and move to a GPU per block."""
 
-    def __init__(self, comp: Competitors, rows: np.ndarray, ops):
+    def __init__(self, comp: Competitors, rows: np.ndarray):
         self.rows = rows
-        self.ops = ops
         weight = comp.weight[rows]
+        self.dim = weight.shape[1]
         self.mean = weight.mean(axis=0)
-        self.centred = ops.asarray(weight - self.mean)  # where the weights are searched (a GPU's memory)
         self.system = np.vstack([weight.T, np.ones((1, rows.size))])  # [W_S^T; 1], what certificates solve
         self.inverse: certify.BasisInverse | None = None  # the basis that last proved tokens (_check_block)
+        self._centred: tuple[str, object] | None = None
+
+    def centred(self, ops):
+        """The centred rows where ``ops`` keep arrays (a GPU's memory), made once per place."""
+        if self._centred is None or self._centred[0] != ops.name:
+            self._centred = None  # a device copy is dropped before a host one is made (out of memory)
+            self._centred = (ops.name, ops.asarray(np.subtract(self.system[:-1].T, self.mean, order="C")))
+        return self._centred[1]
 
 
 def _check_block(comp: Competitors, pos: np.ndarray, support: _Support, lams: np.ndarray, converged: np.ndarray,
@@ -151,7 +163,7 @@ def _bases(support: _Support, lams: np.ndarray, chosen: np.ndarray, converged: n
        :func:`certify._enclose` does for one token). The QR costs about 8 d^3 flops at BLAS-2
        speed: 4 GFLOP at d = 640, about 10^12 at d = 4096, more than a block's whole search on a GPU.
     """
-    d = support.centred.shape[1]
+    d = support.dim
     if support.inverse is not None:
         yield support.inverse
     mean = lams[:, chosen].mean(axis=1)
@@ -164,7 +176,7 @@ def _bases(support: _Support, lams: np.ndarray, chosen: np.ndarray, converged: n
 
 
 def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, refresh: int,
-                         tol: float = 1e-10, stalled: float = 0.1, patience: int = 8
+                         tol: float = 1e-10, stalled: float = 0.1, patience: int = 8, ops=NUMPY_OPS
                          ) -> tuple[np.ndarray, np.ndarray]:
     """Weights (K x B, columns on the simplex) ``lam ~ exp(theta_b . w_j)`` with ``W_S^T lam ~ targets[b]``.
 
@@ -175,9 +187,9 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
     steps, a token whose residual is still above ``stalled`` times its first one leaves the
     block with NaN weights, which the enclosure refuses; converged tokens leave too, so later
     steps cost only what is left. Also returns which tokens converged (residual <= ``tol``).
-    The support's ``ops`` (:mod:`.backend`) hold the arrays: numpy, or torch on a GPU.
+    ``ops`` (:mod:`.backend`) hold the arrays: numpy, or torch on a GPU.
     """
-    ops, centred, mean = support.ops, support.centred, support.mean
+    centred, mean = support.centred(ops), support.mean
     k, d = centred.shape
     goal = ops.asarray((targets - mean).T)  # d x B
     out = np.full((k, targets.shape[0]), np.nan)

@@ -330,6 +330,7 @@ class BasisInverse:
     and ``a_rest`` (the columns outside the basis, and their absolute values) are kept with it.
     """
 
+    system: np.ndarray  # the a_full it was computed from (checked by identity before any use)
     basis: np.ndarray
     a: np.ndarray
     inv: np.ndarray
@@ -361,7 +362,7 @@ def invert_basis(a_full: np.ndarray, basis: np.ndarray) -> BasisInverse | None:
     inv_norm = float(np.abs(inv).sum(axis=1).max()) * (1 + g)
     rest = np.setdiff1d(np.arange(a_full.shape[1]), basis)
     a_rest = a_full[:, rest]
-    return BasisInverse(np.asarray(basis), a, inv, alpha, inv_norm, rest, a_rest, np.abs(a_rest))
+    return BasisInverse(a_full, np.asarray(basis), a, inv, alpha, inv_norm, rest, a_rest, np.abs(a_rest))
 
 
 def _enclose_columns(a_full, targets, lams, basis, inverse: BasisInverse | None = None
@@ -380,7 +381,8 @@ def _enclose_columns(a_full, targets, lams, basis, inverse: BasisInverse | None 
     """
     m = a_full.shape[1]
     neq = a_full.shape[0]
-    inverse = inverse if inverse is not None else invert_basis(a_full, basis)
+    if inverse is None or inverse.system is not a_full or not np.array_equal(inverse.basis, basis):
+        inverse = invert_basis(a_full, basis)  # never an inverse of another system or basis
     if inverse is None:
         return None
     a, inv, alpha = inverse.a, inverse.inv, inverse.alpha
@@ -430,6 +432,8 @@ def check_on_shared_basis(weight: np.ndarray, bias: np.ndarray | None, rows: np.
         return [None] * rows.size
     finite = np.isfinite(lams).all(axis=0)  # a token without weights (NaN) is refused below
     a_full = np.vstack([weight[support].T, np.ones((1, size))]) if system is None else system
+    if a_full.shape != (d + 1, size):
+        return [None] * rows.size
     targets = np.vstack([weight[rows].T, np.ones((1, rows.size))])
     found = _enclose_columns(a_full, targets, np.where(finite, lams, 0.0), basis, inverse)
     if found is None:

@@ -55,15 +55,26 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
         return ScreenResult(gaps, witness)
     block = int(max(1, min(k, block_bytes // (4 * max(m, 1)))))
     backend = backend or NumpyBackend(weight32)
-    directions = _guess_directions(weight64, backend.ops)
+    made: dict[str, list] = {}  # the guess functions, per place their arrays live (a GPU, or numpy after it)
+
+    def guesses(ops) -> list[Callable[[np.ndarray], np.ndarray]]:
+        if ops.name not in made:
+            made.clear()  # a device's arrays are let go once the backend has moved to numpy
+            made[ops.name] = _guess_directions(weight64, ops)
+        return made[ops.name]
+
+    count = len(backend.on_device(guesses, "whitening the rows"))
     ctx = _Context(weight32, bias, max_norm, cast_unit, domain, d, backend)
     todo = np.arange(k)
-    for number, guess in enumerate(directions, start=1):
+    for number in range(1, count + 1):
         if progress is not None:
-            progress.stage(f"screen, guess {number} of {len(directions)}", int(todo.size))
+            progress.stage(f"screen, guess {number} of {count}", int(todo.size))
         for start in range(0, todo.size, block):
             idx = todo[start:start + block]
-            dirs = guess(positions[idx])
+            # After a move to numpy the guesses are rebuilt there; if that gave fewer (a failed
+            # decomposition), the last one stands in.
+            dirs = backend.on_device(lambda ops, idx=idx, number=number: guesses(ops)[
+                min(number, len(guesses(ops))) - 1](positions[idx]), "computing guesses")
             g, x = ctx.best_points(dirs, positions[idx])
             better = g > gaps[idx]
             gaps[idx[better]] = g[better]
