@@ -97,9 +97,7 @@ class NumpyOps:
     def centred_gram(weight: np.ndarray, mean: np.ndarray):
         """``(W - mean)^T (W - mean)`` over every row of ``weight``."""
         centred = weight - mean
-        # scipy's BLAS, like the exact step that follows the batched phase (see _blas.py): numpy's
-        # pool would be left spinning against it.
-        return blas.dgemm(1.0, centred, centred, trans_a=1)
+        return centred.T @ centred
 
     eigh = staticmethod(np.linalg.eigh)
 
