@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write every witness and certificate (layout in the README)")
     o.add_argument("--exact-all", action="store_true", help="run the exact step for every token (slow)")
     o.add_argument("--device", choices=["auto", "cpu", "cuda", "torch-cpu"], default="auto",
-                   help="where the screen's float32 products run: auto (a CUDA GPU through torch when there is"
-                        " one, else numpy), cpu (numpy), cuda, or torch-cpu; products stay exact IEEE float32")
+                   help="where the heavy products run (the screen, its guesses, the batched phase's search): auto"
+                        " (a CUDA GPU through torch when there is one, else numpy), cpu (numpy), cuda, or torch-cpu;"
+                        " float32 products stay exact IEEE, and certificates are checked on the CPU")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     c = a.add_argument_group("gate (exit status 1 when it fails)")
     c.add_argument("--fail-on", action="append", default=[], metavar="CATEGORY=N",
@@ -313,7 +314,7 @@ def _add_sweep_parser(sub) -> None:
     w.add_argument("--no-max-probability", action="store_true", help="skip max-probability bounds")
     w.add_argument("--exact-all", action="store_true", help="run the exact step for every token (slow)")
     w.add_argument("--device", choices=["auto", "cpu", "cuda", "torch-cpu"], default="auto",
-                   help="as for audit: where the screen's products run")
+                   help="as for audit: where the heavy products run")
     w.add_argument("--fail-on", action="append", default=[], metavar="CATEGORY=N", help="as for audit, per model")
     w.add_argument("--ignore", action="append", default=[], metavar="PATTERN", help="as for audit, per model")
     w.add_argument("--quiet", action="store_true", help="no line per model on stderr")
