@@ -172,8 +172,6 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         timings["device"] = backend.name
         found = screen(weight32, comp_weight, comp_bias, position[pending], domain,
                        block_bytes=options.block_bytes, progress=progress, backend=backend)
-        if backend.note:
-            timings["device_note"] = backend.note
         for k, i in enumerate(pending):
             if found.gap[k] > 0:
                 results[int(i)] = _argmaxable(int(i), name(int(i)), found.witness[k], found.gap[k], "screen")
@@ -193,11 +191,11 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
                 i = int(pending[k])
                 results[i] = _unargmaxable(i, name(i), cert, reps, "batched")
         timings["batched_tokens"] = int(sum(c is not None for c in checks))
-        if backend is not None and backend.note:  # a device out-of-memory in the phase moved it to the CPU
-            timings["device_note"] = backend.note
         timings["batched_seconds"] = round(time.perf_counter() - t0, 4)
         open_rows = np.array([k for k in open_rows if int(pending[k]) not in results], dtype=np.int64)
 
+    if backend is not None and backend.note:  # smaller blocks, or a move to the CPU after a device out-of-memory
+        timings["device_note"] = backend.note
     t0 = time.perf_counter()
     seeded = should_seed(solve_domain, options.exact) and open_rows.size > 0
     seed_share = 0.0  # each token's part of the batched seeding, counted in its exact-step time

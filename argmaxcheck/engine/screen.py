@@ -63,6 +63,12 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
             made[ops.name] = _guess_directions(weight64, ops)
         return made[ops.name]
 
+    def direction(ops, number: int, pos: np.ndarray) -> np.ndarray:
+        # After a move to numpy the guesses are rebuilt there; if that gave fewer (a failed
+        # decomposition), the last one stands in.
+        made_here = guesses(ops)
+        return made_here[min(number, len(made_here)) - 1](pos)
+
     count = len(backend.on_device(guesses, "whitening the rows"))
     ctx = _Context(weight32, bias, max_norm, cast_unit, domain, d, backend)
     todo = np.arange(k)
@@ -71,10 +77,8 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
             progress.stage(f"screen, guess {number} of {count}", int(todo.size))
         for start in range(0, todo.size, block):
             idx = todo[start:start + block]
-            # After a move to numpy the guesses are rebuilt there; if that gave fewer (a failed
-            # decomposition), the last one stands in.
-            dirs = backend.on_device(lambda ops, idx=idx, number=number: guesses(ops)[
-                min(number, len(guesses(ops))) - 1](positions[idx]), "computing guesses")
+            dirs = backend.on_device(lambda ops, pos=positions[idx], number=number: direction(ops, number, pos),
+                                     "computing guesses")
             g, x = ctx.best_points(dirs, positions[idx])
             better = g > gaps[idx]
             gaps[idx[better]] = g[better]
