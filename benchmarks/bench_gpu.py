@@ -20,16 +20,14 @@ Target on an H100: audit <= 3x the product, the whole 128k x 4k audit <= 5 minut
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_real_heads import peak_mb, product_seconds, real_like_layer
+from bench_real_heads import print_report, product_seconds, real_like_layer
 
 from argmaxcheck import AuditOptions, OutputLayer, Unbounded, audit
 
@@ -120,21 +118,8 @@ def main() -> None:
                    progress=StagePrinter())
     seconds = time.perf_counter() - t0
     products.append(timed_product(layer, args.device, args.product_rows))
-    product = statistics.median(products)
-    scale = args.rows / len(report.tokens)
-    s, t = report.summary(), report.timings
-    print(f"== llama128k: {args.rows} x {args.dim}, {len(report.tokens)} tokens audited, on {t.get('device')}"
-          f"{' (' + t['device_note'] + ')' if t.get('device_note') else ''}")
-    print(f"   verdicts: {s['argmaxable']} argmaxable, {s['unargmaxable']} unargmaxable, {s['undecided']} undecided;"
-          f" by stage {dict(Counter(x.stage for x in report.tokens))}")
-    print(f"   stage seconds: screen {t.get('screen_seconds')}, batched {t.get('batched_seconds', '-')}"
-          f" ({t.get('batched_tokens', 0)} settled), exact {t.get('exact_seconds')}"
-          f" ({t.get('exact_tokens', 0)} tokens)")
-    print(f"   audit {seconds:.1f} s" + (f" (x{scale:.1f} for the whole vocabulary: {seconds * scale:.1f} s)"
-                                        if scale > 1 else ""))
-    print(f"   product {', '.join(f'{p:.2f}' for p in products)} s (median {product:.2f} s)")
-    print(f"   RATIO audit / product = {seconds * scale / product:.2f} (target <= 3); peak RSS {peak_mb():.0f} MB",
-          flush=True)
+    print_report("llama128k", layer, report, seconds, products,
+                 args.product_rows if args.device == "cpu" else None, args.device)
     if args.device != "cpu":
         import torch  # noqa: PLC0415
 

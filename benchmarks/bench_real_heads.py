@@ -81,6 +81,12 @@ def run_case(name: str, layer: OutputLayer, domain, tokens=None, product_rows=No
     weight32 = layer.weight.astype(np.float32)
     products.append(product_seconds(weight32, product_rows, device))
     del weight32
+    print_report(name, layer, report, seconds, products, product_rows, device)
+
+
+def print_report(name: str, layer: OutputLayer, report, seconds: float, products: list[float],
+                 product_rows: int | None = None, device: str = "cpu") -> None:
+    """The figures of one audit against its products (seconds each), as every benchmark here prints them."""
     product = statistics.median(products)
     audited = len(report.tokens)
     scale = layer.num_classes / audited  # a sampled audit stands for the whole vocabulary
@@ -88,7 +94,8 @@ def run_case(name: str, layer: OutputLayer, domain, tokens=None, product_rows=No
     stages = Counter(t.stage for t in report.tokens)
     t = report.timings
     print(f"== {name}: {layer.num_classes} x {layer.dim}, domain {s['domain']['kind']}, bias {s['bias']},"
-          f" {audited} tokens audited, products on {t.get('device', device)}")
+          f" {audited} tokens audited, products on {t.get('device', device)}"
+          + (f" ({t['device_note']})" if t.get("device_note") else ""))
     print(f"   verdicts: {s['argmaxable']} argmaxable, {s['unargmaxable']} unargmaxable,"
           f" {s['practically_unreachable']} practically unreachable, {s['undecided']} undecided")
     print(f"   settled by stage: {dict(stages)}; reached the per-token solver: {t.get('exact_tokens', 0)}"

@@ -112,18 +112,25 @@ def test_transformed_norms_rank_rows_as_numpy_does():
         np.testing.assert_allclose(backend.transformed_norms(shift, transform), ref, rtol=1e-5)
 
 
+def _deep_rows(rng, n: int, d: int, planted: int) -> tuple[np.ndarray, np.ndarray]:
+    """A Gaussian layer with ``planted`` rows replaced by spread convex combinations of 4d others:
+    deep inside the hull, so the batched phase settles them."""
+    weight = rng.normal(size=(n, d))
+    ids = np.sort(rng.choice(n, size=planted, replace=False))
+    pool = np.setdiff1d(np.arange(n), ids)
+    for i in ids:
+        weight[i] = rng.dirichlet(np.ones(4 * d)) @ weight[rng.choice(pool, size=4 * d, replace=False)]
+    return weight, ids
+
+
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_batched_phase_on_torch_settles_what_numpy_settles(with_bias):
     """Planted deep rows: the weights searched on torch give the same tokens, each certificate checked."""
     from argmaxcheck.engine import certify  # noqa: PLC0415
 
     rng = np.random.default_rng(5)
-    n, d = 1500, 24
-    weight = rng.normal(size=(n, d))
-    ids = np.sort(rng.choice(n, size=30, replace=False))
-    pool = np.setdiff1d(np.arange(n), ids)
-    for i in ids:
-        weight[i] = rng.dirichlet(np.ones(4 * d)) @ weight[rng.choice(pool, size=4 * d, replace=False)]
+    weight, ids = _deep_rows(rng, 1500, 24, 30)
+    n = weight.shape[0]
     bias = None
     if with_bias:
         bias = rng.normal(scale=0.01, size=n)
@@ -181,13 +188,7 @@ def test_out_of_device_memory_in_the_float64_work_finishes_on_numpy(monkeypatch,
     def full(self, *args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB")
 
-    rng = np.random.default_rng(8)
-    n, d = 1500, 16
-    weight = rng.normal(size=(n, d))
-    ids = np.sort(rng.choice(n, size=12, replace=False))
-    pool = np.setdiff1d(np.arange(n), ids)
-    for i in ids:
-        weight[i] = rng.dirichlet(np.ones(4 * d)) @ weight[rng.choice(pool, size=4 * d, replace=False)]
+    weight, ids = _deep_rows(np.random.default_rng(8), 1500, 16, 12)
     ref = audit(weight, options=AuditOptions(device="cpu", probability_seconds=0.0))
     monkeypatch.setattr(TorchOps, failing, full)
     got = audit(weight, options=AuditOptions(device="torch-cpu", probability_seconds=0.0))
