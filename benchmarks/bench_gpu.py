@@ -1,7 +1,8 @@
 """A Llama-3-sized head (128,256 x 4,096) on a GPU: the audit against one n x n x d float32 product on the
 same device, and their ratio.
 
-Usage: ``python benchmarks/bench_gpu.py [--device cuda] [--rows 128256] [--dim 4096] [--sample K] [--check]``
+Usage: ``python benchmarks/bench_gpu.py [--device cuda] [--rows 128256] [--dim 4096] [--sample K] [--check]
+[--profile PATH]``
 
 * The product is ``W @ W.T`` in float32 with TF32 off (as the audit computes it), timed on the device
   itself: with torch, blocks of rows multiplied on the device and synchronised, no copy back to the
@@ -20,6 +21,8 @@ Target on an H100: audit <= 3x the product, the whole 128k x 4k audit <= 5 minut
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=0, help="audit only this many random tokens (0: all)")
     parser.add_argument("--product-rows", type=int, default=16384, help="--device cpu: rows of the product timed")
     parser.add_argument("--check", action="store_true", help="then compare device and numpy verdicts (GPT-2 size)")
+    parser.add_argument("--profile", metavar="PATH", help="write the audit's cProfile (by own time) to PATH")
     args = parser.parse_args()
     print(f"device: {describe_device(args.device)}", flush=True)
     t0 = time.perf_counter()
@@ -113,10 +117,17 @@ def main() -> None:
     tokens = None
     if args.sample:
         tokens = np.sort(np.random.default_rng(1).choice(args.rows, args.sample, replace=False)).tolist()
+    profiler = cProfile.Profile() if args.profile else None
     t0 = time.perf_counter()
+    if profiler:
+        profiler.enable()
     report = audit(layer, domain=Unbounded(), tokens=tokens, options=AuditOptions(device=args.device),
                    progress=StagePrinter())
     seconds = time.perf_counter() - t0
+    if profiler:
+        profiler.disable()
+        with open(args.profile, "w") as out:
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(40)
     products.append(timed_product(layer, args.device, args.product_rows))
     print_report("llama128k", layer, report, seconds, products,
                  args.product_rows if args.device == "cpu" else None, args.device)

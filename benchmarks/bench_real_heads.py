@@ -103,7 +103,9 @@ def print_report(name: str, layer: OutputLayer, report, seconds: float, products
     print(f"   per-token solver: median {t.get('exact_median_seconds', float('nan')):.3f} s,"
           f" max {t.get('exact_max_seconds', float('nan')):.3f} s")
     print(f"   stage seconds: screen {t.get('screen_seconds')}, batched phase {t.get('batched_seconds', '-')}"
-          f" ({t.get('batched_tokens', 0)} settled), exact {t.get('exact_seconds')},"
+          f" ({t.get('batched_tokens', 0)} settled; support {t.get('batched_support_seconds', '-')},"
+          f" search {t.get('batched_search_seconds', '-')}, check {t.get('batched_check_seconds', '-')}),"
+          f" exact {t.get('exact_seconds')},"
           f" best margins {t.get('practical_seconds')}, probabilities {t.get('probability_seconds')}")
     print(f"   audit {seconds:.1f} s" + (f" (x{scale:.1f} for the whole vocabulary: {seconds * scale:.1f} s)"
                                         if scale > 1 else ""))

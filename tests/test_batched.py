@@ -186,3 +186,20 @@ def test_without_the_qr_retry_what_is_settled_is_still_checked(rng, monkeypatch)
     for t in report.tokens:
         if t.stage == "batched":
             assert certify.check_certificate(weight, None, t.id, t.support, t.weights, Unbounded()).ok
+
+
+def test_later_blocks_reuse_the_basis_inverse_that_proved_the_first(rng, monkeypatch):
+    """Blocks in the same part of the hull share a basis: its verified inverse is computed once,
+    and the tokens it proves still carry certificates that recheck on their own."""
+    weight, _, ids = _planted(rng, planted=40)
+    comp = Competitors(weight, None)
+    inverted = []
+    original = certify.invert_basis
+    monkeypatch.setattr(certify, "invert_basis", lambda *a: inverted.append(1) or original(*a))
+    timings: dict = {}
+    checks = interior_certificates(comp, ids, Unbounded().resolve(weight.shape[1]), block=8, timings=timings)
+    assert all(c is not None for c in checks)
+    assert len(inverted) < 5  # five blocks
+    for row, check in zip(ids, checks, strict=True):
+        assert certify.check_certificate(weight, None, int(row), check.support, check.weights, Unbounded()).ok
+    assert {"batched_support_seconds", "batched_search_seconds", "batched_check_seconds"} <= timings.keys()

@@ -124,3 +124,48 @@ def test_scipy_blas_products_match_numpy(rng):
     for matrix in (m, m[::2], np.asfortranarray(m), m.astype(np.float32)):
         np.testing.assert_allclose(matvec(matrix, x[: matrix.shape[1]]), matrix @ x[: matrix.shape[1]], rtol=1e-5)
         np.testing.assert_allclose(vecmat(y[: matrix.shape[0]], matrix), y[: matrix.shape[0]] @ matrix, rtol=1e-5)
+
+
+def _exact_basis_solution(a_full, target, lam, basis):
+    """x with a_full[:, basis] x = target - a_full[:, rest] lam[rest], in exact rationals."""
+    from fractions import Fraction  # noqa: PLC0415
+
+    neq, m = a_full.shape
+    rest = [j for j in range(m) if j not in set(basis.tolist())]
+    rows = []
+    for i in range(neq):
+        rhs = Fraction(float(target[i])) - sum(Fraction(float(a_full[i, j])) * Fraction(float(lam[j])) for j in rest)
+        rows.append([Fraction(float(a_full[i, j])) for j in basis] + [rhs])
+    for col in range(neq):  # Gauss-Jordan, exact
+        pivot = next(r for r in range(col, neq) if rows[r][col] != 0)
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        for r in range(neq):
+            if r != col and rows[r][col] != 0:
+                f = rows[r][col] / rows[col][col]
+                rows[r] = [x - f * y for x, y in zip(rows[r], rows[col], strict=True)]
+    return [rows[i][neq] / rows[i][i] for i in range(neq)]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_shared_basis_enclosure_holds_the_exact_solution(seed):
+    """The enclosure's radius (blocked sums, entrywise bound through |C|) contains the exact
+    rational solution, on well- and ill-conditioned bases, for several columns at once."""
+    from fractions import Fraction  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    neq, m, cols = 5 + seed % 3, 30 + 7 * seed, 3
+    a_full = rng.normal(size=(neq, m)) * 10.0 ** rng.integers(-3, 3, size=(neq, 1))
+    a_full[-1] = 1.0
+    if seed % 2:  # nearly dependent basis columns: condition number about 1e9
+        a_full[:, 1] = a_full[:, 0] + 1e-9 * rng.normal(size=neq)
+    lams = rng.dirichlet(np.ones(m), size=cols).T
+    targets = a_full @ lams + 1e-7 * rng.normal(size=(neq, cols))  # lams are only near a solution
+    basis = np.sort(rng.choice(m, size=neq, replace=False)) if seed % 2 == 0 else np.arange(neq)
+    found = certify._enclose_columns(a_full, targets, lams, basis)
+    assert found is not None
+    mid, rad = found
+    for b in range(cols):
+        exact = _exact_basis_solution(a_full, targets[:, b], lams[:, b], basis)
+        for i, j in enumerate(basis):
+            assert abs(exact[i] - Fraction(float(mid[j, b]))) <= Fraction(float(rad[j, b])), (seed, b, i)
+        assert rad[:, b].max() < 1e-3  # and not vacuous

@@ -185,7 +185,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         t0 = time.perf_counter()
         progress.stage("batched phase: rows inside the hull", int(open_rows.size))
         checks = interior_certificates(comp, position[pending[open_rows]], solve_domain, progress=progress.advance,
-                                       backend=backend)
+                                       backend=backend, timings=timings)
         for k, cert in zip(open_rows, checks, strict=True):
             if cert is not None:
                 i = int(pending[k])
