@@ -193,5 +193,6 @@ def test_out_of_device_memory_in_the_float64_work_finishes_on_numpy(monkeypatch,
     monkeypatch.setattr(TorchOps, failing, full)
     got = audit(weight, options=AuditOptions(device="torch-cpu", probability_seconds=0.0))
     assert [t.verdict for t in got.tokens] == [t.verdict for t in ref.tokens]
-    assert {t.id for t in got.tokens if t.stage == "batched"} == set(ids.tolist())
+    batched = {t.id for t in got.tokens if t.stage == "batched"}
+    assert batched == {t.id for t in ref.tokens if t.stage == "batched"} and set(ids.tolist()) <= batched
     assert "out of memory" in got.timings["device_note"]

@@ -203,3 +203,28 @@ def test_later_blocks_reuse_the_basis_inverse_that_proved_the_first(rng, monkeyp
     for row, check in zip(ids, checks, strict=True):
         assert certify.check_certificate(weight, None, int(row), check.support, check.weights, Unbounded()).ok
     assert {"batched_support_seconds", "batched_search_seconds", "batched_check_seconds"} <= timings.keys()
+
+
+def test_tokens_dropped_as_stalled_are_searched_again_with_more_patience(rng, monkeypatch):
+    """A token the stall rule dropped (NaN weights) gets one more search, with five times the
+    patience and twice the steps; what that proves is checked like any certificate."""
+    from argmaxcheck.engine import batched  # noqa: PLC0415
+
+    weight, _, ids = _planted(rng, planted=12)
+    comp = Competitors(weight, None)
+    calls = []
+    original = batched._max_entropy_weights
+
+    def first_stalls(support, targets, steps, refresh, **kwargs):
+        calls.append((targets.shape[0], steps, kwargs["patience"]))
+        lams, converged = original(support, targets, steps, refresh, **kwargs)
+        if len(calls) == 1:  # as if the first three had stalled
+            lams[:, :3], converged[:3] = np.nan, False
+        return lams, converged
+
+    monkeypatch.setattr(batched, "_max_entropy_weights", first_stalls)
+    checks = interior_certificates(comp, ids, Unbounded().resolve(weight.shape[1]))
+    assert calls == [(12, 120, 8), (3, 240, 40)]
+    assert all(c is not None for c in checks)
+    for row, check in zip(ids, checks, strict=True):
+        assert certify.check_certificate(weight, None, int(row), check.support, check.weights, Unbounded()).ok
