@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import signal
 import sys
 import time
 from pathlib import Path
@@ -118,16 +119,20 @@ def main() -> None:
     if args.sample:
         tokens = np.sort(np.random.default_rng(1).choice(args.rows, args.sample, replace=False)).tolist()
     profiler = cProfile.Profile() if args.profile else None
+    # A run cut short by `timeout` (SIGTERM) still writes its profile: that is when it is most needed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     t0 = time.perf_counter()
     if profiler:
         profiler.enable()
-    report = audit(layer, domain=Unbounded(), tokens=tokens, options=AuditOptions(device=args.device),
-                   progress=StagePrinter())
+    try:
+        report = audit(layer, domain=Unbounded(), tokens=tokens, options=AuditOptions(device=args.device),
+                       progress=StagePrinter())
+    finally:
+        if profiler:
+            profiler.disable()
+            with open(args.profile, "w") as out:
+                pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(40)
     seconds = time.perf_counter() - t0
-    if profiler:
-        profiler.disable()
-        with open(args.profile, "w") as out:
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(40)
     products.append(timed_product(layer, args.device, args.product_rows))
     print_report("llama128k", layer, report, seconds, products,
                  args.product_rows if args.device == "cpu" else None, args.device)
