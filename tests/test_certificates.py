@@ -169,3 +169,24 @@ def test_shared_basis_enclosure_holds_the_exact_solution(seed):
         for i, j in enumerate(basis):
             assert abs(exact[i] - Fraction(float(mid[j, b]))) <= Fraction(float(rad[j, b])), (seed, b, i)
         assert rad[:, b].max() < 1e-3  # and not vacuous
+
+
+@pytest.mark.parametrize("case", ["square", "one column", "no columns outside"])
+def test_enclosure_edge_shapes_hold_the_exact_solution(case):
+    from fractions import Fraction  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    neq = 5
+    m = neq if case in ("square", "no columns outside") else 17
+    a_full = rng.normal(size=(neq, m))
+    a_full[-1] = 1.0
+    lam = rng.dirichlet(np.ones(m))
+    target = a_full @ lam + 1e-9 * rng.normal(size=neq)
+    basis = np.arange(neq) if m == neq else np.sort(rng.choice(m, size=neq, replace=False))
+    lams, targets = (lam, target) if case != "square" else (lam[:, None], target[:, None])
+    mid, rad = certify._enclose_columns(a_full, targets, lams, basis)
+    mid, rad = mid.reshape(m, -1)[:, 0], rad.reshape(m, -1)[:, 0]
+    exact = _exact_basis_solution(a_full, target, lam, basis)
+    for i, j in enumerate(basis):
+        assert abs(exact[i] - Fraction(float(mid[j]))) <= Fraction(float(rad[j]))
+

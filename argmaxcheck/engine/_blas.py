@@ -22,9 +22,11 @@ from scipy.linalg import blas
 
 def matvec(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """``matrix @ vector`` for a float64 matrix."""
-    if matrix.dtype == np.float64 and matrix.flags.c_contiguous and matrix.ndim == 2 and matrix.size:
-        # matrix.T is a Fortran-ordered view: nothing is copied.
-        return blas.dgemv(1.0, matrix.T, np.asarray(vector, dtype=np.float64), trans=1)
+    if matrix.dtype == np.float64 and matrix.ndim == 2 and matrix.size:
+        if matrix.flags.c_contiguous:  # matrix.T is a Fortran-ordered view: nothing is copied.
+            return blas.dgemv(1.0, matrix.T, np.asarray(vector, dtype=np.float64), trans=1)
+        if matrix.flags.f_contiguous:  # e.g. the columns outside a basis (certify.BasisInverse)
+            return blas.dgemv(1.0, matrix, np.asarray(vector, dtype=np.float64))
     return matrix @ vector
 
 

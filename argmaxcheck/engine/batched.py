@@ -207,18 +207,32 @@ def _bases(support: _Support, lams: np.ndarray, chosen: np.ndarray, converged: n
        speed: 4 GFLOP at d = 640, about 10^12 at d = 4096, more than a block's whole search on a GPU.
     """
     d = support.dim
+    tried: list[np.ndarray] = []
+
+    def new(basis: np.ndarray) -> bool:
+        """Whether ``basis`` was not tried yet for this block (a repeat costs an inverse: 10 s at d = 4096)."""
+        if any(np.array_equal(basis, old) for old in tried):
+            return False
+        tried.append(basis)
+        return True
+
     if support.inverse is not None:
+        new(support.inverse.basis)
         yield support.inverse
     mean = lams[:, chosen].mean(axis=1)
     first = np.sort(np.argpartition(-mean, d)[: d + 1])
-    yield first
+    if new(first):
+        yield first
     left = refused & converged
     if left.any():
         again = np.sort(np.argpartition(-lams[:, left].mean(axis=1), d)[: d + 1])
-        if not np.array_equal(again, first):  # all refused: the same basis again (10 s to invert at d = 4096)
+        if new(again):
             yield again
     if d <= _QR_RETRY_MAX_DIM and (refused & converged).any():
-        yield linalg.qr(support.system * mean, mode="economic", pivoting=True, check_finite=False)[2][: d + 1]
+        _, _, order = linalg.qr(support.system * mean, mode="economic", pivoting=True, check_finite=False)
+        pivoted = np.sort(order[: d + 1])
+        if new(pivoted):
+            yield pivoted
 
 
 def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, refresh: int,

@@ -286,16 +286,20 @@ def _enclose(rows, w_i, coords, lam) -> tuple[np.ndarray, np.ndarray] | None:
     # Scale column j by a power of two near lam_j (exact in binary floating point), so that
     # every unknown is about 1 and one radius fits weights of very different sizes.
     scale = 2.0 ** np.round(np.log2(np.clip(lam, 1e-300, None)))
-    lam = lam / scale
     # Differences w_j - w_i describe the geometry (clusters of near-identical rows are
     # common); use them when float64 holds them exactly (always for float32 weights).
     diffs = rows[:, coords] - w_i[coords]
     if _exact_differences(rows[:, coords], w_i[coords], diffs):
-        a_full = np.vstack([diffs.T, np.ones((1, m))]) * scale
+        unscaled = np.vstack([diffs.T, np.ones((1, m))])
         r = np.concatenate([np.zeros(coords.size), [1.0]])
     else:
-        a_full = np.vstack([rows[:, coords].T, np.ones((1, m))]) * scale
+        unscaled = np.vstack([rows[:, coords].T, np.ones((1, m))])
         r = np.concatenate([w_i[coords], [1.0]])
+    a_full = unscaled * scale
+    if not np.array_equal(a_full / scale, unscaled):  # an entry scaled into the subnormals lost bits
+        scale = np.ones(m)
+        a_full = unscaled
+    lam = lam / scale
     neq = a_full.shape[0]
     if m < neq:
         return None
@@ -317,7 +321,10 @@ def _enclose_on(a_full, r, lam, basis, scale) -> tuple[np.ndarray, np.ndarray] |
     if found is None:
         return None
     mid, rad = found
-    return mid * scale, rad * scale
+    # Scaling by a power of two is exact unless the product is subnormal (then it errs by at most
+    # ETA64 / 2): the basis entries' radius covers that for the midpoint and for itself. Outside
+    # the basis, mid * scale gives back the caller's weights exactly and the radius stays 0.
+    return mid * scale, np.where(rad > 0, rad * scale + ETA64, 0.0)
 
 
 @dataclass(frozen=True)
