@@ -228,3 +228,26 @@ def test_tokens_dropped_as_stalled_are_searched_again_with_more_patience(rng, mo
     assert all(c is not None for c in checks)
     for row, check in zip(ids, checks, strict=True):
         assert certify.check_certificate(weight, None, int(row), check.support, check.weights, Unbounded()).ok
+
+
+def test_tokens_left_after_both_searches_get_one_pass_on_a_support_twice_as_wide(rng, monkeypatch):
+    from argmaxcheck.engine import batched  # noqa: PLC0415
+
+    weight, _, ids = _planted(rng, planted=10)
+    d = weight.shape[1]
+    comp = Competitors(weight, None)
+    original = batched._check_block
+
+    def narrow_refuses_two(comp_, pos, support, lams, converged, domain):
+        checks = original(comp_, pos, support, lams, converged, domain)
+        if support.rows.size <= 8 * d:
+            checks[:2] = [None, None]
+        return checks
+
+    monkeypatch.setattr(batched, "_check_block", narrow_refuses_two)
+    checks = interior_certificates(comp, ids, Unbounded().resolve(d))
+    assert all(c is not None for c in checks)
+    assert [c.support.size > 8 * d for c in checks] == [True] * 2 + [False] * 8
+    for row, check in zip(ids, checks, strict=True):
+        assert row not in check.support
+        assert certify.check_certificate(weight, None, int(row), check.support, check.weights, Unbounded()).ok
