@@ -223,6 +223,11 @@ def test_tokens_dropped_as_stalled_are_searched_again_with_more_patience(rng, mo
         return lams, converged
 
     monkeypatch.setattr(batched, "_max_entropy_weights", first_stalls)
+    # Below _PERSIST_MIN_DIM the exact step is cheaper than another search: none is made.
+    checks = interior_certificates(comp, ids, Unbounded().resolve(weight.shape[1]))
+    assert calls == [(12, 120, 8)] and checks[:3] == [None] * 3
+    calls.clear()
+    monkeypatch.setattr(batched, "_PERSIST_MIN_DIM", weight.shape[1])
     checks = interior_certificates(comp, ids, Unbounded().resolve(weight.shape[1]))
     assert calls == [(12, 120, 8), (3, 240, 40)]
     assert all(c is not None for c in checks)
@@ -245,6 +250,7 @@ def test_tokens_left_after_both_searches_get_one_pass_on_a_support_twice_as_wide
         return checks
 
     monkeypatch.setattr(batched, "_check_block", narrow_refuses_two)
+    monkeypatch.setattr(batched, "_PERSIST_MIN_DIM", d)
     checks = interior_certificates(comp, ids, Unbounded().resolve(d))
     assert all(c is not None for c in checks)
     assert [c.support.size > 8 * d for c in checks] == [True] * 2 + [False] * 8
