@@ -81,11 +81,10 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
     gets the seconds spent choosing the support, searching and checking.
     """
     spent = {"support": 0.0, "search": 0.0, "check": 0.0}
-    try:
-        return _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent)
-    finally:
-        if timings is not None:
-            timings.update({f"batched_{part}_seconds": round(seconds, 4) for part, seconds in spent.items()})
+    out = _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent)
+    if timings is not None:
+        timings.update({f"batched_{part}_seconds": round(seconds, 4) for part, seconds in spent.items()})
+    return out
 
 
 def _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent):
@@ -120,22 +119,25 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
         spent["check"] += time.perf_counter() - t1
         return ~np.isfinite(lams).all(axis=0)
 
+    def settle_blocks(at: np.ndarray, steps: int, patience: int, base: _Support = shared, report=None) -> np.ndarray:
+        """:func:`settle` a block at a time; returns the positions dropped as stalled."""
+        stalled = []
+        for lo in range(0, at.size, block):
+            part = at[lo:lo + block]
+            stalled.append(part[settle(part, steps, patience, base)])
+            if report is not None:
+                report(int(part.size))
+        return np.concatenate(stalled) if stalled else np.zeros(0, dtype=np.int64)
+
     out: list[certify.CertificateCheck | None] = [None] * positions.size
-    stalled = []
-    for lo in range(0, positions.size, block):
-        at = np.arange(lo, min(lo + block, positions.size))
-        stalled.append(at[settle(at, steps, _PATIENCE)])
-        if progress is not None:
-            progress(int(at.size))
+    stalled = settle_blocks(np.arange(positions.size), steps, _PATIENCE, report=progress)
     # At large d the first steps can be slow for tokens that do converge: at 65536 x 4096, 28 of
     # 256 under-trained rows were dropped as stalled after 8 steps; searched again together with
     # 5 times the patience, all 28 converged and 27 were settled. Tokens outside the hull (no
     # weights exist) cost one more search per block of them.
     if d < _PERSIST_MIN_DIM:
         return out
-    stalled = np.concatenate(stalled) if stalled else np.zeros(0, dtype=np.int64)
-    for lo in range(0, stalled.size, block):
-        settle(stalled[lo:lo + block], 2 * steps, 5 * _PATIENCE)
+    settle_blocks(stalled, 2 * steps, 5 * _PATIENCE)
     # Rows near the boundary of the 8d support's hull (their weights underflow, or the enclosure
     # refuses them) often sit well inside a wider one: at 32768 x 1024 (spread 0.05), 140 of 256
     # under-trained rows were settled on 8d rows and the other 116 all on 16d rows (24 s on 2
@@ -147,8 +149,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
         t0 = time.perf_counter()
         wide = _Support(comp, support_rows(comp, _WIDE * d, backend=backend))
         spent["support"] += time.perf_counter() - t0
-        for lo in range(0, left.size, block):
-            settle(left[lo:lo + block], 2 * steps, 5 * _PATIENCE, wide)
+        settle_blocks(left, 2 * steps, 5 * _PATIENCE, wide)
     return out
 
 

@@ -334,13 +334,14 @@ class BasisInverse:
     ``||I - inv a|| <= alpha < 1`` (every rounding bounded), so ``a`` is nonsingular and
     ``a^-1 = sum_k (I - inv a)^k inv``. Nothing here depends on the right-hand sides, so blocks
     of tokens that share a support and a basis share one (:func:`invert_basis`); ``abs_inv``,
-    and ``rest`` and ``a_rest`` (the columns outside the basis, Fortran-ordered so that blocks of
+    ``abs_a``, and ``rest`` and ``a_rest`` (the columns outside the basis, Fortran-ordered so that blocks of
     them are contiguous, and their absolute values) are kept with it.
     """
 
     system: np.ndarray  # the a_full it was computed from (checked by identity before any use)
     basis: np.ndarray
     a: np.ndarray
+    abs_a: np.ndarray
     inv: np.ndarray
     abs_inv: np.ndarray
     alpha: float
@@ -363,14 +364,14 @@ def invert_basis(a_full: np.ndarray, basis: np.ndarray) -> BasisInverse | None:
     if not np.isfinite(inv).all():
         return None
     g = gamma(neq + 2, U64)
-    abs_inv = np.abs(inv)
-    c_bound = np.abs(np.eye(neq) - matmat(inv, a)) * (1 + 2 * U64) + g * matmat(abs_inv, np.abs(a))
+    abs_inv, abs_a = np.abs(inv), np.abs(a)
+    c_bound = np.abs(np.eye(neq) - matmat(inv, a)) * (1 + 2 * U64) + g * matmat(abs_inv, abs_a)
     alpha = float(c_bound.sum(axis=1).max()) * (1 + g)
     if not alpha < 1.0:
         return None
     rest = np.setdiff1d(np.arange(a_full.shape[1]), basis)
     a_rest = np.asfortranarray(a_full[:, rest])
-    return BasisInverse(a_full, np.asarray(basis), a, inv, abs_inv, alpha, rest, a_rest, np.abs(a_rest))
+    return BasisInverse(a_full, np.asarray(basis), a, abs_a, inv, abs_inv, alpha, rest, a_rest, np.abs(a_rest))
 
 
 def _blocked_product(matrix: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, int]:
@@ -431,7 +432,7 @@ def _enclose_columns(a_full, targets, lams, basis, inverse: BasisInverse | None 
     res = rhs - basis_sum
     # |exact residual| entrywise: the computed one, the right-hand side's error, and the rounding of
     # A x and of the subtraction (the bound on |A| |x|, itself rounded, inflated by gamma_neq).
-    res_bound = (np.abs(res) + rhs_err + gamma(k_basis + 2, U64) * (np.abs(rhs) + product(np.abs(a), np.abs(x)))
+    res_bound = (np.abs(res) + rhs_err + gamma(k_basis + 2, U64) * (np.abs(rhs) + product(inverse.abs_a, np.abs(x)))
                  * (1 + gamma(neq + 2, U64)) + neq * ETA64) * (1 + 4 * U64)
     # |C| res_bound rounded up (its sums of nonnegative terms err by at most gamma_neq, relatively).
     spread = product(inverse.abs_inv, res_bound) * (1 + gamma(neq + 2, U64)) + neq * ETA64
