@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import re
 import sys
 import traceback
 from pathlib import Path
-
-import numpy as np
 
 from . import __version__
 from ._text import printable
@@ -34,6 +31,7 @@ from .report import ARGMAXABLE
 from .report.escape import json_text
 from .report.formats import FORMATS
 from .report.gate import Baseline, GatePolicy, evaluate, parse_fail_on
+from .selection import select
 from .sources import SourceRequest, load_source
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -72,8 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source_arguments(a)
     o = a.add_argument_group("output")
-    o.add_argument("--tokens", default=None, metavar="LIST",
-                   help="audit only these rows: ids and ranges like 0,5,10-20, or token strings")
+    o.add_argument("--tokens", action="append", default=None, metavar="LIST",
+                   help="audit only these rows: ids and ranges (0,5,10-20; digits are always row ids),"
+                        " name:TEXT (a token's stored text; takes the rest of the argument, commas included),"
+                        " re:REGEX, kind:KIND (control, user-defined, unused, byte, added, special, padding);"
+                        " may be repeated")
     o.add_argument("--format", choices=list(FORMATS), default="table",
                    help="what to print (or write to --output): table (rich terminal report), text, json,"
                         " markdown, html, github (workflow annotations) or junit (XML)")
@@ -101,13 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--baseline", default=None, metavar="REPORT.json",
                    help="a previous JSON report: count only tokens flagged since, and list those that recovered")
     c.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
-                   help="never count these tokens: an id, an id range 5-9, an exact token string, or re:REGEX")
+                   help="never count these tokens: the --tokens grammar (ids, ranges 5-9, name:TEXT, re:REGEX,"
+                        " kind:KIND)")
     _add_scale_arguments(a)
     _add_sweep_parser(sub)
     e = sub.add_parser("explain", help="explain the verdict on one token", epilog=EXIT_CODES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source_arguments(e)
-    e.add_argument("token", help="a row id (digits) or a token string")
+    e.add_argument("token", help="one token: a row id (digits), name:TEXT or re:REGEX matching one row")
     e.add_argument("--format", choices=["text", "json"], default="text")
     _add_diff_parser(sub)
     return parser
@@ -221,8 +223,8 @@ def _audit_command(args) -> int:
     if certificates is not None and certificates.kind == "file" and not args.save_certificates.endswith(".npz"):
         raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")
     layer, domain, checkpoint_info = _load_source(args)
-    policy.check_rows(layer.num_classes)
-    tokens = _parse_tokens(args.tokens, layer.num_classes, layer.tokens) if args.tokens else None
+    policy.check_rows(layer)
+    tokens = select(args.tokens, layer) if args.tokens else None
     options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions(), precision=args.precision,
                            probability_seconds=0.0 if args.no_max_probability else AuditOptions.probability_seconds,
                            device=args.device)
@@ -354,11 +356,9 @@ def _sweep_command(args) -> int:
 
 def _explain_command(args) -> int:
     layer, domain, _ = _load_source(args)
-    # Digits name a row id here (as for --ignore); any other text is a token string.
-    ids = _parse_tokens(args.token, layer.num_classes, None if _is_id(args.token) else layer.tokens,
-                        what="explain TOKEN")
+    ids = select(args.token, layer, what="explain TOKEN")
     if len(ids) != 1:
-        raise InputError(f"explain: give one token, got '{args.token}'")
+        raise InputError(f"explain TOKEN: {printable(args.token, 80)!r} selects {len(ids)} rows; give one")
     report, exp = explain_token(layer, domain, ids[0])
     report.source = str(args.path)
     if args.format == "json":
@@ -417,50 +417,6 @@ def _domain_from_args(args):
     if args.lower is None and args.upper is None:
         raise InputError("--domain box needs --bound B, or --lower and/or --upper")
     return Box(-math.inf if args.lower is None else args.lower, math.inf if args.upper is None else args.upper)
-
-
-def _parse_tokens(spec: str, n: int, names: list[str] | None, what: str = "--tokens") -> list[int]:
-    """'0,5,10-20' or token strings (when names are known) -> sorted distinct row ids.
-
-    Every id and range is checked against the ``n`` rows before it is expanded,
-    so memory stays bounded by ``n`` whatever the ranges say.
-    """
-    lookup = {name: i for i, name in enumerate(names)} if names else {}
-    chosen = np.zeros(n, dtype=bool)
-    for part in spec.split(","):
-        item = part.strip()
-        if not item:
-            continue
-        if item in lookup:
-            chosen[lookup[item]] = True
-            continue
-        lo, sep, hi = item.partition("-")
-        if sep and _is_id(lo) and _is_id(hi):
-            start, stop = _row(lo, item, n, what), _row(hi, item, n, what)
-            if stop < start:
-                raise InputError(f"{what}: range '{printable(item, 80)}' is empty")
-            chosen[start:stop + 1] = True
-        elif _is_id(item):
-            chosen[_row(item, item, n, what)] = True
-        elif re.fullmatch(r"-[0-9]+", item):
-            raise InputError(f"{what}: id {item} is out of range (the layer has {n} rows: 0..{n - 1})")
-        else:
-            raise InputError(f"{what}: '{printable(item, 80)}' is neither a row id, a range nor a known token")
-    if not chosen.any():
-        raise InputError(f"{what}: no token given")
-    return np.flatnonzero(chosen).tolist()
-
-
-def _is_id(text: str) -> bool:
-    return text.isascii() and text.isdigit()
-
-
-def _row(digits: str, item: str, n: int, what: str) -> int:
-    """A row id from ASCII digits, refused (naming ``item``) when it is not below ``n``."""
-    if len(digits.lstrip("0")) > len(str(n)) or int(digits) >= n:
-        kind = "range" if item != digits else "id"
-        raise InputError(f"{what}: {kind} {printable(item, 80)} is out of range (the layer has {n} rows: 0..{n - 1})")
-    return int(digits)
 
 
 class _progress:

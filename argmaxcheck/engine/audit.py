@@ -12,6 +12,7 @@ from ..domains import Domain, Unbounded
 from ..errors import InputError
 from ..layer import OutputLayer
 from ..report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
+from ..selection import check_ids, select
 from . import certify
 from ._fingerprint import row_fingerprints
 from .backend import make_backend
@@ -83,8 +84,9 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         Output-layer weights (numpy, torch or nested lists; any float dtype).
     bias : array-like of shape (num_classes,), optional
     domain : Unbounded, Box or Ball, default Unbounded()
-    tokens : sequence of int, optional
-        Audit only these rows (they still compete against every row).
+    tokens : sequence of int or str, optional
+        Audit only these rows (they still compete against every row): ids, or a selection
+        such as ``"0-99,kind:control,name:<|im_end|>"`` (:mod:`argmaxcheck.selection`).
     names : sequence of str, optional
         Display names of the rows.
     options : AuditOptions, optional
@@ -109,7 +111,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     original, own_domain = _as_layer(weight, bias, names)
     options = options or AuditOptions()
     domain = (domain if domain is not None else own_domain).resolve(original.dim)
-    targets = _targets(tokens, original.num_classes)
+    targets = _targets(tokens, original)
     if original.num_classes < 2:
         raise InputError(f"the layer has {original.num_classes} row: a softmax over one class always picks it,"
                          " so there is nothing to audit")
@@ -468,19 +470,13 @@ def _scale_free_witness(comp: Competitors, pos: int, x: np.ndarray, domain) -> t
     return y, gap
 
 
-def _targets(tokens, n: int) -> list[int]:
+def _targets(tokens, layer: OutputLayer) -> list[int]:
+    """The audited row ids: every row, checked integers, or a selection string (:mod:`argmaxcheck.selection`)."""
     if tokens is None:
-        return list(range(n))
-    ids = []
-    for t in tokens:
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
-            raise InputError(f"token ids must be integers, got {t!r}")
-        if not 0 <= int(t) < n:
-            raise InputError(f"token id {int(t)} is out of range: the layer has {n} rows (0..{n - 1})")
-        ids.append(int(t))
-    if not ids:
-        raise InputError("the list of tokens to audit is empty")
-    return sorted(set(ids))
+        return list(range(layer.num_classes))
+    if isinstance(tokens, str):
+        return select(tokens, layer, what="tokens")
+    return check_ids(tokens, layer.num_classes)
 
 
 def _row_groups(weight: np.ndarray, block: int = 8192, mult: np.ndarray | None = None) -> np.ndarray:

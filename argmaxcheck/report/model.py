@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..selection import compact_ranges
 from .escape import PLAIN, Style, escape_token, printable
 
 ARGMAXABLE = "argmaxable"
@@ -25,7 +26,7 @@ MARGIN_DOC = (
 )
 
 
-SCHEMA_VERSION = "1.0"  # of the JSON report; docs/report-schema.md, argmaxcheck/report/report.schema.json
+SCHEMA_VERSION = "1.1"  # of the JSON report; docs/report-schema.md, argmaxcheck/report/report.schema.json
 
 
 @dataclass(frozen=True, eq=False)
@@ -167,7 +168,7 @@ class AuditReport:
             counts[t.verdict] += 1
         return {"source": self.source, "num_classes": self.num_classes, "dim": self.dim, "domain": self.domain,
                 "bias": self.has_bias, "source_dtype": self.source_dtype, "audited": len(self.tokens),
-                **counts, "seconds": round(self.seconds, 4)}
+                "audited_ids": compact_ranges(t.id for t in self.tokens), **counts, "seconds": round(self.seconds, 4)}
 
     def label(self, i: int) -> str:
         """How row ``i`` is named in explanations: its escaped decoded text (else its piece), else ``#id``."""

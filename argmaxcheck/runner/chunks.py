@@ -19,6 +19,7 @@ from ..engine import AuditOptions, audit
 from ..errors import InputError
 from ..layer import OutputLayer
 from ..report.model import AuditReport
+from ..selection import check_ids
 
 DEFAULT_CHUNK_SIZE = 4096
 
@@ -31,16 +32,7 @@ def plan_chunks(tokens: Sequence[int] | None, num_classes: int,
     if tokens is None:
         ids = np.arange(num_classes, dtype=np.int64)
     else:
-        for t in tokens:
-            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
-                raise InputError(f"token ids must be integers, got {t!r}")
-        ids = np.unique(np.asarray(list(tokens), dtype=np.int64))
-        if ids.size == 0:
-            raise InputError("the list of tokens to audit is empty")
-        if ids[0] < 0 or ids[-1] >= num_classes:
-            bad = int(ids[0] if ids[0] < 0 else ids[-1])
-            raise InputError(f"token id {bad} is out of range: the layer has {num_classes} rows"
-                             f" (0..{num_classes - 1})")
+        ids = np.asarray(check_ids(tokens, num_classes), dtype=np.int64)
     return [ids[k:k + chunk_size] for k in range(0, ids.size, int(chunk_size))]
 
 
