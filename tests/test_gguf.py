@@ -228,7 +228,7 @@ def test_real_smollm2_head_norm_tokens_and_ties(smollm2):
     assert [i for i, text in enumerate(layer.display) if "\ufffd" in text] == [24211]
     assert layer.tokens[24211] == "ï¿½" and layer.display[24211] == "\ufffd"
     assert layer.display[layer.tokens.index("âĢ")] == "<0xE2><0x80>"
-    # The full audit (README) finds exactly these 15 unargmaxable tokens, all exact ties: 11 control
+    # The full audit (docs/sources.md) finds exactly these 15 unargmaxable tokens, all exact ties: 11 control
     # tokens and 4 ordinary tokens that share a row with one of them.
     groups = [{5, 9, 11, 36743}, {8, 10, 13, 15, 16, 36744, 48047}, {12, 14}, {7, 45175}]
     tied = sorted(set().union(*groups))
