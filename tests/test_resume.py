@@ -39,9 +39,10 @@ def _flags(path, journal, *extra):
 
 
 def _comparable(report_json: Path) -> dict:
-    """The JSON report without what may differ between runs: timings and the total time."""
+    """The JSON report without what may differ between runs: timings, stage records and the total time."""
     data = json.loads(report_json.read_text())
     data.pop("timings")
+    data.pop("stages")
     data["summary"].pop("seconds")
     return data
 

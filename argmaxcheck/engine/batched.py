@@ -26,13 +26,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import linalg
 
+from ..report.stats import StageStats
 from . import certify
 from .backend import NUMPY_OPS, NumpyBackend
-from .exact import Competitors
+from .competitors import Competitors
+
+if TYPE_CHECKING:
+    from .state import AuditState
 
 
 def support_rows(comp: Competitors, size: int, sample: int = 20000, backend=None) -> np.ndarray:
@@ -62,11 +67,27 @@ def support_rows(comp: Competitors, size: int, sample: int = 20000, backend=None
     return np.sort(np.argpartition(-spread, size - 1)[:size])
 
 
+def run(state: AuditState) -> StageStats | None:
+    """Stage 3, on R^d: shared-basis certificates for the open rows deep inside their competitors' hull."""
+    ids = state.open_ids()
+    options = state.options
+    if not ids.size or not options.batched or options.exact_all or not state.solve_domain.whole_space:
+        return None
+    state.progress.stage("batched phase: rows inside the hull", int(ids.size))
+    checks, spent = interior_certificates(state.comp, state.position[ids], state.solve_domain,
+                                          progress=state.progress.advance, backend=state.backend)
+    for i, cert in zip(ids.tolist(), checks, strict=True):
+        if cert is not None:
+            state.unargmaxable(i, cert, "batched")
+    return StageStats("batched", int(ids.size), sum(c is not None for c in checks), parts=spent)
+
+
 def interior_certificates(comp: Competitors, positions: np.ndarray, domain, block: int = 256,
                           steps: int = 120, refresh: int = 4,
                           progress: Callable[[int], None] | None = None,
-                          backend=None, timings: dict | None = None) -> list[certify.CertificateCheck | None]:
-    """A checked certificate, or None, for each position (rows of ``comp``) on R^d.
+                          backend=None) -> tuple[list[certify.CertificateCheck | None], dict[str, float]]:
+    """A checked certificate, or None, for each position (rows of ``comp``) on R^d, and the seconds
+    spent choosing the support, searching and checking.
 
     ``block`` tokens share each Newton search: its K x d x d Hessian is the costly part at
     large d, and is shared by the block (256 beat 64 in docs/benchmarks.md's measurements).
@@ -75,14 +96,11 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
     together, with twice the steps and five times the patience; then whatever is left, once, on
     a support of 16d rows. ``progress`` is called with the number of tokens of each block done. ``backend``
     (:mod:`.backend`) runs the search for weights (on a GPU when the audit has one); the
-    certificates are checked on the CPU in float64 whatever it is. ``timings``, when given,
-    gets the seconds spent choosing the support, searching and checking.
+    certificates are checked on the CPU in float64 whatever it is.
     """
     spent = {"support": 0.0, "search": 0.0, "check": 0.0}
     out = _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent)
-    if timings is not None:
-        timings.update({f"batched_{part}_seconds": round(seconds, 4) for part, seconds in spent.items()})
-    return out
+    return out, spent
 
 
 def _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent):

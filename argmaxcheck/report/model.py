@@ -9,6 +9,7 @@ import numpy as np
 
 from ..selection import compact_ranges
 from .escape import PLAIN, Style, escape_token, printable
+from .stats import AuditStats
 
 ARGMAXABLE = "argmaxable"
 UNARGMAXABLE = "unargmaxable"
@@ -122,7 +123,8 @@ class TokenResult:
 class AuditReport:
     """Everything an audit found. The CLI prints this; nothing it prints is missing here.
 
-    ``tokens`` holds one record per audited token, in id order. ``names`` are
+    ``tokens`` holds one record per audited token, in id order; ``stats`` what each stage did
+    (:mod:`argmaxcheck.report.stats`). ``names`` are
     the raw pieces as stored, ``display`` (when the source has a tokenizer) the
     text each row decodes to, and ``token_kinds`` the rows that are not
     ordinary text (``control``, ``byte``, ``unused``...; :mod:`argmaxcheck.sources.tokens`).
@@ -136,12 +138,21 @@ class AuditReport:
     seconds: float
     tokens: list[TokenResult]
     names: list[str] | None = None
-    timings: dict = field(default_factory=dict)
+    stats: AuditStats = field(default_factory=AuditStats)
     source: str = ""
     checkpoint: dict | None = None  # which tensors and which folded domain, for checkpoint audits
     special: frozenset[int] = frozenset()
     display: list[str] | None = None
     token_kinds: dict[int, str] = field(default_factory=dict)
+    device: str | None = None  # where the heavy products ran ("numpy (cpu)", "torch (cuda)")
+    device_note: str | None = None  # a move to smaller blocks or to the CPU after a device out-of-memory
+    precision: str | None = None  # the dtype the practical label took the logits to be computed in
+
+    @property
+    def timings(self) -> dict:
+        """The flat ``timings`` object of schema 1.0, derived from :attr:`stats` and the device fields."""
+        extra = {k: getattr(self, k) for k in ("device", "device_note", "precision") if getattr(self, k) is not None}
+        return {**self.stats.timings(), **extra}
 
     def ids(self, verdict: str) -> list[int]:
         return [t.id for t in self.tokens if t.verdict == verdict]
@@ -200,7 +211,7 @@ class AuditReport:
                     + text(")"))
         if t.verdict == PRACTICAL:
             return text(f"wins by at most {t.best_margin:.3g}, below the {t.threshold:.3g} that"
-                        f" {self.timings.get('precision', 'the')} logits can resolve there")
+                        f" {self.precision or 'the'} logits can resolve there")
         if t.verdict == UNDECIDED:
             return text(t.reason)
         if t.verdict == ARGMAXABLE:
@@ -250,6 +261,7 @@ class AuditReport:
             "undecided": self.undecided,
             "tokens": [t.to_dict(self.names, self.special, self.explain(t), self.display, self.token_kinds)
                        for t in self.tokens if t.verdict != ARGMAXABLE],
+            "stages": self.stats.to_list(),
             "timings": self.timings,
             **({"gate": gate} if gate is not None else {}),
             **({"checkpoint": self.checkpoint} if self.checkpoint else {}),

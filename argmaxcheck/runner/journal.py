@@ -4,7 +4,7 @@ Layout of a journal folder::
 
     header.json                 what run this is: hashes of every input (see RunIdentity)
     chunk-000000.npz            the chunk's verdicts, margins, witnesses and certificates
-    chunk-000000.json           its manifest: ids, timings and the sha256 of the .npz
+    chunk-000000.json           its manifest: ids, per-stage records and the sha256 of the .npz
 
 Every file is written to a temporary file in the folder, flushed and fsynced,
 renamed over its final name, and the folder is fsynced: a crash (SIGKILL, power
@@ -33,9 +33,10 @@ from ..domains import Domain
 from ..errors import InputError
 from ..layer import OutputLayer
 from ..report.model import AuditReport, TokenResult
+from ..report.stats import AuditStats
 
 FORMAT = "argmaxcheck-journal"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: per-stage records instead of a timings dict
 HEADER = "header.json"
 _TMP_PREFIX = ".argmaxcheck-tmp-"
 
@@ -184,7 +185,8 @@ class Journal:
         meta = {"run": self.identity.digest, "chunk": k, "first": int(ids[0]), "last": int(ids[-1]),
                 "count": int(ids.size), "sha256": _hash(raw), "seconds": report.seconds,
                 "num_classes": report.num_classes, "dim": report.dim, "domain": report.domain,
-                "has_bias": report.has_bias, "source_dtype": report.source_dtype, "timings": report.timings}
+                "has_bias": report.has_bias, "source_dtype": report.source_dtype, "stages": report.stats.to_state(),
+                "device": report.device, "device_note": report.device_note, "precision": report.precision}
         _atomic_write(self.folder, data.name, raw)
         _atomic_write(self.folder, manifest.name, (json.dumps(meta, indent=1) + "\n").encode())
 
@@ -240,9 +242,14 @@ def _report_from_npz(raw: bytes, meta: dict, layer: OutputLayer) -> AuditReport:
             witness=witness, support=support, weights=weights, tie_with=None if tie < 0 else tie,
             check=str(a["check"][k]), reason=str(a["reason"][k]),
             **{f: float(a[f][k]) for f in _FLOATS if f != "margin"}))
+    def text(key):
+        return None if meta.get(key) is None else str(meta[key])
+
     return AuditReport(int(meta["num_classes"]), int(meta["dim"]), meta["domain"], bool(meta["has_bias"]),
                        str(meta["source_dtype"]), float(meta["seconds"]), tokens, names=names,
-                       timings=dict(meta["timings"]), special=layer.special)
+                       stats=AuditStats.from_state(meta["stages"]), special=layer.special, display=layer.display,
+                       token_kinds=dict(layer.token_kinds), device=text("device"),
+                       device_note=text("device_note"), precision=text("precision"))
 
 
 def _atomic_write(folder: Path, name: str, data: bytes) -> None:

@@ -8,7 +8,7 @@ ones from the journal (:mod:`.journal`), runs the rest on an executor
 **What is identical to what.** A chunk's report depends only on the layer, the
 domain, its ids and the options, so for a given chunk size a resumed run, a
 Ray run and an uninterrupted local run give the same report apart from
-``seconds`` and ``timings``: the same verdicts, margins, witnesses and
+``seconds`` and ``stats``: the same verdicts, margins, witnesses and
 certificates, bit for bit (tested). Against an *unchunked* run
 (:func:`argmaxcheck.audit` over every token at once) the verdicts agree, but
 margins and witnesses may differ in their last bits, the batched phase's
@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from ..engine import AuditOptions
 from ..engine.progress import as_progress
 from ..layer import OutputLayer
 from ..report.model import AuditReport
+from ..report.stats import RunStats
 from .chunks import DEFAULT_CHUNK_SIZE, chunk_options, merge_reports, plan_chunks
 from .executors import LocalExecutor, RayExecutor
 from .journal import Journal, Log, RunIdentity, stderr_note
@@ -69,7 +71,7 @@ def audit_sharded(weight, bias=None, domain: Domain | None = None, tokens: Seque
     -------
     AuditReport
         The merged report (see the module docstring for what it is identical
-        to). ``seconds`` sums the chunks' audit times; ``timings`` adds
+        to). ``seconds`` sums the chunks' audit times; ``stats.run`` says
         ``chunks``, ``chunk_size``, ``chunks_from_journal``, ``executor`` and
         ``wall_seconds`` (this call's wall-clock time).
 
@@ -105,6 +107,5 @@ def audit_sharded(weight, bias=None, domain: Domain | None = None, tokens: Seque
             book.save(k, report)
         parts[k] = report
     merged = merge_reports([parts[k] for k in sorted(parts)], expected)
-    merged.timings.update(chunks=len(chunks), chunk_size=int(chunk_size), chunks_from_journal=from_journal,
-                          executor=executor.name, wall_seconds=round(time.perf_counter() - started, 4))
-    return merged
+    run = RunStats(len(chunks), int(chunk_size), from_journal, executor.name, round(time.perf_counter() - started, 4))
+    return replace(merged, stats=replace(merged.stats, run=run))
