@@ -19,12 +19,13 @@ import math
 import re
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from ._text import printable
+from ._text import one_line, printable
 from .diff import diff_reports
 from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, ExactOptions, audit, explain_token, render_explanation
@@ -163,6 +164,17 @@ def _add_source_arguments(a) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see :data:`EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
+    # A library's warnings (torch's about a pickle protocol, say) come back here: on bad input the one
+    # error line is all there is, otherwise each is shown after the run as one printable line.
+    with warnings.catch_warnings(record=True) as caught:
+        code = _run(args)
+    if code != EXIT_USAGE:
+        for w in caught:
+            sys.stderr.write(f"argmaxcheck: warning: {one_line(w.message, 300)}\n")
+    return code
+
+
+def _run(args) -> int:
     try:
         commands = {"explain": _explain_command, "sweep": _sweep_command, "diff": _diff_command}
         return commands.get(args.command, _audit_command)(args)

@@ -6,6 +6,8 @@ unbounded allocation, or a layer audited from the wrong bytes."""
 import json
 import os
 import signal
+import subprocess
+import sys
 import tracemalloc
 import zipfile
 from contextlib import contextmanager
@@ -432,3 +434,25 @@ def test_from_arrays_checks_finiteness_after_widening():
 def test_from_arrays_accepts_tiny_and_extreme_layers(weight):
     layer = OutputLayer.from_arrays(weight)
     np.testing.assert_array_equal(layer.weight, np.asarray(weight, dtype=float))
+
+
+def test_pickle_refusal_with_a_library_warning_is_one_line(tmp_path):
+    """torch.load warns (two lines) about a pickle protocol before refusing the file: the CLI printed three
+    lines. A library's warnings never add lines to the one error line, and its prose loses its breaks."""
+    import pickle  # noqa: PLC0415
+
+    path = tmp_path / "pickled.pt"
+    path.write_bytes(pickle.dumps({"weight": [[1.0, 2.0]]}, protocol=4))
+    proc = subprocess.run([sys.executable, "-m", "argmaxcheck", "audit", str(path)], capture_output=True,
+                          text=True, timeout=120, check=False, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("argmaxcheck: error:"), proc.stderr
+    assert "pickled.pt" in proc.stderr and "\\n" not in proc.stderr
+
+
+def test_one_line_collapses_a_librarys_line_breaks_and_escapes_the_rest():
+    from argmaxcheck._text import one_line  # noqa: PLC0415
+
+    assert one_line("Unsupported operand 149\n\n  Check the documentation\r\n") == \
+        "Unsupported operand 149 Check the documentation"
+    assert one_line("a\x1b[2J\tb\u2028c") == "a\\x1b[2J\\tb c"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._text import printable
+from .._text import one_line, printable
 from ..errors import InputError
 from ..layer import OutputLayer
 from .base import HeadSource, LoadedLayer
@@ -119,7 +119,7 @@ def _open(path: Path):
         return gguf.GGUFReader(path)
     except Exception as exc:  # the reader raises ValueError, IndexError, KeyError... on a damaged file
         raise InputError(f"{path}: not a readable GGUF file (truncated or corrupt? {type(exc).__name__}:"
-                         f" {str(exc)[:160]})") from None
+                         f" {one_line(exc, 160)})") from None
 
 
 # What the header may claim before GGUFReader is let loose on it. The reader builds a few numpy views per
