@@ -352,7 +352,7 @@ def _sweep_command(args) -> int:
             what = f"error: {row.error}" if row.failed else (
                 f"{row.counts['unargmaxable']} unargmaxable, {row.counts['practically_unreachable']} practically"
                 f" unreachable, {row.counts['undecided']} undecided of {row.audited} in {row.seconds:.1f} s")
-            sys.stderr.write(f"[{k + 1}/{total}] {row.model}: {what}\n")
+            sys.stderr.write(f"[{k + 1}/{total}] {printable(row.model)}: {printable(what)}\n")
 
     scaled = args.resume is not None or args.ray is not None or args.chunk_size is not None
     with _scale_executor(args) as executor:
@@ -360,8 +360,21 @@ def _sweep_command(args) -> int:
                        domain=None if args.domain == "auto" else explicit, options=options, policy=policy,
                        chunk_size=args.chunk_size, journal=args.resume, executor=executor if scaled else None,
                        on_row=on_row)
-    sys.stdout.write(Path(args.output, "sweep.md").read_text(encoding="utf-8"))
+    _print_sweep_table(result)
     return result.exit_code
+
+
+def _print_sweep_table(result) -> None:
+    """The table on stdout: rich on a terminal, plain columns otherwise (Markdown only goes to sweep.md)."""
+    from .report.sweep import render_terminal, render_text  # noqa: PLC0415
+
+    if sys.stdout.isatty():
+        from rich.console import Console  # noqa: PLC0415
+
+        render_terminal(result, Console(file=sys.stdout))
+    else:
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        sys.stdout.write(encode_for_stdout(render_text(result)).decode(encoding))
 
 
 def _explain_command(args) -> int:
