@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import re
 import sys
+import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -488,14 +491,33 @@ def _row(digits: str, item: str, n: int, what: str) -> int:
     return int(digits)
 
 
-class _progress:
-    """A rich progress display on a terminal, one line per stage with counts and an ETA; nothing otherwise."""
+PROGRESS_INTERVAL_ENV = "ARGMAXCHECK_PROGRESS_INTERVAL"
+PROGRESS_INTERVAL = 30.0  # seconds between plain progress lines within a stage
 
-    def __init__(self, total: int, quiet: bool):
-        self.enabled = not quiet and sys.stderr.isatty() and total > 0
+
+class _progress:
+    """Progress on stderr, stage by stage (the engine's ``progress.stage(name, total)`` calls).
+
+    On a terminal: a rich display, one line per stage with counts and an ETA. Elsewhere (a CI log, a
+    file): one plain line, no ANSI, when each stage starts and about every ``interval`` seconds within it,
+    ``argmaxcheck: screen 12000/50257 (24%) 31 s elapsed, eta 97 s``. ``interval`` defaults to
+    $ARGMAXCHECK_PROGRESS_INTERVAL, else 30 s; ``quiet`` shows nothing.
+    """
+
+    def __init__(self, total: int, quiet: bool, interval: float | None = None, stream=None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.stream = stream if stream is not None else sys.stderr
+        shown = not quiet and total > 0
+        self.enabled = shown and _isatty(self.stream)
+        self.plain = shown and not self.enabled
+        self.interval = _progress_interval() if interval is None else interval
+        self.clock = clock
         self.task = None
+        self.name, self.total, self.done, self.started, self.last = "", 0, 0, 0.0, 0.0
 
     def __enter__(self):
+        if self.plain:
+            return self
         if not self.enabled:
             return None
         from rich.progress import (  # noqa: PLC0415
@@ -513,18 +535,59 @@ class _progress:
         return self
 
     def stage(self, name: str, total: int) -> None:
+        if self.plain:
+            self.name, self.total, self.done = name, max(total, 0), 0
+            self.started = self.last = self.clock()
+            self._line(self.started)
+            return
         if self.task is not None:
             self.bar.update(self.task, completed=self.bar.tasks[-1].total)
         self.task = self.bar.add_task(name, total=max(total, 0))
 
     def advance(self, n: int = 1) -> None:
-        if self.task is not None:
+        if self.plain:
+            self.done += n
+            now = self.clock()
+            if now - self.last >= self.interval:
+                self.last = now
+                self._line(now)
+        elif self.task is not None:
             self.bar.advance(self.task, n)
+
+    def _line(self, now: float) -> None:
+        elapsed = now - self.started
+        done = min(self.done, self.total)
+        share = f" ({100 * done // self.total}%)" if self.total else ""
+        eta = f", eta {elapsed * (self.total - done) / done:.0f} s" if 0 < done else ""
+        self.stream.write(f"argmaxcheck: {printable(self.name, 80)} {done}/{self.total}{share}"
+                          f" {elapsed:.0f} s elapsed{eta}\n")
+        self.stream.flush()
 
     def __exit__(self, *exc):
         if self.enabled:
             self.bar.stop()
         return False
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _progress_interval() -> float:
+    """Seconds between plain progress lines: $ARGMAXCHECK_PROGRESS_INTERVAL, else 30."""
+    text = os.environ.get(PROGRESS_INTERVAL_ENV)
+    if text is None or not text.strip():
+        return PROGRESS_INTERVAL
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise InputError(f"{PROGRESS_INTERVAL_ENV}={printable(text, 40)}: expected a number of seconds >= 0")
+    return value
 
 
 if __name__ == "__main__":  # pragma: no cover
