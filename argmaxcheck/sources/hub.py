@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .._text import printable
 from ..errors import InputError
-from .arrays import read_json
+from .arrays import check_regular_file, read_json
 from .base import LoadedLayer, SourceRequest
 from .huggingface import _HEAD_BIAS, CONFIG_JSON_LIMIT, _family, load_checkpoint
 
@@ -143,6 +143,7 @@ def check_cache(repo_id: str, revision: str | None) -> None:
     ref = storage / "refs" / revision
     if commit is None and _present(ref):
         _inside(ref, root, at, f"refs/{revision}")
+        check_regular_file(ref)  # never open a FIFO (it blocks) or a folder
         try:
             with open(ref, "rb") as fh:
                 content = fh.read(REF_FILE_LIMIT + 1)
