@@ -167,11 +167,11 @@ def _add_source_arguments(a) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see :data:`EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
-    # A library's warnings (torch's about a pickle protocol, say) come back here: on bad input the one
-    # error line is all there is, otherwise each is shown after the run as one printable line.
+    # A library's warnings (torch's about a pickle protocol, say) come back here: when the run fails, its
+    # one line is all there is; after a verdict (0 or 1), each is shown as one printable line.
     with warnings.catch_warnings(record=True) as caught:
         code = _run(args)
-    if code != EXIT_USAGE:
+    if code in (EXIT_OK, EXIT_FOUND):
         for w in caught:
             sys.stderr.write(f"argmaxcheck: warning: {one_line(w.message, 300)}\n")
     return code

@@ -456,3 +456,24 @@ def test_one_line_collapses_a_librarys_line_breaks_and_escapes_the_rest():
     assert one_line("Unsupported operand 149\n\n  Check the documentation\r\n") == \
         "Unsupported operand 149 Check the documentation"
     assert one_line("a\x1b[2J\tb\u2028c") == "a\\x1b[2J\\tb c"
+
+
+@pytest.mark.parametrize(("code", "shown"), [(0, True), (1, True), (2, False), (3, False)])
+def test_library_warnings_are_one_line_after_a_verdict_and_silent_after_a_failure(monkeypatch, capsys, code, shown):
+    import warnings  # noqa: PLC0415
+
+    from argmaxcheck import cli  # noqa: PLC0415
+
+    def command(args):
+        warnings.warn("Detected pickle protocol 4\n  return Unpickler(file).load()\x1b[2J", UserWarning, stacklevel=1)
+        if code == 2:
+            raise InputError("m.pt: refused")
+        if code == 3:
+            raise RuntimeError("a bug")
+        return code
+
+    monkeypatch.setattr(cli, "_audit_command", command)
+    assert cli.main(["audit", "m.pt"]) == code
+    lines = capsys.readouterr().err.splitlines()
+    warning = "argmaxcheck: warning: Detected pickle protocol 4 return Unpickler(file).load()\\x1b[2J"
+    assert (warning in lines) == shown and len(lines) == (1 if code >= 2 else 1 if shown else 0)
