@@ -131,6 +131,7 @@ GGUF_MAX_DIMS = 4  # GGML_MAX_DIMS
 GGUF_MAX_NESTING = 4  # arrays of arrays
 _SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
 _STRING, _ARRAY, _UINT32 = 8, 9, 4
+_ENTRIES = f"{GGUF_MAX_ENTRIES} metadata entries and array elements in all"
 
 
 class _Header:
@@ -154,10 +155,10 @@ class _Header:
     def unpack(self, fmt: str, what: str):
         return struct.unpack_from(self.order + fmt, self.data, self.need(struct.calcsize(fmt), what))[0]
 
-    def count(self, n: int, smallest: int, what: str, limit: int) -> int:
+    def count(self, n: int, smallest: int, what: str, limit: int, accepts: str) -> int:
         """A claimed number of items of at least ``smallest`` bytes each, checked before any is read."""
         if n > limit:
-            self.fail(f"{what} claims {n} entries, more than the {limit} this reader accepts")
+            self.fail(f"{what} claims {n} entries; this reader accepts {accepts}")
         if n * smallest > self.size - self.pos:
             self.fail(f"{what} claims {n} entries of at least {smallest} bytes, but only {self.size - self.pos}"
                       " bytes remain in the file")
@@ -171,11 +172,10 @@ class _Header:
     def entry(self, what: str) -> None:
         self.entries += 1
         if self.entries > GGUF_MAX_ENTRIES:
-            self.fail(f"{what}: more than {GGUF_MAX_ENTRIES} metadata entries and array elements in all")
+            self.fail(f"{what}: this reader accepts {_ENTRIES}")
 
     def value(self, kind: int, what: str, depth: int = 0) -> bytes | None:
-        """Skip one value of GGUFValueType ``kind``; a short string's bytes (general.alignment's value
-        for a UINT32) come back for the caller."""
+        """Skip one value of GGUFValueType ``kind``; a scalar's bytes come back (general.alignment's)."""
         if kind in _SCALARS:
             start = self.need(_SCALARS[kind], f"{what}: value")
             return bytes(self.data[start:start + _SCALARS[kind]])
@@ -191,7 +191,7 @@ class _Header:
         smallest = _SCALARS.get(item, 8 if item == _STRING else 12)
         if item not in _SCALARS and item not in (_STRING, _ARRAY):
             self.fail(f"{what}: array of unknown value type {item}")
-        self.count(n, smallest, f"{what}: array", GGUF_MAX_ENTRIES - self.entries)
+        self.count(n, smallest, f"{what}: array", GGUF_MAX_ENTRIES - self.entries, _ENTRIES)
         self.entries += n
         if item in _SCALARS:
             self.need(n * smallest, f"{what}: array")
@@ -231,8 +231,9 @@ def _walk(h: _Header, quant_sizes, quant_types) -> None:
         h.fail(f"version {version}; versions 2 and 3 are read")
     tensors = h.unpack("Q", "tensor count")
     kvs = h.unpack("Q", "metadata count")
-    h.count(tensors, 24, "the tensor count", GGUF_MAX_TENSORS)  # name length, dims, type, offset: 24 bytes
-    h.count(kvs, 13, "the metadata count", GGUF_MAX_ENTRIES)  # key length, type, a one-byte value: 13 bytes
+    h.count(tensors, 24, "the tensor count", GGUF_MAX_TENSORS,  # name length, dims, type, offset: 24 bytes
+            f"{GGUF_MAX_TENSORS} tensors at most")
+    h.count(kvs, 13, "the metadata count", GGUF_MAX_ENTRIES, _ENTRIES)  # key length, type, a byte: 13 bytes
     alignment = 32
     for k in range(kvs):
         key = h.string(f"metadata key {k}")
