@@ -510,7 +510,7 @@ class _progress:
         shown = not quiet and total > 0
         self.enabled = shown and _isatty(self.stream)
         self.plain = shown and not self.enabled
-        self.interval = _progress_interval() if interval is None else interval
+        self.interval = interval if interval is not None else _progress_interval() if self.plain else PROGRESS_INTERVAL
         self.clock = clock
         self.task = None
         self.name, self.total, self.done, self.started, self.last = "", 0, 0, 0.0, 0.0
