@@ -16,12 +16,16 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import sys
+import time
 import traceback
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
-from ._text import printable
+from ._text import one_line, printable
 from .diff import diff_reports
 from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, ExactOptions, audit, explain_token, render_explanation
@@ -165,6 +169,17 @@ def _add_source_arguments(a) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see :data:`EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
+    # A library's warnings (torch's about a pickle protocol, say) come back here: when the run fails, its
+    # one line is all there is; after a verdict (0 or 1), each is shown as one printable line.
+    with warnings.catch_warnings(record=True) as caught:
+        code = _run(args)
+    if code in (EXIT_OK, EXIT_FOUND):
+        for w in caught:
+            sys.stderr.write(f"argmaxcheck: warning: {one_line(w.message, 300)}\n")
+    return code
+
+
+def _run(args) -> int:
     try:
         commands = {"explain": _explain_command, "sweep": _sweep_command, "diff": _diff_command}
         return commands.get(args.command, _audit_command)(args)
@@ -342,7 +357,7 @@ def _sweep_command(args) -> int:
             what = f"error: {row.error}" if row.failed else (
                 f"{row.counts['unargmaxable']} unargmaxable, {row.counts['practically_unreachable']} practically"
                 f" unreachable, {row.counts['undecided']} undecided of {row.audited} in {row.seconds:.1f} s")
-            sys.stderr.write(f"[{k + 1}/{total}] {row.model}: {what}\n")
+            sys.stderr.write(f"[{k + 1}/{total}] {printable(row.model)}: {printable(what)}\n")
 
     scaled = args.resume is not None or args.ray is not None or args.chunk_size is not None
     with _scale_executor(args) as executor:
@@ -350,8 +365,21 @@ def _sweep_command(args) -> int:
                        domain=None if args.domain == "auto" else explicit, options=options, policy=policy,
                        chunk_size=args.chunk_size, journal=args.resume, executor=executor if scaled else None,
                        on_row=on_row)
-    sys.stdout.write(Path(args.output, "sweep.md").read_text(encoding="utf-8"))
+    _print_sweep_table(result)
     return result.exit_code
+
+
+def _print_sweep_table(result) -> None:
+    """The table on stdout: rich on a terminal, plain columns otherwise (Markdown only goes to sweep.md)."""
+    from .report.sweep import render_terminal, render_text  # noqa: PLC0415
+
+    if sys.stdout.isatty():
+        from rich.console import Console  # noqa: PLC0415
+
+        render_terminal(result, Console(file=sys.stdout))
+    else:
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        sys.stdout.write(encode_for_stdout(render_text(result)).decode(encoding))
 
 
 def _explain_command(args) -> int:
@@ -419,14 +447,33 @@ def _domain_from_args(args):
     return Box(-math.inf if args.lower is None else args.lower, math.inf if args.upper is None else args.upper)
 
 
-class _progress:
-    """A rich progress display on a terminal, one line per stage with counts and an ETA; nothing otherwise."""
+PROGRESS_INTERVAL_ENV = "ARGMAXCHECK_PROGRESS_INTERVAL"
+PROGRESS_INTERVAL = 30.0  # seconds between plain progress lines within a stage
 
-    def __init__(self, total: int, quiet: bool):
-        self.enabled = not quiet and sys.stderr.isatty() and total > 0
+
+class _progress:
+    """Progress on stderr, stage by stage (the engine's ``progress.stage(name, total)`` calls).
+
+    On a terminal: a rich display, one line per stage with counts and an ETA. Elsewhere (a CI log, a
+    file): one plain line, no ANSI, when each stage starts and about every ``interval`` seconds within it,
+    ``argmaxcheck: screen 12000/50257 (24%) 31 s elapsed, eta 97 s``. ``interval`` defaults to
+    $ARGMAXCHECK_PROGRESS_INTERVAL, else 30 s; ``quiet`` shows nothing.
+    """
+
+    def __init__(self, total: int, quiet: bool, interval: float | None = None, stream=None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.stream = stream if stream is not None else sys.stderr
+        shown = not quiet and total > 0
+        self.enabled = shown and _isatty(self.stream)
+        self.plain = shown and not self.enabled
+        self.interval = interval if interval is not None else _progress_interval() if self.plain else PROGRESS_INTERVAL
+        self.clock = clock
         self.task = None
+        self.name, self.total, self.done, self.started, self.last = "", 0, 0, 0.0, 0.0
 
     def __enter__(self):
+        if self.plain:
+            return self
         if not self.enabled:
             return None
         from rich.progress import (  # noqa: PLC0415
@@ -444,18 +491,59 @@ class _progress:
         return self
 
     def stage(self, name: str, total: int) -> None:
+        if self.plain:
+            self.name, self.total, self.done = name, max(total, 0), 0
+            self.started = self.last = self.clock()
+            self._line(self.started)
+            return
         if self.task is not None:
             self.bar.update(self.task, completed=self.bar.tasks[-1].total)
         self.task = self.bar.add_task(name, total=max(total, 0))
 
     def advance(self, n: int = 1) -> None:
-        if self.task is not None:
+        if self.plain:
+            self.done += n
+            now = self.clock()
+            if now - self.last >= self.interval:
+                self.last = now
+                self._line(now)
+        elif self.task is not None:
             self.bar.advance(self.task, n)
+
+    def _line(self, now: float) -> None:
+        elapsed = now - self.started
+        done = min(self.done, self.total)
+        share = f" ({100 * done // self.total}%)" if self.total else ""
+        eta = f", eta {elapsed * (self.total - done) / done:.0f} s" if 0 < done else ""
+        self.stream.write(f"argmaxcheck: {printable(self.name, 80)} {done}/{self.total}{share}"
+                          f" {elapsed:.0f} s elapsed{eta}\n")
+        self.stream.flush()
 
     def __exit__(self, *exc):
         if self.enabled:
             self.bar.stop()
         return False
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _progress_interval() -> float:
+    """Seconds between plain progress lines: $ARGMAXCHECK_PROGRESS_INTERVAL, else 30."""
+    text = os.environ.get(PROGRESS_INTERVAL_ENV)
+    if text is None or not text.strip():
+        return PROGRESS_INTERVAL
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise InputError(f"{PROGRESS_INTERVAL_ENV}={printable(text, 40)}: expected a number of seconds >= 0")
+    return value
 
 
 if __name__ == "__main__":  # pragma: no cover

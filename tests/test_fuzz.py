@@ -7,7 +7,9 @@ limit and with a per-case alarm, so a hang or a runaway allocation fails the tes
 """
 
 import json
+import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -107,10 +109,17 @@ def test_fuzzed_inputs_end_in_a_report_or_one_line(tmp_path):
             shutil.copytree(ROOT / "data" / "tiny-gpt2", folder)
             (folder / name).write_bytes(data)
             cases.append(str(folder))
+    _assert_promise_kept(cases, tmp_path)
+
+
+def _assert_promise_kept(cases: list[str], tmp_path: Path, env: dict | None = None) -> list[dict]:
+    """Run ``argmaxcheck audit CASE`` for every case in one child process; each must end in a report
+    (exit 0 or 1) or one error line (exit 2). Returns the results."""
     listing = tmp_path / "cases.json"
     listing.write_text(json.dumps(cases))
+    full_env = None if env is None else {**{k: v for k, v in os.environ.items() if not k.startswith("HF_")}, **env}
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(listing)], capture_output=True, text=True, check=False,
-                          timeout=120, cwd=ROOT)
+                          timeout=120, cwd=ROOT, env=full_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     outcome = json.loads(proc.stdout)
     bad = []
@@ -125,3 +134,134 @@ def test_fuzzed_inputs_end_in_a_report_or_one_line(tmp_path):
             bad.append((Path(r["case"]).name, r["code"], r["stderr"][-300:]))
     assert not bad, f"{len(bad)} of {len(outcome['results'])} cases broke the promise: {bad[:5]}"
     assert outcome["peak_mb"] < 2048, outcome["peak_mb"]
+    return outcome["results"]
+
+
+# ---------------------------------------------------------------- GGUF headers
+
+def _header_fields(data: bytes) -> list[tuple[int, str]]:
+    """(offset, struct format) of every count and length in a little-endian GGUF header: the tensor and
+    metadata counts, each string and array length, each value and array type, each tensor's dimension
+    count, dimensions, ggml type and data offset."""
+    fields, pos = [(8, "<Q"), (16, "<Q")], 24
+    tensors, kvs = struct.unpack_from("<QQ", data, 8)
+
+    def string():
+        nonlocal pos
+        fields.append((pos, "<Q"))
+        pos += 8 + struct.unpack_from("<Q", data, pos)[0]
+
+    def value(kind):
+        nonlocal pos
+        sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+        if kind in sizes:
+            pos += sizes[kind]
+        elif kind == 8:
+            string()
+        else:  # an array
+            item, n = struct.unpack_from("<IQ", data, pos)
+            fields.extend([(pos, "<I"), (pos + 4, "<Q")])
+            pos += 12
+            for _ in range(n):
+                value(item)
+
+    for _ in range(kvs):
+        string()
+        fields.append((pos, "<I"))
+        pos += 4
+        value(struct.unpack_from("<I", data, pos - 4)[0])
+    for _ in range(tensors):
+        string()
+        n_dims = struct.unpack_from("<I", data, pos)[0]
+        fields.append((pos, "<I"))
+        fields.extend((pos + 4 + 8 * k, "<Q") for k in range(n_dims))
+        pos += 4 + 8 * n_dims
+        fields.extend([(pos, "<I"), (pos + 4, "<Q")])
+        pos += 12
+    return fields
+
+
+def test_fuzzed_gguf_headers_end_in_a_report_or_one_line(tmp_path):
+    """Every count and length of a small GGUF's header set to 0, small, 2^40 and the maximum (a
+    claimed 2^40-entry array ran GGUFReader past 2 GB), plus truncations and byte flips."""
+    from gguf_helpers import write_gguf  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    seed = write_gguf(tmp_path / "seed.gguf", rng.normal(size=(8, 32)).astype(np.float32), np.ones(32),
+                      tokens=[f"t{i}" for i in range(8)], token_types=[1] * 8)
+    data = seed.read_bytes()
+    values = {"<Q": (0, 7, 2**40, 2**64 - 1), "<I": (0, 13, 2**32 - 1)}
+    cases = []
+    for k, (at, fmt) in enumerate(_header_fields(data)):
+        for value in values[fmt]:
+            mutated = bytearray(data)
+            struct.pack_into(fmt, mutated, at, value)
+            target = tmp_path / f"field{k}-{value}.gguf"
+            target.write_bytes(bytes(mutated))
+            cases.append(str(target))
+    for k, mutated in enumerate(_mutations(data, rng)):
+        (tmp_path / f"mutated{k}.gguf").write_bytes(mutated)
+        cases.append(str(tmp_path / f"mutated{k}.gguf"))
+    results = _assert_promise_kept(cases, tmp_path)
+    assert len(results) > 120 and sum(r["code"] == 2 for r in results) > 100
+
+
+# ---------------------------------------------------------------- Hugging Face cache layouts
+
+def test_hub_cache_layouts_end_in_a_report_or_one_line(tmp_path):
+    """refs/ files that escape the cache or are not files, snapshots and files linked outside it, and
+    revisions that walk paths: each an exit-2 line (a refs/ escape was a ValueError, exit 3)."""
+    from test_hub import COMMIT, OTHER, cache_repo, tiny_files  # noqa: PLC0415
+
+    cache, outside = tmp_path / "hub", tmp_path / "outside"
+    outside.mkdir()
+    files = tiny_files()
+    for name, data in files.items():
+        (outside / name).write_bytes(data)
+    (outside / "ref").write_text(COMMIT)
+    cases = []
+
+    def repo(k: int) -> Path:
+        cases.append(f"org/c{k}")
+        return cache_repo(cache, f"org/c{k}", {"config.json": files["config.json"]})
+
+    refs = ["../../../../outside", "/etc/passwd", "", "\x00\x01", COMMIT + "\n", COMMIT.upper(), "x" * 5000, OTHER,
+            "../" + COMMIT[3:], "snapshots/../../" + COMMIT[:24]]
+    for k, text in enumerate(refs):
+        (repo(k) / "refs" / "main").write_text(text)
+    k = len(refs)
+    ref = repo(k) / "refs" / "main"  # linked outside the cache
+    ref.unlink()
+    ref.symlink_to(outside / "ref")
+    ref = repo(k + 1) / "refs" / "main"  # a folder
+    ref.unlink()
+    ref.mkdir()
+    ref = repo(k + 2) / "refs" / "main"  # a FIFO: opening it would block
+    ref.unlink()
+    os.mkfifo(ref)
+    ref = repo(k + 3) / "refs" / "main"  # dangling, and a loop
+    ref.unlink()
+    ref.symlink_to(tmp_path / "nowhere")
+    ref = repo(k + 4) / "refs" / "main"
+    ref.unlink()
+    ref.symlink_to(ref)
+    snapshot = repo(k + 5) / "snapshots" / COMMIT  # the snapshot folder linked outside
+    shutil.rmtree(snapshot)
+    snapshot.symlink_to(outside)
+    snapshot = repo(k + 6) / "snapshots" / COMMIT  # a file, not a folder
+    shutil.rmtree(snapshot)
+    snapshot.write_text("x")
+    for j, target in enumerate([outside / "config.json", tmp_path / "nowhere", None]):
+        link = repo(k + 7 + j) / "snapshots" / COMMIT / "config.json"  # a file linked outside, dangling, a loop
+        link.unlink()
+        link.symlink_to(target or link)
+    (repo(k + 10) / "blobs" / next(p.name for p in (cache / "models--org--c" f"{k + 10}" / "blobs").iterdir())
+     ).write_bytes(b"{not json")
+    root = repo(k + 11)  # the repository's whole folder linked outside the cache
+    shutil.move(str(root), str(outside / "repo"))
+    root.symlink_to(outside / "repo")
+    repo(k + 12)
+    cases += [f"org/c{k + 12}@{rev}" for rev in ("..", "main/../../x", "a//b", f"{COMMIT}/../x", "./main",
+                                                  "refs/pr/1", OTHER)]
+    results = _assert_promise_kept(cases, tmp_path, env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
+    assert all(r["code"] == 2 for r in results), [r for r in results if r["code"] != 2]

@@ -12,7 +12,6 @@ one-line error; the sweep goes on. Per-model JSON reports go to
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 from ..domains import Domain, Unbounded
 from ..engine import AuditOptions, audit
 from ..errors import InputError
+from ..report.escape import json_text
 from ..report.gate import GatePolicy, evaluate
 from ..report.sweep import SweepResult, SweepRow, write_sweep
 from ..sources import SourceRequest, load_source
@@ -132,7 +132,7 @@ def sweep(sources: Sequence[str], output: str | os.PathLike, *, request: SourceR
             gate = evaluate(report, policy)
             name = f"models/{slug}.json"
             _atomic_write(output / "models", f"{slug}.json",
-                          (json.dumps(report.to_dict(gate.to_dict()), indent=2, ensure_ascii=False) + "\n").encode())
+                          (json_text(report.to_dict(gate.to_dict())) + "\n").encode("utf-8"))
             summary = report.summary()
             row.num_classes, row.dim, row.audited = report.num_classes, report.dim, summary["audited"]
             row.domain, row.seconds = _domain_text(report.domain), round(report.seconds, 3)
