@@ -37,6 +37,7 @@ from ..report.model import AuditReport
 from .chunks import DEFAULT_CHUNK_SIZE, chunk_options, merge_reports, plan_chunks
 from .executors import LocalExecutor, RayExecutor
 from .journal import Journal, Log, RunIdentity, stderr_note
+from .recheck import recheck
 
 
 def audit_sharded(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int] | None = None, *,
@@ -63,7 +64,8 @@ def audit_sharded(weight, bias=None, domain: Domain | None = None, tokens: Seque
     progress : callable, optional
         Called with the number of tokens newly decided (journaled chunks count at once).
     log : callable
-        Receives one-line notes (a damaged chunk decided again); default: stderr.
+        Receives one-line notes (a damaged chunk decided again, tokens whose proof did not check out
+        and were decided again: :mod:`.recheck`); default: stderr.
 
     Returns
     -------
@@ -88,22 +90,39 @@ def audit_sharded(weight, bias=None, domain: Domain | None = None, tokens: Seque
     progress = as_progress(progress)
     book = None
     if journal is not None:
-        book = Journal.open(journal, RunIdentity.of(layer, domain, chunks, options, chunk_size), chunks, layer, log)
-    parts: dict[int, AuditReport] = {}
-    if book is not None:
-        progress.stage("chunks already in the journal", len(chunks))
-        for k in range(len(chunks)):
-            found = book.load(k)
-            if found is not None:
-                parts[k] = found
-            progress.advance(1)
-    from_journal = len(parts)
-    jobs = [(k, ids, chunk_options(options, ids, expected.size)) for k, ids in enumerate(chunks) if k not in parts]
-    executor = executor or LocalExecutor()
-    for k, report in executor.run(layer, domain, jobs, progress):
+        book = Journal.open(journal, RunIdentity.of(layer, domain, chunks, options, chunk_size), chunks, layer, log,
+                            domain)
+    try:
+        parts: dict[int, AuditReport] = {}
         if book is not None:
-            book.save(k, report)
-        parts[k] = report
+            progress.stage("chunks already in the journal", len(chunks))
+            for k in range(len(chunks)):
+                found = book.load(k)
+                if found is not None:
+                    parts[k] = found
+                progress.advance(1)
+        from_journal = len(parts)
+        jobs = [(k, ids, chunk_options(options, ids, expected.size)) for k, ids in enumerate(chunks)
+                if k not in parts]
+        executor = executor or LocalExecutor()
+        fresh: set[int] = set()
+        for k, report in executor.run(layer, domain, jobs, progress):
+            if book is not None:
+                book.save(k, report)
+            parts[k] = report
+            fresh.add(k)
+        # A journal is a cache and a worker another process: their proofs are checked again here. Chunks
+        # this process's engine just decided were checked by it already.
+        in_process = getattr(executor, "in_process", False)
+        for k in sorted(parts):
+            if k not in fresh or not in_process:
+                ids = chunks[k]
+                parts[k] = recheck(parts[k], layer, domain, chunk_options(options, ids, expected.size), log,
+                                   f"chunk {k} (tokens {int(ids[0])}-{int(ids[-1])})"
+                                   + (" from the journal" if k not in fresh else f" from {executor.name}"))
+    finally:
+        if book is not None:
+            book.close()
     merged = merge_reports([parts[k] for k in sorted(parts)], expected)
     merged.timings.update(chunks=len(chunks), chunk_size=int(chunk_size), chunks_from_journal=from_journal,
                           executor=executor.name, wall_seconds=round(time.perf_counter() - started, 4))

@@ -1,0 +1,135 @@
+"""Check every chunk's proofs again in the process that writes the report, and decide again what fails.
+
+A chunk report that comes from a resume journal or from a Ray worker is a
+cache, not a proof: its file may be damaged, forged by someone who knows the
+format (hashes included), or written by a worker whose arithmetic we did not
+watch. :func:`recheck` therefore checks each of its verdicts again here, on the
+layer *as given* (its own units; the engine's power-of-two scaling changes no
+witness or certificate) and the resolved domain:
+
+* ``argmaxable`` and ``practically_unreachable``: the witness lies in the
+  domain and its certified gap (:func:`argmaxcheck.engine.certify.check_witness`,
+  here on blocks of witnesses at once) is > 0: one product with the layer;
+* ``unargmaxable`` (``tie`` and ``dominated`` included):
+  :func:`argmaxcheck.engine.certify.check_certificate` on the certificate's
+  support, and for a tie the two rows must be identical (weights and bias);
+* ``undecided``: claims nothing and carries no proof, so it is kept as it is
+  (deciding it again would make a resumed run slower than the run it resumes);
+* anything else (an unknown verdict, a missing or misshapen witness or
+  certificate, a token of another id) fails.
+
+Tokens that fail are decided again by the engine on exactly those ids, and
+one note per chunk says how many and which chunk. The margins, brackets and
+practical labels of the tokens that pass are kept as stored: they are
+measurements, not proofs, and the verdict does not depend on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .._rounding import U64
+from ..domains import Domain
+from ..engine import AuditOptions, audit, certify
+from ..engine._blas import rows_times
+from ..layer import OutputLayer
+from ..report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
+
+_WITNESS_BLOCK = 64  # witnesses per product with the layer
+
+
+def failing_tokens(report: AuditReport, layer: OutputLayer, domain: Domain) -> list[int]:
+    """Positions in ``report.tokens`` whose verdict is not proven by the evidence it carries (see the module)."""
+    domain = domain.resolve(layer.dim)
+    weight, bias = layer.weight, layer.bias
+    failed: list[int] = []
+    witnessed: list[int] = []
+    for k, t in enumerate(report.tokens):
+        if not isinstance(t.id, (int, np.integer)) or not 0 <= int(t.id) < layer.num_classes:
+            failed.append(k)
+        elif t.verdict in (ARGMAXABLE, PRACTICAL):
+            w = t.witness
+            if isinstance(w, np.ndarray) and w.shape == (layer.dim,) and w.dtype.kind == "f":
+                witnessed.append(k)
+            else:
+                failed.append(k)
+        elif t.verdict == UNARGMAXABLE:
+            if not _certificate_holds(t, weight, bias, domain):
+                failed.append(k)
+        elif t.verdict != UNDECIDED:
+            failed.append(k)
+    if witnessed:
+        row_norm = float(np.linalg.norm(weight, axis=1).max())
+        for start in range(0, len(witnessed), _WITNESS_BLOCK):
+            block = witnessed[start:start + _WITNESS_BLOCK]
+            ok = _witnesses_hold([report.tokens[k] for k in block], weight, bias, domain, row_norm)
+            failed.extend(k for k, good in zip(block, ok, strict=True) if not good)
+    return sorted(failed)
+
+
+def _witnesses_hold(tokens: list[TokenResult], weight, bias, domain, row_norm: float) -> np.ndarray:
+    """:func:`certify.check_witness` for a block of tokens: one product of the layer with all witnesses."""
+    x = np.stack([np.asarray(t.witness, np.float64) for t in tokens], axis=1)  # (d, B)
+    ok = np.isfinite(x).all(axis=0)
+    if ok.any():
+        ok &= np.asarray(domain.certainly_contains(np.where(np.isfinite(x), x, 0.0)), bool).reshape(-1)
+    if not ok.any():
+        return ok
+    x = np.where(ok[None, :], x, 0.0)
+    scores = np.asarray(rows_times(weight, x), np.float64)
+    if bias is not None:
+        scores = scores + bias[:, None]
+    norms = np.linalg.norm(x, axis=0) * (1 + 4 * U64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = certify.score_error_bound(norms, row_norm, weight.shape[1], U64) + 4 * U64 * np.abs(scores).max(axis=0)
+    rows = np.array([int(t.id) for t in tokens])
+    gaps = certify.witness_gap_bounds(scores, rows, err)
+    return ok & (gaps > 0)
+
+
+def _certificate_holds(t: TokenResult, weight, bias, domain) -> bool:
+    support, weights = t.support, t.weights
+    if not (isinstance(support, np.ndarray) and isinstance(weights, np.ndarray)) or support.ndim != 1 \
+            or support.shape != weights.shape or support.size == 0 or support.dtype.kind not in "iu" \
+            or weights.dtype.kind != "f":
+        return False
+    if t.tie_with is not None:
+        j = int(t.tie_with)
+        if not 0 <= j < weight.shape[0] or j == t.id or not np.array_equal(weight[j], weight[t.id]) or \
+                (bias is not None and bias[j] != bias[t.id]):
+            return False
+    return bool(certify.check_certificate(weight, bias, int(t.id), support, weights, domain).ok)
+
+
+def recheck(report: AuditReport, layer: OutputLayer, domain: Domain, options: AuditOptions,
+            log: Callable[[str], None], what: str) -> AuditReport:
+    """``report`` (one chunk, named ``what`` in the note) with every token that fails its check decided again.
+
+    The report's layer and domain fields are set from ``layer`` and ``domain``
+    (never from what a journal claims). Returns a new report; the input is not changed.
+    """
+    domain = domain.resolve(layer.dim)
+    failed = failing_tokens(report, layer, domain)
+    tokens = list(report.tokens)
+    seconds = report.seconds
+    if failed:
+        ids = sorted({int(tokens[k].id) for k in failed if 0 <= int(tokens[k].id) < layer.num_classes})
+        log(f"{what}: {len(failed)} token(s) whose witness or certificate does not check out here"
+            f" (ids {_span(ids)}); deciding them again")
+        if ids:
+            fresh = audit(layer, domain=domain, tokens=ids, options=options)
+            seconds += fresh.seconds
+            by_id = {t.id: t for t in fresh.tokens}
+            redo = set(failed)
+            tokens = [by_id.get(int(t.id), t) if k in redo else t for k, t in enumerate(tokens)]
+    return AuditReport(layer.num_classes, layer.dim, domain.describe(), layer.bias is not None, layer.source_dtype,
+                       seconds, tokens, names=layer.tokens, timings=report.timings, source=report.source,
+                       checkpoint=report.checkpoint, special=layer.special, display=layer.display,
+                       token_kinds=layer.token_kinds)
+
+
+def _span(ids: list[int]) -> str:
+    shown = ", ".join(map(str, ids[:8]))
+    return shown + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
