@@ -21,6 +21,7 @@ from pathlib import Path
 from ..domains import Domain, Unbounded
 from ..engine import AuditOptions, audit
 from ..errors import InputError
+from ..outputs import plan_outputs
 from ..report.gate import GatePolicy, evaluate
 from ..report.sweep import SweepResult, SweepRow, write_sweep
 from ..sources import SourceRequest, load_source
@@ -103,14 +104,24 @@ def sweep(sources: Sequence[str], output: str | os.PathLike, *, request: SourceR
     SweepResult
         Its ``exit_code`` is 2 if any source failed, else 1 if any gate failed, else 0.
     """
+    lists = [item[1:] for item in sources if item.startswith("@")]
     sources = expand_sources(sources)
     output = Path(output)
-    if output.exists() and not output.is_dir():
+    # Every check before anything is created: a refused sweep leaves no folder behind.
+    if os.path.lexists(output) and not output.is_dir():
         raise InputError(f"sweep --output {output}: exists and is not a folder")
     if not output.resolve().parent.is_dir():
         raise InputError(f"sweep --output {output}: folder {output.resolve().parent} does not exist")
-    if journal is not None and not Path(journal).resolve().parent.is_dir():
-        raise InputError(f"sweep --resume {journal}: folder {Path(journal).resolve().parent} does not exist")
+    if journal is not None:
+        if os.path.lexists(journal) and not Path(journal).is_dir():
+            raise InputError(f"sweep --resume {journal}: exists and is not a folder")
+        if not Path(journal).resolve().parent.is_dir():
+            raise InputError(f"sweep --resume {journal}: folder {Path(journal).resolve().parent} does not exist")
+    # The table, and one report per source: never over a source, a list file or the journal (outputs.py).
+    names = [*(f"sweep.{ext}" for ext in ("md", "csv", "json", "html")),
+             *dict.fromkeys(f"models/{_slug(source)}.json" for source in sources)]
+    plan_outputs([("sweep --output", str(output / name)) for name in names], inputs=[*sources, *lists],
+                 owned=[journal] if journal is not None else [], make_folders=True)
     (output / "models").mkdir(parents=True, exist_ok=True)
     if journal is not None:
         Path(journal).mkdir(exist_ok=True)
