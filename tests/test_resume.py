@@ -430,3 +430,24 @@ def test_read_only_output_folder_is_refused_even_for_root(layer_file, tmp_path, 
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("domain", [Box.symmetric(2.0), Box(0.0, 1.0), Box(0.5, 2.0), None])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_genuine_chunks_pass_the_recheck(rng, domain, with_bias):
+    """Rechecking honest reports decides nothing again: bias-free certificates proven on the domain's cone
+    (exact equalities, enclosed weights) hold on the closed box too."""
+    from argmaxcheck.runner.executors import LocalExecutor  # noqa: PLC0415
+
+    class Foreign(LocalExecutor):  # another process's results, as far as the runner knows
+        name, in_process = "foreign", False
+
+    weight = rng.normal(size=(48, 4))
+    bias = rng.normal(size=48) if with_bias else None
+    notes = []
+    options = AuditOptions(probability_seconds=0.0)
+    checked = audit_sharded(weight, bias, domain=domain, options=options, chunk_size=8, executor=Foreign(),
+                            log=notes.append)
+    local = audit_sharded(weight, bias, domain=domain, options=options, chunk_size=8)
+    assert notes == []
+    assert [(t.id, t.verdict, t.margin) for t in checked.tokens] == [(t.id, t.verdict, t.margin) for t in local.tokens]

@@ -12,7 +12,10 @@ witness or certificate) and the resolved domain:
   here on blocks of witnesses at once) is > 0: one product with the layer;
 * ``unargmaxable`` (``tie`` and ``dominated`` included):
   :func:`argmaxcheck.engine.certify.check_certificate` on the certificate's
-  support, and for a tie the two rows must be identical (weights and bias);
+  support, on the domain or else on a domain that contains it (for a
+  bias-free layer the cone the domain generates, where the engine proves its
+  certificates; R^d), and for a tie the two rows must be identical (weights
+  and bias);
 * ``undecided``: claims nothing and carries no proof, so it is kept as it is
   (deciding it again would make a resumed run slower than the run it resumes);
 * anything else (an unknown verdict, a missing or misshapen witness or
@@ -31,7 +34,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .._rounding import U64
-from ..domains import Domain
+from ..domains import Domain, Unbounded
 from ..engine import AuditOptions, audit, certify
 from ..engine._blas import rows_times
 from ..layer import OutputLayer
@@ -100,7 +103,17 @@ def _certificate_holds(t: TokenResult, weight, bias, domain) -> bool:
         if not 0 <= j < weight.shape[0] or j == t.id or not np.array_equal(weight[j], weight[t.id]) or \
                 (bias is not None and bias[j] != bias[t.id]):
             return False
-    return bool(certify.check_certificate(weight, bias, int(t.id), support, weights, domain).ok)
+    # A certificate that holds on a larger domain holds on this one. The engine proves a bias-free
+    # layer's certificates on the cone its domain generates (R^d for a box around 0, an orthant for
+    # a box from 0), with exact equalities whose weights are only enclosed, which a closed box's
+    # float check alone cannot see; and R^d contains every domain.
+    larger = [domain]
+    cone = domain.scale_free_cone() if bias is None else None
+    if cone is not None:
+        larger.append(cone)
+    if not domain.whole_space:
+        larger.append(Unbounded())
+    return any(certify.check_certificate(weight, bias, int(t.id), support, weights, d).ok for d in larger)
 
 
 def recheck(report: AuditReport, layer: OutputLayer, domain: Domain, options: AuditOptions,
