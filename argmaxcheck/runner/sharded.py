@@ -19,6 +19,13 @@ set of tokens per call. One caveat for all of them: the
 max-probability bracket has a time budget (split over the chunks in
 proportion to their size), so which flagged tokens get one can depend on
 the machine's speed; the brackets themselves do not.
+
+**What is trusted.** Chunks from the journal or from Ray workers are checked
+again here before the merge (:mod:`.recheck`): a token whose witness or
+certificate does not check out is decided again on its own, with a note. Such
+a token keeps its verdict (the engine is deterministic) but may get other
+margins and certificate weights than an uninterrupted run, since it is
+audited alone. Chunks this process's engine decided are not checked twice.
 """
 
 from __future__ import annotations
