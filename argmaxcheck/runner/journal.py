@@ -58,7 +58,7 @@ from ..layer import OutputLayer
 from ..report.model import VERDICTS, AuditReport, TokenResult
 
 FORMAT = "argmaxcheck-journal"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: manifests carry a checksum bound to the run and chunk
 HEADER = "header.json"
 _TMP_PREFIX = ".argmaxcheck-tmp-"
 LOCK = ".argmaxcheck-lock"

@@ -23,7 +23,7 @@ the machine's speed; the brackets themselves do not.
 **What is trusted.** Chunks from the journal or from Ray workers are checked
 again here before the merge (:mod:`.recheck`): a token whose witness or
 certificate does not check out is decided again on its own, with a note. Such
-a token keeps its verdict (the engine is deterministic) but may get other
+a token keeps its verdict (verdicts do not depend on the chunking) but may get other
 margins and certificate weights than an uninterrupted run, since it is
 audited alone. Chunks this process's engine decided are not checked twice.
 """
