@@ -451,3 +451,22 @@ def test_genuine_chunks_pass_the_recheck(rng, domain, with_bias):
     local = audit_sharded(weight, bias, domain=domain, options=options, chunk_size=8)
     assert notes == []
     assert [(t.id, t.verdict, t.margin) for t in checked.tokens] == [(t.id, t.verdict, t.margin) for t in local.tokens]
+
+
+def test_recheck_never_accepts_a_tie_or_a_near_miss_as_a_witness(rng):
+    """The float32 pass's bound is rigorous: an exact tie is never a proof, a lead of about 1e-11 still is
+    (settled by the float64 check that float32 hands it to)."""
+    from argmaxcheck import Unbounded  # noqa: PLC0415
+    from argmaxcheck.layer import OutputLayer  # noqa: PLC0415
+    from argmaxcheck.runner.recheck import failing_tokens  # noqa: PLC0415
+
+    weight = rng.normal(size=(200, 16))
+    x = weight[0] * 3.0
+    u = x / np.linalg.norm(x)
+    weight[1] = weight[0]  # ties row 0 at every point
+    weight[2] = weight[0] + 1e-12 * u  # beats rows 0 and 1 at x by about 1e-12 |x|
+    weight[3] = weight[2] - 1e-13 * u  # and row 3 by a tenth of that
+    layer = OutputLayer.from_arrays(weight)
+    tokens = [TokenResult(i, None, "argmaxable", 1.0, "exact", witness=x) for i in (0, 2, 3, 5)]
+    report = AuditReport(200, 16, {"kind": "unbounded"}, False, "float64", 0.0, tokens)
+    assert failing_tokens(report, layer, Unbounded()) == [0, 2, 3]  # 0 ties 1; 3 loses to 2; 5 loses to 2
