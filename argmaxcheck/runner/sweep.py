@@ -89,7 +89,10 @@ def sweep(sources: Sequence[str], output: str | os.PathLike, *, request: SourceR
         Paths (and ``@FILE`` lists, see :func:`expand_sources`).
     output : path
         Folder for ``sweep.md/.csv/.json/.html`` and ``models/*.json``
-        (created; its parent must exist).
+        (created; its parent must exist). Every file it will hold is checked
+        first (:func:`argmaxcheck.outputs.plan_outputs`): none may be a source,
+        an ``@FILE`` list or in the journal, and a read-only folder is refused;
+        nothing is created before those checks pass.
     request, domain, options, policy
         What ``argmaxcheck audit`` takes from its flags, applied to every source.
     chunk_size, journal, executor
