@@ -233,7 +233,8 @@ def _audit_command(args) -> int:
     requests = [("--output", args.output)] + [(f"--{f}", getattr(args, f"{f}_file")) for f in REPORT_FILES]
     requests.append(("--save-certificates", args.save_certificates))
     plan = plan_outputs(requests, inputs=[args.path] + ([args.baseline] if args.baseline else []),
-                        stdout_taken_by=f"the --format {args.format} report" if args.output is None else None)
+                        stdout_taken_by=f"the --format {args.format} report" if args.output is None else None,
+                        owned=[args.resume] if args.resume else [])
     certificates = plan.target("--save-certificates")
     if certificates is not None and certificates.kind == "file" and not args.save_certificates.endswith(".npz"):
         raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")

@@ -6,6 +6,7 @@ memory or 60 s in all. The cases run in one child process (imports once), under 
 limit and with a per-case alarm, so a hang or a runaway allocation fails the test instead of CI.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -265,3 +266,182 @@ def test_hub_cache_layouts_end_in_a_report_or_one_line(tmp_path):
                                                   "refs/pr/1", OTHER)]
     results = _assert_promise_kept(cases, tmp_path, env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
     assert all(r["code"] == 2 for r in results), [r for r in results if r["code"] != 2]
+
+
+
+
+# --------------------------------------------------------------------------- resume journals
+
+JOURNAL_DRIVER = r"""
+import io, json, resource, signal, sys, contextlib
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+from argmaxcheck.cli import main
+
+def alarm(*_):
+    raise TimeoutError("case took too long")
+
+signal.signal(signal.SIGALRM, alarm)
+spec = json.loads(Path(sys.argv[1]).read_text())
+results = []
+for folder in spec["cases"]:
+    err, out = io.StringIO(), io.StringIO()
+    signal.alarm(20)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = main(["audit", spec["layer"], "--chunk-size", "8", "--resume", folder, "--quiet",
+                         "--format", "json", "--no-max-probability", "--save-certificates", folder + ".npz"])
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException as exc:
+        code, err = -1, io.StringIO(f"{type(exc).__name__}: {exc}")
+    finally:
+        signal.alarm(0)
+    results.append({"case": folder, "code": code, "stderr": err.getvalue(), "stdout": out.getvalue()})
+print(json.dumps(results))
+"""
+
+
+def _rehash(folder: Path, k: int, raw: bytes | None = None, meta: dict | None = None) -> None:
+    """Write chunk ``k``'s data and/or manifest with every hash recomputed (a forger who knows the format)."""
+    import hashlib  # noqa: PLC0415
+
+    manifest = folder / f"chunk-{k:06d}.json"
+    if raw is not None:
+        (folder / f"chunk-{k:06d}.npz").write_bytes(raw)
+    meta = dict(json.loads(manifest.read_text()) if meta is None else meta)
+    meta.pop("checksum", None)
+    if raw is not None:
+        meta["sha256"] = hashlib.sha256(raw).hexdigest()
+    with contextlib.suppress(TypeError, ValueError):
+        meta["checksum"] = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+    manifest.write_text(json.dumps(meta))
+
+
+def _array_forgeries(arrays: dict, rng: np.random.Generator) -> list[dict]:
+    """Edited chunk arrays: verdicts, witnesses, certificates, ids and shapes changed."""
+    out = []
+    n = arrays["id"].size
+    for _ in range(10):
+        a = {k: v.copy() for k, v in arrays.items()}
+        what = int(rng.integers(0, 7))
+        k = int(rng.integers(0, n))
+        if what == 0:
+            verdicts = a["verdict"].tolist()
+            verdicts[k] = str(rng.choice(["argmaxable", "unargmaxable", "practically_unreachable", "undecided",
+                                          "maybe", ""]))
+            a["verdict"] = np.array(verdicts)
+        elif what == 1 and a["witness"].size:
+            a["witness"] = a["witness"] + rng.normal(size=a["witness"].shape) * 10.0 ** rng.integers(-12, 2)
+        elif what == 2 and a["weights"].size:
+            a["weights"] = rng.permutation(a["weights"])
+        elif what == 3 and a["support"].size:
+            a["support"] = rng.integers(-2, 45, size=a["support"].size)
+        elif what == 4:
+            a["id"] = a["id"] + int(rng.choice([-1, 1, 10 ** 9, -(10 ** 9)]))
+        elif what == 5:
+            key = str(rng.choice(sorted(a)))
+            a[key] = a[key][: max(0, a[key].shape[0] - 1)] if a[key].ndim else a[key]
+        else:
+            a["tie_with"] = rng.integers(-1, 40, size=n)
+        out.append(a)
+    return out
+
+
+def _json_forgeries(meta: dict, rng: np.random.Generator) -> list[dict]:
+    junk = [None, "x", -1, 10 ** 30, 1e308, [], {}, [[[[1]]]], True, {"kind": "box", "lower": 0.0, "upper": 1.0}]
+    out = []
+    for _ in range(8):
+        m = dict(meta)
+        key = str(rng.choice(sorted(m)))
+        if rng.random() < 0.3:
+            del m[key]
+        else:
+            m[key] = junk[int(rng.integers(0, len(junk)))]
+        out.append(m)
+    return out
+
+
+def _proofs_hold(certificates: Path, weight: np.ndarray) -> bool:
+    """Every witness and certificate in a certificate file checks out on R^d."""
+    from argmaxcheck import Unbounded  # noqa: PLC0415
+    from argmaxcheck.engine import certify  # noqa: PLC0415
+
+    with np.load(certificates) as z:
+        c = {k: z[k] for k in z.files}
+    norms = np.linalg.norm(weight, axis=1)
+    for i, x in zip(c["witness_ids"], c["witness"], strict=True):
+        if not certify.check_witness(weight, None, int(i), x, Unbounded().resolve(weight.shape[1]), norms) > 0:
+            return False
+    for k, i in enumerate(c["cert_ids"]):
+        lo, hi = c["cert_ptr"][k], c["cert_ptr"][k + 1]
+        if not certify.check_certificate(weight, None, int(i), c["cert_support"][lo:hi], c["cert_weights"][lo:hi],
+                                         Unbounded()).ok:
+            return False
+    return True
+
+
+def test_fuzzed_journals_end_in_a_correct_report_or_one_line(tmp_path):
+    """Byte flips, truncations and format-aware forgeries of a real journal: never a wrong verdict or exit 3."""
+    import io  # noqa: PLC0415
+
+    from argmaxcheck import audit  # noqa: PLC0415
+    from argmaxcheck.cli import main  # noqa: PLC0415
+
+    rng = np.random.default_rng(2)
+    weight = rng.normal(size=(40, 5))
+    weight[20:30] = rng.dirichlet(np.ones(4), size=10) @ weight[:4]
+    layer = tmp_path / "layer.npz"
+    np.savez(layer, weight=weight)
+    truth = {t.id: t.verdict for t in audit(weight).tokens}
+    seed = tmp_path / "seed"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["audit", str(layer), "--chunk-size", "8", "--resume", str(seed), "--quiet",
+                     "--format", "json", "--no-max-probability"]) in (0, 1)
+    cases: list[str] = []
+
+    def case(edit) -> None:
+        folder = tmp_path / f"case-{len(cases)}"
+        shutil.copytree(seed, folder)
+        (folder / ".argmaxcheck-lock").unlink(missing_ok=True)
+        edit(folder)
+        cases.append(str(folder))
+
+    for name in ("header.json", "chunk-000001.json", "chunk-000002.npz"):
+        original = (seed / name).read_bytes()
+        for data in _mutations(original, rng)[::2]:
+            case(lambda f, name=name, data=data: (f / name).write_bytes(data))
+    for depth in (1000, 100_000):
+        for name in ("header.json", "chunk-000003.json"):
+            case(lambda f, name=name, depth=depth: (f / name).write_text("[" * depth + "]" * depth))
+    with np.load(seed / "chunk-000003.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    for forged in _array_forgeries(arrays, rng):
+        buffer = io.BytesIO()
+        np.savez(buffer, **forged)
+        raw = buffer.getvalue()
+        case(lambda f, raw=raw: _rehash(f, 3, raw=raw))
+    meta = json.loads((seed / "chunk-000004.json").read_text())
+    for forged in _json_forgeries(meta, rng):
+        case(lambda f, m=forged: _rehash(f, 4, meta=m))
+
+    listing = tmp_path / "cases.json"
+    listing.write_text(json.dumps({"layer": str(layer), "cases": cases}))
+    proc = subprocess.run([sys.executable, "-c", JOURNAL_DRIVER, str(listing)], capture_output=True, text=True,
+                          check=False, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bad = []
+    for r in json.loads(proc.stdout):
+        if r["code"] in (0, 1):
+            report = json.loads(r["stdout"])
+            claimed = {t["id"]: t["verdict"] for t in report["tokens"]}
+            wrong = [i for i, v in truth.items() if claimed.get(i, "argmaxable") != v]
+            ok = not wrong and report["summary"]["domain"] == {"kind": "unbounded"} and \
+                _proofs_hold(Path(r["case"] + ".npz"), weight)
+        elif r["code"] == 2:
+            ok = r["stderr"].count("\n") == 1 and r["stderr"].startswith("argmaxcheck: error:")
+        else:
+            ok = False
+        if not ok:
+            bad.append((Path(r["case"]).name, r["code"], r["stderr"][-300:]))
+    assert not bad, f"{len(bad)} of {len(cases)} journal cases broke the promise: {bad[:5]}"

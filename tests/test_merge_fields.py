@@ -36,6 +36,8 @@ def test_chunked_and_resumed_reports_equal_the_plain_one(layer, tmp_path):
     resumed = audit_sharded(layer, chunk_size=7, options=OPTIONS, journal=tmp_path / "j")
     assert resumed.stats.run.chunks_from_journal == 6
     assert_same_report(resumed, plain)
+    recheck = resumed.stats.stage("recheck")  # every proof from the journal was checked again, none failed
+    assert (recheck.tokens_in, recheck.settled) == (40, 0)
     # The stage records add up over the chunks: every token went into the first stage once.
     assert chunked.stats.stage("ties").tokens_in == plain.stats.stage("ties").tokens_in == 40
 

@@ -31,7 +31,9 @@ class StageStats:
     Attributes
     ----------
     name : str
-        ``ties``, ``screen``, ``batched``, ``exact``, ``practical`` or ``probability``.
+        ``ties``, ``screen``, ``batched``, ``exact``, ``practical`` or ``probability``; ``recheck``
+        for chunks from a journal or another process (their proofs checked again here; ``settled``
+        counts the tokens decided again).
     tokens_in : int
         Tokens the stage was given.
     settled : int
@@ -96,8 +98,6 @@ class RunStats:
     chunks_from_journal: int
     executor: str
     wall_seconds: float
-    rechecked: int = 0  # tokens loaded from a journal or a worker whose proof was checked again here
-    redecided: int = 0  # of those, tokens whose proof failed the check and were decided again
 
 
 @dataclass(frozen=True)
