@@ -275,7 +275,7 @@ def _num(v) -> str:
 def evaluate(case: Case, args, folder: Path, rng: np.random.Generator) -> dict:
     product, n, d = measure_product(case, args.product_rows, args.device, args.product_repeats)
     out = folder / f"{case.name.replace(' ', '_')}.json"
-    extra = [] if args.max_probability else ["--no-max-probability"]
+    extra = ["--no-max-probability"] if args.no_max_probability else []
     res = run_cli(case.path, case.cli_args, out, extra, args.device, args.timeout)
     row = {"head": case.name, "n": n, "d": d, "description": case.description, "cli_args": list(case.cli_args),
            "product_seconds": round(product, 3), "wall_seconds": round(res["wall"], 2),
@@ -283,6 +283,8 @@ def evaluate(case: Case, args, folder: Path, rng: np.random.Generator) -> dict:
     if res["report"] is None:
         row["error"] = res["stderr"]
         return row
+    if res["stderr"].strip():
+        row["stderr"] = res["stderr"]  # warnings of the audit process
     report = res["report"]
     rows = stage_rows(report)
     summary = report["summary"]
@@ -338,6 +340,8 @@ def print_row(r: dict) -> None:
     stages = "; ".join(f"{s['name']} {s['tokens_in']}→{s['settled']}"
                        + ("" if s["seconds"] is None else f" {s['seconds']:.2f}s") for s in r["stages"])
     print(f"{'':20}stages (in→settled, s): {stages}")
+    if r.get("stderr"):
+        print(f"{'':20}stderr: " + " | ".join(r["stderr"].strip().splitlines()[-4:]))
     print(f"{'':20}settled by (stage/verdict): "
           + ", ".join(f"{k} {v}" for k, v in sorted(r["stage_verdicts"].items())))
     v = r["verdicts"]
@@ -373,8 +377,9 @@ def main() -> int:
                         help="time this many rows of the product and scale up (0: all rows)")
     parser.add_argument("--product-repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto", "torch-cpu"])
-    parser.add_argument("--max-probability", action="store_true",
-                        help="also bound probabilities (bounded domains; off by default, as in the targets)")
+    parser.add_argument("--no-max-probability", action="store_true",
+                        help="pass --no-max-probability (default: the CLI's default, probabilities bounded on"
+                             " bounded domains, as users run it)")
     parser.add_argument("--exact-all-sample", type=int, default=0, metavar="K",
                         help="audit K tokens of each head with --exact-all and compare verdicts")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per audit process")
