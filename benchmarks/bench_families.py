@@ -35,6 +35,7 @@ import importlib.util
 import json
 import math
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -133,21 +134,26 @@ def per_token_share(rows: list[dict], audited: int) -> float:
 # --- cases -------------------------------------------------------------------------------------------
 
 def family_cases(args, folder: Path):
-    for raw in args.families.split(","):
-        name = raw.strip()
-        t0 = time.perf_counter()
-        head = heads.make(name, args.size, args.seed)
-        path = folder / f"{name}.npz"
-        heads.save_npz(head, path)
-        generated = time.perf_counter() - t0
-        cli, description = head.cli_args, head.description
-        del head  # the product reloads it: nothing of the head is held while the child runs
+    """Every family at every size of ``--size`` (comma-separated), written to ``folder`` one at a time."""
+    sizes = [s.strip() for s in args.size.split(",")]
+    for size in sizes:
+        for raw in args.families.split(","):
+            name = raw.strip()
+            t0 = time.perf_counter()
+            head = heads.make(name, size, args.seed)
+            label = name if len(sizes) == 1 else f"{name}@{size}"
+            path = folder / f"{label}.npz"
+            heads.save_npz(head, path)
+            generated = time.perf_counter() - t0
+            cli, description = head.cli_args, head.description
+            del head  # the product reloads it: nothing of the head is held while the child runs
 
-        def weight32(path=path):
-            with np.load(path) as z:
-                return np.ascontiguousarray(z["weight"], dtype=np.float32)
+            def weight32(path=path):
+                with np.load(path) as z:
+                    return np.ascontiguousarray(z["weight"], dtype=np.float32)
 
-        yield Case(name, path, cli, weight32, description, {"generate_seconds": round(generated, 2)})
+            yield Case(label, path, cli, weight32, description,
+                       {"size": size, "seed": args.seed, "generate_seconds": round(generated, 2)})
 
 
 def real_cases(args):
@@ -363,7 +369,8 @@ def print_row(r: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--size", default="small", help=f"family size: {', '.join(heads.SIZES)} or NxD")
+    parser.add_argument("--size", default="small",
+                        help=f"family sizes, comma-separated: {', '.join(heads.SIZES)} or NxD")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", default=",".join(heads.FAMILIES), help="comma-separated (default: all)")
     parser.add_argument("--no-families", action="store_true", help="only the real heads")
@@ -409,9 +416,21 @@ def main() -> int:
         print(f"failed: {', '.join(failed)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"size": args.size, "seed": args.seed, "device": args.device,
+                                               "machine": machine(),
                                                "product_rows": args.product_rows, "results": results},
                                               indent=1, default=_jsonable))
     return 1 if mismatches or failed else 0
+
+
+def machine() -> dict:
+    """Where and on what code the figures were measured."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=False).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, check=False).stdout.strip())
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+            "python": platform.python_version(), "numpy": np.__version__, "commit": commit, "dirty": dirty,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_average": os.getloadavg()}
 
 
 def _chain(first, second):
