@@ -127,7 +127,7 @@ def shallow_planted(size, seed: int = 0) -> Head:
 
 
 def near_duplicates(size, seed: int = 0) -> Head:
-    """LM-like rows with a bias (N(0, 1)), R^d; 18 % of rows (as PP-OCR's 3,299 of 18k) in clusters of 2-4
+    """LM-like rows with a bias (N(0, 1)), R^d; 18 % of rows (as an OCR head's 3,299 of 18k) in clusters of 2-4
     rows equal to within 1e-5 relative, in weight and bias (none identical)."""
     n, d = resolve_size(size)
     rng = _rng("near_dup", seed)
