@@ -17,7 +17,8 @@ from ._fingerprint import row_fingerprints
 from .backend import make_backend
 from .batched import interior_certificates
 from .exact import Competitors, ExactOptions, seed_points, should_seed, solve_token
-from .precision import best_margin, margin_domain, threshold, unit_roundoff
+from .narrow import decide_narrow
+from .precision import unit_roundoff
 from .probability import bounded as probability_bounded
 from .probability import max_probability
 from .progress import Progress, as_progress
@@ -246,8 +247,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
         t0 = time.perf_counter()
         precision = options.precision or layer.source_dtype
         timings["precision"] = precision
-        timings["practical_checked"] = _label_practical(results, comp, position, domain, unit_roundoff(precision),
-                                                        progress)
+        timings.update(decide_narrow(results, comp, position, domain, unit_roundoff(precision), progress))
         timings["practical_seconds"] = round(time.perf_counter() - t0, 4)
     if exponent:  # margins back in the layer's own logit units (exact: a power of two)
         results = {i: _unscaled(r, exponent) for i, r in results.items()}
@@ -358,7 +358,9 @@ def _unscaled(result: TokenResult, exponent: int) -> TokenResult:
     """A result of the scaled layer in the units of the layer as given (margins times ``2**exponent``)."""
     return replace(result, margin=float(np.ldexp(result.margin, exponent)),
                    best_margin=float(np.ldexp(result.best_margin, exponent)),
-                   threshold=float(np.ldexp(result.threshold, exponent)))
+                   threshold=float(np.ldexp(result.threshold, exponent)),
+                   bracket_lower=float(np.ldexp(result.bracket_lower, exponent)),
+                   bracket_upper=float(np.ldexp(result.bracket_upper, exponent)))
 
 
 def _prefetch_block(rows: int, budget_bytes: int = 128 * 2**20) -> int:
@@ -368,53 +370,8 @@ def _prefetch_block(rows: int, budget_bytes: int = 128 * 2**20) -> int:
 
 def _label_practical(results: dict, comp: Competitors, position, domain, unit: float,
                      progress: Progress | None = None) -> int:
-    """Relabel argmaxable tokens whose best margin is below the precision threshold; returns how
-    many needed their best margin solved (those whose witness gap was below the threshold)."""
-    progress = as_progress(progress)
-    bounded = margin_domain(domain, comp.bias is not None)
-    if bounded is None:
-        return 0
-    bounded = bounded.resolve(comp.weight.shape[1])
-    solved = 0
-    max_norm = float(comp.norms.max())
-    max_bias = 0.0 if comp.bias is None else float(np.abs(comp.bias).max())
-    # |s_j(x)| <= |x| max|w_j| + max|b_j| settles almost every token without a product.
-    close = [i for i, res in results.items() if res.verdict == ARGMAXABLE
-             and res.margin < 1.01 * unit * (float(np.linalg.norm(res.witness)) * max_norm + max_bias)]
-    progress.stage("best margins of narrow winners", len(close))
-    for i in close:
-        res = results[i]
-        progress.advance(1)
-        pos = int(position[i])
-        limit = threshold(comp, _on_the_sphere(res.witness, bounded, comp.bias), unit)
-        if res.margin >= limit:
-            continue
-        solved += 1
-        best = best_margin(comp, pos, bounded, res.witness, cap=max(1.0, 1e3 * limit),
-                           threshold_at=lambda x: threshold(comp, _on_the_sphere(x, bounded, comp.bias), unit))
-        if best is None:
-            continue
-        limit = threshold(comp, _on_the_sphere(best.x, bounded, comp.bias), unit)
-        if best.value < limit:
-            x, gap = (best.x, best.gap) if best.gap > 0 else (res.witness, res.margin)
-            results[i] = TokenResult(i, res.token, PRACTICAL, gap, res.stage, witness=x, check=res.check,
-                                     best_margin=best.value, threshold=limit)
-    return solved
-
-
-def _on_the_sphere(x: np.ndarray, domain, bias) -> np.ndarray:
-    """Where the precision threshold of a best margin is measured.
-
-    Without a bias, on a ball around 0, every gap and every logit scales with |x|: the best
-    margin is reached on the sphere, where the solver's point may not quite be. Its ray is
-    what matters, so the threshold is taken where the ray meets the sphere (the solver's
-    interior point would understate the logits, and so the threshold, by |x| / R).
-    """
-    norm = float(np.linalg.norm(x))
-    radius = domain.origin_ball_radius
-    if bias is not None or radius is None or norm == 0:
-        return x
-    return x * (radius / norm)
+    """:func:`narrow.decide_narrow`'s count of tokens whose witness gap was below the threshold."""
+    return decide_narrow(results, comp, position, domain, unit, progress)["practical_checked"]
 
 
 def _probability_budget(options: AuditOptions, verdict_seconds: float) -> float:
