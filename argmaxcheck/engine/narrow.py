@@ -74,7 +74,7 @@ def on_the_sphere(x: np.ndarray, domain, bias) -> np.ndarray:
 
 
 def decide_narrow(results: dict, comp: Competitors, position, domain, unit: float,
-                  progress: Progress | None = None, *, steps: int = STEPS, block: int = BLOCK) -> dict:
+                  progress: Progress | None = None, *, steps: int | None = None, block: int | None = None) -> dict:
     """Relabel argmaxable tokens whose best margin is below the precision threshold (in place).
 
     Returns the timings' counts: ``practical_checked`` (tokens whose witness gap was below the
@@ -83,6 +83,8 @@ def decide_narrow(results: dict, comp: Competitors, position, domain, unit: floa
     (left to the per-token solver).
     """
     progress = as_progress(progress)
+    steps = STEPS if steps is None else steps  # read at call time: tests set STEPS = 0 for the per-token path
+    block = BLOCK if block is None else block
     stats = {"practical_checked": 0, "practical_ascent_settled": 0, "practical_dual_settled": 0,
              "practical_stragglers": 0}
     bounded = margin_domain(domain, comp.bias is not None)
