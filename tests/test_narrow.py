@@ -9,8 +9,8 @@ from argmaxcheck import AuditOptions, Ball, Box, audit
 from argmaxcheck.engine import certify, narrow
 from argmaxcheck.engine.narrow import Candidate
 
-EXCESS = [0.3, 0.6, 0.8, 0.9, 0.95, 1.05, 1.1, 1.25, 1.6, 3.0]  # multiples of the threshold's guess
-K = 12  # polygon corners
+EXCESS = [0.05, 0.15, 0.3, 0.6, 0.8, 0.9, 0.95, 1.05, 1.1, 1.25, 1.6, 3.0]  # multiples of the threshold's guess
+K = 16  # polygon corners
 
 
 def _polygon_head(domain_scale: float, unit: float, with_bias: bool, dtype=np.float64):
@@ -84,7 +84,8 @@ def test_labels_equal_the_per_token_path(monkeypatch, domain, with_bias, dtype, 
     assert t["practical_checked"] == slow.timings["practical_checked"] > 0
     assert t["practical_ascent_settled"] + t["practical_dual_settled"] + t["practical_stragglers"] \
         == t["practical_checked"]
-    assert t["practical_ascent_settled"] + t["practical_dual_settled"] > 0
+    if unit >= 2.0**-11:  # float32 thresholds (~6e-8 |s|) are beyond a few dozen first-order steps
+        assert t["practical_ascent_settled"] + t["practical_dual_settled"] > 0
     assert slow.timings["practical_stragglers"] == slow.timings["practical_checked"]
     for tok in fast.tokens:
         if tok.verdict == "argmaxable":  # every witness, new or old, still checks

@@ -18,9 +18,9 @@ lies on, not m* itself. Blocks of such tokens are advanced together:
 Both ends are then checked rigorously: the best point's gap with
 :func:`certify.check_witness`, the best weights' bound with :func:`certify.best_gap_bound`
 (float64 with rounding-error bounds). A checked gap >= tau at that point keeps the token
-argmaxable, with the better witness; a checked bound below tau there, with the point's
-checked gap within ``_WIDTH * tau`` of it (the threshold is measured near the best point, as the
-per-token solver measures it at its optimum), labels it practically unreachable. The rest, the
+argmaxable, with the better witness; a checked bound below half of tau there labels it practically
+unreachable (the threshold moves with the point: the margin of safety covers the distance between
+the ascent's point and the optimum where the per-token solver measures it). The rest, the
 stragglers, go to :func:`precision.best_margin` one at a time, as before.
 """
 
@@ -41,7 +41,11 @@ from .progress import Progress, as_progress
 
 STEPS = 40  # ascent steps per block
 BLOCK = 32  # tokens advanced together
-_WIDTH = 0.5  # a dual bound decides only when the best point's gap is within this many tau of it
+# A dual bound decides only when below this fraction of the threshold at the ascent's best point.
+# With m* far below tau, that point may lie far from the per-token solver's optimum, and the
+# threshold there differ (0.8x to 2.3x on whisper-base's byte tokens): tokens between half the
+# threshold and the threshold go to the per-token solver instead.
+_DUAL_FRACTION = 0.5
 _FIRST_STEP = 0.02  # first step length, as a fraction of the domain's radius
 _SUPPORT = 1e-15  # dual weights below this (of a softmax summing to 1) are dropped before the check
 
@@ -133,7 +137,7 @@ def decide_narrow(results: dict, comp: Competitors, position, domain, unit: floa
                 results[i] = TokenResult(i, res.token, ARGMAXABLE, lower, res.stage, witness=x, check=res.check,
                                          threshold=limit, bracket_lower=lower,
                                          bracket_upper=upper if np.isfinite(upper) else np.nan)
-            elif upper < limit and upper - lower <= _WIDTH * limit:
+            elif upper < _DUAL_FRACTION * limit:
                 stats["practical_dual_settled"] += 1
                 results[i] = TokenResult(i, res.token, PRACTICAL, lower, res.stage, witness=x, check=res.check,
                                          best_margin=upper, threshold=limit, bracket_lower=lower,
@@ -156,10 +160,16 @@ def decide_narrow(results: dict, comp: Competitors, position, domain, unit: floa
                                          bracket_upper=upper if np.isfinite(upper) else np.nan)
             continue
         limit = tau_at(best.x)
-        if best.value < limit:
+        # best.value is an upper bound, loose where the solve stopped short (2x on a box seen): the
+        # ascent's checked bound, when lower, is the better one.
+        value = min(float(best.value), upper)
+        if value < limit:
             xb, gap = (best.x, best.gap) if best.gap > 0 else (res.witness, res.margin)
+            checked = upper < best.value  # decided by the checked bound: report it as a bracket
             results[i] = TokenResult(i, res.token, PRACTICAL, gap, res.stage, witness=xb, check=res.check,
-                                     best_margin=best.value, threshold=limit)
+                                     best_margin=value, threshold=limit,
+                                     bracket_lower=max(gap, lower) if checked else np.nan,
+                                     bracket_upper=upper if checked else np.nan)
     return stats
 
 
@@ -208,8 +218,7 @@ def _ascend(comp: Competitors, rows: np.ndarray, starts: np.ndarray, domain, uni
             if upper[c] < best_upper[b]:
                 support = np.flatnonzero(pi[:, c] >= _SUPPORT)
                 best_upper[b], best_support[b], best_weights[b] = upper[c], support, pi[support, c]
-            if best_lower[b] >= best_tau[b] * (1 + 1e-9) or (
-                    best_upper[b] < best_tau[b] * (1 - 1e-9) and best_upper[b] - best_lower[b] < _WIDTH * best_tau[b]):
+            if best_lower[b] >= best_tau[b] * (1 + 1e-9) or best_upper[b] < _DUAL_FRACTION * best_tau[b] * (1 - 1e-9):
                 active[b] = False
         keep = active[act]
         if not keep.any():
