@@ -160,3 +160,19 @@ def test_best_gap_bound_is_an_upper_bound(rng, domain):
     assert certify.best_gap_bound(weight, bias, 0, np.array([0, 1]), np.array([0.5, 0.5]), dom) == np.inf
     assert certify.best_gap_bound(weight, bias, 0, np.array([1]), np.array([np.nan]), dom) == np.inf
     assert certify.best_gap_bound(weight, bias, 0, np.array([1]), np.array([0.0]), dom) == np.inf
+
+
+def test_brackets_in_the_json_report_follow_the_schema():
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    schema = json.loads((Path(__file__).resolve().parents[1] / "argmaxcheck" / "report" /
+                         "report.schema.json").read_text())
+    weight, bias = _polygon_head(1.0, 2.0**-11, True)
+    report = audit(weight, bias, domain=Ball(1.0), options=AuditOptions(precision="float16", probability_seconds=0))
+    record = json.loads(json.dumps(report.to_dict()))
+    jsonschema.validate(record, schema)
+    brackets = [t for t in record["tokens"] if "best_margin_bracket" in t]
+    assert brackets and all(len(t["best_margin_bracket"]) == 2 and "threshold" in t for t in brackets)
