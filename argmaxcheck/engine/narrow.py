@@ -104,7 +104,7 @@ def decide_narrow(results: dict, comp: Competitors, position, domain, unit: floa
     # |s_j(x)| <= |x| max|w_j| + max|b_j| settles almost every token without a product.
     close = [i for i, res in results.items() if res.verdict == ARGMAXABLE
              and res.margin < 1.01 * unit * (float(np.linalg.norm(res.witness)) * max_norm + max_bias)]
-    progress.stage("narrow winners: thresholds at the witnesses", len(close))
+    progress.stage("best margins of narrow winners", len(close))  # the name a test and the CLI know
     narrow = []
     for i in close:
         progress.advance(1)
