@@ -1,7 +1,11 @@
 """Narrow winners decided by the batched ascent and checked dual bounds (argmaxcheck.engine.narrow):
 the same labels as the per-token best margins, and nothing unchecked is believed."""
 
+import json
+from pathlib import Path
+
 import cvxpy as cp
+import jsonschema
 import numpy as np
 import pytest
 
@@ -163,11 +167,6 @@ def test_best_gap_bound_is_an_upper_bound(rng, domain):
 
 
 def test_brackets_in_the_json_report_follow_the_schema():
-    import json
-    from pathlib import Path
-
-    import jsonschema
-
     schema = json.loads((Path(__file__).resolve().parents[1] / "argmaxcheck" / "report" /
                          "report.schema.json").read_text())
     weight, bias = _polygon_head(1.0, 2.0**-11, True)
