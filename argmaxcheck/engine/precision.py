@@ -19,8 +19,11 @@ logit there, so rounding that logit can erase it.
 The best margin needs a bounded domain (a ball, a box with finite bounds);
 for bias-free layers on R^d, margins scale with |x| and are measured on the
 unit ball. On other unbounded domains the category is not assigned. Only
-tokens whose witness gap is already below the threshold are re-solved for
-their best margin, so the check costs nothing for tokens that win clearly.
+tokens whose witness gap is already below the threshold are examined, so the
+check costs nothing for tokens that win clearly; most of those are decided a
+block at a time by :mod:`argmaxcheck.engine.narrow` (a checked point above the
+threshold, or a checked dual bound below half of it), and only the rest are
+re-solved here for their best margin.
 
 The best margin reported is an upper bound on it: the weak-duality bound of
 the solver's row weights on the restricted problem, once no row outside it is
