@@ -193,6 +193,46 @@ def check_certificate(weight: np.ndarray, bias: np.ndarray | None, row: int, sup
     return _check_exactly(weight, bias, row, support, lam, domain, [undecided, undecided | near_zero])
 
 
+def best_gap_bound(weight: np.ndarray, bias: np.ndarray | None, row: int, support: np.ndarray,
+                   lam: np.ndarray, domain) -> float:
+    """Certified upper bound on token ``row``'s best gap ``max_{x in D} s_row(x) - max_{j != row} s_j(x)``
+    from any weights ``lam >= 0`` over rows ``support`` (``inf`` when they prove nothing).
+
+    For every x, ``gap(x) sum(lam) <= sum_j lam_j (s_row(x) - s_j(x))``, so the best gap is at most
+    ``max_{x in D} sum_j lam_j (s_row - s_j)(x) / sum(lam)``: weak duality, whatever ``lam`` is (a
+    poor one only gives a poor bound). The same interval arithmetic as :func:`check_certificate`,
+    but the bound may be positive (an argmaxable token's best margin). Needs a domain with no open
+    side (every coordinate decided), else ``inf``.
+    """
+    support = np.asarray(support, dtype=np.int64)
+    lam = np.asarray(lam, dtype=np.float64)
+    keep = lam > 0
+    support, lam = support[keep], lam[keep]
+    if (support.size == 0 or np.any(support == row) or np.any(support < 0) or np.any(support >= weight.shape[0])
+            or not np.isfinite(lam).all()):
+        return np.inf
+    domain = domain.resolve(weight.shape[1])
+    diffs = weight[support] - weight[row]
+    g = gamma(support.size + 3, U64)
+    v = vecmat(lam, diffs)
+    v_err = g * vecmat(lam, np.abs(diffs)) + U64 * np.abs(v)
+    if bias is None:
+        beta, beta_err = 0.0, 0.0
+    else:
+        bdiffs = bias[support] - bias[row]
+        beta = float(lam @ bdiffs)
+        beta_err = g * float(lam @ np.abs(bdiffs)) + U64 * abs(beta)
+    bound, undecided = _bound_from_interval(v, v_err, beta, beta_err, domain)
+    if undecided.any() or not np.isfinite(bound):
+        return np.inf
+    total = float(lam.sum())
+    # Divide by a lower bound of sum(lam) when the bound is positive, an upper one when negative,
+    # and round the quotient outwards.
+    if bound >= 0:
+        return bound / (total * (1.0 - g)) * (1.0 + 4 * U64)
+    return bound / (total * (1.0 + g)) * (1.0 - 4 * U64)
+
+
 def _bound_from_interval(v, v_err, beta, beta_err, domain) -> tuple[float, np.ndarray]:
     """Upper bound of ``max_{x in D} -(v.x + beta)`` for v within ``v +- v_err``.
 

@@ -78,4 +78,6 @@ def unscaled(result: TokenResult, exponent: int) -> TokenResult:
     """A result of the scaled layer in the units of the layer as given (margins times ``2**exponent``)."""
     return replace(result, margin=float(np.ldexp(result.margin, exponent)),
                    best_margin=float(np.ldexp(result.best_margin, exponent)),
-                   threshold=float(np.ldexp(result.threshold, exponent)))
+                   threshold=float(np.ldexp(result.threshold, exponent)),
+                   bracket_lower=float(np.ldexp(result.bracket_lower, exponent)),
+                   bracket_upper=float(np.ldexp(result.bracket_upper, exponent)))

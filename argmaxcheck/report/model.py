@@ -62,7 +62,14 @@ class TokenResult:
         For undecided tokens: why no certificate could be checked.
     best_margin, threshold : float
         Practically unreachable tokens: the token's best margin over the
-        domain, and the precision threshold it falls below (NaN otherwise).
+        domain, and the precision threshold it falls below (NaN otherwise). ``best_margin``
+        is an upper bound on the best margin: within 1e-6 of it when solved one token at a time,
+        else the upper end of the bracket below.
+    bracket_lower, bracket_upper : float
+        Narrow winners decided without solving for their best margin
+        (:mod:`argmaxcheck.engine.narrow`): a checked gap at the witness and a checked upper
+        bound on the best margin (NaN when not found); ``threshold`` is then the precision
+        threshold at the witness. NaN otherwise.
     max_probability, max_probability_upper : float
         Unreachable tokens on bounded domains: a probability the token
         reaches at some input, and a bound no input exceeds
@@ -82,6 +89,8 @@ class TokenResult:
     reason: str = ""
     best_margin: float = np.nan
     threshold: float = np.nan
+    bracket_lower: float = np.nan
+    bracket_upper: float = np.nan
     max_probability: float = np.nan
     max_probability_upper: float = np.nan
 
@@ -110,6 +119,10 @@ class TokenResult:
             out["tie_with"] = int(self.tie_with)
         if np.isfinite(self.best_margin):
             out["best_margin"] = float(self.best_margin)
+            out["threshold"] = float(self.threshold)
+        if np.isfinite(self.bracket_lower):
+            out["best_margin_bracket"] = [float(self.bracket_lower),
+                                          float(self.bracket_upper) if np.isfinite(self.bracket_upper) else None]
             out["threshold"] = float(self.threshold)
         if np.isfinite(self.max_probability):
             out["max_probability"] = {"reached": float(self.max_probability),

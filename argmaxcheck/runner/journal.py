@@ -293,7 +293,8 @@ class Journal:
         _atomic_write(self.folder, manifest.name, (json.dumps(meta, indent=1) + "\n").encode())
 
 
-_FLOATS = ("margin", "best_margin", "threshold", "max_probability", "max_probability_upper")
+_FLOATS = ("margin", "best_margin", "threshold", "bracket_lower", "bracket_upper", "max_probability",
+           "max_probability_upper")
 _TEXTS = ("verdict", "stage", "check", "reason")
 # Every TokenResult field the journal stores (token names come from the layer); a test keeps it complete.
 STORED_FIELDS = frozenset({"id", "token", "witness", "support", "weights", "tie_with", *_FLOATS, *_TEXTS})
@@ -359,6 +360,7 @@ def _report_from_npz(raw: bytes, meta: dict, layer: OutputLayer, ids: np.ndarray
             witness=witness, support=support, weights=weights, tie_with=None if tie < 0 else tie,
             check=str(a["check"][k]), reason=str(a["reason"][k]),
             **{f: float(a[f][k]) for f in _FLOATS if f != "margin"}))
+
     def text(key):
         return None if meta.get(key) is None else str(meta[key])
 
