@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .._text import printable
+from ..exit_codes import EXIT_FOUND, EXIT_OK, EXIT_USAGE
 from .escape import html_text, json_text, markdown_code, markdown_text
 from .model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, VERDICTS
 
 SWEEP_SCHEMA_VERSION = "1.0"
-EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
 _COUNTS = (ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED)
 
 
@@ -77,8 +77,8 @@ class SweepResult:
     @property
     def exit_code(self) -> int:
         if any(r.failed for r in self.rows):
-            return EXIT_ERROR
-        return EXIT_GATE if any(not r.gate_passed for r in self.rows) else EXIT_OK
+            return EXIT_USAGE
+        return EXIT_FOUND if any(not r.gate_passed for r in self.rows) else EXIT_OK
 
 
 _COLUMNS = ("model", "vocabulary x dim", "domain", "argmaxable", "practically unreachable", "unargmaxable",
