@@ -32,7 +32,6 @@ that can average in padded zeros widens the box to hold 0.
 A closed box gives the same verdicts as the open one a Sigmoid or Tanh can
 really produce: a witness wins by a strictly positive gap, and so does every
 point close enough to it, some of which are inside.
-
 """
 
 from __future__ import annotations
@@ -57,6 +56,7 @@ MISH_MIN = -0.30884341302  # min of x * tanh(softplus(x)), at x = -1.1924, round
 EVALUATION_ROOM = 1e-3
 # Ops that keep each vector whole, so a LayerNorm's per-vector ball survives them.
 COPY_OPS = {"Identity", "Dropout"}
+# Pools that average (a rounded average can land an ulp outside the values' range).
 _AVERAGING = {"AveragePool", "GlobalAveragePool", "ReduceMean"}
 
 
