@@ -30,6 +30,7 @@ from .diff import diff_reports
 from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, ExactOptions, audit, explain_token, render_explanation
 from .errors import InputError
+from .exit_codes import EXIT_CODES, EXIT_FOUND, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SIGNAL_BASE, EXIT_USAGE
 from .outputs import Terminated, encode_for_stdout, plan_outputs, write_stdout
 from .report import ARGMAXABLE
 from .report.escape import json_text
@@ -38,15 +39,6 @@ from .report.gate import Baseline, GatePolicy, evaluate, parse_fail_on
 from .selection import select
 from .sources import SourceRequest, load_source
 
-EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_CODES = """\
-exit status:
-  0    the gate passed (by default: every audited token is argmaxable); diff: no token lost reachability
-  1    the gate failed (see --fail-on, --ignore, --baseline); diff: some token argmaxable in A is not in B
-  2    bad input or usage: one line on stderr names the file, tensor, row or option; nothing is written
-  3    internal error (a bug): one line on stderr; --debug shows the traceback
-  130  interrupted (Ctrl-C); 143: terminated (SIGTERM) while writing reports, none left half-written
-"""
 REPORT_FILES = ("json", "html", "markdown", "junit")
 
 EPILOG = EXIT_CODES + """
@@ -188,7 +180,7 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         return _fail(args, "interrupted", EXIT_INTERRUPTED)
     except Terminated as exc:
-        return _fail(args, "terminated", 128 + exc.signum)
+        return _fail(args, "terminated", EXIT_SIGNAL_BASE + exc.signum)
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         hint = "" if getattr(args, "debug", False) else " (run with --debug for the traceback)"

@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .._text import printable
+from ..exit_codes import EXIT_FOUND, EXIT_OK, EXIT_USAGE
 from .escape import html_text, json_text, markdown_code, markdown_text
 from .model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, VERDICTS
+from .table import drop_empty_columns
 
 SWEEP_SCHEMA_VERSION = "1.0"
-EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
 _COUNTS = (ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED)
 
 
@@ -77,8 +78,8 @@ class SweepResult:
     @property
     def exit_code(self) -> int:
         if any(r.failed for r in self.rows):
-            return EXIT_ERROR
-        return EXIT_GATE if any(not r.gate_passed for r in self.rows) else EXIT_OK
+            return EXIT_USAGE
+        return EXIT_FOUND if any(not r.gate_passed for r in self.rows) else EXIT_OK
 
 
 _COLUMNS = ("model", "vocabulary x dim", "domain", "argmaxable", "practically unreachable", "unargmaxable",
@@ -93,11 +94,19 @@ def _cells(row: SweepRow) -> list[str]:
             "passed" if row.gate_passed else "FAILED", row.report or ""]
 
 
+def _table(result: SweepResult) -> tuple[tuple[str, ...], list[dict[str, str]]]:
+    """The human tables' columns and each row's cells by column: a column no row has a value in (the counts
+    when no source could be audited) is left out."""
+    columns, body = drop_empty_columns(_COLUMNS, [_cells(r) for r in result.rows])
+    return columns, [dict(zip(columns, cells, strict=True)) for cells in body]
+
+
 def render_markdown(result: SweepResult) -> str:
-    lines = ["# argmaxcheck sweep", "", "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    columns, body = _table(result)
+    lines = ["# argmaxcheck sweep", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     # The model (a path or id) is shown literally in code; the other cells are plain text.
-    lines += ["| " + " | ".join(markdown_code(c, table=True) if k == 0 else markdown_text(c)
-                                for k, c in enumerate(_cells(r))) + " |" for r in result.rows]
+    lines += ["| " + " | ".join(markdown_code(c, table=True) if name == "model" else markdown_text(c)
+                                for name, c in cells.items()) + " |" for cells in body]
     return "\n".join([*lines, "", _footer(result), ""])
 
 
@@ -135,9 +144,11 @@ def render_html(result: SweepResult) -> str:
     fig.update_layout(title="Unreachable tokens per model", barmode="stack", yaxis_title="tokens", height=420,
                       margin={"t": 60, "b": 120})
     plot = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
-    head = "".join(f"<th>{html_text(c)}</th>" for c in _COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in _cells(r)[:-1])
-                   + f"<td>{_report_link(r)}</td></tr>" for r in result.rows)
+    columns, table = _table(result)
+    head = "".join(f"<th>{html_text(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_report_link(r) if name == 'report' else html_text(c)}</td>"
+                                    for name, c in cells.items()) + "</tr>"
+                   for r, cells in zip(result.rows, table, strict=True))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>argmaxcheck sweep</title>"
             f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body><h1>argmaxcheck sweep</h1>"
             f"<div class=\"plot\">{plot}</div><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -150,14 +161,15 @@ def _report_link(row: SweepRow) -> str:
     return f'<a href="{html_text(row.report)}">{html_text(row.report)}</a>'
 
 
-_RIGHT = {3, 4, 5, 6, 7}  # the counts and seconds
+_RIGHT = {"argmaxable", "practically unreachable", "unargmaxable", "undecided", "seconds"}  # the numbers
 
 
 def render_text(result: SweepResult) -> str:
     """The table as plain aligned columns (a log, a pipe): no markup, no colour, every cell printable."""
-    rows = [list(_COLUMNS), *([printable(c) for c in _cells(r)] for r in result.rows)]
-    widths = [max(len(row[k]) for row in rows) for k in range(len(_COLUMNS))]
-    lines = ["  ".join(c.rjust(w) if k in _RIGHT else c.ljust(w)
+    columns, body = _table(result)
+    rows = [list(columns), *([printable(c) for c in cells.values()] for cells in body)]
+    widths = [max(len(row[k]) for row in rows) for k in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) if columns[k] in _RIGHT else c.ljust(w)
                        for k, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
     return "\n".join([*lines, "", _footer(result), ""])
 
@@ -167,13 +179,14 @@ def render_terminal(result: SweepResult, console) -> None:
     from rich.table import Table  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415
 
+    columns, body = _table(result)
     table = Table(title="argmaxcheck sweep", title_justify="left")
-    for k, name in enumerate(_COLUMNS):
-        table.add_column(name, justify="right" if k in _RIGHT else "left", overflow="fold")
+    for name in columns:
+        table.add_column(name, justify="right" if name in _RIGHT else "left", overflow="fold")
     styles = {"FAILED": "bold red", "error": "bold red", "passed": "green"}
-    for r in result.rows:
-        cells = _cells(r)
-        table.add_row(*(Text(printable(c), style=styles.get(c, "") if k == 8 else "") for k, c in enumerate(cells)))
+    for cells in body:
+        table.add_row(*(Text(printable(c), style=styles.get(c, "") if name == "gate" else "")
+                        for name, c in cells.items()))
     console.print(table)
     console.print(Text(_footer(result)))
 

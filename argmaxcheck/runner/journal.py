@@ -170,7 +170,7 @@ class Journal:
                         "inputs": identity.parts, "chunks": len(chunks),
                         "tokens": int(sum(c.size for c in chunks))}
                 body["checksum"] = _hash(json.dumps(body, sort_keys=True).encode())
-                _atomic_write(folder, HEADER, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
+                atomic_write(folder, HEADER, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
         except BaseException:
             journal.close()
             raise
@@ -289,8 +289,8 @@ class Journal:
                 "device": report.device, "device_note": report.device_note, "precision": report.precision}
         meta = json.loads(json.dumps(meta))  # what reading it back gives (tuples become lists), for the checksum
         meta["checksum"] = _hash(json.dumps(meta, sort_keys=True).encode())
-        _atomic_write(self.folder, data.name, raw)
-        _atomic_write(self.folder, manifest.name, (json.dumps(meta, indent=1) + "\n").encode())
+        atomic_write(self.folder, data.name, raw)
+        atomic_write(self.folder, manifest.name, (json.dumps(meta, indent=1) + "\n").encode())
 
 
 _FLOATS = ("margin", "best_margin", "threshold", "bracket_lower", "bracket_upper", "max_probability",
@@ -374,7 +374,7 @@ def _report_from_npz(raw: bytes, meta: dict, layer: OutputLayer, ids: np.ndarray
                        device_note=text("device_note"), precision=text("precision"))
 
 
-def _atomic_write(folder: Path, name: str, data: bytes) -> None:
+def atomic_write(folder: Path, name: str, data: bytes) -> None:
     """Write ``folder/name`` so that a crash leaves the old file or the new one, never a part."""
     tmp = folder / f"{_TMP_PREFIX}{name}.{os.getpid()}"
     try:

@@ -27,7 +27,7 @@ from ..report.sweep import SweepResult, SweepRow, write_sweep
 from ..sources import SourceRequest, load_source
 from .chunks import DEFAULT_CHUNK_SIZE
 from .executors import LocalExecutor, RayExecutor
-from .journal import Log, _atomic_write, stderr_note
+from .journal import Log, atomic_write, stderr_note
 from .sharded import audit_sharded
 
 
@@ -145,8 +145,8 @@ def sweep(sources: Sequence[str], output: str | os.PathLike, *, request: SourceR
             report.source, report.checkpoint = source, info
             gate = evaluate(report, policy)
             name = f"models/{slug}.json"
-            _atomic_write(output / "models", f"{slug}.json",
-                          (json_text(report.to_dict(gate.to_dict())) + "\n").encode("utf-8"))
+            atomic_write(output / "models", f"{slug}.json",
+                         (json_text(report.to_dict(gate.to_dict())) + "\n").encode("utf-8"))
             summary = report.summary()
             row.num_classes, row.dim, row.audited = report.num_classes, report.dim, summary["audited"]
             row.domain, row.seconds = _domain_text(report.domain), round(report.seconds, 3)
@@ -158,7 +158,7 @@ def sweep(sources: Sequence[str], output: str | os.PathLike, *, request: SourceR
         if on_row is not None:
             on_row(k, len(sources), row)
     result = SweepResult(rows)
-    write_sweep(result, output, lambda path, text: _atomic_write(path.parent, path.name, text.encode("utf-8")))
+    write_sweep(result, output, lambda path, text: atomic_write(path.parent, path.name, text.encode("utf-8")))
     return result
 
 

@@ -309,7 +309,7 @@ def value_dtype_name(value) -> str:
     return str(getattr(value, "dtype", type(value).__name__)).removeprefix("torch.")
 
 
-class _SafetensorsFile:
+class SafetensorsFile:
     """A .safetensors file read through the ``safetensors`` library.
 
     The library validates the header (offsets, shapes, dtypes, overlaps, and that the data exactly
@@ -441,7 +441,7 @@ class _Tagged(np.ndarray):
 _TORCH_FLOOR = (2, 6)  # torch.load(weights_only=True) can be bypassed before 2.6 (CVE-2025-32434)
 
 
-class _TorchFile:
+class TorchFile:
     """A torch.save file, read with weights_only=True (no code runs) and memory-mapped when it can be."""
 
     def __init__(self, path: Path):
@@ -503,5 +503,5 @@ def _torch_load_error(exc: Exception) -> str:
     return f"cannot be read by torch.load(weights_only=True) ({one_line(first, 200)})"
 
 
-_READERS = {".npz": _NpzFile, ".npy": _NpyFile, ".safetensors": _SafetensorsFile, ".pt": _TorchFile,
-            ".pth": _TorchFile, ".bin": _TorchFile}
+_READERS = {".npz": _NpzFile, ".npy": _NpyFile, ".safetensors": SafetensorsFile, ".pt": TorchFile,
+            ".pth": TorchFile, ".bin": TorchFile}

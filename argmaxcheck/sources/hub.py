@@ -26,7 +26,7 @@ from .._text import printable
 from ..errors import InputError
 from .arrays import check_regular_file, read_json
 from .base import LoadedLayer, SourceRequest
-from .huggingface import _HEAD_BIAS, CONFIG_JSON_LIMIT, _family, load_checkpoint
+from .huggingface import CONFIG_JSON_LIMIT, HEAD_BIAS, family_spec, load_checkpoint
 
 _REPO_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<rev>[A-Za-z0-9._/-]+))?")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -88,13 +88,13 @@ def fetch(repo_id: str, revision: str | None = None, head: str | None = None) ->
     files.revision = commit  # every later file from the commit config.json came from
     config = read_json(config_path, CONFIG_JSON_LIMIT)
     model_type = config.get("model_type") if isinstance(config, dict) else None
-    spec = _family(model_type, config, f"{repo_id}: config.json") if isinstance(model_type, str) else None
+    spec = family_spec(model_type, config, f"{repo_id}: config.json") if isinstance(model_type, str) else None
     if spec is None:  # refuse before downloading any weights
         raise InputError(f"{repo_id}: model_type '{model_type}' is not supported yet")
     if files.get("tokenizer.json") is None:
         files.get("vocab.json")
     heads, tied_name, _norm, norm_w, norm_b, _eps = spec
-    needed = {*heads, tied_name, norm_w, norm_b, _HEAD_BIAS.get(model_type), head} - {None}
+    needed = {*heads, tied_name, norm_w, norm_b, HEAD_BIAS.get(model_type), head} - {None}
     index_path = files.get("model.safetensors.index.json")
     if index_path is not None:
         try:

@@ -18,7 +18,7 @@ import numpy as np
 from .._text import printable
 from ..errors import InputError
 from ..layer import OutputLayer, as_float64
-from .arrays import _SafetensorsFile, _TorchFile, check_regular_file, read_json, value_dtype_name
+from .arrays import SafetensorsFile, TorchFile, check_regular_file, read_json, value_dtype_name
 from .base import HeadSource, LoadedLayer
 from .norms import fold_norm
 from .tokens import folder_table
@@ -47,11 +47,11 @@ _FAMILIES = {
             "model.final_layernorm.bias", "layer_norm_eps"),
 }
 # Output-layer biases, where a family has one.
-_HEAD_BIAS = {"phi": "lm_head.bias", "bert": "cls.predictions.bias", "roberta": "lm_head.bias",
-              "xlm-roberta": "lm_head.bias", "bart": "final_logits_bias", "marian": "final_logits_bias"}
+HEAD_BIAS = {"phi": "lm_head.bias", "bert": "cls.predictions.bias", "roberta": "lm_head.bias",
+             "xlm-roberta": "lm_head.bias", "bart": "final_logits_bias", "marian": "final_logits_bias"}
 
 
-def _family(model_type: str, config: dict, where: str):
+def family_spec(model_type: str, config: dict, where: str):
     """Where a family keeps its head and final norm; None if unknown."""
     if model_type in _FAMILIES:
         return _FAMILIES[model_type]
@@ -174,7 +174,7 @@ def _from_tensors(folder: str, config, open_tensors, head: str | None, token_nam
     if not isinstance(model_type, str):
         raise InputError(f"{config_name}: 'model_type' is {printable(repr(model_type), 40)},"
                          " expected the model family's name")
-    spec = _family(model_type, config, config_name)
+    spec = family_spec(model_type, config, config_name)
     if spec is None:
         supported = sorted([*_FAMILIES, "bert", "roberta", "xlm-roberta", "t5", "bart", "marian"])
         raise InputError(f"{folder}: model_type '{printable(model_type, 60)}' is not supported yet"
@@ -214,10 +214,10 @@ def _from_tensors(folder: str, config, open_tensors, head: str | None, token_nam
     if not np.isfinite(gamma).all():
         raise InputError(f"{folder}: '{norm_w}' has non-finite values")
     head_bias = None
-    if _HEAD_BIAS.get(model_type) in tensors:
-        head_bias = tensors.get(_HEAD_BIAS[model_type]).reshape(-1)
+    if HEAD_BIAS.get(model_type) in tensors:
+        head_bias = tensors.get(HEAD_BIAS[model_type]).reshape(-1)
         if head_bias.shape != (weight.shape[0],):
-            raise InputError(f"{folder}: '{_HEAD_BIAS[model_type]}' has shape {head_bias.shape},"
+            raise InputError(f"{folder}: '{HEAD_BIAS[model_type]}' has shape {head_bias.shape},"
                              f" expected ({weight.shape[0]},)")
     names, special = token_names(weight.shape[0])
     info = {"model_type": model_type, "head": head, "norm": norm, "norm_weight": norm_w,
@@ -255,11 +255,11 @@ class _TensorIndex:
             self.where = {name: shards[shard] for name, shard in weight_map.items()}
         elif _present(folder, "model.safetensors"):
             single = checkpoint_file(folder, "model.safetensors", str(folder))
-            self.files[single] = _SafetensorsFile(single)
+            self.files[single] = SafetensorsFile(single)
             self.where = dict.fromkeys(self.files[single].names(), single)
         elif _present(folder, "pytorch_model.bin"):
             single = checkpoint_file(folder, "pytorch_model.bin", str(folder))
-            self.files[single] = _TorchFile(single)
+            self.files[single] = TorchFile(single)
             self.where = dict.fromkeys(self.files[single].names(), single)
         else:
             raise InputError(f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
@@ -272,7 +272,7 @@ class _TensorIndex:
         if path not in self.files:
             if not _present(path.parent, path.name):
                 raise InputError(f"{path}: shard listed in the index for '{printable(name)}' is missing")
-            self.files[path] = _SafetensorsFile(path)
+            self.files[path] = SafetensorsFile(path)
         source = self.files[path]
         if name not in source.names():
             raise InputError(f"{path}: does not hold '{printable(name)}' although the index says so")

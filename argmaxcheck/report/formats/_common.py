@@ -9,6 +9,7 @@ import numpy as np
 from ..escape import PLAIN, Style, printable
 from ..gate import GateResult
 from ..model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
+from ..table import drop_empty_columns
 
 SECTIONS = ((UNARGMAXABLE, "Unargmaxable: no input makes these the argmax"),
             (PRACTICAL, "Practically unreachable: they win only by less than the logits' precision"),
@@ -70,6 +71,12 @@ def rows(report: AuditReport, verdict: str, gate: GateResult | None = None, styl
 
 
 COLUMNS = ("id", "token", "margin", "max prob", "gate", "why")
+
+
+def table(report: AuditReport, verdict: str, gate: GateResult | None = None, style: Style = PLAIN):
+    """``(columns, rows)`` of one verdict's table: :func:`rows` under :data:`COLUMNS`, less the columns no row
+    has a value in (``max prob`` on R^d, ``gate`` without a gate, ``token`` without names)."""
+    return drop_empty_columns(COLUMNS, list(rows(report, verdict, gate, style)))
 
 
 def limit_text(value: float) -> str:

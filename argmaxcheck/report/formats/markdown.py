@@ -11,11 +11,15 @@ from __future__ import annotations
 from ..escape import MARKDOWN_CELL, markdown_code, markdown_text
 from ..gate import GateResult
 from ..model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport
-from ._common import COLUMNS, SECTIONS, gate_lines, rows
+from ._common import SECTIONS, gate_lines, table
+
+# Numbers right-aligned, words left.
+_ALIGN = {"id": "---:", "token": "---", "margin": "---:", "max prob": "---:", "gate": "---", "why": "---"}
 
 
 def render(report: AuditReport, gate: GateResult | None = None, limit: int = 100) -> str:
-    """A pull-request comment: summary, domain, gate and a table per flagged category."""
+    """A pull-request comment: summary, domain, gate and a table per flagged category (a column no row has
+    a value in is left out)."""
     s = report.summary()
     status = "" if gate is None else (" — gate passed" if gate.passed else " — **gate failed**")
     out = [f"## argmaxcheck: {markdown_code(report.source or 'layer')}{status}", "",
@@ -25,11 +29,11 @@ def render(report: AuditReport, gate: GateResult | None = None, limit: int = 100
            markdown_text(f"{s['num_classes']} classes × {s['dim']} dims, domain: {report.domain_text()}."), ""]
     out += [f"- {markdown_text(line)}" for line in gate_lines(gate)]
     for verdict, title in SECTIONS:
-        table_rows = list(rows(report, verdict, gate, MARKDOWN_CELL))
+        columns, table_rows = table(report, verdict, gate, MARKDOWN_CELL)
         if not table_rows:
             continue
-        out += ["", f"### {markdown_text(title)} ({len(table_rows)})", "", "| " + " | ".join(COLUMNS) + " |",
-                "|---:|---|---:|---:|---|---|"]
+        out += ["", f"### {markdown_text(title)} ({len(table_rows)})", "", "| " + " | ".join(columns) + " |",
+                "|" + "".join(f"{_ALIGN[c]}|" for c in columns)]
         out += ["| " + " | ".join(row) + " |" for row in table_rows[:limit]]
         if len(table_rows) > limit:
             out.append(f"\n… and {len(table_rows) - limit} more (see the JSON or HTML report).")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from ..gate import GateResult
 from ..model import AuditReport
-from ._common import COLUMNS, SECTIONS, gate_lines, rows, summary_lines
+from ._common import SECTIONS, gate_lines, summary_lines, table
 
 
 def print_terminal(report: AuditReport, gate: GateResult | None = None, console=None, limit: int = 500) -> None:
-    """The rich terminal report: summary, then one table per flagged category (``limit`` rows each)."""
+    """The rich terminal report: summary, then one table per flagged category (``limit`` rows each;
+    a column no row has a value in is left out)."""
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415
@@ -19,14 +20,14 @@ def print_terminal(report: AuditReport, gate: GateResult | None = None, console=
         style = "bold" if k == 2 else ("bold red" if line.startswith("gate: FAILED") else None)
         console.print(Text(line, style=style or ""), soft_wrap=True)
     for verdict, title in SECTIONS:
-        table_rows = list(rows(report, verdict, gate))
+        columns, table_rows = table(report, verdict, gate)
         if not table_rows:
             continue
-        table = Table(title=f"{title} ({len(table_rows)})", title_justify="left")
-        for col in COLUMNS:
-            table.add_column(col, overflow="fold", no_wrap=col in ("id", "margin", "gate"))
+        shown = Table(title=f"{title} ({len(table_rows)})", title_justify="left")
+        for col in columns:
+            shown.add_column(col, overflow="fold", no_wrap=col in ("id", "margin", "gate"))
         for row in table_rows[:limit]:
-            table.add_row(*(Text(cell) for cell in row))  # Text: no markup; cells are printable already
-        console.print(table)
+            shown.add_row(*(Text(cell) for cell in row))  # Text: no markup; cells are printable already
+        console.print(shown)
         if len(table_rows) > limit:
             console.print(f"... and {len(table_rows) - limit} more (see --format json or --html)", markup=False)

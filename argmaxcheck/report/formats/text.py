@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from ..gate import GateResult
 from ..model import AuditReport
-from ._common import SECTIONS, gate_lines, rows, summary_lines
+from ..table import drop_empty_columns
+from ._common import COLUMNS, SECTIONS, gate_lines, rows, summary_lines
 
 
 def render(report: AuditReport, gate: GateResult | None = None) -> str:
     """Plain text: summary lines, then rows ``id, token, verdict, margin, max prob, gate, why`` separated by tabs.
 
     Every string is printable (no control characters): a token's tab or
-    newline shows as ``\\t``/``\\n`` and cannot add a column or a line.
+    newline shows as ``\\t``/``\\n`` and cannot add a column or a line. A column that is empty in every
+    row of the report (``max prob`` on R^d, ``gate`` without a gate) is left out of every row.
     """
-    lines = summary_lines(report) + gate_lines(gate)
-    for verdict, _ in SECTIONS:
-        lines += ["\t".join((*row[:2], verdict, *row[2:])) for row in rows(report, verdict, gate)]
-    return "\n".join(lines) + "\n"
+    body = [(*row[:2], verdict, *row[2:]) for verdict, _ in SECTIONS for row in rows(report, verdict, gate)]
+    _, body = drop_empty_columns((*COLUMNS[:2], "verdict", *COLUMNS[2:]), body)
+    return "\n".join(summary_lines(report) + gate_lines(gate) + ["\t".join(row) for row in body]) + "\n"
