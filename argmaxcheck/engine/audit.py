@@ -16,6 +16,7 @@ from . import certify
 from ._fingerprint import row_fingerprints
 from .backend import make_backend
 from .batched import interior_certificates
+from .block_exact import solve_blocks
 from .exact import Competitors, ExactOptions, seed_points, should_seed, solve_token
 from .precision import best_margin, margin_domain, threshold, unit_roundoff
 from .probability import bounded as probability_bounded
@@ -70,6 +71,7 @@ class AuditOptions:
     probability_seconds: float = 30.0
     device: str = "auto"
     batched: bool = True
+    block_exact: bool = True  # the exact step's blocks of tokens first (engine.block_exact); off in exact_all
 
 
 def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int] | None = None, *,
@@ -209,18 +211,29 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
     per_token = []
     progress.stage("exact step", int(open_rows.size))
     use_starts = seeded or not options.exact_all
+    settled, block_share = {}, 0.0  # blocks of tokens solved together; the rest go one at a time (below)
+    if options.block_exact and not options.exact_all and open_rows.size:
+        t_b = time.perf_counter()
+        outs = solve_blocks(comp, position[pending[open_rows]], solve_domain, starts[open_rows], options.exact)
+        settled = {int(k): out for k, out in zip(open_rows, outs, strict=True) if out is not None}
+        open_rows = np.array([k for k in open_rows if int(k) not in settled] + list(settled), dtype=np.int64)
+        timings["block_exact_seconds"] = round(time.perf_counter() - t_b, 4)
+        timings["block_exact_tokens"], timings["block_exact_settled"] = len(outs), len(settled)
+        block_share = timings["block_exact_seconds"] / len(outs)
+    n_fallback = timings["fallback_tokens"] = int(open_rows.size - len(settled))
     block = _prefetch_block(comp_weight.shape[0])
     fetch_share = 0.0
     for n_done, k in enumerate(open_rows):
         i = int(pending[k])
         t_tok = time.perf_counter()
-        if n_done % block == 0:  # the next tokens' passes over every row, as one product
-            ks = open_rows[n_done:n_done + block]
+        if n_done % block == 0 and n_done < n_fallback:  # the next tokens' passes over every row, as one product
+            ks = open_rows[n_done:min(n_done + block, n_fallback)]
             comp.prefetch(position[pending[ks]], starts[ks] if use_starts else None)
             fetch_share = (time.perf_counter() - t_tok) / ks.size
             t_tok = time.perf_counter()
         x0 = starts[k] if use_starts else None
-        out = solve_token(comp, int(position[i]), solve_domain, x0, options.exact, seeded=seeded)
+        out = settled[int(k)] if int(k) in settled else solve_token(comp, int(position[i]), solve_domain, x0,
+                                                                    options.exact, seeded=seeded)
         if out.witness is not None:
             x, gap = out.witness, out.witness_gap
             # Bias-free: a witness of the cone is shrunk into the domain; on R^d it is normalised.
@@ -239,7 +252,7 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens: Sequence[int]
             results[i] = _unargmaxable(i, name(i), out.certificate, reps, "exact")
         else:
             results[i] = TokenResult(i, name(i), UNDECIDED, np.nan, "exact", reason=out.reason)
-        per_token.append(time.perf_counter() - t_tok + seed_share + fetch_share)
+        per_token.append(time.perf_counter() - t_tok + seed_share + (block_share if int(k) in settled else fetch_share))
         progress.advance(1)
     timings["exact_seconds"] = round(time.perf_counter() - t0, 4)
     if options.practical:
