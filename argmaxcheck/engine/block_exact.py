@@ -28,6 +28,7 @@ from . import certify
 from ._blas import rows_times
 from .exact import ExactOptions, ExactResult, _row_distances, from_ball, solver_bounds
 
+_DEBUG = False
 _NEAREST = 16  # rows nearest to the token in every first working set (near-duplicates bind first)
 
 
@@ -105,6 +106,9 @@ def _solve_block(comp, pos, domain, starts, options, kmax) -> list[ExactResult |
                 hi.append(u_b)
             lower, upper = np.array(lo), np.array(hi)
         res = solve_chebyshev_batch(a, c, mask, lower, upper, unit_ball=ball)
+        if _DEBUG:
+            print("round", rnd, "tokens", idx.size, "K", a.shape[1], "iters", res.iterations,
+                  "t", np.round(res.t, 4).tolist()[:8], "conv", res.converged.sum())
         xs = np.zeros((idx.size, d))
         check_x = np.zeros(idx.size, dtype=bool)
         for m, b in enumerate(idx):
@@ -267,9 +271,11 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
         act = act[keep]
         st = {key: val[keep] for key, val in st.items()}
 
+    iterations = 0
     for _ in range(max_iter):
         if act.size == 0:
             break
+        iterations += 1
         A, C, M = st["a"], st["c"], st["mask"]
         x, t = st["x"], st["t"]
         s_r, l_r, s_u, l_u, s_l, l_l = st["s_r"], st["l_r"], st["s_u"], st["l_u"], st["s_l"], st["l_l"]
@@ -312,10 +318,9 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
             best_hi[glob[better]], best_w[glob[better]] = bound[better], w[better]
             lo_b, hi_b = best_lo[glob], best_hi[glob]
             gap = hi_b - lo_b
-            done = (gap <= tol * sc) | (lo_b > np.maximum(stop_when_positive, 0.5 * hi_b)) | (
+            done |= (gap <= tol * sc) | (lo_b > np.maximum(stop_when_positive, 0.5 * hi_b)) | (
                 (hi_b < -tol * sc) & (gap <= 0.5 * -hi_b))
-        else:
-            done |= (t > stop_when_positive) & feasible
+        done |= (t > stop_when_positive) & feasible
         broken = ~(np.isfinite(x).all(axis=1) & np.isfinite(l_r).all(axis=1) & np.isfinite(t))
         if done.any() or broken.any():
             leave = np.flatnonzero(done | broken)
@@ -424,7 +429,9 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
         st["s_c"], st["l_c"] = s_c + alpha * delta[6], l_c + alpha * delta[7]
     if act.size:
         finish(np.arange(act.size), False)
-    return BatchResult(out_x, out_t, out_duals, converged, t_zero)
+    result = BatchResult(out_x, out_t, out_duals, converged, t_zero)
+    result.iterations = iterations
+    return result
 
 
 def _atv(a: np.ndarray, v: np.ndarray) -> np.ndarray:
