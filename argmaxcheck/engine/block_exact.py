@@ -100,8 +100,11 @@ def _solve_block(comp, pos, domain, starts, options, kmax) -> list[ExactResult |
             lower = upper = None
         else:
             lo, hi = [], []
-            for b in idx:
-                l_b, u_b, _ = solver_bounds(domain, d, float(bound[b]))
+            for m, b in enumerate(idx):
+                # A row with constraint c_j < 0 (a near-duplicate with a higher bias) is only beaten
+                # beyond ||x|| = |c_j|: open sides must reach that far, or the IPM sees no room.
+                reach = 4.0 * float(np.abs(c[m]).max()) if comp.bias is not None else 0.0
+                l_b, u_b, _ = solver_bounds(domain, d, max(float(bound[b]), reach))
                 lo.append(l_b)
                 hi.append(u_b)
             lower, upper = np.array(lo), np.array(hi)
