@@ -33,7 +33,7 @@ _NEAREST = 16  # rows nearest to the token in every first working set (near-dupl
 
 
 def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
-                 options: ExactOptions = ExactOptions(), budget_bytes: int = 256 << 20,
+                 options: ExactOptions | None = None, budget_bytes: int = 256 << 20,
                  max_rows: int = 0) -> list[ExactResult | None]:
     """Decide the tokens at ``positions`` (rows of ``comp.weight``) on a resolved, solver-ready domain.
 
@@ -42,6 +42,7 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
     entry per token: an :class:`ExactResult` whose witness gap or certificate came from
     :mod:`certify`, or None for the tokens left to the per-token solver.
     """
+    options = options or ExactOptions()
     positions = np.asarray(positions, dtype=np.int64)
     out: list[ExactResult | None] = [None] * positions.size
     n, d = comp.weight.shape
@@ -253,7 +254,6 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
               s_c=s_c, l_c=l_c, count=count, scale=scale, ones=ones)
     if not unit_ball:
         st["lower"], st["upper"] = lower, upper
-    diag = np.arange(d)
 
     def finish(local, ok_flags):
         """Record the problems at ``local`` (positions in the active arrays) and drop them from the batch."""
