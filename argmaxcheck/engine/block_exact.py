@@ -53,15 +53,26 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
     kmax = min(n - 1, max_rows or 3 * (d + 1))
     per_token = 8 * (2 * kmax * d + 3 * d * d + 4 * n)
     block = int(min(256, max(8, budget_bytes // per_token)))
-    for first in range(0, positions.size, block):
-        pos = positions[first:first + block]
-        found = _solve_block(comp, pos, domain, np.asarray(starts[first:first + block], dtype=np.float64),
-                             options, kmax)
+    # Tokens inside the hull tend to be surrounded by the same rows: the last certificate's rows join
+    # the next blocks' first working sets (what Competitors.recent_support does for solve_token). A
+    # small pilot block goes first so that most tokens start with them.
+    shared = np.zeros(0, dtype=np.int64)
+    first = 0
+    while first < positions.size:
+        size = min(block, 8) if first == 0 else block
+        pos = positions[first:first + size]
+        found = _solve_block(comp, pos, domain, np.asarray(starts[first:first + size], dtype=np.float64),
+                             options, kmax, shared)
         out[first:first + pos.size] = found
+        certs = [f.certificate for f in found if f is not None and f.certificate is not None]
+        if certs:
+            cert = certs[-1]
+            shared = cert.support[np.argsort(-cert.weights)[: d + 1]]
+        first += size
     return out
 
 
-def _solve_block(comp, pos, domain, starts, options, kmax) -> list[ExactResult | None]:
+def _solve_block(comp, pos, domain, starts, options, kmax, shared) -> list[ExactResult | None]:
     n, d = comp.weight.shape
     size = pos.size
     ball = domain.solver_family == "socp"
@@ -84,7 +95,9 @@ def _solve_block(comp, pos, domain, starts, options, kmax) -> list[ExactResult |
         viol[~eligible[b] | ~np.isfinite(viol)] = -np.inf
         near = _top(-np.where(eligible[b], a_norm[b], np.inf), min(_NEAREST, k0))
         top = _top(viol, k0)
-        rows = np.union1d(near, top)[:kmax]
+        rows = np.union1d(np.union1d(near, top), shared)
+        if rows.size > kmax:  # the start's own rows first
+            rows = np.union1d(np.union1d(near, top), shared[:max(0, kmax - near.size - top.size)])[:kmax]
         working.append(rows[eligible[b, rows]])
     # Bias-free layers are scale-free (bound 1 is exact); otherwise ten times the start's scale.
     if comp.bias is None:
