@@ -239,7 +239,7 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
     c = np.where(mask > 0, c, 0.0)
     ones = mask  # the t column of every real row is 1
     x = np.zeros((bsz, d)) if unit_ball else (lower + upper) / 2
-    ax = _av(a, x)
+    ax = _av(a, x, (mask > 0).sum(axis=1))
     t = np.minimum(np.where(mask > 0, c - ax, np.inf).min(axis=1), cap) - 1.0
     s_r = np.where(mask > 0, np.maximum(c - ax - t[:, None], 1.0), 1.0)
     l_r = mask.copy()
@@ -264,7 +264,8 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
 
     act = np.arange(bsz)  # the problems still iterating; the others have left the batch
     st = dict(a=a, c=c, mask=mask, x=x, t=t, s_r=s_r, l_r=l_r, s_u=s_u, l_u=l_u, s_l=s_l, l_l=l_l, s_q=s_q, nu=nu,
-              s_c=s_c, l_c=l_c, count=count, scale=scale, ones=ones)
+              s_c=s_c, l_c=l_c, count=count, scale=scale, ones=ones,
+              rows=(mask > 0).sum(axis=1))  # real rows come first: padding is left out of the products
     if not unit_ball:
         st["lower"], st["upper"] = lower, upper
 
@@ -292,15 +293,15 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
         if act.size == 0:
             break
         iterations += 1
-        A, C, M = st["a"], st["c"], st["mask"]
+        A, C, M, R = st["a"], st["c"], st["mask"], st["rows"]
         x, t = st["x"], st["t"]
         s_r, l_r, s_u, l_u, s_l, l_l = st["s_r"], st["l_r"], st["s_u"], st["l_u"], st["s_l"], st["l_l"]
         s_q, nu, s_c, l_c = st["s_q"], st["nu"], st["s_c"], st["l_c"]
         # Residuals of the KKT conditions (dual, primal, complementarity).
-        atl = _atv(A, l_r)
+        atl = _atv(A, l_r, R)
         r_dx = atl + (2 * nu[:, None] * x if unit_ball else l_u - l_l)
         r_dt = -1.0 + l_r.sum(axis=1) + l_c
-        ax = _av(A, x)
+        ax = _av(A, x, R)
         r_pr = (ax + t[:, None] + s_r - C) * M
         r_pc = t + s_c - cap
         if unit_ball:
@@ -323,13 +324,13 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
             glob = act
             norm = np.sqrt(np.einsum("bd,bd->b", x, x))
             xb = x / np.maximum(1.0, norm * (1 + 1e-12))[:, None]
-            value = np.minimum(cap, np.where(M > 0, C - _av(A, xb), np.inf).min(axis=1))
+            value = np.minimum(cap, np.where(M > 0, C - _av(A, xb, R), np.inf).min(axis=1))
             better = value > best_lo[glob]
             best_lo[glob[better]], best_x[glob[better]] = value[better], xb[better]
             total = (l_r * M).sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
                 w = (l_r * M) / total[:, None]
-                bound = (w * C).sum(axis=1) + np.linalg.norm(_atv(A, w), axis=1)
+                bound = (w * C).sum(axis=1) + np.linalg.norm(_atv(A, w, R), axis=1)
             better = (total > 0) & np.isfinite(bound) & (bound < best_hi[glob])
             best_hi[glob[better]], best_w[glob[better]] = bound[better], w[better]
             lo_b, hi_b = best_lo[glob], best_hi[glob]
@@ -345,8 +346,7 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
 
         # Normal matrix [[N, g], [g^T, sigma]] over (x, t), factored by blocks (N by Cholesky).
         dg_r = l_r / s_r * M
-        scaled = A * np.sqrt(dg_r)[:, :, None]
-        border = _atv(A, dg_r)
+        border = _atv(A, dg_r, R)
         corner = dg_r.sum(axis=1) + l_c / s_c
         if unit_ball:
             jac = 2 * x
@@ -355,7 +355,7 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
         else:
             jac = rank_one = None
             extra = l_u / s_u + l_l / s_l
-        factor, ridge, bad = _factor(scaled, extra, corner, rank_one)
+        factor, ridge, bad = _factor(A, dg_r, extra, corner, rank_one, R)
         if bad.any():
             finish(np.flatnonzero(bad), False)
             continue
@@ -368,10 +368,10 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
 
         def newton(rc_r, rc_u, rc_l, rc_c, rc_q, factor=factor, border=border, across=across, schur=schur,
                    jac=jac, s_r=s_r, l_r=l_r, s_u=s_u, l_u=l_u, s_l=s_l, l_l=l_l, s_c=s_c, l_c=l_c, s_q=s_q, nu=nu,
-                   r_pr=r_pr, r_pu=r_pu, r_pl=r_pl, r_pc=r_pc, r_q=r_q, r_dx=r_dx, r_dt=r_dt, A=A, M=M):
+                   r_pr=r_pr, r_pu=r_pu, r_pl=r_pl, r_pc=r_pc, r_q=r_q, r_dx=r_dx, r_dt=r_dt, A=A, M=M, R=R):
             v_r = (rc_r + l_r * r_pr) / s_r * M
             v_c = (rc_c + l_c * r_pc) / s_c
-            rhs_x = -r_dx - _atv(A, v_r)
+            rhs_x = -r_dx - _atv(A, v_r, R)
             if unit_ball:
                 rhs_x -= jac * ((rc_q + nu * r_q) / s_q)[:, None]
             else:
@@ -380,7 +380,7 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
             head = _cho_solve(factor, rhs_x)
             dt = (rhs_t - np.einsum("bd,bd->b", border, head)) / schur
             dx = head - across * dt[:, None]
-            ds_r = (-r_pr - _av(A, dx) - dt[:, None]) * M
+            ds_r = (-r_pr - _av(A, dx, R) - dt[:, None]) * M
             dl_r = (rc_r - l_r * ds_r) / s_r * M
             ds_c = -r_pc - dt
             dl_c = (rc_c - l_c * ds_c) / s_c
@@ -450,31 +450,44 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
     return result
 
 
-def _atv(a: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``v[b] @ a[b]`` for each b (a batched BLAS product)."""
-    return np.matmul(v[:, None, :], a)[:, 0, :]
+def _atv(a: np.ndarray, v: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``v[b] @ a[b]`` for each b, over its real rows only (one BLAS call each)."""
+    out = np.zeros((a.shape[0], a.shape[2]))
+    for m in range(a.shape[0]):
+        k = int(rows[m])
+        if k:
+            out[m] = blas.dgemv(1.0, a[m, :k].T, v[m, :k])
+    return out
 
 
-def _av(a: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``a[b] @ x[b]`` for each b."""
-    return np.matmul(a, x[:, :, None])[:, :, 0]
+def _av(a: np.ndarray, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``a[b] @ x[b]`` for each b (zero on the padding)."""
+    out = np.zeros(a.shape[:2])
+    for m in range(a.shape[0]):
+        k = int(rows[m])
+        if k:
+            out[m, :k] = blas.dgemv(1.0, a[m, :k].T, x[m], trans=1)
+    return out
 
 
-def _factor(scaled: np.ndarray, extra: np.ndarray, corner: np.ndarray, rank_one: np.ndarray | None):
-    """Cholesky factors of ``scaled[b]^T scaled[b] (+ r r^T) + diag(extra[b] + ridge[b])`` for each b.
+def _factor(a: np.ndarray, dg: np.ndarray, extra: np.ndarray, corner: np.ndarray, rank_one: np.ndarray | None,
+            rows: np.ndarray):
+    """Cholesky factors of ``a[b]^T diag(dg[b]) a[b] (+ r r^T) + diag(extra[b] + ridge[b])`` for each b
+    (over the real rows of each: the padding costs nothing).
 
     One dsyrk and one dpotrf per problem through scipy's LAPACK (the BLAS the rest of the engine
     uses: numpy's own batched Cholesky was 100x slower here, its thread pool fighting scipy's).
     Returns the lower factors, the ridges, and a mask of the problems whose matrix was not finite
     or not numerically positive definite (they leave the batch; nothing is guessed for them).
     """
-    bsz, _, d = scaled.shape
+    bsz, _, d = a.shape
     factors = np.empty((bsz, d, d), order="C")
     ridge = np.zeros(bsz)
     bad = np.zeros(bsz, dtype=bool)
     diag = np.arange(d)
     for m in range(bsz):
-        normal = blas.dsyrk(1.0, scaled[m].T, lower=1)
+        k = max(int(rows[m]), 1)
+        normal = blas.dsyrk(1.0, (a[m, :k] * np.sqrt(dg[m, :k])[:, None]).T, lower=1)
         if rank_one is not None:
             normal = blas.dsyr(1.0, rank_one[m], a=normal, lower=1, overwrite_a=1)
         ridge[m] = 1e-14 * max(1.0, (float(np.trace(normal)) + float(extra[m].sum()) + float(corner[m])) / (d + 1))
