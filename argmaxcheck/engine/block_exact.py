@@ -142,6 +142,7 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared) -> list[Exact
                 cert = certify.check_certificate(comp.weight, comp.bias, int(pos[b]), rows,
                                                  np.maximum(duals, 0.0) / a_norm[b, rows], domain)
                 if cert.ok:
+                    cert = _pruned(comp, int(pos[b]), cert, domain)
                     out[b] = ExactResult(certificate=cert, rounds=rnd, rows_used=int(rows.size), chebyshev_radius=t)
                 continue
             x = res.x[m]
@@ -183,6 +184,20 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared) -> list[Exact
                 continue
             working[b] = np.concatenate([working[b], cand])
     return out
+
+
+def _pruned(comp, p: int, cert: certify.CertificateCheck, domain) -> certify.CertificateCheck:
+    """The certificate without its zero and negligible weights, when that still checks.
+
+    The interior-point duals spread a little weight over every row, and an exact certificate
+    found near them can put weight 0 on some: a report should name only the rows that matter.
+    """
+    weights = np.asarray(cert.weights, dtype=np.float64)
+    keep = weights > 1e-9 * weights.max() if weights.size else weights > 0
+    if keep.all():
+        return cert
+    again = certify.check_certificate(comp.weight, comp.bias, p, cert.support[keep], weights[keep], domain)
+    return again if again.ok else cert
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:
