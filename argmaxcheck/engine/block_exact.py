@@ -59,7 +59,7 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
     shared = np.zeros(0, dtype=np.int64)
     first = 0
     while first < positions.size:
-        size = min(block, 8) if first == 0 else block
+        size = min(block, max(8, first))  # 8, 8, 16, 32, ...: the shared rows refresh early on
         pos = positions[first:first + size]
         found = _solve_block(comp, pos, domain, np.asarray(starts[first:first + size], dtype=np.float64),
                              options, kmax, shared)
