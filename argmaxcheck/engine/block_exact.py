@@ -138,9 +138,13 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared) -> list[Exact
                 duals = res.duals[m, :rows.size]
                 live[b] = False
                 if not np.isfinite(duals).all():
+                    if _DEBUG:
+                        print("duals not finite")
                     continue
                 cert = certify.check_certificate(comp.weight, comp.bias, int(pos[b]), rows,
                                                  np.maximum(duals, 0.0) / a_norm[b, rows], domain)
+                if _DEBUG and not cert.ok:
+                    print("certificate refused:", cert.reason, "t", t, "sum duals", float(duals.sum()))
                 if cert.ok:
                     cert = _pruned(comp, int(pos[b]), cert, domain)
                     out[b] = ExactResult(certificate=cert, rounds=rnd, rows_used=int(rows.size), chebyshev_radius=t)
@@ -177,9 +181,10 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared) -> list[Exact
             viol[~eligible[b] | ~np.isfinite(viol)] = -np.inf
             viol[working[b]] = -np.inf
             cand = np.flatnonzero(viol > 0)
-            if cand.size > per_round:
-                cand = cand[np.argpartition(-viol[cand], per_round - 1)[:per_round]]
-            if cand.size == 0 or working[b].size + cand.size > kmax:
+            room = min(per_round, kmax - working[b].size)  # near the cap, the worst rows that still fit
+            if cand.size > room > 0:
+                cand = cand[np.argpartition(-viol[cand], room - 1)[:room]]
+            if cand.size == 0 or room <= 0:
                 live[b] = False  # nothing left to add, or no room: the per-token solver decides
                 continue
             working[b] = np.concatenate([working[b], cand])
