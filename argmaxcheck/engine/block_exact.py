@@ -28,7 +28,6 @@ from . import certify
 from ._blas import rows_times
 from .exact import ExactOptions, ExactResult, _row_distances, from_ball, solver_bounds
 
-_DEBUG = False
 _NEAREST = 16  # rows nearest to the token in every first working set (near-duplicates bind first)
 
 
@@ -123,9 +122,6 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared) -> list[Exact
                 hi.append(u_b)
             lower, upper = np.array(lo), np.array(hi)
         res = solve_chebyshev_batch(a, c, mask, lower, upper, unit_ball=ball)
-        if _DEBUG:
-            print("round", rnd, "tokens", idx.size, "K", a.shape[1], "iters", res.iterations,
-                  "t", np.round(res.t, 4).tolist()[:8], "conv", res.converged.sum())
         xs = np.zeros((idx.size, d))
         check_x = np.zeros(idx.size, dtype=bool)
         for m, b in enumerate(idx):
@@ -138,13 +134,9 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared) -> list[Exact
                 duals = res.duals[m, :rows.size]
                 live[b] = False
                 if not np.isfinite(duals).all():
-                    if _DEBUG:
-                        print("duals not finite")
                     continue
                 cert = certify.check_certificate(comp.weight, comp.bias, int(pos[b]), rows,
                                                  np.maximum(duals, 0.0) / a_norm[b, rows], domain)
-                if _DEBUG and not cert.ok:
-                    print("certificate refused:", cert.reason, "t", t, "sum duals", float(duals.sum()))
                 if cert.ok:
                     cert = _pruned(comp, int(pos[b]), cert, domain)
                     out[b] = ExactResult(certificate=cert, rounds=rnd, rows_used=int(rows.size), chebyshev_radius=t)
@@ -238,8 +230,9 @@ def _stack(comp, pos, rows_list, a_norm, domain, ball):
 class BatchResult:
     """Per token: x (in ball coordinates on a ball), t, the row duals, converged; ``t_zero`` as used."""
 
-    def __init__(self, x, t, duals, converged, t_zero):
+    def __init__(self, x, t, duals, converged, t_zero, iterations: int = 0):
         self.x, self.t, self.duals, self.converged, self.t_zero = x, t, duals, converged, t_zero
+        self.iterations = iterations
 
 
 def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower: np.ndarray | None,
@@ -465,9 +458,7 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
         st["s_c"], st["l_c"] = s_c + alpha * delta[6], l_c + alpha * delta[7]
     if act.size:
         finish(np.arange(act.size), False)
-    result = BatchResult(out_x, out_t, out_duals, converged, t_zero)
-    result.iterations = iterations
-    return result
+    return BatchResult(out_x, out_t, out_duals, converged, t_zero, iterations)
 
 
 def _atv(a: np.ndarray, v: np.ndarray, rows: np.ndarray) -> np.ndarray:
