@@ -60,8 +60,12 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
     while first < positions.size:
         size = min(block, max(8, first))  # 8, 8, 16, 32, ...: the shared rows refresh early on
         pos = positions[first:first + size]
-        found = _solve_block(comp, pos, domain, np.asarray(starts[first:first + size], dtype=np.float64),
-                             options, kmax, shared)
+        try:
+            with np.errstate(all="ignore"):  # NaN and inf are tested for where they matter
+                found = _solve_block(comp, pos, domain, np.asarray(starts[first:first + size], dtype=np.float64),
+                                     options, kmax, shared)
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):  # numerics: the per-token solver decides
+            found = [None] * pos.size
         out[first:first + pos.size] = found
         certs = [f.certificate for f in found if f is not None and f.certificate is not None]
         if certs:
