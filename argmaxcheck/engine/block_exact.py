@@ -280,7 +280,7 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
     best_x, best_w = x.copy(), np.zeros((bsz, k))
 
     act = np.arange(bsz)  # the problems still iterating; the others have left the batch
-    st = dict(a=a, c=c, mask=mask, x=x, t=t, s_r=s_r, l_r=l_r, s_u=s_u, l_u=l_u, s_l=s_l, l_l=l_l, s_q=s_q, nu=nu,
+    st = dict(c=c, mask=mask, x=x, t=t, s_r=s_r, l_r=l_r, s_u=s_u, l_u=l_u, s_l=s_l, l_l=l_l, s_q=s_q, nu=nu,
               s_c=s_c, l_c=l_c, count=count, scale=scale, ones=ones,
               rows=(mask > 0).sum(axis=1))  # real rows come first: padding is left out of the products
     if not unit_ball:
@@ -310,7 +310,7 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
         if act.size == 0:
             break
         iterations += 1
-        A, C, M, R = st["a"], st["c"], st["mask"], st["rows"]
+        A, C, M, R = _Rows(a, act), st["c"], st["mask"], st["rows"]  # the rows themselves are never copied
         x, t = st["x"], st["t"]
         s_r, l_r, s_u, l_u, s_l, l_l = st["s_r"], st["l_r"], st["s_u"], st["l_u"], st["s_l"], st["l_l"]
         s_q, nu, s_c, l_c = st["s_q"], st["nu"], st["s_c"], st["l_c"]
@@ -465,13 +465,24 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
     return BatchResult(out_x, out_t, out_duals, converged, t_zero, iterations)
 
 
+class _Rows:
+    """The stacked rows of the problems still in the batch: ``view[m]`` is ``a[active[m]]``, no copy."""
+
+    def __init__(self, a: np.ndarray, active: np.ndarray):
+        self.a, self.active = a, active
+        self.shape = (active.size, *a.shape[1:])
+
+    def __getitem__(self, m: int) -> np.ndarray:
+        return self.a[self.active[m]]
+
+
 def _atv(a: np.ndarray, v: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``v[b] @ a[b]`` for each b, over its real rows only (one BLAS call each)."""
     out = np.zeros((a.shape[0], a.shape[2]))
     for m in range(a.shape[0]):
         k = int(rows[m])
         if k:
-            out[m] = blas.dgemv(1.0, a[m, :k].T, v[m, :k])
+            out[m] = blas.dgemv(1.0, a[m][:k].T, v[m, :k])
     return out
 
 
@@ -481,7 +492,7 @@ def _av(a: np.ndarray, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     for m in range(a.shape[0]):
         k = int(rows[m])
         if k:
-            out[m, :k] = blas.dgemv(1.0, a[m, :k].T, x[m], trans=1)
+            out[m, :k] = blas.dgemv(1.0, a[m][:k].T, x[m], trans=1)
     return out
 
 
@@ -502,7 +513,7 @@ def _factor(a: np.ndarray, dg: np.ndarray, extra: np.ndarray, corner: np.ndarray
     diag = np.arange(d)
     for m in range(bsz):
         k = max(int(rows[m]), 1)
-        normal = blas.dsyrk(1.0, (a[m, :k] * np.sqrt(dg[m, :k])[:, None]).T, lower=1)
+        normal = blas.dsyrk(1.0, (a[m][:k] * np.sqrt(dg[m, :k])[:, None]).T, lower=1)
         if rank_one is not None:
             normal = blas.dsyr(1.0, rank_one[m], a=normal, lower=1, overwrite_a=1)
         ridge[m] = 1e-14 * max(1.0, (float(np.trace(normal)) + float(extra[m].sum()) + float(corner[m])) / (d + 1))
