@@ -280,6 +280,8 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
     best_x, best_w = x.copy(), np.zeros((bsz, k))
 
     act = np.arange(bsz)  # the problems still iterating; the others have left the batch
+    store = np.empty((bsz, d, d))  # their normal matrices' factors, in place
+    scaled_buf = np.empty((max(k, 1), d))
     st = dict(c=c, mask=mask, x=x, t=t, s_r=s_r, l_r=l_r, s_u=s_u, l_u=l_u, s_l=s_l, l_l=l_l, s_q=s_q, nu=nu,
               s_c=s_c, l_c=l_c, count=count, scale=scale, ones=ones,
               rows=(mask > 0).sum(axis=1))  # real rows come first: padding is left out of the products
@@ -372,7 +374,8 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
         else:
             jac = rank_one = None
             extra = l_u / s_u + l_l / s_l
-        factor, ridge, bad = _factor(A, dg_r, extra, corner, rank_one, R)
+        factor = _Rows(store, act)
+        ridge, bad = _factor(A, dg_r, extra, corner, rank_one, R, factor, scaled_buf)
         if bad.any():
             finish(np.flatnonzero(bad), False)
             continue
@@ -496,37 +499,38 @@ def _av(a: np.ndarray, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _factor(a: np.ndarray, dg: np.ndarray, extra: np.ndarray, corner: np.ndarray, rank_one: np.ndarray | None,
-            rows: np.ndarray):
+def _factor(a, dg: np.ndarray, extra: np.ndarray, corner: np.ndarray, rank_one: np.ndarray | None,
+            rows: np.ndarray, store, scaled: np.ndarray):
     """Cholesky factors of ``a[b]^T diag(dg[b]) a[b] (+ r r^T) + diag(extra[b] + ridge[b])`` for each b
-    (over the real rows of each: the padding costs nothing).
+    (over the real rows of each: the padding costs nothing), written into ``store[b]``.
 
     One dsyrk and one dpotrf per problem through scipy's LAPACK (the BLAS the rest of the engine
-    uses: numpy's own batched Cholesky was 100x slower here, its thread pool fighting scipy's).
-    Returns the lower factors, the ridges, and a mask of the problems whose matrix was not finite
+    uses: numpy's own batched Cholesky was 100x slower here, its thread pool fighting scipy's),
+    in place in preallocated buffers (``scaled``: the scaled rows; ``store[b].T``, Fortran-ordered,
+    the lower factor). Returns the ridges and a mask of the problems whose matrix was not finite
     or not numerically positive definite (they leave the batch; nothing is guessed for them).
+    A NaN anywhere in the lower triangle reaches some pivot, so the factor's diagonal tells.
     """
     bsz, _, d = a.shape
-    factors = np.empty((bsz, d, d), order="C")
     ridge = np.zeros(bsz)
     bad = np.zeros(bsz, dtype=bool)
     diag = np.arange(d)
     for m in range(bsz):
         k = max(int(rows[m]), 1)
-        normal = blas.dsyrk(1.0, (a[m][:k] * np.sqrt(dg[m, :k])[:, None]).T, lower=1)
+        buf = scaled[:k]
+        np.multiply(a[m][:k], np.sqrt(dg[m, :k])[:, None], out=buf)
+        target = store[m].T
+        normal = blas.dsyrk(1.0, buf.T, beta=0.0, c=target, lower=1, overwrite_c=1)
         if rank_one is not None:
             normal = blas.dsyr(1.0, rank_one[m], a=normal, lower=1, overwrite_a=1)
         ridge[m] = 1e-14 * max(1.0, (float(np.trace(normal)) + float(extra[m].sum()) + float(corner[m])) / (d + 1))
         normal[diag, diag] += extra[m] + ridge[m]
-        if not np.isfinite(normal).all():
-            bad[m] = True
-            continue
-        chol, info = lapack.dpotrf(normal, lower=1, clean=1, overwrite_a=1)
+        chol, info = lapack.dpotrf(normal, lower=1, clean=0, overwrite_a=1)
         if info != 0 or not np.isfinite(chol.diagonal()).all():
             bad[m] = True
-            continue
-        factors[m] = chol.T  # C-ordered upper = the lower factor seen in Fortran order
-    return factors, ridge, bad
+        elif not np.shares_memory(chol, target):
+            target[...] = chol
+    return ridge, bad
 
 
 def _cho_solve(factor: np.ndarray, rhs: np.ndarray) -> np.ndarray:
