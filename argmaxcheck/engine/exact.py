@@ -55,11 +55,11 @@ class ExactResult:
 
 
 def run(state: AuditState) -> StageStats | None:
-    """Stage 4: every token still open, decided one at a time by constraint generation.
+    """Stage: every token still open, decided one at a time by constraint generation (the fallback of
+    :mod:`.block_exact`, and the whole exact step with ``exact_all``).
 
-    On balls the tokens are first moved, a block at a time, to points near where they do best
-    (:mod:`.seeding`). Each token's passes over every row are computed for a block of tokens at
-    once (:meth:`Competitors.prefetch`). The record counts the tokens each solver decided.
+    Each token's passes over every row are computed for a block of tokens at once
+    (:meth:`Competitors.prefetch`). The record counts the tokens each solver decided.
     """
     ids = state.open_ids()
     if not ids.size:
@@ -67,15 +67,6 @@ def run(state: AuditState) -> StageStats | None:
     options, comp, domain = state.options.exact, state.comp, state.solve_domain
     positions = state.position[ids]
     starts = state.guesses.at(ids) if state.guesses is not None else None
-    parts: dict[str, float] = {}
-    seeded = should_seed(domain, options)
-    if seeded:
-        t0 = time.perf_counter()
-        state.progress.stage("seeding the exact step", int(ids.size))
-        begin = starts if starts is not None else np.broadcast_to(domain.centre(), (ids.size, comp.weight.shape[1]))
-        starts = seed_points(comp, positions, domain, begin, options.seed_steps, progress=state.progress.advance)
-        parts["seeding"] = time.perf_counter() - t0
-    seed_share = parts.get("seeding", 0.0) / ids.size  # each token's part of the batched work, in its time
     state.progress.stage("exact step", int(ids.size))
     block = _prefetch_block(comp.weight.shape[0])
     per_token, solvers, fetch_share = [], Counter(), 0.0
@@ -86,14 +77,13 @@ def run(state: AuditState) -> StageStats | None:
             fetch_share = (time.perf_counter() - t_tok) / positions[k:k + block].size
             t_tok = time.perf_counter()
         out = solve_token(comp, int(positions[k]), domain, None if starts is None else starts[k], options,
-                          seeded=seeded)
+                          seeded=state.seeded)
         settle(state, i, out, "exact")
         solvers[out.solver or "none"] += 1
-        per_token.append(time.perf_counter() - t_tok + seed_share + fetch_share)
+        per_token.append(time.perf_counter() - t_tok + fetch_share)
         state.progress.advance(1)
     settled = sum(1 for i in ids.tolist() if state.results[i].verdict != UNDECIDED)
-    return StageStats("exact", int(ids.size), settled, parts=parts, counts=dict(solvers),
-                      token_seconds=tuple(per_token))
+    return StageStats("exact", int(ids.size), settled, counts=dict(solvers), token_seconds=tuple(per_token))
 
 
 def settle(state: AuditState, i: int, out: ExactResult, stage: str) -> None:

@@ -65,6 +65,9 @@ class AuditOptions:
         On R^d, try the batched phase (:mod:`argmaxcheck.engine.batched`) on the tokens the
         screen left, before the per-token solver: shared-basis certificates for rows deep
         inside their competitors' hull. False sends them all to the exact step.
+    block_exact : bool
+        Run the exact step for blocks of tokens together first (:mod:`argmaxcheck.engine.block_exact`);
+        only the tokens a block cannot settle go to the per-token solver. Off with ``exact_all``.
     """
 
     exact_all: bool = False
@@ -75,6 +78,7 @@ class AuditOptions:
     probability_seconds: float = 30.0
     device: str = "auto"
     batched: bool = True
+    block_exact: bool = True
 
     def __post_init__(self):
         if not isinstance(self.exact, ExactOptions):

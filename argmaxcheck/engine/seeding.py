@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from ..report.stats import StageStats
 from .competitors import Competitors, row_distances
 from .formulation import from_ball
+
+if TYPE_CHECKING:
+    from .state import AuditState
+
+
+def run(state: AuditState) -> StageStats | None:
+    """Stage: on balls, the open tokens' start points moved near where each does best (settles nothing)."""
+    from .state import Guesses  # noqa: PLC0415 - state imports the stage modules' types
+
+    ids = state.open_ids()
+    if not ids.size or not should_seed(state.solve_domain, state.options.exact):
+        return None
+    state.progress.stage("seeding the exact step", int(ids.size))
+    comp, domain = state.comp, state.solve_domain
+    begin = state.guesses.at(ids) if state.guesses is not None and not state.options.exact_all \
+        else np.broadcast_to(domain.centre(), (ids.size, comp.weight.shape[1]))
+    points = seed_points(comp, state.position[ids], domain, begin, state.options.exact.seed_steps,
+                         progress=state.progress.advance)
+    state.guesses = Guesses(ids, points)
+    state.seeded = True
+    return StageStats("seeding", int(ids.size), 0)
 
 
 def should_seed(domain, options) -> bool:

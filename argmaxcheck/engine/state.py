@@ -86,6 +86,7 @@ class AuditState:
     guesses: Guesses | None = None
     backend: object | None = None
     precision: str | None = None  # the dtype the practical label assumed the logits are computed in
+    seeded: bool = False  # the guesses come from the seeding stage (the exact step need not seed again)
 
     @property
     def reps(self) -> np.ndarray:

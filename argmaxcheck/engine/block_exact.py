@@ -1,0 +1,576 @@
+"""The exact step for blocks of tokens at once: constraint generation with a batched interior-point method.
+
+Each token ``p`` of a block keeps its own working set of competitors (first the rows that beat
+it most at its start point, plus the rows nearest to it) and the block repeats, together:
+
+1. one batched dense interior-point solve of every token's restricted problem
+   ``max t  s.t.  a_j.x + t <= c_j (j in its working set),  x in D,  t <= 1`` (unit rows, the
+   formulation of :func:`ipm.solve_chebyshev`, boxes and open sides as bounds, balls in ball
+   coordinates with ``||u||^2 <= 1``): the working sets are padded to a common size with masked
+   rows, the normal matrices stacked ``(B, d, d)`` and factored by one batched Cholesky;
+2. one product of every row with every token's point (``n x d x B``) to find the rows each
+   point violates, which join that token's working set.
+
+A token leaves the block with a *candidate*: a point, checked against every row by
+:func:`certify.check_witness`, or, when its restricted problem is infeasible (``t* <= 0``), the
+solver's row weights, checked by :func:`certify.check_certificate` (a certificate over a subset
+of the competitors holds for the whole problem). Nothing the solver says is trusted. A token
+whose candidate fails its check, whose factorisation fails, or which runs out of rounds or room
+gets ``None``: the caller sends it to :func:`exact.solve_token`, one token at a time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.linalg import blas, lapack
+
+from ..report.model import UNDECIDED
+from ..report.stats import StageStats
+from . import certify
+from ._blas import rows_times
+from .competitors import row_distances
+from .exact import ExactResult, settle
+from .formulation import from_ball, solver_bounds
+from .options import ExactOptions
+
+if TYPE_CHECKING:
+    from .state import AuditState
+
+_NEAREST = 16  # rows nearest to the token in every first working set (near-duplicates bind first)
+
+
+def run(state: AuditState) -> StageStats | None:
+    """Stage: the open tokens decided in blocks; those a block cannot settle stay open for :mod:`.exact`."""
+    ids = state.open_ids()
+    options = state.options
+    if not ids.size or not options.block_exact or options.exact_all:
+        return None
+    state.progress.stage("exact step, in blocks of tokens", int(ids.size))
+    starts = state.guesses.at(ids) if state.guesses is not None else None
+    outs = solve_blocks(state.comp, state.position[ids], state.solve_domain, starts, options.exact,
+                        progress=state.progress.advance)
+    settled = 0
+    for i, out in zip(ids.tolist(), outs, strict=True):
+        if out is None:
+            continue
+        settle(state, i, out, "exact")
+        if state.results[i].verdict == UNDECIDED:  # a witness lost in rescaling: the per-token path tries
+            del state.results[i]
+        else:
+            settled += 1
+    return StageStats("block_exact", int(ids.size), settled)
+
+
+def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
+                 options: ExactOptions | None = None, budget_bytes: int = 256 << 20,
+                 max_rows: int = 0, progress=None) -> list[ExactResult | None]:
+    """Decide the tokens at ``positions`` (rows of ``comp.weight``) on a resolved, solver-ready domain.
+
+    ``starts`` holds a point per token (the screen's witness guesses, or seeded points) from which
+    the first working sets are picked; None starts every token at the domain's anchor. Returns one
+    entry per token: an :class:`ExactResult` whose witness gap or certificate came from
+    :mod:`certify`, or None for the tokens left to the per-token solver. ``progress`` is called
+    with the number of tokens of each block done.
+    """
+    options = options or ExactOptions()
+    positions = np.asarray(positions, dtype=np.int64)
+    out: list[ExactResult | None] = [None] * positions.size
+    n, d = comp.weight.shape
+    if positions.size == 0 or options.full or not options.interior_point or n < 2:
+        return out
+    if starts is None:
+        starts = np.broadcast_to(domain.anchor(), (positions.size, d))
+    kmax = min(n - 1, max_rows or 3 * (d + 1))
+    per_token = 8 * (2 * kmax * d + 3 * d * d + 4 * n)
+    block = int(min(256, max(8, budget_bytes // per_token)))
+    # Tokens inside the hull tend to be surrounded by the same rows: the last certificate's rows join
+    # the next blocks' first working sets (what Competitors.recent_support does for solve_token). A
+    # small pilot block goes first so that most tokens start with them.
+    shared = np.zeros(0, dtype=np.int64)
+    first = 0
+    while first < positions.size:
+        size = min(block, max(8, first))  # 8, 8, 16, 32, ...: the shared rows refresh early on
+        pos = positions[first:first + size]
+        try:
+            with np.errstate(all="ignore"):  # NaN and inf are tested for where they matter
+                found = _solve_block(comp, pos, domain, np.asarray(starts[first:first + size], dtype=np.float64),
+                                     options, kmax, shared)
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):  # numerics: the per-token solver decides
+            found = [None] * pos.size
+        out[first:first + pos.size] = found
+        if progress is not None:
+            progress(int(pos.size))
+        certs = [f.certificate for f in found if f is not None and f.certificate is not None]
+        if certs:
+            cert = certs[-1]
+            shared = cert.support[np.argsort(-cert.weights)[: d + 1]]
+        first += size
+    return out
+
+
+def _solve_block(comp, pos, domain, starts, options, kmax, shared) -> list[ExactResult | None]:
+    n, d = comp.weight.shape
+    size = pos.size
+    ball = domain.solver_family == "socp"
+    a_norm = row_distances(comp, pos, np.asarray(rows_times(comp.weight, comp.weight[pos].T).T))
+    eligible = np.isfinite(a_norm)
+    out: list[ExactResult | None] = [None] * size
+    # The first working sets: the rows most violated at the start point, and the nearest rows.
+    scores = np.asarray(rows_times(comp.weight, starts.T))
+    if comp.bias is not None:
+        scores += comp.bias[:, None]
+    k0 = min(n - 1, options.initial_rows or max(d, 100), kmax)
+    per_round = options.rows_per_round or max(d // 2, 50)
+    working: list[np.ndarray] = []
+    for b in range(size):
+        if not eligible[b].any():
+            working.append(np.zeros(0, dtype=np.int64))
+            continue
+        with np.errstate(invalid="ignore"):
+            viol = (scores[:, b] - scores[pos[b], b]) / a_norm[b]
+        viol[~eligible[b] | ~np.isfinite(viol)] = -np.inf
+        near = _top(-np.where(eligible[b], a_norm[b], np.inf), min(_NEAREST, k0))
+        top = _top(viol, k0)
+        rows = np.union1d(np.union1d(near, top), shared)
+        if rows.size > kmax:  # the start's own rows first
+            rows = np.union1d(np.union1d(near, top), shared[:max(0, kmax - near.size - top.size)])[:kmax]
+        working.append(rows[eligible[b, rows]])
+    # Bias-free layers are scale-free (bound 1 is exact); otherwise ten times the start's scale.
+    if comp.bias is None:
+        bound = np.ones(size)
+    else:
+        bound = 10.0 * np.maximum(1.0, np.abs(starts).max(axis=1))
+    live = np.array([w.size > 0 for w in working])
+    for rnd in range(1, options.max_rounds + 1):
+        idx = np.flatnonzero(live)
+        if idx.size == 0:
+            break
+        a, c, mask = _stack(comp, pos[idx], [working[b] for b in idx], a_norm[idx], domain, ball)
+        if ball:
+            lower = upper = None
+        else:
+            lo, hi = [], []
+            for m, b in enumerate(idx):
+                # A row with constraint c_j < 0 (a near-duplicate with a higher bias) is only beaten
+                # beyond ||x|| = |c_j|: open sides must reach that far, or the IPM sees no room.
+                reach = 4.0 * float(np.abs(c[m]).max()) if comp.bias is not None else 0.0
+                l_b, u_b, _ = solver_bounds(domain, d, max(float(bound[b]), reach))
+                lo.append(l_b)
+                hi.append(u_b)
+            lower, upper = np.array(lo), np.array(hi)
+        res = solve_chebyshev_batch(a, c, mask, lower, upper, unit_ball=ball)
+        xs = np.zeros((idx.size, d))
+        check_x = np.zeros(idx.size, dtype=bool)
+        for m, b in enumerate(idx):
+            rows = working[b]
+            t = float(res.t[m])
+            if not np.isfinite(t) or (not res.converged[m] and t <= res.t_zero):
+                live[b] = False
+                continue
+            if t <= res.t_zero:
+                duals = res.duals[m, :rows.size]
+                live[b] = False
+                if not np.isfinite(duals).all():
+                    continue
+                cert = certify.check_certificate(comp.weight, comp.bias, int(pos[b]), rows,
+                                                 np.maximum(duals, 0.0) / a_norm[b, rows], domain)
+                if cert.ok:
+                    cert = _pruned(comp, int(pos[b]), cert, domain)
+                    out[b] = ExactResult(certificate=cert, rounds=rnd, rows_used=int(rows.size), chebyshev_radius=t)
+                continue
+            x = res.x[m]
+            if not np.isfinite(x).all():
+                live[b] = False
+                continue
+            xs[m] = from_ball(domain, x) if ball else x
+            check_x[m] = True
+        cols = np.flatnonzero(check_x)
+        if cols.size == 0:
+            continue
+        # One product scores every point against every row: a witness test and the next rows.
+        s = np.asarray(rows_times(comp.weight, xs[cols].T))
+        if comp.bias is not None:
+            s += comp.bias[:, None]
+        for q, m in enumerate(cols):
+            b = int(idx[m])
+            p = int(pos[b])
+            col = s[:, q]
+            own = col[p]
+            col[p] = -np.inf
+            if np.isfinite(own) and own > col.max():  # looks like a win: the certified check decides
+                gap = certify.check_witness(comp.weight, comp.bias, p, xs[m], domain, comp.norms)
+                if gap > 0:
+                    out[b] = ExactResult(witness=xs[m].copy(), witness_gap=gap, rounds=rnd,
+                                         rows_used=int(working[b].size), chebyshev_radius=float(res.t[m]))
+                    live[b] = False
+                    continue
+            col[p] = own
+            with np.errstate(invalid="ignore"):
+                viol = (col - own) / a_norm[b] + max(float(res.t[m]), 0.0)
+            viol[~eligible[b] | ~np.isfinite(viol)] = -np.inf
+            viol[working[b]] = -np.inf
+            cand = np.flatnonzero(viol > 0)
+            room = min(per_round, kmax - working[b].size)  # near the cap, the worst rows that still fit
+            if cand.size > room > 0:
+                cand = cand[np.argpartition(-viol[cand], room - 1)[:room]]
+            if cand.size == 0 or room <= 0:
+                live[b] = False  # nothing left to add, or no room: the per-token solver decides
+                continue
+            working[b] = np.concatenate([working[b], cand])
+    return out
+
+
+def _pruned(comp, p: int, cert: certify.CertificateCheck, domain) -> certify.CertificateCheck:
+    """The certificate without its zero and negligible weights, when that still checks.
+
+    The interior-point duals spread a little weight over every row, and an exact certificate
+    found near them can put weight 0 on some: a report should name only the rows that matter.
+    """
+    weights = np.asarray(cert.weights, dtype=np.float64)
+    keep = weights > 1e-9 * weights.max() if weights.size else weights > 0
+    if keep.all():
+        return cert
+    again = certify.check_certificate(comp.weight, comp.bias, p, cert.support[keep], weights[keep], domain)
+    return again if again.ok else cert
+
+
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest finite entries of ``values``."""
+    finite = np.flatnonzero(np.isfinite(values))
+    if finite.size <= k:
+        return finite
+    return finite[np.argpartition(-values[finite], k - 1)[:k]]
+
+
+def _stack(comp, pos, rows_list, a_norm, domain, ball):
+    """The tokens' unit constraint rows padded to a common count: (B, K, d), (B, K) and the mask of real rows."""
+    size, d = pos.size, comp.weight.shape[1]
+    k = max(r.size for r in rows_list)
+    a = np.zeros((size, k, d))
+    c = np.zeros((size, k))
+    mask = np.zeros((size, k))
+    anchor = domain.anchor() if ball else None
+    for m, rows in enumerate(rows_list):
+        p = int(pos[m])
+        norm = a_norm[m, rows]
+        a_m = (comp.weight[rows] - comp.weight[p]) / norm[:, None]
+        c_m = np.zeros(rows.size) if comp.bias is None else (comp.bias[p] - comp.bias[rows]) / norm
+        if ball:  # x = anchor + R u
+            c_m = c_m - a_m @ anchor
+            a_m = domain.ray_reach * a_m
+        a[m, :rows.size] = a_m
+        c[m, :rows.size] = c_m
+        mask[m, :rows.size] = 1.0
+    return a, c, mask
+
+
+class BatchResult:
+    """Per token: x (in ball coordinates on a ball), t, the row duals, converged; ``t_zero`` as used."""
+
+    def __init__(self, x, t, duals, converged, t_zero, iterations: int = 0):
+        self.x, self.t, self.duals, self.converged, self.t_zero = x, t, duals, converged, t_zero
+        self.iterations = iterations
+
+
+def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower: np.ndarray | None,
+                          upper: np.ndarray | None, cap: float = 1.0, tol: float = 1e-9, max_iter: int = 80,
+                          stop_when_positive: float = 1e-3, unit_ball: bool = False,
+                          t_zero: float = 1e-7) -> BatchResult:
+    """:func:`ipm.solve_chebyshev` for B problems at once (rows ``a[b][mask[b] > 0]``).
+
+    LPs need finite ``lower`` and ``upper`` of shape (B, d); with ``unit_ball`` they are None and
+    each x lies in the unit ball, judged (as in :mod:`ipm`) by a primal value and a dual bound
+    that hold at any iterate. A token whose factorisation fails or whose iterates stop being
+    finite is returned as not converged, where it stood.
+    """
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    bsz, k, d = a.shape
+    mask = np.asarray(mask, dtype=np.float64)
+    c = np.where(mask > 0, c, 0.0)
+    ones = mask  # the t column of every real row is 1
+    x = np.zeros((bsz, d)) if unit_ball else (lower + upper) / 2
+    ax = _av(a, x, (mask > 0).sum(axis=1))
+    t = np.minimum(np.where(mask > 0, c - ax, np.inf).min(axis=1), cap) - 1.0
+    s_r = np.where(mask > 0, np.maximum(c - ax - t[:, None], 1.0), 1.0)
+    l_r = mask.copy()
+    if unit_ball:
+        s_u = l_u = s_l = l_l = np.zeros((bsz, 0))
+        s_q, nu = 1.0 - np.einsum("bd,bd->b", x, x), np.ones(bsz)
+    else:
+        s_u, s_l = np.maximum(upper - x, 1.0), np.maximum(x - lower, 1.0)
+        l_u, l_l = np.ones((bsz, d)), np.ones((bsz, d))
+        s_q, nu = np.ones(bsz), np.zeros(bsz)
+    s_c, l_c = np.maximum(cap - t, 1.0), np.ones(bsz)
+    count = mask.sum(axis=1) + (1 if unit_ball else 2 * d) + 1
+    scale = np.maximum(np.maximum(1.0, np.abs(c).max(axis=1)), cap)
+
+    out_x = x.copy()
+    out_t = np.full(bsz, -np.inf)
+    out_duals = np.zeros((bsz, k))
+    converged = np.zeros(bsz, dtype=bool)
+    # Balls: the best primal value (x pulled into the ball) and dual bound (normalised weights) so far.
+    best_lo, best_hi = np.full(bsz, -np.inf), np.full(bsz, np.inf)
+    best_x, best_w = x.copy(), np.zeros((bsz, k))
+
+    act = np.arange(bsz)  # the problems still iterating; the others have left the batch
+    store = np.empty((bsz, d, d))  # their normal matrices' factors, in place
+    scaled_buf = np.empty((max(k, 1), d))
+    st = dict(c=c, mask=mask, x=x, t=t, s_r=s_r, l_r=l_r, s_u=s_u, l_u=l_u, s_l=s_l, l_l=l_l, s_q=s_q, nu=nu,
+              s_c=s_c, l_c=l_c, count=count, scale=scale, ones=ones,
+              rows=(mask > 0).sum(axis=1))  # real rows come first: padding is left out of the products
+    if not unit_ball:
+        st["lower"], st["upper"] = lower, upper
+
+    def finish(local, ok_flags):
+        """Record the problems at ``local`` (positions in the active arrays) and drop them from the batch."""
+        nonlocal act, st
+        glob = act[local]
+        if unit_ball:
+            out_x[glob] = best_x[glob]
+            hi, lo = best_hi[glob], best_lo[glob]
+            out_t[glob] = np.where(hi <= t_zero, hi, lo)
+            out_duals[glob] = best_w[glob]
+        else:
+            out_x[glob] = st["x"][local]
+            out_t[glob] = st["t"][local]
+            out_duals[glob] = st["l_r"][local] * st["mask"][local]
+        converged[glob] = ok_flags
+        keep = np.ones(act.size, dtype=bool)
+        keep[local] = False
+        act = act[keep]
+        st = {key: val[keep] for key, val in st.items()}
+
+    iterations = 0
+    for _ in range(max_iter):
+        if act.size == 0:
+            break
+        iterations += 1
+        A, C, M, R = _Rows(a, act), st["c"], st["mask"], st["rows"]  # the rows themselves are never copied
+        x, t = st["x"], st["t"]
+        s_r, l_r, s_u, l_u, s_l, l_l = st["s_r"], st["l_r"], st["s_u"], st["l_u"], st["s_l"], st["l_l"]
+        s_q, nu, s_c, l_c = st["s_q"], st["nu"], st["s_c"], st["l_c"]
+        # Residuals of the KKT conditions (dual, primal, complementarity).
+        atl = _atv(A, l_r, R)
+        r_dx = atl + (2 * nu[:, None] * x if unit_ball else l_u - l_l)
+        r_dt = -1.0 + l_r.sum(axis=1) + l_c
+        ax = _av(A, x, R)
+        r_pr = (ax + t[:, None] + s_r - C) * M
+        r_pc = t + s_c - cap
+        if unit_ball:
+            r_pu = r_pl = np.zeros((act.size, 0))
+            r_q = np.einsum("bd,bd->b", x, x) + s_q - 1.0
+        else:
+            r_pu, r_pl = x + s_u - st["upper"], -x + s_l + st["lower"]
+            r_q = np.zeros(act.size)
+        mu = ((s_r * l_r * M).sum(axis=1) + (s_u * l_u).sum(axis=1) + (s_l * l_l).sum(axis=1) + s_c * l_c
+              + (s_q * nu if unit_ball else 0.0)) / st["count"]
+        with np.errstate(invalid="ignore"):
+            p_inf = np.maximum(np.abs(r_pr).max(axis=1, initial=0.0), np.abs(r_pc))
+            if not unit_ball:
+                p_inf = np.maximum(p_inf, np.maximum(np.abs(r_pu).max(axis=1), np.abs(r_pl).max(axis=1)))
+            d_inf = np.maximum(np.abs(r_dx).max(axis=1), np.abs(r_dt))
+        sc = st["scale"]
+        feasible = (p_inf <= tol * sc) & (r_q <= tol)
+        done = feasible & (d_inf <= tol) & (mu <= tol * sc)
+        if unit_ball:
+            glob = act
+            norm = np.sqrt(np.einsum("bd,bd->b", x, x))
+            xb = x / np.maximum(1.0, norm * (1 + 1e-12))[:, None]
+            value = np.minimum(cap, np.where(M > 0, C - _av(A, xb, R), np.inf).min(axis=1))
+            better = value > best_lo[glob]
+            best_lo[glob[better]], best_x[glob[better]] = value[better], xb[better]
+            total = (l_r * M).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                w = (l_r * M) / total[:, None]
+                bound = (w * C).sum(axis=1) + np.linalg.norm(_atv(A, w, R), axis=1)
+            better = (total > 0) & np.isfinite(bound) & (bound < best_hi[glob])
+            best_hi[glob[better]], best_w[glob[better]] = bound[better], w[better]
+            lo_b, hi_b = best_lo[glob], best_hi[glob]
+            gap = hi_b - lo_b
+            done |= (gap <= tol * sc) | (lo_b > np.maximum(stop_when_positive, 0.5 * hi_b)) | (
+                (hi_b < -tol * sc) & (gap <= 0.5 * -hi_b))
+        done |= (t > stop_when_positive) & feasible
+        broken = ~(np.isfinite(x).all(axis=1) & np.isfinite(l_r).all(axis=1) & np.isfinite(t))
+        if done.any() or broken.any():
+            leave = np.flatnonzero(done | broken)
+            finish(leave, done[leave] & ~broken[leave])
+            continue  # the residuals are recomputed for the smaller batch
+
+        # Normal matrix [[N, g], [g^T, sigma]] over (x, t), factored by blocks (N by Cholesky).
+        dg_r = l_r / s_r * M
+        border = _atv(A, dg_r, R)
+        corner = dg_r.sum(axis=1) + l_c / s_c
+        if unit_ball:
+            jac = 2 * x
+            extra = 2 * nu[:, None] * np.ones((1, d))
+            rank_one = np.sqrt(nu / s_q)[:, None] * jac
+        else:
+            jac = rank_one = None
+            extra = l_u / s_u + l_l / s_l
+        factor = _Rows(store, act)
+        ridge, bad = _factor(A, dg_r, extra, corner, rank_one, R, factor, scaled_buf)
+        if bad.any():
+            finish(np.flatnonzero(bad), False)
+            continue
+        across = _cho_solve(factor, border)
+        schur = corner + ridge - np.einsum("bd,bd->b", border, across)
+        bad = ~(schur > 0) | ~np.isfinite(across).all(axis=1)
+        if bad.any():
+            finish(np.flatnonzero(bad), False)
+            continue
+
+        def newton(rc_r, rc_u, rc_l, rc_c, rc_q, factor=factor, border=border, across=across, schur=schur,
+                   jac=jac, s_r=s_r, l_r=l_r, s_u=s_u, l_u=l_u, s_l=s_l, l_l=l_l, s_c=s_c, l_c=l_c, s_q=s_q, nu=nu,
+                   r_pr=r_pr, r_pu=r_pu, r_pl=r_pl, r_pc=r_pc, r_q=r_q, r_dx=r_dx, r_dt=r_dt, A=A, M=M, R=R):
+            v_r = (rc_r + l_r * r_pr) / s_r * M
+            v_c = (rc_c + l_c * r_pc) / s_c
+            rhs_x = -r_dx - _atv(A, v_r, R)
+            if unit_ball:
+                rhs_x -= jac * ((rc_q + nu * r_q) / s_q)[:, None]
+            else:
+                rhs_x -= (rc_u + l_u * r_pu) / s_u - (rc_l + l_l * r_pl) / s_l
+            rhs_t = -r_dt - v_r.sum(axis=1) - v_c
+            head = _cho_solve(factor, rhs_x)
+            dt = (rhs_t - np.einsum("bd,bd->b", border, head)) / schur
+            dx = head - across * dt[:, None]
+            ds_r = (-r_pr - _av(A, dx, R) - dt[:, None]) * M
+            dl_r = (rc_r - l_r * ds_r) / s_r * M
+            ds_c = -r_pc - dt
+            dl_c = (rc_c - l_c * ds_c) / s_c
+            if unit_ball:
+                ds_u = dl_u = ds_l = dl_l = np.zeros_like(s_u)
+                ds_q = -r_q - np.einsum("bd,bd->b", jac, dx)
+                dl_q = (rc_q - nu * ds_q) / s_q
+            else:
+                ds_u, ds_l = -r_pu - dx, -r_pl + dx
+                dl_u, dl_l = (rc_u - l_u * ds_u) / s_u, (rc_l - l_l * ds_l) / s_l
+                ds_q = dl_q = np.zeros_like(s_q)
+            return dx, dt, (ds_r, dl_r, ds_u, dl_u, ds_l, dl_l, ds_c, dl_c, ds_q, dl_q)
+
+        pairs = [(s_r, l_r), (s_u, l_u), (s_l, l_l), (s_c[:, None], l_c[:, None])]
+        if unit_ball:
+            pairs.append((s_q[:, None], nu[:, None]))
+
+        def step_length(deltas, pairs=pairs):
+            dd = [deltas[0:2], deltas[2:4], deltas[4:6], (deltas[6][:, None], deltas[7][:, None])]
+            if unit_ball:
+                dd.append((deltas[8][:, None], deltas[9][:, None]))
+            alpha = np.ones(act.size)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                for (sv, lv), (dsv, dlv) in zip(pairs, dd, strict=True):
+                    for val, dv in ((sv, dsv), (lv, dlv)):
+                        if val.shape[1] == 0:
+                            continue
+                        ratio = np.where(dv < 0, -val / dv, np.inf)
+                        alpha = np.minimum(alpha, ratio.min(axis=1))
+            return alpha, dd
+
+        zero_q = np.zeros(act.size)
+        _, _, aff = newton(-s_r * l_r * M, -s_u * l_u, -s_l * l_l, -s_c * l_c, -s_q * nu if unit_ball else zero_q)
+        alpha, dd = step_length(aff)
+        mu_aff = np.zeros(act.size)
+        for (sv, lv), (dsv, dlv) in zip(pairs, dd, strict=True):
+            mu_aff += ((sv + alpha[:, None] * dsv) * (lv + alpha[:, None] * dlv)).sum(axis=1)
+        # Padded rows carry s = 1, lambda = 0 and no steps: they add nothing to mu_aff.
+        mu_aff /= st["count"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sigma = np.where(mu > 0, (mu_aff / mu) ** 3, 0.0)
+        sm = sigma * mu
+        dx, dt, delta = newton(
+            (-s_r * l_r + sm[:, None] - aff[0] * aff[1]) * M,
+            -s_u * l_u + sm[:, None] - aff[2] * aff[3],
+            -s_l * l_l + sm[:, None] - aff[4] * aff[5],
+            -s_c * l_c + sm - aff[6] * aff[7],
+            (-s_q * nu + sm - aff[8] * aff[9]) if unit_ball else zero_q)
+        alpha, _ = step_length(delta)
+        alpha = np.minimum(1.0, 0.99 * alpha)
+        alpha = np.where(np.isfinite(alpha), alpha, 0.0)
+        al = alpha[:, None]
+        st["x"] = x + al * dx
+        st["t"] = t + alpha * dt
+        st["s_r"] = np.where(M > 0, s_r + al * delta[0], 1.0)
+        st["l_r"] = (l_r + al * delta[1]) * M
+        if not unit_ball:
+            st["s_u"], st["l_u"] = s_u + al * delta[2], l_u + al * delta[3]
+            st["s_l"], st["l_l"] = s_l + al * delta[4], l_l + al * delta[5]
+        else:
+            st["s_q"], st["nu"] = s_q + alpha * delta[8], nu + alpha * delta[9]
+        st["s_c"], st["l_c"] = s_c + alpha * delta[6], l_c + alpha * delta[7]
+    if act.size:
+        finish(np.arange(act.size), False)
+    return BatchResult(out_x, out_t, out_duals, converged, t_zero, iterations)
+
+
+class _Rows:
+    """The stacked rows of the problems still in the batch: ``view[m]`` is ``a[active[m]]``, no copy."""
+
+    def __init__(self, a: np.ndarray, active: np.ndarray):
+        self.a, self.active = a, active
+        self.shape = (active.size, *a.shape[1:])
+
+    def __getitem__(self, m: int) -> np.ndarray:
+        return self.a[self.active[m]]
+
+
+def _atv(a: np.ndarray, v: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``v[b] @ a[b]`` for each b, over its real rows only (one BLAS call each)."""
+    out = np.zeros((a.shape[0], a.shape[2]))
+    for m in range(a.shape[0]):
+        k = int(rows[m])
+        if k:
+            out[m] = blas.dgemv(1.0, a[m][:k].T, v[m, :k])
+    return out
+
+
+def _av(a: np.ndarray, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``a[b] @ x[b]`` for each b (zero on the padding)."""
+    out = np.zeros(a.shape[:2])
+    for m in range(a.shape[0]):
+        k = int(rows[m])
+        if k:
+            out[m, :k] = blas.dgemv(1.0, a[m][:k].T, x[m], trans=1)
+    return out
+
+
+def _factor(a, dg: np.ndarray, extra: np.ndarray, corner: np.ndarray, rank_one: np.ndarray | None,
+            rows: np.ndarray, store, scaled: np.ndarray):
+    """Cholesky factors of ``a[b]^T diag(dg[b]) a[b] (+ r r^T) + diag(extra[b] + ridge[b])`` for each b
+    (over the real rows of each: the padding costs nothing), written into ``store[b]``.
+
+    One dsyrk and one dpotrf per problem through scipy's LAPACK (the BLAS the rest of the engine
+    uses: numpy's own batched Cholesky was 100x slower here, its thread pool fighting scipy's),
+    in place in preallocated buffers (``scaled``: the scaled rows; ``store[b].T``, Fortran-ordered,
+    the lower factor). Returns the ridges and a mask of the problems whose matrix was not finite
+    or not numerically positive definite (they leave the batch; nothing is guessed for them).
+    A NaN anywhere in the lower triangle reaches some pivot, so the factor's diagonal tells.
+    """
+    bsz, _, d = a.shape
+    ridge = np.zeros(bsz)
+    bad = np.zeros(bsz, dtype=bool)
+    diag = np.arange(d)
+    for m in range(bsz):
+        k = max(int(rows[m]), 1)
+        buf = scaled[:k]
+        np.multiply(a[m][:k], np.sqrt(dg[m, :k])[:, None], out=buf)
+        target = store[m].T
+        normal = blas.dsyrk(1.0, buf.T, beta=0.0, c=target, lower=1, overwrite_c=1)
+        if rank_one is not None:
+            normal = blas.dsyr(1.0, rank_one[m], a=normal, lower=1, overwrite_a=1)
+        ridge[m] = 1e-14 * max(1.0, (float(np.trace(normal)) + float(extra[m].sum()) + float(corner[m])) / (d + 1))
+        normal[diag, diag] += extra[m] + ridge[m]
+        chol, info = lapack.dpotrf(normal, lower=1, clean=0, overwrite_a=1)
+        if info != 0 or not np.isfinite(chol.diagonal()).all():
+            bad[m] = True
+        elif not np.shares_memory(chol, target):
+            target[...] = chol
+    return ridge, bad
+
+
+def _cho_solve(factor: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve ``L L^T y = rhs`` for each stacked factor of :func:`_factor` (``factor[m].T`` is L, Fortran-ordered)."""
+    out = np.empty_like(rhs)
+    for m in range(factor.shape[0]):
+        out[m] = lapack.dpotrs(factor[m].T, rhs[m], lower=1)[0]
+    return out

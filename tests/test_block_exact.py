@@ -1,0 +1,129 @@
+"""The exact step's blocks of tokens: same verdicts as the reference, nothing unchecked, fallback to solve_token."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from argmaxcheck import AuditOptions, Ball, Box, Unbounded, audit
+from argmaxcheck.engine import block_exact, certify, ipm
+
+FAST = dict(probability_seconds=0)
+
+
+def _plant(rng, w, b, count):
+    """Shallow interior rows: 0.9 x a convex combination of 6 rows + 0.1 x the mean (bias likewise, +-1e-3)."""
+    ids = rng.choice(w.shape[0], size=count, replace=False)
+    pool = np.setdiff1d(np.arange(w.shape[0]), ids)
+    mw = w[pool].mean(axis=0)
+    mb = None if b is None else b[pool].mean()
+    for k, i in enumerate(ids):
+        rows = rng.choice(pool, size=6, replace=False)
+        lam = rng.dirichlet(np.ones(6))
+        w[i] = 0.9 * lam @ w[rows] + 0.1 * mw
+        if b is not None:
+            b[i] = 0.9 * lam @ b[rows] + 0.1 * mb + (1e-3 if k % 2 else -1e-3)
+    return ids
+
+
+def _head(kind, rng):
+    if kind == "duplicates":  # bias, R^d, near-duplicate rows within 1e-5 relative
+        n, d = 500, 10
+        w = rng.normal(size=(n, d))
+        dup = rng.choice(n // 2, size=80, replace=False)
+        w[n - dup.size:] = w[dup] * (1 + 1e-5 * rng.normal(size=(dup.size, d)))
+        return w, 0.1 * rng.normal(size=n), Unbounded()
+    if kind == "shallow":  # anisotropic, log-normal norms, planted shallow rows, no bias, R^d
+        n, d = 400, 12
+        w = rng.normal(size=(n, d)) * np.exp(-np.arange(d) / (d / 3))
+        w *= np.exp(0.15 * rng.normal(size=(n, 1))) / np.linalg.norm(w, axis=1, keepdims=True)
+        _plant(rng, w, None, 10)
+        return w, None, Unbounded()
+    n, d = 400, 10
+    w = rng.normal(size=(n, d))
+    b = rng.normal(size=n) * (1.0 if kind == "ball" else 3.0)
+    _plant(rng, w, b, 10)
+    return w, b, (Ball(np.sqrt(d)) if kind == "ball" else Box.symmetric(1.0))
+
+
+def _assert_checked(report, w, b, domain):
+    """Every verdict's proof, checked again from scratch."""
+    dom = domain.resolve(w.shape[1])
+    norms = np.linalg.norm(w, axis=1)
+    for t in report.tokens:
+        if t.verdict == "unargmaxable":
+            assert certify.check_certificate(w, b, t.id, t.support, t.weights, dom).ok
+        elif t.verdict in ("argmaxable", "practically_unreachable"):
+            assert certify.check_witness(w, b, t.id, t.witness, dom, norms) > 0
+
+
+@pytest.mark.parametrize("kind", ["duplicates", "shallow", "ball", "box"])
+def test_block_exact_verdicts_match_the_reference(rng, kind):
+    w, b, domain = _head(kind, rng)
+    report = audit(w, b, domain, options=AuditOptions(**FAST))
+    reference = audit(w, b, domain, options=AuditOptions(exact_all=True, **FAST))
+    assert [t.verdict for t in report.tokens] == [t.verdict for t in reference.tokens]
+    blocks, fallback = report.stats.stage("block_exact"), report.stats.stage("exact")
+    assert blocks.tokens_in > 0 and blocks.settled > 0
+    assert (fallback.tokens_in if fallback else 0) == blocks.tokens_in - blocks.settled
+    _assert_checked(report, w, b, domain)
+
+
+@pytest.mark.parametrize("kind", ["duplicates", "ball", "box"])
+def test_garbage_from_the_batched_solver_never_becomes_a_verdict(rng, monkeypatch, kind):
+    w, b, domain = _head(kind, rng)
+    reference = audit(w, b, domain, options=AuditOptions(exact_all=True, **FAST))
+    noise = np.random.default_rng(7)
+
+    def garbage(a, c, mask, lower, upper, **kw):
+        size, k, d = a.shape
+        x = noise.normal(scale=3.0, size=(size, d))
+        x[::3] = np.nan
+        t = noise.choice([-1.0, -1e-9, 0.5, np.nan], size=size)
+        duals = noise.exponential(size=(size, k)) * mask
+        duals[1::4] = -duals[1::4]
+        return block_exact.BatchResult(x, t, duals, noise.random(size) < 0.7, kw.get("t_zero", 1e-7))
+
+    monkeypatch.setattr(block_exact, "solve_chebyshev_batch", garbage)
+    report = audit(w, b, domain, options=AuditOptions(**FAST))
+    assert [t.verdict for t in report.tokens] == [t.verdict for t in reference.tokens]
+    _assert_checked(report, w, b, domain)
+
+
+def test_tokens_it_cannot_settle_fall_back_to_solve_token(rng, monkeypatch):
+    w, b, domain = _head("box", rng)
+    reference = audit(w, b, domain, options=AuditOptions(exact_all=True, **FAST))
+
+    def stuck(a, c, mask, lower, upper, **kw):  # never converges, no sign: every token is handed back
+        size, k, d = a.shape
+        return block_exact.BatchResult(np.zeros((size, d)), np.full(size, -1.0), np.zeros((size, k)),
+                                       np.zeros(size, dtype=bool), 1e-7)
+
+    monkeypatch.setattr(block_exact, "solve_chebyshev_batch", stuck)
+    report = audit(w, b, domain, options=AuditOptions(**FAST))
+    blocks = report.stats.stage("block_exact")
+    assert blocks.settled == 0 and report.stats.stage("exact").tokens_in == blocks.tokens_in > 0
+    assert [t.verdict for t in report.tokens] == [t.verdict for t in reference.tokens]
+    assert all(t.stage in ("screen", "exact") for t in report.tokens)
+
+
+@pytest.mark.parametrize("ball", [False, True])
+def test_batched_ipm_agrees_with_the_single_one(rng, ball):
+    size, k, d = 5, 30, 8
+    a = rng.normal(size=(size, k, d))
+    a /= np.linalg.norm(a, axis=2, keepdims=True)
+    c = 0.5 * rng.normal(size=(size, k))
+    mask = np.ones((size, k))
+    mask[1, 20:] = 0  # padded rows take no part
+    lower, upper = (None, None) if ball else (-3 * np.ones((size, d)), 3 * np.ones((size, d)))
+    res = block_exact.solve_chebyshev_batch(a, c, mask, lower, upper, unit_ball=ball, stop_when_positive=10.0)
+    for m in range(size):
+        rows = mask[m] > 0
+        lo, hi = (np.full(d, -np.inf), np.full(d, np.inf)) if ball else (lower[m], upper[m])
+        one = ipm.solve_chebyshev(a[m][rows], c[m][rows], lo, hi, unit_ball=ball, stop_when_positive=10.0)
+        assert res.converged[m]
+        if one.t > 1e-7:  # same optimum (on a ball both stop once the sign is settled)
+            assert res.t[m] == pytest.approx(one.t, abs=1e-6)
+        else:
+            assert res.t[m] <= 1e-7
+        assert np.all(res.duals[m][~rows] == 0)
