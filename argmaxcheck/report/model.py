@@ -311,14 +311,6 @@ class AuditReport:
             out["bias_raise"] = {"necessary_above": lower, "sufficient": sufficient}
         return out
 
-    def round_trip_text(self, i: int) -> str:
-        """Row ``i``'s failed round trip in words: the tokens its text gives back (printable)."""
-        got = self.round_trip.produced.get(i, ()) if self.round_trip is not None else ()
-        if not got:
-            return "its text encodes to nothing"
-        shown = ", ".join(f"{j} {self.label(j)}" if j < self.num_classes else str(j) for j in got[:6])
-        return f"its text encodes to [{shown}{', …' if len(got) > 6 else ''}]"
-
     def save_certificates(self, path: str | Path) -> None:
         """Write every certificate to an ``.npz`` that numpy alone can re-check (README)."""
         ids = np.array([t.id for t in self.tokens], dtype=np.int64)

@@ -10,6 +10,8 @@ from ..escape import PLAIN, Style, printable
 from ..gate import GateResult
 from ..model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 
+ROUND_TRIP_TITLE = "Not round-trip: the tokenizer does not give these back from their own text"
+ROUND_TRIP_COLUMNS = ("id", "token", "verdict", "gate", "its text encodes to")
 SECTIONS = ((UNARGMAXABLE, "Unargmaxable: no input makes these the argmax"),
             (PRACTICAL, "Practically unreachable: they win only by less than the logits' precision"),
             (UNDECIDED, "Undecided: no certificate could be checked"))
@@ -32,8 +34,29 @@ def summary_lines(report: AuditReport) -> list[str]:
                       f" ({s['source_dtype']}{', bias' if s['bias'] else ''})"),
             f"domain: {report.domain_text()}",
             f"audited {s['audited']}: {s[ARGMAXABLE]} argmaxable, {s[UNARGMAXABLE]} unargmaxable,"
-            f" {s[PRACTICAL]} practically unreachable, {s[UNDECIDED]} undecided in {s['seconds']:.1f} s"]
+            f" {s[PRACTICAL]} practically unreachable, {s[UNDECIDED]} undecided in {s['seconds']:.1f} s",
+            *round_trip_lines(report)]
 
+
+def round_trip_lines(report: AuditReport) -> list[str]:
+    """The input side in one line: how many audited tokens the tokenizer gives back ([] without a tokenizer)."""
+    if report.round_trip is None:
+        return []
+    c = report.round_trip.counts(t.id for t in report.tokens)
+    return [f"tokenizer round trip: {c['round_trip']} give back their own id, {c['not_round_trip']} do not,"
+            f" {c['special']} only as special tokens" + (f", {c['no_token']} rows have no token" if c["no_token"]
+                                                          else "")]
+
+
+def round_trip_rows(report: AuditReport, gate: GateResult | None = None, style: Style = PLAIN):
+    """One row of cells per audited token whose round trip fails (see :data:`ROUND_TRIP_COLUMNS`)."""
+    verdicts = {t.id: t.verdict for t in report.tokens}
+    for i in report.not_round_trip or ():
+        got = report.round_trip.produced.get(i, ())
+        shown = ", ".join(f"{j} " + (report.label(j) if j < report.num_classes else "") for j in got[:6])
+        shown = f"[{shown}{', …' if len(got) > 6 else ''}]"
+        status = gate.status(i) if gate is not None else ""
+        yield str(i), style.literal(report.token_text(i)), verdicts[i], status, style.literal(shown)
 
 def gate_lines(gate: GateResult | None) -> list[str]:
     """The gate's verdict, per category, and the baseline and ignores it applied (printable text)."""

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from ..gate import GateResult
 from ..model import AuditReport
-from ._common import COLUMNS, SECTIONS, gate_lines, rows, summary_lines
+from ._common import (
+    COLUMNS,
+    ROUND_TRIP_COLUMNS,
+    ROUND_TRIP_TITLE,
+    SECTIONS,
+    gate_lines,
+    round_trip_rows,
+    rows,
+    summary_lines,
+)
 
 
 def print_terminal(report: AuditReport, gate: GateResult | None = None, console=None, limit: int = 500) -> None:
@@ -18,12 +27,13 @@ def print_terminal(report: AuditReport, gate: GateResult | None = None, console=
     for k, line in enumerate(summary_lines(report) + gate_lines(gate)):
         style = "bold" if k == 2 else ("bold red" if line.startswith("gate: FAILED") else None)
         console.print(Text(line, style=style or ""), soft_wrap=True)
-    for verdict, title in SECTIONS:
-        table_rows = list(rows(report, verdict, gate))
+    sections = [(title, COLUMNS, list(rows(report, verdict, gate))) for verdict, title in SECTIONS]
+    sections.append((ROUND_TRIP_TITLE, ROUND_TRIP_COLUMNS, list(round_trip_rows(report, gate))))
+    for title, columns, table_rows in sections:
         if not table_rows:
             continue
         table = Table(title=f"{title} ({len(table_rows)})", title_justify="left")
-        for col in COLUMNS:
+        for col in columns:
             table.add_column(col, overflow="fold", no_wrap=col in ("id", "margin", "gate"))
         for row in table_rows[:limit]:
             table.add_row(*(Text(cell) for cell in row))  # Text: no markup; cells are printable already

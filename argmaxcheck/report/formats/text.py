@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from ..gate import GateResult
 from ..model import AuditReport
-from ._common import SECTIONS, gate_lines, rows, summary_lines
+from ._common import SECTIONS, gate_lines, round_trip_rows, rows, summary_lines
 
 
 def render(report: AuditReport, gate: GateResult | None = None) -> str:
     """Plain text: summary lines, then rows ``id, token, verdict, margin, max prob, gate, why`` separated by tabs.
+
+    Tokens the tokenizer does not give back from their own text follow as rows
+    ``id, token, not_round_trip, verdict, gate, its text encodes to``.
 
     Every string is printable (no control characters): a token's tab or
     newline shows as ``\\t``/``\\n`` and cannot add a column or a line.
@@ -16,4 +19,6 @@ def render(report: AuditReport, gate: GateResult | None = None) -> str:
     lines = summary_lines(report) + gate_lines(gate)
     for verdict, _ in SECTIONS:
         lines += ["\t".join((*row[:2], verdict, *row[2:])) for row in rows(report, verdict, gate)]
+    # The input side: id, token, "not_round_trip", its verdict, gate, what its text encodes to.
+    lines += ["\t".join((*row[:2], "not_round_trip", *row[2:])) for row in round_trip_rows(report, gate)]
     return "\n".join(lines) + "\n"
