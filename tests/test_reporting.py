@@ -57,7 +57,8 @@ def test_json_report_follows_the_schema_on_every_kind_of_token(tmp_path):
     assert proc.returncode == 1, proc.stderr
     report = json.loads(out.read_text())
     jsonschema.validate(report, SCHEMA)
-    assert report["schema_version"] == "1.0"
+    assert report["schema_version"] == "1.1"
+    assert report["summary"]["not_round_trip"] == 0 and report["not_round_trip"] == []  # its tokenizer.json
     verdicts = {t["verdict"] for t in report["tokens"]}
     assert verdicts == {"unargmaxable", "practically_unreachable"}
     assert report["gate"]["passed"] is False
