@@ -356,7 +356,7 @@ def _sweep_command(args) -> int:
 
 
 def _explain_command(args) -> int:
-    layer, domain, _, _ = _load_source(args)
+    layer, domain, _, loaded = _load_source(args)
     # Digits name a row id here (as for --ignore); any other text is a token string.
     ids = _parse_tokens(args.token, layer.num_classes, None if _is_id(args.token) else layer.tokens,
                         what="explain TOKEN")
@@ -364,12 +364,28 @@ def _explain_command(args) -> int:
         raise InputError(f"explain: give one token, got '{args.token}'")
     report, exp = explain_token(layer, domain, ids[0])
     report.source = str(args.path)
+    attach_input_side(report, loaded)
     if args.format == "json":
         text = json_text(exp.to_dict(report)) + "\n"
     else:
         text = render_explanation(report, exp)
+        if report.round_trip is not None:
+            text += _round_trip_line(report, ids[0])
     write_stdout(encode_for_stdout(text))
     return EXIT_OK if exp.result.verdict == ARGMAXABLE else EXIT_FOUND
+
+
+def _round_trip_line(report, i: int) -> str:
+    """The input side of one token, for ``explain``: does the tokenizer give it back from its own text."""
+    status = report.round_trip.status[i]
+    if status is None:
+        return ""
+    if status is False:
+        got = ", ".join(f"{j} {report.label(j)}" if j < report.num_classes else str(j)
+                        for j in report.round_trip.produced.get(i, ()))
+        return f"round trip: no: the tokenizer encodes its text as [{got}]\n"
+    return ("round trip: only as a special token (special-token matching)\n" if status == "special"
+            else "round trip: yes: its own text encodes to exactly this token\n")
 
 
 def _diff_command(args) -> int:

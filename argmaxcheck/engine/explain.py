@@ -45,8 +45,10 @@ class Explanation:
     bias_note: str = ""
 
     def to_dict(self, report: AuditReport) -> dict:
-        return {"token": self.result.to_dict(report.names, report.special, self.sentence, report.display,
-                                             report.token_kinds),
+        token = self.result.to_dict(report.names, report.special, self.sentence, report.display, report.token_kinds)
+        if report.round_trip is not None:
+            token.update(report.round_trip.record(self.result.id))
+        return {"token": token,
                 "point": self.point_kind, "rivals": self.rivals,
                 "bias_increase": {"sufficient": self.bias_increase, "necessary_above": self.bias_increase_lower,
                                   "note": self.bias_note}}

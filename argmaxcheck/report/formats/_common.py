@@ -81,7 +81,17 @@ def rows(report: AuditReport, verdict: str, gate: GateResult | None = None, styl
             margin = "" if np.isnan(t.margin) else f"{t.margin:.3g}"
             name = style.literal(report.token_text(t.id))  # decoded text, raw piece, kind
             status = gate.status(t.id) if gate is not None else ""
-            yield str(t.id), name, margin, probability_text(t), status, report.explain(t, style=style)
+            yield str(t.id), name, margin, probability_text(t), status, report.explain(t, style=style) + style.text(
+                bias_raise_text(report, t.id))
+
+
+def bias_raise_text(report: AuditReport, i: int) -> str:
+    """'; a bias raise of more than 0.0123 makes it reachable (...)' for a flagged added token ('' otherwise)."""
+    lower, sufficient = report.bias_raise.get(i, (None, None))
+    if sufficient is None:
+        return ""
+    return (f"; raising its bias by more than {sufficient:.3g} makes it reachable"
+            + (f" (by {lower:.3g} or less cannot)" if lower is not None else ""))
 
 
 COLUMNS = ("id", "token", "margin", "max prob", "gate", "why")
