@@ -91,6 +91,9 @@ def test_json_report_lists_argmaxable_tokens_that_do_not_round_trip(tmp_path, rn
     gate = json.loads(failed.stdout)["gate"]
     assert gate["counts"]["not_round_trip"] == 1 and gate["failed"] == [5]
     assert run("audit", path, "--quiet", "--fail-on", "not_round_trip=0", "--ignore", "5").returncode == 0
+    # A baseline that already lists the token as not round-tripping: nothing new, the gate passes.
+    again = run("audit", path, "--quiet", "--format", "json", "--fail-on", "not_round_trip=0", "--baseline", out)
+    assert again.returncode == 0 and json.loads(again.stdout)["gate"]["already_in_baseline"] == [5]
     # Plain arrays: null, and no round-trip fields.
     np.savez(tmp_path / "h.npz", weight=rng.normal(size=(4, 3)))
     plain = json.loads(run("audit", tmp_path / "h.npz", "--quiet", "--format", "json").stdout)

@@ -318,5 +318,10 @@ def transformers_table(tokenizer, rows: int) -> TokenTable:
     names = [str(t) for t in tokenizer.convert_ids_to_tokens(list(range(size)))]
     names += [f"<padding row {i}>" for i in range(size, rows)]
     special = frozenset(i for i in getattr(tokenizer, "all_special_ids", []) if i < rows)
-    kinds = {**{i: "special" for i in special}, **{i: "padding" for i in range(size, rows)}}
+    # Added tokens (slow tokenizers keep them in added_tokens_decoder), and ids past the base vocabulary.
+    added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}) if int(i) < rows}
+    base = getattr(tokenizer, "vocab_size", size)
+    added |= set(range(base if isinstance(base, int) else size, min(size, rows)))
+    kinds = {**{i: "added" for i in added}, **{i: "special" for i in special},
+             **{i: "padding" for i in range(size, rows)}}
     return TokenTable(names, None, kinds, special)
