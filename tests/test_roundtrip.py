@@ -27,7 +27,7 @@ from argmaxcheck.report.gate import GatePolicy, evaluate, parse_fail_on
 from argmaxcheck.report.model import RoundTrip
 from argmaxcheck.sources import load_source
 from argmaxcheck.sources.gguf import load_gguf
-from argmaxcheck.sources.roundtrip import round_trips
+from argmaxcheck.sources.roundtrip import gguf_tokenizer, round_trips
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "argmaxcheck/report/report.schema.json").read_text())
 PIECES = ["a", "b", "ab", "Ġ", "Ġa", "ba"]  # "ba" has no merge: its text encodes as [b, a]
@@ -152,6 +152,20 @@ def test_gguf_sentencepiece_tokenizer_merges_from_scores(tmp_path, rng):
     assert rt.status[3] is False and rt.produced[3] == (5,)
 
 
+def test_gguf_unigram_tokenizer_and_texts_it_cannot_encode():
+    """t5 files: Unigram with the scores. A text the tokenizer refuses (no unknown token) gives no ids."""
+    pieces = ["<pad>", "</s>", "<unk>", "▁", "a", "b", "▁a", "ab", "▁ab"]
+    scores = [0, 0, 0, -3, -2, -2, -1, -1.5, -0.5]
+    tok = gguf_tokenizer("t5", pieces, [3, 3, 2, 1, 1, 1, 1, 1, 1], scores=scores)
+    assert tok.encode("ab a", add_special_tokens=False).tokens == ["▁ab", "▁a"]
+    rt = round_trips(tok, 9, frozenset({0, 1}))
+    assert rt.status[:2] == ("special", "special") and rt.status[6] is True and rt.status[8] is True
+    assert rt.status[4] is False and rt.produced[4] == (6,)
+    no_unk = round_trips(gguf_tokenizer("t5", pieces, [3, 3, 1, 1, 1, 1, 1, 1, 1], scores=scores), 9)
+    assert no_unk.status[2] is False and no_unk.produced[2] == ()  # '<unk>' as text: nothing to encode it with
+    assert gguf_tokenizer("bert", pieces, None) is None  # a tokenizer model it cannot build: no round trip
+
+
 def test_sweep_and_diff_carry_the_round_trip(tmp_path, rng):
     path = toy_folder(tmp_path, rng)
     proc = run("sweep", path, "--quiet", "--output", tmp_path / "sw")
@@ -224,10 +238,11 @@ def test_smollm2_tokenizer_matches_transformers_gguf_conversion(smollm2, monkeyp
     assert rt.status == loaded.round_trip.status and rt.produced == loaded.round_trip.produced
 
 
-def test_smollm2_extended_by_three_added_rows(smollm2):
-    """resize_token_embeddings-style rows appended to the real head: the mean (beaten everywhere but at the
-    origin: unargmaxable, best margin a tie), the mean plus small noise (mean_resizing=True: N(mean, 1e-5 cov)),
-    and a copy of an existing row (a tie)."""
+def test_smollm2_extended_by_three_added_rows_heavy(smollm2):
+    """Heavier (two exact solves against all 49,152 rows: ~20 s on a quiet 2-core machine, up to a minute
+    when it is shared). resize_token_embeddings-style rows appended to the real head: the mean (beaten
+    everywhere but at the origin: unargmaxable, best margin a tie), the mean plus small noise
+    (mean_resizing=True: N(mean, 1e-5 cov)), and a copy of an existing row (a tie)."""
     _, loaded = smollm2
     weight = loaded.layer.weight
     n = weight.shape[0]

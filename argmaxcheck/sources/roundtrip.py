@@ -46,9 +46,7 @@ def round_trips(tokenizer, rows: int, special: frozenset[int] = frozenset()) -> 
     for start in range(0, len(ids), _BATCH):
         chunk = ids[start:start + _BATCH]
         texts = tokenizer.decode_batch([[i] for i in chunk], skip_special_tokens=False)
-        encoded = tokenizer.encode_batch(texts, add_special_tokens=False)
-        for i, enc in zip(chunk, encoded, strict=True):
-            got = tuple(enc.ids)
+        for i, got in zip(chunk, _encode_all(tokenizer, texts), strict=True):
             if got == (i,):
                 status[i] = SPECIAL if i in special else True
             else:
@@ -63,12 +61,27 @@ def round_trips(tokenizer, rows: int, special: frozenset[int] = frozenset()) -> 
         try:
             tokenizer.encode_special_tokens = True
             texts = tokenizer.decode_batch([[i] for i in specials], skip_special_tokens=False)
-            for i, enc in zip(specials, tokenizer.encode_batch(texts, add_special_tokens=False), strict=True):
-                if tuple(enc.ids) == (i,):
+            for i, got in zip(specials, _encode_all(tokenizer, texts), strict=True):
+                if got == (i,):
                     status[i] = True
         finally:
             tokenizer.encode_special_tokens = before
     return RoundTrip(tuple(status), produced)
+
+
+def _encode_all(tokenizer, texts: list[str]) -> list[tuple[int, ...]]:
+    """The ids of each text; a text the tokenizer refuses (a character its model has no piece for, and no
+    unknown token) gives no ids, so its token does not round-trip."""
+    try:
+        return [tuple(enc.ids) for enc in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    except Exception:  # the Rust side raises a bare Exception
+        out = []
+        for text in texts:
+            try:
+                out.append(tuple(tokenizer.encode(text, add_special_tokens=False).ids))
+            except Exception:
+                out.append(())
+        return out
 
 
 # --- GGUF: the tokenizer from tokenizer.ggml.* -------------------------------------------------------
@@ -81,7 +94,7 @@ _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?
 PRE_SPLITS = {**dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx", "pixtral"),
                               _LLAMA3_SPLIT),
               **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), _QWEN2_SPLIT)}
-_CONTROL, _USER_DEFINED = 3, 4
+_UNKNOWN, _CONTROL, _USER_DEFINED = 2, 3, 4
 
 
 def gguf_tokenizer(model: str | None, pieces: Sequence[str], types: Sequence[int] | None, *,
@@ -130,8 +143,9 @@ def gguf_tokenizer(model: str | None, pieces: Sequence[str], types: Sequence[int
         tok.decoder = decoders.Sequence(steps + ([decoders.Strip(content=" ", left=1)] if prefix else []))
         control_ok = None
     elif model == "t5":
+        unk = next((i for i, t in enumerate(types) if t == _UNKNOWN), None)
         tok = Tokenizer(models.Unigram([(p, float(s)) for p, s in zip(pieces, scores or [0.0] * len(pieces),
-                                                                      strict=False)], None, False))
+                                                                      strict=False)], unk, False))
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(
             replacement="\u2581", prepend_scheme="always", split=True)])
         tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
