@@ -239,7 +239,7 @@ def test_smollm2_tokenizer_matches_transformers_gguf_conversion(smollm2, monkeyp
 
 
 def test_smollm2_extended_by_three_added_rows_heavy(smollm2):
-    """Heavier (two exact solves against all 49,152 rows: ~20 s on a quiet 2-core machine, up to a minute
+    """Heavier (two exact solves against all 49,152 rows: 20-35 s on the 2-core machine, up to a minute
     when it is shared). resize_token_embeddings-style rows appended to the real head: the mean (beaten
     everywhere but at the origin: unargmaxable, best margin a tie), the mean plus small noise
     (mean_resizing=True: N(mean, 1e-5 cov)), and a copy of an existing row (a tie)."""
