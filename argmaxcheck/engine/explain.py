@@ -25,7 +25,7 @@ from scipy.optimize import linprog
 
 from ..domains import Unbounded
 from ..layer import OutputLayer
-from ..report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport, TokenResult
+from ..report.model import ADDED_KINDS, ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport, TokenResult
 from . import certify
 from .audit import AuditOptions, audit
 from .exact import Competitors, _most_violated
@@ -87,7 +87,7 @@ def bias_raise(comp: Competitors, token: int, domain, result: TokenResult):
 
 
 def added_token_bias_raises(layer: OutputLayer, domain, report: AuditReport,
-                            kinds: tuple[str, ...] = ("added", "user_defined")) -> dict[int, tuple]:
+                            kinds: tuple[str, ...] = ADDED_KINDS) -> dict[int, tuple]:
     """For each audited token of these kinds that is flagged, on a head with a bias: the bracket
     (necessary-above, sufficient) on the smallest raise of its bias that makes it reachable."""
     if layer.bias is None:

@@ -15,6 +15,9 @@ UNDECIDED = "undecided"
 # Argmaxable in exact arithmetic, but its best lead is below the logits' precision (precision.py).
 PRACTICAL = "practically_unreachable"
 VERDICTS = (ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED)
+# Tokens added to a model (tokenizer.json's added tokens, GGUF user-defined ones): the JSON report keeps a
+# record of each audited one, argmaxable or not, so both sides of every added token are in it.
+ADDED_KINDS = ("added", "user_defined")
 
 MARGIN_DOC = (
     "logit gap s_i(x) - max_{j!=i} s_j(x). Argmaxable: a certified lower bound on the gap at the witness x "
@@ -294,7 +297,7 @@ class AuditReport:
             "undecided": self.undecided,
             **({"not_round_trip": sorted(failing)} if self.round_trip is not None else {}),
             "tokens": [self.token_record(t) for t in self.tokens if t.verdict != ARGMAXABLE or t.id in failing
-                       or t.id in self.bias_raise],
+                       or self.token_kinds.get(t.id) in ADDED_KINDS],
             "timings": self.timings,
             **({"gate": gate} if gate is not None else {}),
             **({"checkpoint": self.checkpoint} if self.checkpoint else {}),
