@@ -186,6 +186,18 @@ def test_sweep_and_diff_carry_the_round_trip(tmp_path, rng):
                                                           "ids_before": [1, 0], "ids_after": []}
     assert "tokenizer round trip changed: 1" in result.render_text()
     assert diff_reports(a, a).round_trip_changed == []
+    # The command line, with a tokenizer whose merges now make "ba": a tokenizer swap diff reports.
+    import shutil  # noqa: PLC0415
+
+    swapped = shutil.copytree(path, tmp_path / "swapped")
+    tokenizer = toy_tokenizer()
+    data = json.loads(tokenizer.to_str())
+    data["model"]["merges"].append(["b", "a"])
+    (swapped / "tokenizer.json").write_text(json.dumps(data))
+    proc = run("diff", path, swapped, "--quiet", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    changed = json.loads(proc.stdout)["round_trip_changed"]
+    assert [(c["id"], c["before"], c["after"]) for c in changed] == [(5, False, True)]
 
 
 def test_added_tokens_get_the_bias_raise_explain_gives(tmp_path):
