@@ -12,9 +12,9 @@ Public API::
 """
 
 from .domains import Ball, Box, Unbounded
-from .engine import AuditOptions, ExactOptions, audit, explain_token
+from .engine import AuditOptions, ExactOptions, explain_token
 from .errors import InputError
-from .integrations import ArgmaxCallback, assert_all_argmaxable
+from .integrations import ArgmaxCallback, assert_all_argmaxable, audit
 from .layer import OutputLayer
 from .report import AuditReport, TokenResult
 from .report.gate import Baseline, GatePolicy

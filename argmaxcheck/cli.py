@@ -16,15 +16,16 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import re
+import os
 import sys
+import time
 import traceback
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
-from ._text import printable
+from ._text import one_line, printable
 from .diff import diff_reports
 from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, ExactOptions, audit, explain_token, render_explanation
@@ -35,6 +36,7 @@ from .report import ARGMAXABLE
 from .report.escape import json_text
 from .report.formats import FORMATS
 from .report.gate import Baseline, GatePolicy, evaluate, parse_fail_on
+from .selection import select
 from .sources import SourceRequest, load_source
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -73,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source_arguments(a)
     o = a.add_argument_group("output")
-    o.add_argument("--tokens", default=None, metavar="LIST",
-                   help="audit only these rows: ids and ranges like 0,5,10-20, or token strings")
+    o.add_argument("--tokens", action="append", default=None, metavar="LIST",
+                   help="audit only these rows: ids and ranges (0,5,10-20; digits are always row ids),"
+                        " name:TEXT (a token's stored text; takes the rest of the argument, commas included),"
+                        " re:REGEX, kind:KIND (control, user-defined, unused, byte, added, special, padding);"
+                        " may be repeated")
     o.add_argument("--format", choices=list(FORMATS), default="table",
                    help="what to print (or write to --output): table (rich terminal report), text, json,"
                         " markdown, html, github (workflow annotations) or junit (XML)")
@@ -103,13 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--baseline", default=None, metavar="REPORT.json",
                    help="a previous JSON report: count only tokens flagged since, and list those that recovered")
     c.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
-                   help="never count these tokens: an id, an id range 5-9, an exact token string, or re:REGEX")
+                   help="never count these tokens: the --tokens grammar (ids, ranges 5-9, name:TEXT, re:REGEX,"
+                        " kind:KIND)")
     _add_scale_arguments(a)
     _add_sweep_parser(sub)
     e = sub.add_parser("explain", help="explain the verdict on one token", epilog=EXIT_CODES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source_arguments(e)
-    e.add_argument("token", help="a row id (digits) or a token string")
+    e.add_argument("token", help="one token: a row id (digits), name:TEXT or re:REGEX matching one row")
     e.add_argument("--format", choices=["text", "json"], default="text")
     _add_diff_parser(sub)
     return parser
@@ -165,6 +171,17 @@ def _add_source_arguments(a) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see :data:`EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
+    # A library's warnings (torch's about a pickle protocol, say) come back here: when the run fails, its
+    # one line is all there is; after a verdict (0 or 1), each is shown as one printable line.
+    with warnings.catch_warnings(record=True) as caught:
+        code = _run(args)
+    if code in (EXIT_OK, EXIT_FOUND):
+        for w in caught:
+            sys.stderr.write(f"argmaxcheck: warning: {one_line(w.message, 300)}\n")
+    return code
+
+
+def _run(args) -> int:
     try:
         commands = {"explain": _explain_command, "sweep": _sweep_command, "diff": _diff_command}
         return commands.get(args.command, _audit_command)(args)
@@ -218,13 +235,14 @@ def _audit_command(args) -> int:
     requests = [("--output", args.output)] + [(f"--{f}", getattr(args, f"{f}_file")) for f in REPORT_FILES]
     requests.append(("--save-certificates", args.save_certificates))
     plan = plan_outputs(requests, inputs=[args.path] + ([args.baseline] if args.baseline else []),
-                        stdout_taken_by=f"the --format {args.format} report" if args.output is None else None)
+                        stdout_taken_by=f"the --format {args.format} report" if args.output is None else None,
+                        owned=[args.resume] if args.resume else [])
     certificates = plan.target("--save-certificates")
     if certificates is not None and certificates.kind == "file" and not args.save_certificates.endswith(".npz"):
         raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")
     layer, domain, checkpoint_info, loaded = _load_source(args)
-    policy.check_rows(layer.num_classes)
-    tokens = _parse_tokens(args.tokens, layer.num_classes, layer.tokens) if args.tokens else None
+    policy.check_rows(layer)
+    tokens = select(args.tokens, layer) if args.tokens else None
     options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions(), precision=args.precision,
                            probability_seconds=0.0 if args.no_max_probability else AuditOptions.probability_seconds,
                            device=args.device)
@@ -343,7 +361,7 @@ def _sweep_command(args) -> int:
             what = f"error: {row.error}" if row.failed else (
                 f"{row.counts['unargmaxable']} unargmaxable, {row.counts['practically_unreachable']} practically"
                 f" unreachable, {row.counts['undecided']} undecided of {row.audited} in {row.seconds:.1f} s")
-            sys.stderr.write(f"[{k + 1}/{total}] {row.model}: {what}\n")
+            sys.stderr.write(f"[{k + 1}/{total}] {printable(row.model)}: {printable(what)}\n")
 
     scaled = args.resume is not None or args.ray is not None or args.chunk_size is not None
     with _scale_executor(args) as executor:
@@ -351,17 +369,28 @@ def _sweep_command(args) -> int:
                        domain=None if args.domain == "auto" else explicit, options=options, policy=policy,
                        chunk_size=args.chunk_size, journal=args.resume, executor=executor if scaled else None,
                        on_row=on_row)
-    sys.stdout.write(Path(args.output, "sweep.md").read_text(encoding="utf-8"))
+    _print_sweep_table(result)
     return result.exit_code
+
+
+def _print_sweep_table(result) -> None:
+    """The table on stdout: rich on a terminal, plain columns otherwise (Markdown only goes to sweep.md)."""
+    from .report.sweep import render_terminal, render_text  # noqa: PLC0415
+
+    if sys.stdout.isatty():
+        from rich.console import Console  # noqa: PLC0415
+
+        render_terminal(result, Console(file=sys.stdout))
+    else:
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        sys.stdout.write(encode_for_stdout(render_text(result)).decode(encoding))
 
 
 def _explain_command(args) -> int:
     layer, domain, _, loaded = _load_source(args)
-    # Digits name a row id here (as for --ignore); any other text is a token string.
-    ids = _parse_tokens(args.token, layer.num_classes, None if _is_id(args.token) else layer.tokens,
-                        what="explain TOKEN")
+    ids = select(args.token, layer, what="explain TOKEN")
     if len(ids) != 1:
-        raise InputError(f"explain: give one token, got '{args.token}'")
+        raise InputError(f"explain TOKEN: {printable(args.token, 80)!r} selects {len(ids)} rows; give one")
     report, exp = explain_token(layer, domain, ids[0])
     report.source = str(args.path)
     attach_input_side(report, loaded)
@@ -439,58 +468,33 @@ def _domain_from_args(args):
     return Box(-math.inf if args.lower is None else args.lower, math.inf if args.upper is None else args.upper)
 
 
-def _parse_tokens(spec: str, n: int, names: list[str] | None, what: str = "--tokens") -> list[int]:
-    """'0,5,10-20' or token strings (when names are known) -> sorted distinct row ids.
-
-    Every id and range is checked against the ``n`` rows before it is expanded,
-    so memory stays bounded by ``n`` whatever the ranges say.
-    """
-    lookup = {name: i for i, name in enumerate(names)} if names else {}
-    chosen = np.zeros(n, dtype=bool)
-    for part in spec.split(","):
-        item = part.strip()
-        if not item:
-            continue
-        if item in lookup:
-            chosen[lookup[item]] = True
-            continue
-        lo, sep, hi = item.partition("-")
-        if sep and _is_id(lo) and _is_id(hi):
-            start, stop = _row(lo, item, n, what), _row(hi, item, n, what)
-            if stop < start:
-                raise InputError(f"{what}: range '{printable(item, 80)}' is empty")
-            chosen[start:stop + 1] = True
-        elif _is_id(item):
-            chosen[_row(item, item, n, what)] = True
-        elif re.fullmatch(r"-[0-9]+", item):
-            raise InputError(f"{what}: id {item} is out of range (the layer has {n} rows: 0..{n - 1})")
-        else:
-            raise InputError(f"{what}: '{printable(item, 80)}' is neither a row id, a range nor a known token")
-    if not chosen.any():
-        raise InputError(f"{what}: no token given")
-    return np.flatnonzero(chosen).tolist()
-
-
-def _is_id(text: str) -> bool:
-    return text.isascii() and text.isdigit()
-
-
-def _row(digits: str, item: str, n: int, what: str) -> int:
-    """A row id from ASCII digits, refused (naming ``item``) when it is not below ``n``."""
-    if len(digits.lstrip("0")) > len(str(n)) or int(digits) >= n:
-        kind = "range" if item != digits else "id"
-        raise InputError(f"{what}: {kind} {printable(item, 80)} is out of range (the layer has {n} rows: 0..{n - 1})")
-    return int(digits)
+PROGRESS_INTERVAL_ENV = "ARGMAXCHECK_PROGRESS_INTERVAL"
+PROGRESS_INTERVAL = 30.0  # seconds between plain progress lines within a stage
 
 
 class _progress:
-    """A rich progress display on a terminal, one line per stage with counts and an ETA; nothing otherwise."""
+    """Progress on stderr, stage by stage (the engine's ``progress.stage(name, total)`` calls).
 
-    def __init__(self, total: int, quiet: bool):
-        self.enabled = not quiet and sys.stderr.isatty() and total > 0
+    On a terminal: a rich display, one line per stage with counts and an ETA. Elsewhere (a CI log, a
+    file): one plain line, no ANSI, when each stage starts and about every ``interval`` seconds within it,
+    ``argmaxcheck: screen 12000/50257 (24%) 31 s elapsed, eta 97 s``. ``interval`` defaults to
+    $ARGMAXCHECK_PROGRESS_INTERVAL, else 30 s; ``quiet`` shows nothing.
+    """
+
+    def __init__(self, total: int, quiet: bool, interval: float | None = None, stream=None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.stream = stream if stream is not None else sys.stderr
+        shown = not quiet and total > 0
+        self.enabled = shown and _isatty(self.stream)
+        self.plain = shown and not self.enabled
+        self.interval = interval if interval is not None else _progress_interval() if self.plain else PROGRESS_INTERVAL
+        self.clock = clock
         self.task = None
+        self.name, self.total, self.done, self.started, self.last = "", 0, 0, 0.0, 0.0
 
     def __enter__(self):
+        if self.plain:
+            return self
         if not self.enabled:
             return None
         from rich.progress import (  # noqa: PLC0415
@@ -508,18 +512,59 @@ class _progress:
         return self
 
     def stage(self, name: str, total: int) -> None:
+        if self.plain:
+            self.name, self.total, self.done = name, max(total, 0), 0
+            self.started = self.last = self.clock()
+            self._line(self.started)
+            return
         if self.task is not None:
             self.bar.update(self.task, completed=self.bar.tasks[-1].total)
         self.task = self.bar.add_task(name, total=max(total, 0))
 
     def advance(self, n: int = 1) -> None:
-        if self.task is not None:
+        if self.plain:
+            self.done += n
+            now = self.clock()
+            if now - self.last >= self.interval:
+                self.last = now
+                self._line(now)
+        elif self.task is not None:
             self.bar.advance(self.task, n)
+
+    def _line(self, now: float) -> None:
+        elapsed = now - self.started
+        done = min(self.done, self.total)
+        share = f" ({100 * done // self.total}%)" if self.total else ""
+        eta = f", eta {elapsed * (self.total - done) / done:.0f} s" if 0 < done else ""
+        self.stream.write(f"argmaxcheck: {printable(self.name, 80)} {done}/{self.total}{share}"
+                          f" {elapsed:.0f} s elapsed{eta}\n")
+        self.stream.flush()
 
     def __exit__(self, *exc):
         if self.enabled:
             self.bar.stop()
         return False
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _progress_interval() -> float:
+    """Seconds between plain progress lines: $ARGMAXCHECK_PROGRESS_INTERVAL, else 30."""
+    text = os.environ.get(PROGRESS_INTERVAL_ENV)
+    if text is None or not text.strip():
+        return PROGRESS_INTERVAL
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise InputError(f"{PROGRESS_INTERVAL_ENV}={printable(text, 40)}: expected a number of seconds >= 0")
+    return value
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,7 @@
-"""argmaxcheck inside test suites and training loops.
+"""argmaxcheck inside test suites and training loops, and the public :func:`audit`.
 
+* :func:`audit` is the engine's audit that also takes a live ``transformers`` model (its head
+  read and its final norm folded by :mod:`argmaxcheck.sources`, which the engine never imports);
 * :func:`assert_all_argmaxable` fails a pytest test (AssertionError) with the
   audit's explanation when any token is flagged;
 * :class:`ArgmaxCallback` is a ``transformers`` ``TrainerCallback`` that audits
@@ -12,11 +14,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .domains import Domain
-from .engine.audit import AuditOptions, audit
+from .engine import AuditOptions
+from .engine import audit as audit_layer
+from .errors import InputError
 from .inputside import attach_input_side
 from .report.formats.text import render as render_text
 from .report.gate import FLAGGED, GatePolicy, GateResult, evaluate
 from .report.model import PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport
+
+
+def audit(weight, bias=None, domain: Domain | None = None, tokens=None, **kwargs) -> AuditReport:
+    """:func:`argmaxcheck.engine.audit`, and for a ``transformers`` model (anything with ``config`` and
+    ``state_dict``) the audit of its head on the features its final norm can produce; ``domain``
+    overrides that domain. Same parameters and result as the engine's."""
+    if hasattr(weight, "config") and hasattr(weight, "state_dict"):
+        from .sources.huggingface import checkpoint_from_model  # noqa: PLC0415 - transformers only when used
+
+        if bias is not None:
+            raise InputError("bias= cannot be combined with a transformers model (its head is read from the model)")
+        loaded = checkpoint_from_model(weight)
+        return audit_layer(loaded.layer, domain=domain if domain is not None else loaded.domain, tokens=tokens,
+                           **kwargs)
+    return audit_layer(weight, bias, domain, tokens, **kwargs)
+
+
+audit.__doc__ = (audit.__doc__ or "") + "\n" + (audit_layer.__doc__ or "").split("\n", 1)[1]
 
 
 def audit_model(model, tokenizer=None, options: AuditOptions | None = None,
@@ -33,7 +55,8 @@ def audit_model(model, tokenizer=None, options: AuditOptions | None = None,
     ckpt = checkpoint_from_model(model, tokenizer)
     if tokenizer is not None:  # decoded forms and kinds, as for folders
         ckpt = transformers_table(tokenizer, ckpt.layer.num_classes).apply(ckpt)
-    report = audit(ckpt.layer, domain=ckpt.domain, tokens=None if tokens is None else list(tokens), options=options)
+    report = audit_layer(ckpt.layer, domain=ckpt.domain, tokens=None if tokens is None else list(tokens),
+                         options=options)
     report.source, report.checkpoint = type(model).__name__, ckpt.info
     return attach_input_side(report, ckpt, ckpt.layer, ckpt.domain)
 
@@ -65,7 +88,7 @@ def assert_all_argmaxable(source, bias=None, domain: Domain | None = None, *, ig
     elif hasattr(source, "config") and hasattr(source, "state_dict"):
         report = audit_model(source, tokenizer, options)
     else:  # arrays, an OutputLayer, or a module with .weight (and .bias): audit() validates each
-        report = audit(source, bias, domain=domain, options=options)
+        report = audit_layer(source, bias, domain=domain, options=options)
     gate = evaluate(report, GatePolicy(ignore=tuple(ignore)))
     if not gate.passed:
         raise AssertionError(f"argmaxcheck: {_what_failed(gate)}\n" + render_text(report, gate))

@@ -13,8 +13,17 @@ Writing them goes in two steps:
      an ``.onnx`` model names (see :class:`InputFiles`). Paths are compared by
      the file they reach (device and inode), so symlinks, hard links and
      ``x/../`` spellings are caught;
+   * lies in a folder the run owns (``owned``: a resume journal, whose every
+     file, present or future, is read back), or in a Hugging Face hub cache
+     (``models--*/blobs`` or ``models--*/snapshots``: a snapshot's files are
+     links to the cached blobs, and writing through one would change the
+     cached model). Both are judged on the path as given and on the path with
+     every link resolved;
    * is a folder, a block device or a socket, lies in a missing or unwritable
-     folder, or is an existing read-only file (refused, never made writable);
+     folder, or is an existing read-only file (refused, never made writable).
+     Write permission is read from the mode bits as well as ``os.access``:
+     root passes ``os.access`` everywhere, but a file or folder without any
+     write bit was not meant to change;
    * is given twice (also ``-`` twice, or ``-`` while the ``--format`` report
      already goes to standard output).
 
@@ -66,6 +75,7 @@ MAX_FOLDER_ENTRIES = 10_000
 # (resolving /dev/stdout of a redirected run gives the file the shell opened, which must not be replaced).
 _FD_PATHS = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
 _FD_PREFIXES = ("/dev/fd/", "/proc/self/fd/")
+_HUB_REPO_PREFIXES = ("models--", "datasets--", "spaces--")
 
 
 class Terminated(BaseException):  # named like KeyboardInterrupt, its SIGINT twin
@@ -101,13 +111,29 @@ class InputFiles:
     files: set[tuple[int, int]] = field(default_factory=set)  # (st_dev, st_ino)
     folders: list[Path] = field(default_factory=list)  # every file below is an input
     model_folders: list[Path] = field(default_factory=list)  # every non-report file below is an input
+    owned: list[Path] = field(default_factory=list)  # nothing below may be written, existing or not
 
     @classmethod
-    def of(cls, paths: Iterable[str | os.PathLike]) -> InputFiles:
+    def of(cls, paths: Iterable[str | os.PathLike], owned: Iterable[str | os.PathLike] = ()) -> InputFiles:
         inputs = cls()
         for path in paths:
             inputs._add(Path(path))
+        for folder in owned:
+            inputs.owned.extend({Path(os.path.abspath(folder)), Path(os.path.realpath(folder))})
+            inputs._add(Path(folder))
         return inputs
+
+    def forbidden(self, path: Path) -> str | None:
+        """Why no report may be written at ``path`` (given or resolved) whether or not it exists; None if it may."""
+        for folder in self.owned:
+            if path == folder or path.is_relative_to(folder):
+                return f"it is in the resume journal {folder}, which the run reads back; write reports outside it"
+        parts = path.parts
+        for k in range(len(parts) - 1):
+            if parts[k].startswith(_HUB_REPO_PREFIXES) and parts[k + 1] in ("blobs", "snapshots"):
+                return ("it is in a Hugging Face hub cache, whose files are the cached model's blobs;"
+                        " write reports outside the cache")
+        return None
 
     def _add(self, path: Path) -> None:
         try:
@@ -257,7 +283,8 @@ class OutputPlan:
 
 
 def plan_outputs(requests: Sequence[tuple[str, str | None]], inputs: Iterable[str | os.PathLike] = (),
-                 stdout_taken_by: str | None = None) -> OutputPlan:
+                 stdout_taken_by: str | None = None, owned: Iterable[str | os.PathLike] = (),
+                 make_folders: bool = False) -> OutputPlan:
     """Check output targets before any work is done; see the module docstring for the rules.
 
     Parameters
@@ -269,6 +296,13 @@ def plan_outputs(requests: Sequence[tuple[str, str | None]], inputs: Iterable[st
     stdout_taken_by : str, optional
         What already prints to standard output (e.g. ``"the --format report"``),
         so that ``-`` elsewhere is refused.
+    owned : iterable of path-like
+        Folders the run reads and writes itself (a resume journal): no report
+        may land anywhere below them, even where no file is yet.
+    make_folders : bool
+        The caller creates missing parent folders (a sweep's output folder):
+        a missing parent is accepted when the nearest existing one is a
+        writable folder.
 
     Returns
     -------
@@ -282,11 +316,11 @@ def plan_outputs(requests: Sequence[tuple[str, str | None]], inputs: Iterable[st
     asked = [(option, spec) for option, spec in requests if spec is not None]
     if not asked:
         return OutputPlan()
-    input_files = InputFiles.of(inputs) if any(spec != STDOUT for _, spec in asked) else InputFiles()
+    input_files = InputFiles.of(inputs, owned) if any(spec != STDOUT for _, spec in asked) else InputFiles()
     targets: list[Target] = []
     seen: dict[object, str] = {("fd", 1): stdout_taken_by} if stdout_taken_by else {}
     for option, spec in asked:
-        target = _check_target(option, str(spec), input_files)
+        target = _check_target(option, str(spec), input_files, make_folders)
         if target.key in seen:
             other = seen[target.key]
             if target.key == ("fd", 1) and other == stdout_taken_by:
@@ -317,7 +351,7 @@ def write_stdout(data: bytes) -> None:
     _write_stream(Target("stdout", STDOUT, "fd", fd=1), data)
 
 
-def _check_target(option: str, spec: str, inputs: InputFiles) -> Target:
+def _check_target(option: str, spec: str, inputs: InputFiles, make_folders: bool = False) -> Target:
     def refuse(why: str) -> InputError:
         return InputError(f"{option} {spec}: {why}")
 
@@ -331,10 +365,14 @@ def _check_target(option: str, spec: str, inputs: InputFiles) -> Target:
     if spec.endswith(("/", os.sep)):
         raise refuse("names a folder, not a file")
     real = Path(os.path.realpath(spec))
+    for place in (Path(os.path.abspath(spec)), real):
+        why = inputs.forbidden(place)
+        if why:
+            raise refuse(f"would overwrite or add to what the run reads ({why})")
     try:
         st = os.stat(spec)
     except FileNotFoundError:
-        return _check_new_file(option, spec, real, refuse)
+        return _check_new_file(option, spec, real, refuse, make_folders)
     except (OSError, ValueError) as exc:
         raise refuse(f"cannot be used ({getattr(exc, 'strerror', None) or exc})") from None
     mode = st.st_mode
@@ -354,18 +392,30 @@ def _check_target(option: str, spec: str, inputs: InputFiles) -> Target:
     # root passes os.access on any file: the write bits say whether the user meant it to change
     if not (mode & 0o222) or not os.access(real, os.W_OK):
         raise refuse("is read-only; make it writable or choose another file")
-    if not os.access(real.parent, os.W_OK | os.X_OK):
+    if not _writable_folder(real.parent):
         raise refuse(f"its folder {real.parent} is not writable (the report replaces the file atomically)")
     return Target(option, spec, "file", path=real, mode=stat.S_IMODE(mode), owner=(st.st_uid, st.st_gid))
 
 
-def _check_new_file(option: str, spec: str, real: Path, refuse) -> Target:
+def _check_new_file(option: str, spec: str, real: Path, refuse, make_folders: bool = False) -> Target:
     parent = real.parent
+    if make_folders:
+        while not os.path.lexists(parent) and parent != parent.parent:
+            parent = parent.parent
     if not parent.is_dir():
-        raise refuse(f"folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
+        raise refuse(f"folder {parent} does not exist" if not os.path.lexists(parent) else f"{parent} is not a folder")
+    if not _writable_folder(parent):
         raise refuse(f"folder {parent} is not writable")
     return Target(option, spec, "file", path=real)
+
+
+def _writable_folder(folder: Path) -> bool:
+    """Whether reports may be created in ``folder``: ``os.access`` and, for root, a write bit in its mode."""
+    try:
+        mode = os.stat(folder).st_mode
+    except OSError:
+        return False
+    return bool(mode & 0o222) and os.access(folder, os.W_OK | os.X_OK)
 
 
 def _check_fd(option: str, spec: str, fd: int, inputs: InputFiles, refuse) -> Target:

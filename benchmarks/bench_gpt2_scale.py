@@ -7,7 +7,7 @@ Prints, measured in the same run on the same machine:
 * for the tokens that reach the exact step, the median time per token against
   one full LP over all rows: the same Chebyshev LP (bias-free, so normalised by
   the box [-1, 1]^d) with every row at once, solved by scipy's HiGHS dual
-  simplex, the reference figure of DESIGN.md section 5.
+  simplex (the figures: docs/benchmarks.md).
 
 Usage: ``python benchmarks/bench_gpt2_scale.py [--rows 50257] [--dim 768] [--full-lp 1]``
 Targets (2-core machine): audit <= 2x the product; exact step >= 50x faster than the full LP.

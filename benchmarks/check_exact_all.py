@@ -6,7 +6,8 @@ audit those tokens again with ``exact_all=True`` (no screen: every token goes th
 per-token solver from the domain's centre) and print, per pair, how many verdicts agree.
 Disagreements are listed with both answers; the exit code is 1 if there is any.
 
-Usage: ``python benchmarks/check_exact_all.py --cases whisper,smollm2,ppocr --gguf PATH``.
+Usage: ``python benchmarks/check_exact_all.py --cases whisper,smollm2,ppocr --gguf PATH --whisper PATH``
+(where these come from: docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def test_explain_never_proposes_a_negative_bias_increase():
 
 
 def test_identical_rows_are_grouped_exactly_even_when_fingerprints_collide():
-    from argmaxcheck.engine.audit import _row_groups  # noqa: PLC0415
+    from argmaxcheck.engine.ties import _row_groups  # noqa: PLC0415
 
     w = np.array([[1.0, 2.0], [2.0, 1.0], [1.0, 2.0], [3.0, 0.5], [2.0, 1.0]])
     # Multipliers of 1 make the fingerprint the sum of the bit patterns: (a, b) and (b, a) collide.
@@ -201,7 +201,7 @@ def test_unscalable_bias_is_named_in_the_refusal():
 @pytest.mark.parametrize("exponent", [-1030, -5, 3, 1010])
 def test_scaling_by_a_power_of_two_matches_ldexp_bit_for_bit(exponent):
     """The audit's normalisation multiplies by 2**-e in blocks; it must equal np.ldexp wherever that is exact."""
-    from argmaxcheck.engine.audit import _scaled_exactly  # noqa: PLC0415
+    from argmaxcheck.engine.scaling import _scaled_exactly  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
     values = np.ldexp(rng.normal(size=(9000, 3)), exponent - 1)  # largest magnitudes near 2**exponent

@@ -6,6 +6,8 @@ unbounded allocation, or a layer audited from the wrong bytes."""
 import json
 import os
 import signal
+import subprocess
+import sys
 import tracemalloc
 import zipfile
 from contextlib import contextmanager
@@ -432,3 +434,46 @@ def test_from_arrays_checks_finiteness_after_widening():
 def test_from_arrays_accepts_tiny_and_extreme_layers(weight):
     layer = OutputLayer.from_arrays(weight)
     np.testing.assert_array_equal(layer.weight, np.asarray(weight, dtype=float))
+
+
+def test_pickle_refusal_with_a_library_warning_is_one_line(tmp_path):
+    """torch.load warns (two lines) about a pickle protocol before refusing the file: the CLI printed three
+    lines. A library's warnings never add lines to the one error line, and its prose loses its breaks."""
+    import pickle  # noqa: PLC0415
+
+    path = tmp_path / "pickled.pt"
+    path.write_bytes(pickle.dumps({"weight": [[1.0, 2.0]]}, protocol=4))
+    proc = subprocess.run([sys.executable, "-m", "argmaxcheck", "audit", str(path)], capture_output=True,
+                          text=True, timeout=120, check=False, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("argmaxcheck: error:"), proc.stderr
+    assert "pickled.pt" in proc.stderr and "\\n" not in proc.stderr
+
+
+def test_one_line_collapses_a_librarys_line_breaks_and_escapes_the_rest():
+    from argmaxcheck._text import one_line  # noqa: PLC0415
+
+    assert one_line("Unsupported operand 149\n\n  Check the documentation\r\n") == \
+        "Unsupported operand 149 Check the documentation"
+    assert one_line("a\x1b[2J\tb\u2028c") == "a\\x1b[2J\\tb c"
+
+
+@pytest.mark.parametrize(("code", "shown"), [(0, True), (1, True), (2, False), (3, False)])
+def test_library_warnings_are_one_line_after_a_verdict_and_silent_after_a_failure(monkeypatch, capsys, code, shown):
+    import warnings  # noqa: PLC0415
+
+    from argmaxcheck import cli  # noqa: PLC0415
+
+    def command(args):
+        warnings.warn("Detected pickle protocol 4\n  return Unpickler(file).load()\x1b[2J", UserWarning, stacklevel=1)
+        if code == 2:
+            raise InputError("m.pt: refused")
+        if code == 3:
+            raise RuntimeError("a bug")
+        return code
+
+    monkeypatch.setattr(cli, "_audit_command", command)
+    assert cli.main(["audit", "m.pt"]) == code
+    lines = capsys.readouterr().err.splitlines()
+    warning = "argmaxcheck: warning: Detected pickle protocol 4 return Unpickler(file).load()\\x1b[2J"
+    assert (warning in lines) == shown and len(lines) == (1 if code >= 2 else 1 if shown else 0)

@@ -8,7 +8,7 @@ import pytest
 from argmaxcheck import AuditOptions, Ball, Unbounded, audit
 from argmaxcheck.engine import certify
 from argmaxcheck.engine.batched import _max_entropy_weights, _Support, interior_certificates, support_rows
-from argmaxcheck.engine.exact import Competitors
+from argmaxcheck.engine.competitors import Competitors
 
 
 def _planted(rng, n=1500, d=24, planted=30, bias=False):
@@ -44,12 +44,12 @@ def test_rows_on_the_hull_and_outside_the_support_go_on_to_the_exact_step(rng):
     weight, _, ids = _planted(rng, planted=5)
     comp = Competitors(weight, None)
     ordinary = np.setdiff1d(np.arange(40), ids)[:20]  # vertices of the hull: argmaxable
-    checks = interior_certificates(comp, ordinary, Unbounded().resolve(weight.shape[1]))
+    checks, _ = interior_certificates(comp, ordinary, Unbounded().resolve(weight.shape[1]))
     assert checks == [None] * ordinary.size
     # A deep row whose own certificate would need rows outside the support is not decided here
     # if the support cannot hold it; whatever it gets is checked.
     mixed = np.r_[ids, ordinary]
-    for pos, check in zip(mixed, interior_certificates(comp, mixed, Unbounded().resolve(weight.shape[1])),
+    for pos, check in zip(mixed, interior_certificates(comp, mixed, Unbounded().resolve(weight.shape[1]))[0],
                           strict=True):
         if check is not None:
             assert pos in ids and check.ok
@@ -78,7 +78,7 @@ def test_bias_that_lets_a_deep_row_win_is_not_overruled(rng):
     weight, bias, ids = _planted(rng, planted=6, bias=True)
     bias[ids[:3]] = 5.0
     comp = Competitors(weight, bias)
-    checks = interior_certificates(comp, ids, Unbounded().resolve(weight.shape[1]))
+    checks, _ = interior_certificates(comp, ids, Unbounded().resolve(weight.shape[1]))
     assert checks[:3] == [None] * 3 and all(c is not None and c.ok for c in checks[3:])
     report = audit(weight, bias, tokens=ids.tolist(), options=AuditOptions(probability_seconds=0))
     assert [t.verdict for t in report.tokens] == ["argmaxable"] * 3 + ["unargmaxable"] * 3
@@ -98,7 +98,7 @@ def test_wide_layers_skip_the_phase_without_d_by_d_work(rng):
     weight[3] = 0.25 * weight[0] + 0.25 * weight[1] + 0.5 * weight[4]
     comp = Competitors(weight, None)
     tracemalloc.start()
-    checks = interior_certificates(comp, np.array([3]), Unbounded().resolve(20000))
+    checks, _ = interior_certificates(comp, np.array([3]), Unbounded().resolve(20000))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert checks == [None] and peak < 50 * 2**20  # a d x d matrix would be 3.2 GB
@@ -196,13 +196,12 @@ def test_later_blocks_reuse_the_basis_inverse_that_proved_the_first(rng, monkeyp
     inverted = []
     original = certify.invert_basis
     monkeypatch.setattr(certify, "invert_basis", lambda *a: inverted.append(1) or original(*a))
-    timings: dict = {}
-    checks = interior_certificates(comp, ids, Unbounded().resolve(weight.shape[1]), block=8, timings=timings)
+    checks, spent = interior_certificates(comp, ids, Unbounded().resolve(weight.shape[1]), block=8)
     assert all(c is not None for c in checks)
     assert len(inverted) < 5  # five blocks
     for row, check in zip(ids, checks, strict=True):
         assert certify.check_certificate(weight, None, int(row), check.support, check.weights, Unbounded()).ok
-    assert {"batched_support_seconds", "batched_search_seconds", "batched_check_seconds"} <= timings.keys()
+    assert set(spent) == {"support", "search", "check"}
 
 
 def test_tokens_dropped_as_stalled_are_searched_again_with_more_patience(rng, monkeypatch):
@@ -224,11 +223,11 @@ def test_tokens_dropped_as_stalled_are_searched_again_with_more_patience(rng, mo
 
     monkeypatch.setattr(batched, "_max_entropy_weights", first_stalls)
     # Below _PERSIST_MIN_DIM the exact step is cheaper than another search: none is made.
-    checks = interior_certificates(comp, ids, Unbounded().resolve(weight.shape[1]))
+    checks, _ = interior_certificates(comp, ids, Unbounded().resolve(weight.shape[1]))
     assert calls == [(12, 120, 8)] and checks[:3] == [None] * 3
     calls.clear()
     monkeypatch.setattr(batched, "_PERSIST_MIN_DIM", weight.shape[1])
-    checks = interior_certificates(comp, ids, Unbounded().resolve(weight.shape[1]))
+    checks, _ = interior_certificates(comp, ids, Unbounded().resolve(weight.shape[1]))
     assert calls == [(12, 120, 8), (3, 240, 40)]
     assert all(c is not None for c in checks)
     for row, check in zip(ids, checks, strict=True):
@@ -251,7 +250,7 @@ def test_tokens_left_after_both_searches_get_one_pass_on_a_support_twice_as_wide
 
     monkeypatch.setattr(batched, "_check_block", narrow_refuses_two)
     monkeypatch.setattr(batched, "_PERSIST_MIN_DIM", d)
-    checks = interior_certificates(comp, ids, Unbounded().resolve(d))
+    checks, _ = interior_certificates(comp, ids, Unbounded().resolve(d))
     assert all(c is not None for c in checks)
     assert [c.support.size > 8 * d for c in checks] == [True] * 2 + [False] * 8
     for row, check in zip(ids, checks, strict=True):

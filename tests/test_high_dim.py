@@ -6,7 +6,8 @@ from conftest import full_lp_radius
 
 from argmaxcheck import AuditOptions, Ball, Box, ExactOptions, audit
 from argmaxcheck.engine import ipm
-from argmaxcheck.engine.exact import Competitors, _smoothed_line_search, seed_points
+from argmaxcheck.engine.competitors import Competitors
+from argmaxcheck.engine.seeding import _smoothed_line_search, seed_points
 
 
 def interior_layer(rng, n=900, d=72, planted=6):

@@ -50,6 +50,12 @@ def tiny_files() -> dict[str, bytes]:
     return {name: (TINY / name).read_bytes() for name in ("config.json", "model.safetensors", "tokenizer.json")}
 
 
+@pytest.fixture(autouse=True)
+def fake_cache(tmp_path, monkeypatch):
+    """FakeHub writes into tmp_path/cache, so the library's cache is there (files outside it are refused)."""
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def offline_cache(tmp_path, monkeypatch):
     """In-process: the library's cache is tmp_path/hub, and it is offline (constants are read per call)."""
@@ -236,3 +242,83 @@ def test_tokenizer_bigger_than_the_head_is_refused(tmp_path, rng, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", FakeHub(tmp_path / "cache", remote))
     with pytest.raises(InputError, match=r"the tokenizer has 45 tokens but the head has 40 rows"):
         load_repo("org/sharded")
+
+
+# ---------------------------------------------------------------- strictly inside the cache
+
+def _no_file_opened(monkeypatch):
+    """hf_hub_download, which opens refs/ and the snapshot, must not even be called."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"hf_hub_download called: {args}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+
+
+@pytest.mark.parametrize("revision", ["..", "../../../../etc", "main/../../x", "refs/../main", "/etc/passwd",
+                                      "a//b", "./main", "main/."])
+def test_revisions_that_walk_paths_are_refused_first(offline_cache, monkeypatch, revision):
+    cache_repo(offline_cache, "org/tiny", tiny_files())
+    _no_file_opened(monkeypatch)
+    with pytest.raises(InputError, match=r"^org/tiny@.*: not a revision") as info:
+        load_repo("org/tiny", revision)
+    assert "\n" not in str(info.value)
+
+
+def test_a_ref_that_escapes_the_cache_is_one_line(offline_cache, tmp_path, monkeypatch):
+    """refs/main holding '../../..' made huggingface_hub raise a ValueError: exit 3."""
+    root = cache_repo(offline_cache, "org/tiny", tiny_files())
+    (root / "refs" / "main").write_text("../../../../outside")
+    _no_file_opened(monkeypatch)
+    with pytest.raises(InputError, match=r"^org/tiny: refs/main in the cache .* does not hold a commit hash"
+                                         r" but '../../../../outside'"):
+        load_repo("org/tiny")
+
+
+def test_a_ref_linked_outside_the_cache_is_refused(offline_cache, tmp_path, monkeypatch):
+    root = cache_repo(offline_cache, "org/tiny", tiny_files())
+    (tmp_path / "elsewhere").write_text(COMMIT)
+    (root / "refs" / "main").unlink()
+    (root / "refs" / "main").symlink_to(tmp_path / "elsewhere")
+    _no_file_opened(monkeypatch)
+    with pytest.raises(InputError, match=r"^org/tiny: refs/main in the Hugging Face cache .* links outside it"):
+        load_repo("org/tiny")
+
+
+def test_a_snapshot_linked_outside_the_cache_is_refused(offline_cache, tmp_path, monkeypatch):
+    root = cache_repo(offline_cache, "org/tiny", tiny_files())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name, data in tiny_files().items():
+        (outside / name).write_bytes(data)
+    snapshot = root / "snapshots" / COMMIT
+    for f in snapshot.iterdir():
+        f.unlink()
+    snapshot.rmdir()
+    snapshot.symlink_to(outside)
+    _no_file_opened(monkeypatch)
+    with pytest.raises(InputError, match=rf"^org/tiny: snapshots/{COMMIT} in the Hugging Face cache .* links"
+                                         r" outside it"):
+        load_repo("org/tiny")
+    with pytest.raises(InputError, match=r"links outside it"):  # the same when the commit is asked for
+        load_repo("org/tiny", COMMIT)
+
+
+def test_a_snapshot_file_linked_outside_the_cache_is_not_opened(offline_cache, tmp_path, monkeypatch):
+    root = cache_repo(offline_cache, "org/tiny", tiny_files())
+    (tmp_path / "config.json").write_bytes(tiny_files()["config.json"])
+    link = root / "snapshots" / COMMIT / "config.json"
+    link.unlink()
+    link.symlink_to(tmp_path / "config.json")
+    opened = []
+    monkeypatch.setattr(hub, "read_json", lambda path, limit: opened.append(path))
+    with pytest.raises(InputError, match=r"^org/tiny: 'config.json' in the Hugging Face cache .* links outside it"):
+        load_repo("org/tiny")
+    assert opened == []
+
+
+def test_cli_ref_escaping_the_cache_is_exit_2(tmp_path):
+    root = cache_repo(tmp_path / "cache", "org/tiny", tiny_files())
+    (root / "refs" / "main").write_text("../../../../outside")
+    proc = _cli(["org/tiny"], {"HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("argmaxcheck: error: org/tiny: refs/main")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from argmaxcheck import AuditOptions, Box, audit
-from argmaxcheck.engine.audit import _label_practical
-from argmaxcheck.engine.exact import Competitors
-from argmaxcheck.engine.precision import unit_roundoff
+from argmaxcheck.engine.competitors import Competitors
+from argmaxcheck.engine.precision import label_practical, unit_roundoff
+from argmaxcheck.engine.progress import as_progress
 from argmaxcheck.report import TokenResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,8 @@ def test_small_witness_gap_but_large_best_margin_is_not_labelled(rng):
     # Re-label from a deliberately poor witness: x = (0, 0.75 + 1e-3) leads by only 1e-3.
     comp = Competitors(weight, bias)
     results = {3: TokenResult(3, None, "argmaxable", 1e-3, "screen", witness=np.array([0.0, 0.751]))}
-    checked = _label_practical(results, comp, np.arange(4), Box(-1.0, 1.0).resolve(2), unit_roundoff("bfloat16"))
+    _, checked, _ = label_practical(results, comp, np.arange(4), Box(-1.0, 1.0).resolve(2), unit_roundoff("bfloat16"),
+                                    as_progress(None))
     assert checked == 1 and results[3].verdict == "argmaxable" and first.verdict == "argmaxable"
 
 

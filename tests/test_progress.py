@@ -37,3 +37,53 @@ def test_a_plain_callable_still_hears_the_counts():
     seen = []
     audit(np.random.default_rng(1).normal(size=(50, 4)), progress=seen.append)
     assert sum(seen) >= 50
+
+
+# ---------------------------------------------------------------- the command line's plain lines (CI logs)
+
+PLAIN = r"argmaxcheck: [^\x1b]+ \d+/\d+( \(\d+%\))? \d+ s elapsed(, eta \d+ s)?"
+
+
+def test_plain_progress_lines_at_each_stage_and_every_interval():
+    import io  # noqa: PLC0415
+
+    from argmaxcheck.cli import _progress  # noqa: PLC0415
+
+    now = [100.0]
+    stream = io.StringIO()
+    with _progress(50257, quiet=False, interval=30, stream=stream, clock=lambda: now[0]) as progress:
+        progress.stage("screen", 50257)
+        progress.advance(6000)  # 0 s in: no line
+        now[0] += 31
+        progress.advance(6000)
+        now[0] += 10
+        progress.advance(100)  # 10 s after the last line: none
+        progress.stage("exact step", 0)
+    assert stream.getvalue().splitlines() == [
+        "argmaxcheck: screen 0/50257 (0%) 0 s elapsed",
+        "argmaxcheck: screen 12000/50257 (23%) 31 s elapsed, eta 99 s",
+        "argmaxcheck: exact step 0/0 0 s elapsed"]
+    quiet = io.StringIO()
+    with _progress(10, quiet=True, stream=quiet) as progress:
+        assert progress is None
+    assert quiet.getvalue() == ""
+
+
+def test_cli_audit_in_a_log_prints_plain_progress_lines(tmp_path, capsys, monkeypatch):
+    """stderr not a terminal: the audit printed nothing until it ended."""
+    import re  # noqa: PLC0415
+
+    from argmaxcheck.cli import main  # noqa: PLC0415
+
+    np.savez(tmp_path / "m.npz", weight=np.random.default_rng(2).normal(size=(300, 4)))
+    monkeypatch.setenv("ARGMAXCHECK_PROGRESS_INTERVAL", "0")  # a line at every advance
+    assert main(["audit", str(tmp_path / "m.npz"), "--format", "json", "--no-max-probability"]) in (0, 1)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(re.fullmatch(PLAIN, line) for line in lines), lines
+    screen = [line for line in lines if line.startswith("argmaxcheck: screen")]
+    assert len(screen) >= 2 and screen[0].endswith(" 0 s elapsed")  # the stage's start, then periodic lines
+    assert main(["audit", str(tmp_path / "m.npz"), "--format", "json", "--quiet", "--no-max-probability"]) in (0, 1)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("ARGMAXCHECK_PROGRESS_INTERVAL", "soon")
+    assert main(["audit", str(tmp_path / "m.npz"), "--format", "json"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -57,7 +57,7 @@ def test_json_report_follows_the_schema_on_every_kind_of_token(tmp_path):
     assert proc.returncode == 1, proc.stderr
     report = json.loads(out.read_text())
     jsonschema.validate(report, SCHEMA)
-    assert report["schema_version"] == "1.1"
+    assert report["schema_version"] == "1.2"
     assert report["summary"]["not_round_trip"] == 0 and report["not_round_trip"] == []  # its tokenizer.json
     verdicts = {t["verdict"] for t in report["tokens"]}
     assert verdicts == {"unargmaxable", "practically_unreachable"}
@@ -86,7 +86,7 @@ def test_gate_thresholds_ignores_and_categories(planted):
     n = sum(1 for v in flagged.values() if v == "unargmaxable")
     assert evaluate_gate(report, GatePolicy({"unargmaxable": n})).passed
     assert not evaluate_gate(report, GatePolicy({"unargmaxable": n - 1})).passed
-    ignore = ["7", "20-21", "<unused>"]  # an id, a range, a string
+    ignore = ["7", "20-21", "name:<unused>"]  # an id, a range, a string
     gate = evaluate_gate(report, GatePolicy(ignore=ignore))
     assert set(gate.ignored) == {7, 20, 21, 30}
     assert gate.passed == (set(flagged) == {7, 20, 21, 30})
@@ -136,7 +136,7 @@ def test_bad_baselines_and_gate_flags_exit_2_with_one_line(tmp_path, planted):
              (["--baseline", future], "schema_version 2.0"),
              (["--fail-on", "unargmaxable=lots"], "not a count"),
              (["--ignore", "re:("], "bad regular expression"),
-             (["--ignore", "70-80"], "within 0..59")]
+             (["--ignore", "70-80"], "out of range (the layer has 60 rows: 0..59)")]
     for flags, message in cases:
         proc = run("audit", data, *flags)
         assert proc.returncode == 2, (flags, proc.stdout, proc.stderr)
@@ -146,7 +146,7 @@ def test_bad_baselines_and_gate_flags_exit_2_with_one_line(tmp_path, planted):
 def test_markdown_github_and_junit(planted):
     report = audit(planted)
     report.source = "layer.npz"
-    gate = evaluate_gate(report, GatePolicy(ignore=["<unused>"]))
+    gate = evaluate_gate(report, GatePolicy(ignore=["name:<unused>"]))
     md = FORMATS["markdown"](report, gate)
     assert "| 7 | `'tok7'` |" in md and "gate failed" in md
     gh = FORMATS["github"](report, gate).splitlines()
@@ -197,13 +197,13 @@ def test_explain_cli_by_id_and_string(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "token 200 'tok200': unargmaxable" in proc.stdout
     assert "smallest bias increase" in proc.stdout and "highest probability" in proc.stdout
-    proc = run("explain", TINY, "<unused_3>", "--format", "json")
+    proc = run("explain", TINY, "name:<unused_3>", "--format", "json")
     data = json.loads(proc.stdout)
     assert data["token"]["id"] == 253 and data["token"]["tie_with"] is not None
     proc = run("explain", TINY, "5")
     assert proc.returncode == 0 and "argmaxable" in proc.stdout and "at its witness" in proc.stdout
     proc = run("explain", TINY, "no-such-token")
-    assert proc.returncode == 2 and "neither a row id" in proc.stderr
+    assert proc.returncode == 2 and "is not a row id or an id range" in proc.stderr
 
 
 def test_max_probability_brackets_the_true_maximum(rng):

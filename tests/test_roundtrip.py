@@ -78,7 +78,7 @@ def test_json_report_lists_argmaxable_tokens_that_do_not_round_trip(tmp_path, rn
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     jsonschema.validate(report, SCHEMA)
-    assert report["schema_version"] == "1.1" and report["summary"]["not_round_trip"] == 1
+    assert report["schema_version"] == "1.2" and report["summary"]["not_round_trip"] == 1
     assert report["not_round_trip"] == [5]
     records = {r["id"]: r for r in report["tokens"]}
     assert sorted(records) == [5, 7]  # argmaxable both: the one that does not round-trip, and the added token

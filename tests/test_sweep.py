@@ -63,7 +63,11 @@ def test_sweep_writes_one_table_with_failures_as_rows(sources, tmp_path, capsys)
     assert len(list((out / "models").iterdir())) == 3
 
     md = (out / "sweep.md").read_text()
-    assert md == captured.out  # the table is also printed
+    # stdout (not a terminal here) shows plain columns: Markdown, with its escapes, only goes to sweep.md.
+    screen = captured.out.splitlines()
+    assert screen[0].split()[:2] == ["model", "vocabulary"] and "|" not in screen[0] and "\\" not in captured.out
+    assert screen[1].startswith("tiny-gpt2 ") and " 256 x 31 " in screen[1] and screen[3].startswith("=simplex|x.npz ")
+    assert captured.out.endswith("seconds are audit time.\n") and "\x1b" not in captured.out
     assert "| `tiny-gpt2` | 256 x 31 |" in md and "\\|x.npz" in md and "| error: " in md
     with open(out / "sweep.csv", newline="") as f:
         table = list(csv.DictReader(f))
@@ -125,3 +129,42 @@ def test_sweep_page_draws_its_chart_offline(sources, tmp_path):
     assert not [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     assert 'class="main-svg"' in proc.stdout and "averages.npz" in proc.stdout  # plotly drew the bars
     assert '<a href="models/averages.npz-' in proc.stdout and "<td>error: " in proc.stdout
+
+
+EVIL = "m\x1b[2J\n::error::forged [bold]x[b] `a|b`_c\udcff.npz"
+
+
+def test_sweep_shows_hostile_model_names_escaped_everywhere(tmp_path, capsys, monkeypatch):
+    """Model names reached the [k/n] lines and sweep.html raw (an ESC, a newline starting ::error::)."""
+    np.savez(tmp_path / EVIL, weight=np.vstack([np.eye(3), -np.ones((1, 3))]))  # \udcff: the byte 0xff
+    out = tmp_path / "out"
+    assert main(["sweep", str(tmp_path / EVIL), str(tmp_path / "missing\x1b]0;t\x07.npz"), "--output", str(out),
+                 "--no-max-probability"]) == 2
+    captured = capsys.readouterr()
+    for text in (captured.err, captured.out):
+        assert "\x1b" not in text and "\x07" not in text and "\udcff" not in text
+        assert not [line for line in text.splitlines() if line.startswith("::")]
+    assert captured.err.count("\n") == 2 and "[1/2] m\\x1b[2J\\n::error::forged" in captured.err
+    assert "[bold]x[b]" in captured.out  # no markup in plain columns
+    for name in ("sweep.md", "sweep.html", "sweep.csv"):
+        text = (out / name).read_text(encoding="utf-8")
+        assert "\x1b" not in text and "\x07" not in text and "\n::error::" not in text, name
+    page = (out / "sweep.html").read_text(encoding="utf-8")
+    assert "<td>m\\x1b[2J\\n::error::forged [bold]x[b] `a|b`_c\\udcff.npz</td>" in page
+    rows = _rows(out)
+    assert rows[0]["model"] == EVIL  # the JSON keeps the name as given (a lone surrogate as \udcff)
+    report = json.loads((out / rows[0]["report"]).read_text(encoding="utf-8"))
+    assert report["summary"]["source"] == str(tmp_path / EVIL)
+
+
+def test_sweep_on_a_terminal_prints_a_rich_table_not_markdown(tmp_path, capsys, monkeypatch):
+    np.savez(tmp_path / "ppocrv4_rec_head.npz", weight=np.vstack([np.eye(3), -np.ones((1, 3))]))
+    np.savez(tmp_path / "[red]x[red].npz", weight=np.vstack([np.eye(3), -np.ones((1, 3))]))
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["sweep", str(tmp_path / "ppocrv4_rec_head.npz"), str(tmp_path / "[red]x[red].npz"),
+                 "--output", str(tmp_path / "out"), "--quiet", "--no-max-probability"]) == 0
+    shown = capsys.readouterr().out
+    assert "ppocrv4_rec_head.npz" in shown and "ppocrv4\\_rec" not in shown and "| `" not in shown
+    assert "[red]x[red].npz" in shown  # the name, not rich markup
+    assert "argmaxcheck sweep" in shown and ("┃" in shown or "│" in shown)  # rich's box drawing

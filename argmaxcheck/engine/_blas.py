@@ -5,10 +5,7 @@ OpenBLAS pool keeps its threads spinning for a while after each call. The
 interior-point method runs on scipy's BLAS (:mod:`argmaxcheck.ipm`); the
 products over every row that come between its solves (scores, witness and
 certificate checks) went through numpy's, whose spinning threads then competed
-with scipy's for the cores. Measured on 16 tokens of a 50k x 768 head (2 cores,
-three runs each): 13.2-13.7 s with numpy's pool at 2 threads, 10.4-11.3 s with
-it cut to 1; with these products on scipy's BLAS, 10.3-11.6 s whatever numpy's
-pool is set to.
+with scipy's for the cores (the measurements: docs/benchmarks.md).
 
 Any summation order keeps the rounding bounds of :mod:`argmaxcheck.certify`
 valid, so these are drop-in replacements for ``@``.
@@ -38,8 +35,8 @@ def matmat(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 def rows_times(matrix: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """``matrix @ columns`` for a large float64 ``matrix`` (n x d) and a few columns (d x B).
 
-    One pass over the rows for all B columns: 64 matrix-vector products of a 50k x 640 matrix
-    take 0.54 s, this 0.063 s. ``matrix.T`` is a Fortran-ordered view, so the rows are not
+    One pass over the rows for all B columns, several times faster than B matrix-vector
+    products (docs/benchmarks.md). ``matrix.T`` is a Fortran-ordered view, so the rows are not
     copied; the result is Fortran-ordered, so each of its columns is contiguous. Each column
     comes out bit for bit the same whatever the other columns are (OpenBLAS does not split
     the inner dimension), so batching never changes an answer.

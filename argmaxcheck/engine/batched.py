@@ -1,14 +1,14 @@
 """The batched phase: certificates for tokens deep inside their competitors' hull, a block at a time.
 
 On R^d, token q is unargmaxable exactly when weights ``lam >= 0`` with ``sum lam = 1`` on the
-other rows give ``sum_j lam_j w_j = w_q`` (and ``sum_j lam_j b_j >= b_q`` with a bias; DESIGN.md
-§3). Under-trained and planted rows sit deep inside the hull, where such weights abound, yet the
-exact step finds them one token at a time, by constraint generation and interior-point solves:
-0.6 s a token at 262k x 640. Here, for a block of tokens at once:
+other rows give ``sum_j lam_j w_j = w_q`` (and ``sum_j lam_j b_j >= b_q`` with a bias; see
+docs/method.md). Under-trained and planted rows sit deep inside the hull, where such weights abound,
+yet the exact step finds them one token at a time, by constraint generation and interior-point
+solves. Here, for a block of tokens at once:
 
 1. **One support for every token**: the K = 8d rows farthest from the rows' mean in whitened
-   coordinates, the outermost rows of the hull. Measured on 64 under-trained rows of a real-like
-   50k x 640 head: all 64 inside their hull, against 0 of 64 for K random rows.
+   coordinates, the outermost rows of the hull (under-trained rows lie inside it far more often
+   than inside the hull of K random rows; figures in docs/benchmarks.md).
 2. **Maximum-entropy weights** on that support with mean ``w_q``: ``lam_j ~ exp(theta_q . w_j)``,
    found by damped Newton steps on the convex dual ``log sum_j exp(theta . w_j) - theta . w_q``.
    All tokens of the block share one Hessian (the block's average, refreshed every few steps), so
@@ -26,13 +26,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import linalg
 
+from ..report.stats import StageStats
 from . import certify
 from .backend import NUMPY_OPS, NumpyBackend
-from .exact import Competitors
+from .competitors import Competitors
+
+if TYPE_CHECKING:
+    from .state import AuditState
 
 
 def support_rows(comp: Competitors, size: int, sample: int = 20000, backend=None) -> np.ndarray:
@@ -62,29 +67,40 @@ def support_rows(comp: Competitors, size: int, sample: int = 20000, backend=None
     return np.sort(np.argpartition(-spread, size - 1)[:size])
 
 
+def run(state: AuditState) -> StageStats | None:
+    """Stage 3, on R^d: shared-basis certificates for the open rows deep inside their competitors' hull."""
+    ids = state.open_ids()
+    options = state.options
+    if not ids.size or not options.batched or options.exact_all or not state.solve_domain.whole_space:
+        return None
+    state.progress.stage("batched phase: rows inside the hull", int(ids.size))
+    checks, spent = interior_certificates(state.comp, state.position[ids], state.solve_domain,
+                                          progress=state.progress.advance, backend=state.backend)
+    for i, cert in zip(ids.tolist(), checks, strict=True):
+        if cert is not None:
+            state.unargmaxable(i, cert, "batched")
+    return StageStats("batched", int(ids.size), sum(c is not None for c in checks), parts=spent)
+
+
 def interior_certificates(comp: Competitors, positions: np.ndarray, domain, block: int = 256,
                           steps: int = 120, refresh: int = 4,
                           progress: Callable[[int], None] | None = None,
-                          backend=None, timings: dict | None = None) -> list[certify.CertificateCheck | None]:
-    """A checked certificate, or None, for each position (rows of ``comp``) on R^d.
+                          backend=None) -> tuple[list[certify.CertificateCheck | None], dict[str, float]]:
+    """A checked certificate, or None, for each position (rows of ``comp``) on R^d, and the seconds
+    spent choosing the support, searching and checking.
 
     ``block`` tokens share each Newton search: its K x d x d Hessian is the costly part at
-    large d, and is shared by the block (measured on 2 cores, with every token settled either
-    way: 655 rows of a 32768 x 1024 head 23.0 s in blocks of 64, 15.8 s in blocks of 256;
-    1310 rows of a 65536 x 640 head 12.8-14.1 s against 10.8 s).
+    large d, and is shared by the block (256 beat 64 in docs/benchmarks.md's measurements).
     ``steps`` bounds the Newton steps per block, ``refresh`` how often the shared Hessian is
     rebuilt. From d = 1024 on, tokens dropped as stalled are searched once more at the end,
     together, with twice the steps and five times the patience; then whatever is left, once, on
     a support of 16d rows. ``progress`` is called with the number of tokens of each block done. ``backend``
     (:mod:`.backend`) runs the search for weights (on a GPU when the audit has one); the
-    certificates are checked on the CPU in float64 whatever it is. ``timings``, when given,
-    gets the seconds spent choosing the support, searching and checking.
+    certificates are checked on the CPU in float64 whatever it is.
     """
     spent = {"support": 0.0, "search": 0.0, "check": 0.0}
     out = _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent)
-    if timings is not None:
-        timings.update({f"batched_{part}_seconds": round(seconds, 4) for part, seconds in spent.items()})
-    return out
+    return out, spent
 
 
 def _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent):
@@ -153,9 +169,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
     return out
 
 
-# Below this dimension the exact step settles a token in 0.01-0.1 s on real heads, and the two later
-# passes cost more than they save: on SmolLM2 (d = 576) they took 2.8 s and settled none of its 30
-# post-screen tokens, on PP-OCRv4 (d = 120) 2.7 s for none; at d = 4096 the exact step takes 6-20 s a token.
+# Below this d the exact step is fast and the two later passes cost more than they save (docs/benchmarks.md).
 _PERSIST_MIN_DIM = 1024
 _WIDE = 16  # rows per dimension in the last pass's support (the first has 8)
 _PATIENCE = 8  # Newton steps before a token whose residual has not fallen tenfold is dropped (see below)

@@ -20,31 +20,24 @@ first to the dense interior-point method of :mod:`ipm` and fall back to HiGHS
 
 from __future__ import annotations
 
-import os
-import sys
+import time
+from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import highspy
 import numpy as np
-import scipy.sparse as sp
 
+from ..report.model import UNDECIDED
+from ..report.stats import StageStats
 from . import certify, ipm
-from ._blas import matvec, rows_times
+from .competitors import Competitors, row_distances
+from .formulation import ball_rows, from_ball, most_violated, solver_bounds, unit_rows
+from .options import ExactOptions
+from .seeding import seed_points, should_seed
+from .solvers import ClarabelSOCP, HighsLP, deep_certificate
 
-_INF = highspy.kHighsInf
-
-
-@dataclass(frozen=True)
-class ExactOptions:
-    """Tuning of the constraint-generation loop (defaults suit 1e3-3e5 rows)."""
-
-    initial_rows: int = 0  # 0: chosen from the dimension
-    rows_per_round: int = 0  # 0: chosen from the dimension
-    max_rounds: int = 60
-    time_limit: float = 120.0  # seconds per token
-    seed_steps: int = 8  # ball domains: smoothed max-min steps over every row to pick the first working set
-    full: bool = False  # solve over every row at once (reference mode)
-    interior_point: bool = True  # try the dense interior-point method first (LP domains)
+if TYPE_CHECKING:
+    from .state import AuditState
 
 
 @dataclass
@@ -58,75 +51,105 @@ class ExactResult:
     rounds: int = 0
     rows_used: int = 0
     chebyshev_radius: float = np.nan
+    solver: str = ""  # which solver decided it: ipm, ipm_tight, highs or clarabel
 
 
-class Competitors:
-    """The rows every token competes against, with cached norms (shared by all tokens)."""
+def run(state: AuditState) -> StageStats | None:
+    """Stage 4: every token still open, decided one at a time by constraint generation.
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, weight32: np.ndarray | None = None):
-        self.weight = weight
-        self.bias = bias
-        self._weight32 = weight32
-        self.sq_norms = np.einsum("ij,ij->i", weight, weight)
-        self.norms = np.sqrt(self.sq_norms)
-        # Rows of the last proven certificate: tokens inside the hull tend to be surrounded
-        # by the same rows, so they seed the next token's working set.
-        self.recent_support = np.zeros(0, dtype=np.int64)
-        self._fetched: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
+    On balls the tokens are first moved, a block at a time, to points near where they do best
+    (:mod:`.seeding`). Each token's passes over every row are computed for a block of tokens at
+    once (:meth:`Competitors.prefetch`). The record counts the tokens each solver decided.
+    """
+    ids = state.open_ids()
+    if not ids.size:
+        return None
+    options, comp, domain = state.options.exact, state.comp, state.solve_domain
+    positions = state.position[ids]
+    starts = state.guesses.at(ids) if state.guesses is not None else None
+    parts: dict[str, float] = {}
+    seeded = should_seed(domain, options)
+    if seeded:
+        t0 = time.perf_counter()
+        state.progress.stage("seeding the exact step", int(ids.size))
+        begin = starts if starts is not None else np.broadcast_to(domain.centre(), (ids.size, comp.weight.shape[1]))
+        starts = seed_points(comp, positions, domain, begin, options.seed_steps, progress=state.progress.advance)
+        parts["seeding"] = time.perf_counter() - t0
+    seed_share = parts.get("seeding", 0.0) / ids.size  # each token's part of the batched work, in its time
+    state.progress.stage("exact step", int(ids.size))
+    block = _prefetch_block(comp.weight.shape[0])
+    per_token, solvers, fetch_share = [], Counter(), 0.0
+    for k, i in enumerate(ids.tolist()):
+        t_tok = time.perf_counter()
+        if k % block == 0:  # the next tokens' passes over every row, as one product
+            comp.prefetch(positions[k:k + block], None if starts is None else starts[k:k + block])
+            fetch_share = (time.perf_counter() - t_tok) / positions[k:k + block].size
+            t_tok = time.perf_counter()
+        out = solve_token(comp, int(positions[k]), domain, None if starts is None else starts[k], options,
+                          seeded=seeded)
+        settle(state, i, out, "exact")
+        solvers[out.solver or "none"] += 1
+        per_token.append(time.perf_counter() - t_tok + seed_share + fetch_share)
+        state.progress.advance(1)
+    settled = sum(1 for i in ids.tolist() if state.results[i].verdict != UNDECIDED)
+    return StageStats("exact", int(ids.size), settled, parts=parts, counts=dict(solvers),
+                      token_seconds=tuple(per_token))
 
-    def scores(self, x: np.ndarray) -> np.ndarray:
-        s = matvec(self.weight, x)
-        return s if self.bias is None else s + self.bias
 
-    def prefetch(self, positions: np.ndarray, starts: np.ndarray | None = None) -> None:
-        """Compute, in one pass over the rows, what the next tokens' solves start with.
+def settle(state: AuditState, i: int, out: ExactResult, stage: str) -> None:
+    """Record what a solve found for row ``i``: its witness (rescaled for a bias-free layer, checked
+    again), its checked certificate, or why it stays undecided."""
+    if out.witness is not None:
+        x, gap = out.witness, out.witness_gap
+        comp, domain = state.comp, state.domain
+        # Bias-free: a witness of the cone is shrunk into the domain; on R^d it is normalised.
+        if state.solve_domain is not domain or (comp.bias is None and domain.whole_space):
+            y, gap_y = _scale_free_witness(comp, int(state.position[i]), x, domain)
+            if gap_y > 0:
+                x, gap = y, gap_y
+            elif state.solve_domain is not domain:  # the cone's witness did not survive rounding: say so
+                state.undecided(i, stage, "witness did not survive rescaling into the domain")
+                return
+        state.argmaxable(i, x, gap, stage)
+    elif out.certificate is not None and out.certificate.ok:
+        state.unargmaxable(i, out.certificate, stage)
+    else:
+        state.undecided(i, stage, out.reason)
 
-        For each position p: every row's product with row p (its distances to the others) and,
-        with ``starts``, the scores at its start point. Each token would otherwise make two
-        passes over every row of its own; batched, the rows are read once per block.
-        Replaces the previous block.
-        """
-        positions = np.asarray(positions, dtype=np.int64)
-        cols = [self.weight[positions].T] + ([np.asarray(starts, dtype=np.float64).T] if starts is not None else [])
-        prod = rows_times(self.weight, np.hstack(cols))
-        size = positions.size
-        if starts is not None and self.bias is not None:
-            prod[:, size:] += self.bias[:, None]
-        self._fetched = {int(p): (prod[:, k], None if starts is None else starts[k],
-                                  None if starts is None else prod[:, size + k])
-                         for k, p in enumerate(positions)}
 
-    def cross(self, p: int) -> np.ndarray:
-        """Every row's product with row ``p`` (from :meth:`prefetch` when it was fetched)."""
-        fetched = self._fetched.get(p)
-        if fetched is not None:
-            return fetched[0]
-        return rows_times(self.weight, self.weight[p][:, None])[:, 0]
+def _scale_free_witness(comp: Competitors, pos: int, x: np.ndarray, domain) -> tuple[np.ndarray, float]:
+    """Rescale a witness of a bias-free layer: unit norm on R^d, else into the domain.
 
-    def scores_from(self, p: int, x: np.ndarray) -> np.ndarray:
-        """:meth:`scores` at token ``p``'s start point ``x``, from :meth:`prefetch` when it was fetched."""
-        fetched = self._fetched.get(p)
-        if fetched is not None and fetched[1] is not None and np.array_equal(fetched[1], x):
-            return fetched[2]
-        return self.scores(x)
+    On R^d any positive multiple of a witness is one, so the report uses unit
+    norm; a domain solved as its cone needs the witness shrunk into it. The
+    rescaled point is checked again from scratch.
+    """
+    norm = float(np.linalg.norm(x))
+    if not norm > 0:  # x = 0 ties every row of a bias-free layer: not a witness
+        return x, -np.inf
+    factor = domain.ray_room(x)  # how far the ray through x stays in the domain
+    if not np.isfinite(factor):  # all of it: unit norm
+        factor = 1.0 / norm
+    y = domain.project(x * (factor * (1 - 1e-9)))  # a no-op but where rounding left the domain
+    gap = certify.check_witness(comp.weight, comp.bias, pos, y, domain, comp.norms)
+    return y, gap
 
-    @property
-    def weight32(self) -> np.ndarray:
-        """A float32 copy for cheap approximate passes (hints only: nothing certified uses it)."""
-        if self._weight32 is None:
-            self._weight32 = self.weight.astype(np.float32)
-        return self._weight32
+
+def _prefetch_block(rows: int, budget_bytes: int = 128 * 2**20) -> int:
+    """Tokens per :meth:`Competitors.prefetch`: two float64 columns of ``rows`` each, within the budget."""
+    return int(min(64, max(1, budget_bytes // (16 * rows))))
 
 
 def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
-                options: ExactOptions = ExactOptions(), seeded: bool = False) -> ExactResult:
+                options: ExactOptions | None = None, seeded: bool = False) -> ExactResult:
     """Decide token ``p`` (a row of ``comp.weight``) exactly on a resolved domain.
 
     ``x0`` is a point to start from; ``seeded`` says it comes from :func:`seed_points` already
     (the audit seeds its tokens in blocks), so the ball seeding is not repeated here.
     """
+    options = options or ExactOptions()
     d = comp.weight.shape[1]
-    a_norm = _row_distances(comp, np.array([p]), comp.cross(p)[None, :])[0]
+    a_norm = row_distances(comp, np.array([p]), comp.cross(p)[None, :])[0]
 
     def violations(x, t, s=None):  # s: the scores at x when already computed
         s = comp.scores(x) if s is None else s
@@ -155,6 +178,7 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
     if options.interior_point and not options.full and (domain.solver_family == "socp" or d >= 64):
         found = _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0, options.max_rounds)
         if found is not None:
+            found.solver = "ipm"
             return found
 
     result = _solve_simplex(comp, p, domain, working, a_norm, violations, per_round, options)
@@ -166,14 +190,16 @@ def solve_token(comp: Competitors, p: int, domain, x0: np.ndarray | None,
         refined = _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0, options.max_rounds,
                                   tol=1e-13, t_zero=1e-12, early=1e-10)
         if refined is not None:
+            refined.solver = "ipm_tight"
             return refined
+    result.solver = "clarabel" if domain.solver_family == "socp" else "highs"
     return result
 
 
 def _solve_simplex(comp, p, domain, working, a_norm, violations, per_round, options) -> ExactResult:
     """Constraint generation over HiGHS (LPs, warm-started) or Clarabel (balls)."""
     m, d = comp.weight.shape
-    solver = _ClarabelSOCP(domain, d) if domain.solver_family == "socp" else _HighsLP(domain, d)
+    solver = ClarabelSOCP(domain, d) if domain.solver_family == "socp" else HighsLP(domain, d)
     solver.add_rows(comp, p, working, a_norm)
     in_working = np.zeros(m, dtype=bool)
     in_working[working] = True
@@ -199,7 +225,7 @@ def _solve_simplex(comp, p, domain, working, a_norm, violations, per_round, opti
                 # The vertex the solver returns can be badly conditioned (tiny weights on an
                 # almost-flat simplex); a clearly infeasible problem has deeper certificates.
                 if domain.solver_family == "lp":
-                    lam = _deep_certificate(comp, p, rows, a_norm, domain, t)
+                    lam = deep_certificate(comp, p, rows, a_norm, domain, t)
                     if lam is not None:
                         deep = certify.check_certificate(comp.weight, comp.bias, p, rows, lam, domain)
                         if deep.ok:
@@ -215,7 +241,7 @@ def _solve_simplex(comp, p, domain, working, a_norm, violations, per_round, opti
         if gap > 0:
             result.witness, result.witness_gap = x, gap
             return result
-        cand = _most_violated(violations(x, max(t, 0.0), scores), in_working, p, per_round)
+        cand = most_violated(violations(x, max(t, 0.0), scores), in_working, p, per_round)
         if cand.size == 0:
             result.reason = (f"its best margin is within rounding error of zero (Chebyshev radius {t:.2g}): float64"
                              " finds no input where it wins and no proof that none exists"
@@ -228,175 +254,6 @@ def _solve_simplex(comp, p, domain, working, a_norm, violations, per_round, opti
     result.reason = (f"no decision after {options.max_rounds} rounds of adding competitors; raise"
                      " ExactOptions.max_rounds or time_limit to go on")
     return result
-
-
-def _row_distances(comp: Competitors, pos: np.ndarray, cross: np.ndarray) -> np.ndarray:
-    """||w_j - w_p|| for each token p in ``pos`` (one row each) against every row j.
-
-    Computed from the cached norms and ``cross = W[pos] @ W.T`` (a product instead of a
-    subtraction per row), except where that formula cancels: |w_j|^2 - 2 w_j.w_p + |w_p|^2 loses
-    everything when the rows are close compared to their length (rows near 1e4 a hair apart
-    come out at distance 0 and would be dropped as duplicates). Those entries are recomputed by
-    direct, underflow-safe subtraction. Infinite for p itself and for rows exactly identical to
-    it (split off before as ties or dominated rows; guarded anyway).
-    """
-    scale = comp.sq_norms[None, :] + comp.sq_norms[pos, None]
-    sq = comp.sq_norms[None, :] - 2 * cross + comp.sq_norms[pos, None]
-    # The formula's absolute error is a few ulps of |w_j|^2 + |w_p|^2 (plus the product's
-    # rounding); below a generous multiple of that, the subtraction decides.
-    suspect = sq <= 1e-6 * scale + 1e-300
-    dist = np.sqrt(np.maximum(sq, 0.0))
-    ks, js = np.nonzero(suspect)
-    for first in range(0, ks.size, 4096):  # bounded memory however many rows are suspect
-        k, j = ks[first:first + 4096], js[first:first + 4096]
-        dist[k, j] = _exact_distances(comp.weight[j] - comp.weight[pos[k]])
-    dist[np.arange(pos.size), pos] = np.inf
-    dist[dist == 0] = np.inf
-    return dist
-
-
-def _exact_distances(diff: np.ndarray) -> np.ndarray:
-    """Row norms of ``diff``, scaled so that neither squaring nor summing underflows or overflows."""
-    top = np.abs(diff).max(axis=1)
-    safe = np.where(top > 0, top, 1.0)
-    return top * np.sqrt(np.sum((diff / safe[:, None]) ** 2, axis=1))
-
-
-def should_seed(domain, options: ExactOptions) -> bool:
-    """Whether the exact step starts a token from :func:`seed_points` (balls, interior-point path)."""
-    return (domain.solver_family == "socp" and options.seed_steps > 0 and options.interior_point
-            and not options.full)
-
-
-def seed_points(comp: Competitors, positions: np.ndarray, domain, starts: np.ndarray, steps: int,
-                tau: float = 0.05, block: int = 64, progress=None) -> np.ndarray:
-    """Points near where each token does best on the ball, from a few Frank-Wolfe steps on the
-    smoothed max-min  -tau log sum_j exp(-r_j(x) / tau)  of the Chebyshev slacks r_j over *every*
-    row (float32 products; slacks are linear along a segment, so the line search is one-dimensional
-    over the rows' values at its two ends).
-
-    Only the first working set is chosen from them (the rows nearest to binding there): measured
-    on 20 under-trained tokens of a 50k x 768 LayerNorm head, constraint generation then needs 2.4
-    rounds instead of 4. Tokens go ``block`` at a time, so each step is two matrix products
-    rather than two matrix-vector products per token (the weights are read once per block).
-
-    Returns one point per position, each inside the ball. ``progress`` is called with the
-    number of tokens of each block done.
-    """
-    points = np.array(starts, dtype=np.float64, copy=True).reshape(len(positions), -1)
-    points = domain.project(points.T).T  # one point per column there (a view: no copy either way)
-    for first in range(0, len(positions), block):
-        pos = np.asarray(positions[first:first + block], dtype=np.int64)
-        points[first:first + pos.size] = _seed_block(comp, pos, domain, points[first:first + pos.size], steps, tau)
-        if progress is not None:
-            progress(int(pos.size))
-    return points
-
-
-def _seed_block(comp: Competitors, pos: np.ndarray, domain, x: np.ndarray, steps: int,
-                tau: float) -> np.ndarray:
-    w32, bias = comp.weight32, comp.bias
-    cols = np.arange(pos.size)
-    # 1 / ||w_j - w_p|| per (token, row); 0 for the token itself and for rows identical to it.
-    inv = 1.0 / _row_distances(comp, pos, comp.weight[pos] @ comp.weight.T)
-    parked = inv == 0
-
-    def slacks(points):
-        s = (points.astype(np.float32) @ w32.T).astype(np.float64)
-        if bias is not None:
-            s += bias
-        r = (s[cols, pos][:, None] - s) * inv
-        r[parked] = 1e300  # never binding (finite, so differences along a segment stay 0)
-        return r
-
-    r = slacks(x)
-    for _ in range(steps):
-        q = np.exp(-(r - r.min(axis=1, keepdims=True)) / tau)
-        q *= inv
-        grad = comp.weight[pos] * q.sum(axis=1)[:, None] - (q.astype(np.float32) @ w32).astype(np.float64)
-        size = np.linalg.norm(grad, axis=1)
-        moving = np.isfinite(size) & (size > 0)
-        if not moving.any():
-            break
-        y = x.copy()
-        y[moving] = from_ball(domain, grad[moving] / size[moving, None])
-        r_y = slacks(y)
-        for k in np.flatnonzero(moving):
-            step = _smoothed_line_search(r[k], r_y[k], tau)
-            x[k] += step * (y[k] - x[k])
-            r[k] += step * (r_y[k] - r[k])
-    return x
-
-
-def _smoothed_line_search(r: np.ndarray, r_y: np.ndarray, tau: float, evaluations: int = 6) -> float:
-    """argmax over [0, 1] of the (concave) smoothed minimum phi(g) of r + g (r_y - r).
-
-    Safeguarded Newton on phi' (phi' is the softmax average of the slopes, phi'' minus their
-    variance over tau): a handful of passes where a golden-section search needs a dozen. The
-    weights are computed in float32; the step only seeds the working set, nothing is proven by it.
-    """
-    live = (r < 1e299) | (r_y < 1e299)  # parked rows never bind
-    base, delta = r[live], r_y[live] - r[live]
-    if base.size == 0:
-        return 0.0
-    lo, hi = 0.0, 1.0
-    g = 0.0
-    for _ in range(evaluations):
-        v = base + g * delta
-        w = np.exp(((float(v.min()) - v) / tau).astype(np.float32)).astype(np.float64)
-        w /= w.sum()
-        slope = float(w @ delta)
-        curvature = -(float(w @ (delta * delta)) - slope * slope) / tau
-        if slope >= 0:
-            lo = g
-        else:
-            hi = g
-        newton = g - slope / curvature if curvature < 0 else np.inf
-        if abs(newton - g) < 1e-4:
-            return min(max(newton, lo), hi)
-        g = newton if lo < newton < hi else (lo + hi) / 2
-    return (lo + hi) / 2
-
-
-def _unit_rows(comp: Competitors, p: int, idx: np.ndarray, a_norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Constraints a_j.x <= c_j of token p against rows idx, scaled to unit ||a_j|| (Chebyshev form)."""
-    a = (comp.weight[idx] - comp.weight[p]) / a_norm[idx, None]
-    c = np.zeros(idx.size) if comp.bias is None else (comp.bias[p] - comp.bias[idx]) / a_norm[idx]
-    return a, c
-
-
-def ball_rows(domain, a: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows a.x <= c rewritten for x = anchor + R u (an SOCP-family domain is the ball of radius
-    R = ``ray_reach`` around ``anchor()``), so that the domain is ||u|| <= 1."""
-    return domain.ray_reach * a, c - matvec(a, domain.anchor())
-
-
-def from_ball(domain, u: np.ndarray) -> np.ndarray:
-    """The point of the ball for u (||u|| <= 1), pulled in by 1e-9 so rounding keeps it inside."""
-    return domain.anchor() + domain.ray_reach * (1.0 - 1e-9) * u
-
-
-def solver_bounds(domain, d: int, open_side: float) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Bounds on the solver's variables and whether they also lie in the unit ball.
-
-    LP-family domains bound x itself (``coordinate_bounds()``, open sides at ``-open_side`` /
-    ``open_side``: the interior-point method needs a bounded x); SOCP-family domains are solved in
-    ball coordinates u (:func:`ball_rows`), whose only constraint is ``||u|| <= 1``.
-    """
-    if domain.solver_family == "socp":
-        return np.full(d, -np.inf), np.full(d, np.inf), True
-    lower, upper = domain.coordinate_bounds()
-    return np.where(np.isfinite(lower), lower, -open_side), np.where(np.isfinite(upper), upper, open_side), False
-
-
-def _most_violated(viol: np.ndarray, in_working: np.ndarray, p: int, per_round: int) -> np.ndarray:
-    """Up to ``per_round`` rows outside the working set that the current point violates, worst first."""
-    viol[in_working] = -np.inf
-    viol[p] = -np.inf
-    cand = np.flatnonzero(viol > 0)
-    if cand.size > per_round:
-        cand = cand[np.argpartition(-viol[cand], per_round - 1)[:per_round]]
-    return cand
 
 
 def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0,
@@ -425,7 +282,7 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0,
     result = ExactResult()
 
     def constraints(idx):
-        a, c = _unit_rows(comp, p, idx, a_norm)
+        a, c = unit_rows(comp, p, idx, a_norm)
         return ball_rows(domain, a, c) if ball else (a, c)
 
     a, c = constraints(rows)
@@ -449,7 +306,7 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0,
         if gap > 0:
             result.witness, result.witness_gap = res.x, gap
             return result
-        cand = _most_violated(violations(res.x, max(res.t, 0.0), scores), in_working, p, per_round)
+        cand = most_violated(violations(res.x, max(res.t, 0.0), scores), in_working, p, per_round)
         if cand.size == 0:
             return None
         rows = np.concatenate([rows, cand])
@@ -459,184 +316,3 @@ def _solve_interior(comp, p, domain, working, a_norm, violations, per_round, x0,
     return None
 
 
-def _deep_certificate(comp, p, rows, a_norm, domain, t_star) -> np.ndarray | None:
-    """Convex weights on *every* working row, as large as possible, still proving infeasibility.
-
-    Solves  max eta  s.t.  lam >= eta,  sum lam = 1,  the domain's conditions on
-    v = sum lam_j a_j (zero on open directions, sign on half-open ones) and a
-    bound <= t*/2 on the best radius (half the optimum, to leave slack). All
-    weights strictly positive makes the exact correction in :mod:`certify`
-    small and well conditioned. Rows are unit-normalised; returns raw weights.
-    """
-    a, c = _unit_rows(comp, p, rows, a_norm)
-    k, d = a.shape
-    lower, upper = domain.coordinate_bounds()  # an LP-family domain
-    fin_lo, fin_hi = np.isfinite(lower), np.isfinite(upper)
-    both = np.flatnonzero(fin_lo & fin_hi)
-    nb = both.size
-    # Columns: mu (k), eta, tau (one per two-sided coordinate), with lam_j = eta + mu_j,
-    # so "every weight >= eta" costs no rows.
-    ncol = k + 1 + nb
-    h = _new_highs()
-    h.setOptionValue("output_flag", False)
-    col_lo = np.concatenate([np.zeros(k), [0.0], np.full(nb, -_INF)])
-    col_hi = np.concatenate([np.full(k, _INF), [1.0], np.full(nb, _INF)])
-    h.addVars(ncol, col_lo, col_hi)
-    h.changeColsCost(1, np.array([k], dtype=np.int32), np.array([1.0]))
-    h.changeObjectiveSense(highspy.ObjSense.kMaximize)
-    blocks, lo, hi = [], [], []
-
-    def row(lam_coeffs, lower_bound, upper_bound, tau=None):
-        coeffs = np.zeros(ncol)
-        coeffs[:k] = lam_coeffs
-        coeffs[k] = lam_coeffs.sum()
-        if tau is not None:
-            coeffs[k + 1 + tau] = 1.0
-        blocks.append(coeffs)
-        lo.append(lower_bound)
-        hi.append(upper_bound)
-
-    # v_k = sum_j lam_j a_jk with the conditions the domain puts on it.
-    for kk in range(d):
-        if not fin_lo[kk] and not fin_hi[kk]:
-            row(a[:, kk], 0.0, 0.0)
-        elif fin_lo[kk] and not fin_hi[kk]:
-            row(a[:, kk], 0.0, _INF)
-        elif fin_hi[kk] and not fin_lo[kk]:
-            row(a[:, kk], -_INF, 0.0)
-    # tau_k >= -v_k l_k and tau_k >= -v_k u_k on two-sided coordinates.
-    for pos, kk in enumerate(both):
-        for side in (lower[kk], upper[kk]):
-            row(a[:, kk] * side, 0.0, _INF, tau=pos)
-    # Bound on the best radius: sum lam c + sum(-v_k l_k, half-open) + sum tau <= t*/2.
-    half_lo = fin_lo & ~fin_hi
-    half_hi = fin_hi & ~fin_lo
-    row(c - (a[:, half_lo] @ lower[half_lo] + a[:, half_hi] @ upper[half_hi]), -_INF, t_star / 2)
-    blocks[-1][k + 1:] = 1.0
-    row(np.ones(k), 1.0, 1.0)
-    mat = sp.csr_matrix(np.vstack(blocks))
-    h.addRows(mat.shape[0], np.array(lo), np.array(hi), mat.nnz, mat.indptr.astype(np.int32),
-              mat.indices.astype(np.int32), mat.data)
-    h.setOptionValue("time_limit", h.getRunTime() + 60.0)
-    h.run()
-    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-        return None
-    col = np.asarray(h.getSolution().col_value)
-    if col[k] <= 0:
-        return None
-    return (col[k] + np.maximum(col[:k], 0.0)) / a_norm[rows]
-
-
-_banner_shown = False
-
-
-def _new_highs() -> highspy.Highs:
-    """A Highs instance; the banner HiGHS writes to the C-level stdout once per process is swallowed."""
-    global _banner_shown
-    if _banner_shown:
-        return highspy.Highs()
-    sys.stdout.flush()
-    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
-        _banner_shown = True
-    return h
-
-
-class _HighsLP:
-    """max t s.t. A x + t <= c over a growing row set; warm-started by HiGHS."""
-
-    def __init__(self, domain, d: int):
-        h = _new_highs()
-        h.setOptionValue("output_flag", False)
-        h.setOptionValue("threads", 1)
-        # Rows are unit-normalised already; HiGHS's own scaling only adds iterations here
-        # (measured: 93 vs 292 simplex iterations on a PP-OCRv4 token).
-        h.setOptionValue("simplex_scale_strategy", 0)
-        h.setOptionValue("presolve", "off")
-        lower, upper, _ = solver_bounds(domain, d, _INF)  # an LP-family domain: x's own column bounds
-        h.addVars(d + 1, np.append(lower, -_INF), np.append(upper, 1.0))
-        h.changeColsCost(1, np.array([d], dtype=np.int32), np.array([1.0]))
-        h.changeObjectiveSense(highspy.ObjSense.kMaximize)
-        self.h, self.d = h, d
-        self.rows = np.zeros(0, dtype=np.int64)
-
-    def add_rows(self, comp, p, idx, a_norm):
-        a, c = _unit_rows(comp, p, idx, a_norm)
-        block = np.hstack([a, np.ones((idx.size, 1))])
-        csr = sp.csr_matrix(block)
-        self.h.addRows(idx.size, np.full(idx.size, -_INF), c, csr.nnz,
-                       csr.indptr.astype(np.int32), csr.indices.astype(np.int32), csr.data)
-        self.rows = np.concatenate([self.rows, idx])
-
-    def solve(self, time_limit):
-        h = self.h
-        h.setOptionValue("time_limit", h.getRunTime() + time_limit)
-        h.run()
-        status = h.getModelStatus()
-        if status != highspy.HighsModelStatus.kOptimal:
-            # A warm-started dual simplex can stall after addRows: retry cold.
-            h.clearSolver()
-            h.setOptionValue("time_limit", h.getRunTime() + time_limit)
-            h.run()
-            status = h.getModelStatus()
-        if status != highspy.HighsModelStatus.kOptimal:
-            return h.modelStatusToString(status), None, np.nan, None
-        sol = h.getSolution()
-        col = np.asarray(sol.col_value)
-        return "optimal", col[: self.d], float(col[self.d]), np.asarray(sol.row_dual)
-
-
-class _ClarabelSOCP:
-    """The same problem on a ball ``x = center + R u, ||u|| <= 1``: an SOCP, re-solved each round."""
-
-    def __init__(self, domain, d: int):
-        self.domain, self.d = domain, d
-        self.blocks: list[np.ndarray] = []
-        self.rhs: list[np.ndarray] = []
-        self.rows = np.zeros(0, dtype=np.int64)
-
-    def add_rows(self, comp, p, idx, a_norm):
-        a, c = _unit_rows(comp, p, idx, a_norm)
-        a, c = ball_rows(self.domain, a, c)
-        self.blocks.append(np.hstack([a, np.ones((idx.size, 1))]))
-        self.rhs.append(c)
-        self.rows = np.concatenate([self.rows, idx])
-
-    def solve(self, time_limit):
-        import clarabel  # noqa: PLC0415 - only needed for SOCP-family domains
-
-        d = self.d
-        lin = np.vstack(self.blocks)
-        k = lin.shape[0]
-        cap = np.zeros((1, d + 1))
-        cap[0, d] = 1.0
-        soc = sp.hstack([sp.vstack([sp.csr_matrix((1, d)), -sp.identity(d)]), sp.csr_matrix((d + 1, 1))])
-        a_mat = sp.vstack([sp.csr_matrix(lin), sp.csr_matrix(cap), soc]).tocsc()
-        b = np.concatenate([np.concatenate(self.rhs), [1.0, 1.0], np.zeros(d)])
-        q = np.zeros(d + 1)
-        q[d] = -1.0
-        settings = clarabel.DefaultSettings()
-        settings.verbose = False
-        settings.time_limit = float(time_limit)
-        settings.tol_gap_abs = settings.tol_gap_rel = 1e-10
-        settings.tol_feas = 1e-10
-        solver = clarabel.DefaultSolver(sp.csc_matrix((d + 1, d + 1)), q, a_mat, b,
-                                        [clarabel.NonnegativeConeT(k + 1), clarabel.SecondOrderConeT(d + 1)],
-                                        settings)
-        sol = solver.solve()
-        status = str(sol.status)
-        if "Solved" not in status:
-            return status, None, np.nan, None
-        z = np.asarray(sol.x)
-        u = z[:d]
-        norm = np.linalg.norm(u)
-        if norm > 1.0:
-            u = u / norm
-        return "optimal", from_ball(self.domain, u), float(z[d]), np.asarray(sol.z)[:k]

@@ -28,7 +28,8 @@ from ..layer import OutputLayer
 from ..report.model import ADDED_KINDS, ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport, TokenResult
 from . import certify
 from .audit import AuditOptions, audit
-from .exact import Competitors, _most_violated
+from .competitors import Competitors
+from .formulation import most_violated
 from .precision import best_margin, margin_domain
 
 
@@ -156,7 +157,7 @@ def _best_margin_lp(comp: Competitors, p: int, domain, support, max_rounds: int 
             return None
         x, t = res.x[:d], float(res.x[d])
         s = comp.scores(x)
-        extra = _most_violated(s - s[p] + t, in_working, p, max(d, 50))
+        extra = most_violated(s - s[p] + t, in_working, p, max(d, 50))
         if extra.size == 0:
             return t, x
         rows = np.concatenate([rows, extra])

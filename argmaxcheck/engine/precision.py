@@ -38,15 +38,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..report.model import ARGMAXABLE, PRACTICAL, TokenResult
+from ..report.stats import StageStats
 from . import certify, ipm
-from .exact import Competitors, _most_violated, ball_rows, from_ball, solver_bounds
+from .competitors import Competitors
+from .formulation import ball_rows, from_ball, most_violated, solver_bounds
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from .state import AuditState
 
 _COARSE = 2e-4  # relative agreement of the bounds in rounds that still add rows
 _SLACK = 1e-2  # how clearly the coarse bounds must clear the threshold (it moves with x)
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+def run(state: AuditState) -> StageStats | None:
+    """Stage 5, on bounded domains: argmaxable tokens whose best margin the logits cannot resolve."""
+    if not state.options.practical:
+        return None
+    state.precision = state.options.precision or state.layer.source_dtype
+    close, solved, relabelled = label_practical(state.results, state.comp, state.position, state.domain,
+                                                unit_roundoff(state.precision), state.progress)
+    return StageStats("practical", close, relabelled, counts={"checked": solved})
 
 
 def unit_roundoff(precision: str) -> float:
@@ -119,7 +137,7 @@ def best_margin(comp: Competitors, p: int, domain, x0: np.ndarray, cap: float,
         if not (np.isfinite(value) and np.isfinite(x).all()):
             return None
         over = gaps(x)
-        extra = _most_violated(over + value, in_working, p, max(d // 2, 50))
+        extra = most_violated(over + value, in_working, p, max(d // 2, 50))
         if extra.size == 0:
             if not (precise or _clears(threshold_at, x, value, -float(over.max()))):
                 precise = True
@@ -141,3 +159,57 @@ def _clears(threshold_at, x: np.ndarray, upper: float, lead: float) -> bool:
         return False
     limit = threshold_at(x)
     return upper < (1 - _SLACK) * limit or lead > (1 + _SLACK) * limit
+
+
+def label_practical(results: dict, comp: Competitors, position, domain, unit: float,
+                    progress: Progress) -> tuple[int, int, int]:
+    """Relabel argmaxable tokens whose best margin is below the precision threshold.
+
+    Returns how many tokens were close enough to need a look, how many needed their best margin
+    solved (their witness gap was below the threshold), and how many were relabelled.
+    """
+    bounded = margin_domain(domain, comp.bias is not None)
+    if bounded is None:
+        return 0, 0, 0
+    bounded = bounded.resolve(comp.weight.shape[1])
+    solved = relabelled = 0
+    max_norm = float(comp.norms.max())
+    max_bias = 0.0 if comp.bias is None else float(np.abs(comp.bias).max())
+    # |s_j(x)| <= |x| max|w_j| + max|b_j| settles almost every token without a product.
+    close = [i for i, res in results.items() if res.verdict == ARGMAXABLE
+             and res.margin < 1.01 * unit * (float(np.linalg.norm(res.witness)) * max_norm + max_bias)]
+    progress.stage("best margins of narrow winners", len(close))
+    for i in close:
+        res = results[i]
+        progress.advance(1)
+        pos = int(position[i])
+        limit = threshold(comp, on_the_sphere(res.witness, bounded, comp.bias), unit)
+        if res.margin >= limit:
+            continue
+        solved += 1
+        best = best_margin(comp, pos, bounded, res.witness, cap=max(1.0, 1e3 * limit),
+                           threshold_at=lambda x: threshold(comp, on_the_sphere(x, bounded, comp.bias), unit))
+        if best is None:
+            continue
+        limit = threshold(comp, on_the_sphere(best.x, bounded, comp.bias), unit)
+        if best.value < limit:
+            x, gap = (best.x, best.gap) if best.gap > 0 else (res.witness, res.margin)
+            results[i] = TokenResult(i, res.token, PRACTICAL, gap, res.stage, witness=x, check=res.check,
+                                     best_margin=best.value, threshold=limit)
+            relabelled += 1
+    return len(close), solved, relabelled
+
+
+def on_the_sphere(x: np.ndarray, domain, bias) -> np.ndarray:
+    """Where the precision threshold of a best margin is measured.
+
+    Without a bias, on a ball around 0, every gap and every logit scales with |x|: the best
+    margin is reached on the sphere, where the solver's point may not quite be. Its ray is
+    what matters, so the threshold is taken where the ray meets the sphere (the solver's
+    interior point would understate the logits, and so the threshold, by |x| / R).
+    """
+    norm = float(np.linalg.norm(x))
+    radius = domain.origin_ball_radius
+    if bias is not None or radius is None or norm == 0:
+        return x
+    return x * (radius / norm)

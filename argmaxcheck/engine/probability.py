@@ -35,9 +35,18 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ..layer import OutputLayer
+from ..report.model import PRACTICAL, UNARGMAXABLE
+from ..report.stats import StageStats
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from .state import AuditState
 
 _LOG_TOL = 1e-4  # stop when the two bounds agree to this, in log-probability (0.01% of the probability)
 _POLISH_SECONDS = 5.0  # the restricted exponential-cone solves, per token, when Frank-Wolfe stalls
@@ -85,6 +94,21 @@ def _evaluate(weight, b, p, domain, x):
     probs /= probs.sum()
     grad = weight[p] - probs @ weight
     return s, f, grad, probs, f + _linear_max(domain, grad) - float(grad @ x)
+
+
+def run(state: AuditState) -> StageStats | None:
+    """Stage 6, on bounded domains: brackets on the highest probability each unreachable token reaches.
+
+    The budget is the option's, and at most a quarter of the time the verdicts took (2 s at
+    least): the brackets are a report's extra, not its verdicts. Probabilities depend on the
+    logits' scale, so they are bounded on the layer as given.
+    """
+    options = state.options
+    if options.probability_seconds <= 0 or not bounded(state.domain):
+        return None
+    deadline = time.perf_counter() + min(options.probability_seconds, max(2.0, 0.25 * state.elapsed()))
+    flagged, done = bound_probabilities(state.results, state.original, state.domain, deadline, state.progress)
+    return StageStats("probability", flagged, done)
 
 
 def bounded(domain) -> bool:
@@ -219,3 +243,22 @@ def _argmax_on_unit_interval(phi, evaluations: int) -> float:
             a = hi - ratio * (hi - lo)
             fa = phi(a)
     return (lo + hi) / 2
+
+
+def bound_probabilities(results: dict, layer: OutputLayer, domain, deadline: float,
+                        progress: Progress) -> tuple[int, int]:
+    """Add max-probability bounds to unreachable tokens, in id order, until the deadline; returns how many
+    tokens were unreachable and how many got bounds."""
+    done = 0
+    flagged = [i for i in sorted(results) if results[i].verdict in (UNARGMAXABLE, PRACTICAL)]
+    progress.stage("highest probabilities (time budget)", len(flagged))
+    for i in flagged:
+        res = results[i]
+        progress.advance(1)
+        if time.perf_counter() > deadline:
+            continue
+        found = max_probability(layer.weight, layer.bias, i, domain, deadline=deadline, seed_rows=res.support)
+        if found is not None:
+            results[i] = replace(res, max_probability=found.reached, max_probability_upper=found.upper)
+            done += 1
+    return len(flagged), done

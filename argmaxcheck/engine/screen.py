@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._rounding import U32, U64
+from ..report.stats import StageStats
 from . import certify
-from .backend import NUMPY_OPS, NumpyBackend, rivals_of
+from .backend import NUMPY_OPS, NumpyBackend, make_backend, rivals_of
+
+if TYPE_CHECKING:
+    from .state import AuditState
 
 # Scales tried along a guessed direction when the bias makes scale matter.
 _UNBOUNDED_SCALES = 2.0 ** np.arange(-3, 8)
@@ -32,6 +37,24 @@ class ScreenResult:
 
     gap: np.ndarray  # (k,) float64
     witness: np.ndarray  # (k, d) float64: best point found (a proof where gap > 0)
+
+
+def run(state: AuditState) -> StageStats | None:
+    """Stage 2: guessed witnesses for every open token; the best guess of each is kept as its start point."""
+    from .state import Guesses  # noqa: PLC0415 - state imports the stage modules' types
+
+    pending = state.open_ids()
+    if not pending.size or state.options.exact_all:
+        return None
+    comp = state.comp
+    state.backend = make_backend(comp.weight32, state.options.device)
+    found = screen(comp.weight32, comp.weight, comp.bias, state.position[pending], state.domain,
+                   block_bytes=state.options.block_bytes, progress=state.progress, backend=state.backend)
+    for i, gap, x in zip(pending.tolist(), found.gap, found.witness, strict=True):
+        if gap > 0:
+            state.argmaxable(i, x, gap, "screen")
+    state.guesses = Guesses(pending, found.witness)
+    return StageStats("screen", int(pending.size), int(np.count_nonzero(found.gap > 0)))
 
 
 def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, positions: np.ndarray,

@@ -4,8 +4,9 @@ A token is *flagged* when its verdict is ``unargmaxable``,
 ``practically_unreachable`` or ``undecided``. The gate counts flagged tokens
 per category, leaving out
 
-* tokens matched by an ignore pattern (an id, an ``a-b`` id range, an exact
-  token string, or ``re:REGEX`` searched in the token string), and
+* tokens matched by an ignore pattern (the selection grammar of
+  :mod:`argmaxcheck.selection`: ids, ``a-b`` ranges, ``name:TEXT``, ``re:REGEX``,
+  ``kind:KIND``), and
 * with a baseline (a previous JSON report), tokens that were already in the
   same category there: only what became worse fails the build.
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .._text import printable
 from ..errors import InputError
+from ..selection import Selection, Vocabulary
 from .model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport
 
 FLAGGED = (UNARGMAXABLE, PRACTICAL, UNDECIDED)
@@ -66,11 +67,21 @@ class GatePolicy:
                 raise InputError(f"--fail-on {key}: the threshold must be a count >= 0 or 'never', got {value!r}")
         if isinstance(self.ignore, str):  # one pattern, not a sequence of one-character patterns
             object.__setattr__(self, "ignore", (self.ignore,))
-        _parse_ignore(self.ignore)  # syntax and regular expressions, before any audit
+        self.ignored_selection()  # syntax, kinds and regular expressions, before any audit
 
-    def check_rows(self, num_classes: int) -> None:
-        """Raise :class:`InputError` if an id or id range in ``ignore`` is not a row of a ``num_classes`` layer."""
-        _parse_ignore(self.ignore, num_classes)
+    def ignored_selection(self) -> Selection | None:
+        """The ``ignore`` patterns as one :class:`~argmaxcheck.selection.Selection` (None when there are none)."""
+        if not self.ignore:
+            return None
+        bad = [p for p in self.ignore if not isinstance(p, str)]
+        if bad:
+            raise InputError(f"--ignore: patterns must be strings, got {_short(bad[0])}")
+        return Selection.parse(self.ignore, what="--ignore")
+
+    def check_rows(self, layer) -> None:
+        """Raise :class:`InputError` if an ``ignore`` id or range is not a row of ``layer``, or a kind matches
+        none of its rows (an ``OutputLayer``, a report or a :class:`~argmaxcheck.selection.Vocabulary`)."""
+        _ignored_ids(self, layer)
 
 
 @dataclass(frozen=True)
@@ -198,7 +209,7 @@ def evaluate(report: AuditReport, policy: GatePolicy | None = None, baseline: Ba
     if baseline is not None and baseline.num_classes not in (-1, report.num_classes):
         raise InputError(f"--baseline {baseline.path}: it audited {baseline.num_classes} rows, this layer has"
                          f" {report.num_classes}: not the same output layer")
-    match = _matcher(policy.ignore, report.num_classes)
+    ignore = _ignored_ids(policy, report)
     failing: dict[str, list[int]] = {v: [] for v in FLAGGED}
     ignored, known, recovered = [], [], []
     for t in report.tokens:
@@ -207,7 +218,7 @@ def evaluate(report: AuditReport, policy: GatePolicy | None = None, baseline: Ba
             if before is not None:
                 recovered.append(t.id)
             continue
-        if match(t.id, t.token):
+        if t.id in ignore:
             ignored.append(t.id)
         elif before is not None and before[0] == t.verdict:
             known.append(t.id)
@@ -217,8 +228,7 @@ def evaluate(report: AuditReport, policy: GatePolicy | None = None, baseline: Ba
         failing[NOT_ROUND_TRIP] = []
         known_rt = baseline.not_round_trip if baseline else frozenset()
         for i in report.not_round_trip or ():
-            name = report.names[i] if report.names else None
-            if match(i, name):
+            if i in ignore:
                 if i not in ignored:
                     ignored.append(i)
             elif i not in known_rt:
@@ -254,44 +264,6 @@ def parse_fail_on(specs: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def _parse_ignore(patterns: Sequence[str], n: int | None = None):
-    """``ignore`` patterns -> (ids, strings, regexes); id ranges are checked against ``n`` rows when given.
-
-    A range is checked before it is expanded, so a huge one costs nothing.
-    """
-    ids: set[int] = set()
-    strings: set[str] = set()
-    regexes = []
-    for pat in patterns:
-        if not isinstance(pat, str):
-            raise InputError(f"--ignore: patterns must be strings, got {_short(pat)}")
-        if pat.startswith("re:"):
-            try:
-                regexes.append(re.compile(pat[3:]))
-            except (re.error, OverflowError, RecursionError, ValueError) as exc:
-                raise InputError(f"--ignore {_short(pat)!r}: bad regular expression ({_first_line(exc)})") from None
-            continue
-        lo, sep, hi = pat.partition("-")
-        if _is_id(lo) and (not sep or _is_id(hi)):
-            if len(lo) > 18 or len(hi) > 18:
-                raise InputError(f"--ignore {_short(pat)}: not an id or id range"
-                                 + (f" within 0..{n - 1}" if n is not None else ""))
-            start, stop = int(lo), int(hi) if sep else int(lo)
-            if stop < start:
-                raise InputError(f"--ignore {pat}: the range is empty")
-            if n is not None:
-                if stop >= n:
-                    raise InputError(f"--ignore {pat}: not an id or id range within 0..{n - 1}")
-                ids.update(range(start, stop + 1))
-        else:
-            strings.add(pat)
-    return ids, strings, regexes
-
-
-def _is_id(text: str) -> bool:
-    return text.isascii() and text.isdigit()
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return _short(text)
@@ -307,14 +279,11 @@ def _short(value: object, limit: int = 80) -> str:
     return printable(text, limit + 3)
 
 
-def _matcher(patterns: Sequence[str], n: int):
-    ids, strings, regexes = _parse_ignore(patterns, n)
-
-    def match(i: int, token: str | None) -> bool:
-        if i in ids:
-            return True
-        if token is None:
-            return False
-        return token in strings or any(r.search(token) for r in regexes)
-
-    return match
+def _ignored_ids(policy: GatePolicy, layer) -> frozenset[int]:
+    """The rows ``policy`` never counts. A name or pattern that matches no row is no error (one ignore
+    list serves every model of a sweep); an id past the last row, or a kind no row has, is."""
+    selection = policy.ignored_selection()
+    if selection is None:
+        return frozenset()
+    vocab = layer if isinstance(layer, Vocabulary) else Vocabulary.of(layer)
+    return frozenset(selection.resolve(vocab, require_match=False).tolist())

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..selection import compact_ranges
 from .escape import PLAIN, Style, escape_token, printable
+from .stats import AuditStats
 
 ARGMAXABLE = "argmaxable"
 UNARGMAXABLE = "unargmaxable"
@@ -28,7 +30,7 @@ MARGIN_DOC = (
 )
 
 
-SCHEMA_VERSION = "1.1"  # of the JSON report; docs/report-schema.md, argmaxcheck/report/report.schema.json
+SCHEMA_VERSION = "1.2"  # of the JSON report; docs/report-schema.md, argmaxcheck/report/report.schema.json
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,7 +158,8 @@ class TokenResult:
 class AuditReport:
     """Everything an audit found. The CLI prints this; nothing it prints is missing here.
 
-    ``tokens`` holds one record per audited token, in id order. ``names`` are
+    ``tokens`` holds one record per audited token, in id order; ``stats`` what each stage did
+    (:mod:`argmaxcheck.report.stats`). ``names`` are
     the raw pieces as stored, ``display`` (when the source has a tokenizer) the
     text each row decodes to, and ``token_kinds`` the rows that are not
     ordinary text (``control``, ``byte``, ``unused``...; :mod:`argmaxcheck.sources.tokens`).
@@ -170,16 +173,25 @@ class AuditReport:
     seconds: float
     tokens: list[TokenResult]
     names: list[str] | None = None
-    timings: dict = field(default_factory=dict)
+    stats: AuditStats = field(default_factory=AuditStats)
     source: str = ""
     checkpoint: dict | None = None  # which tensors and which folded domain, for checkpoint audits
     special: frozenset[int] = frozenset()
     display: list[str] | None = None
     token_kinds: dict[int, str] = field(default_factory=dict)
+    device: str | None = None  # where the heavy products ran ("numpy (cpu)", "torch (cuda)")
+    device_note: str | None = None  # a move to smaller blocks or to the CPU after a device out-of-memory
+    precision: str | None = None  # the dtype the practical label took the logits to be computed in
     # The tokenizer's round trip of every row (None: the source has no tokenizer), attached after the audit
     # like ``source`` and ``checkpoint``; bias raises for added tokens ({id: (necessary_above, sufficient)}).
     round_trip: RoundTrip | None = None
     bias_raise: dict[int, tuple] = field(default_factory=dict)
+
+    @property
+    def timings(self) -> dict:
+        """The flat ``timings`` object of schema 1.0, derived from :attr:`stats` and the device fields."""
+        extra = {k: getattr(self, k) for k in ("device", "device_note", "precision") if getattr(self, k) is not None}
+        return {**self.stats.timings(), **extra}
 
     def ids(self, verdict: str) -> list[int]:
         return [t.id for t in self.tokens if t.verdict == verdict]
@@ -213,7 +225,8 @@ class AuditReport:
             counts[t.verdict] += 1
         return {"source": self.source, "num_classes": self.num_classes, "dim": self.dim, "domain": self.domain,
                 "bias": self.has_bias, "source_dtype": self.source_dtype, "audited": len(self.tokens),
-                **counts, "not_round_trip": None if self.round_trip is None else len(self.not_round_trip),
+                "audited_ids": compact_ranges(t.id for t in self.tokens), **counts,
+                "not_round_trip": None if self.round_trip is None else len(self.not_round_trip),
                 "seconds": round(self.seconds, 4)}
 
     def label(self, i: int) -> str:
@@ -246,7 +259,7 @@ class AuditReport:
                     + text(")"))
         if t.verdict == PRACTICAL:
             return text(f"wins by at most {t.best_margin:.3g}, below the {t.threshold:.3g} that"
-                        f" {self.timings.get('precision', 'the')} logits can resolve there")
+                        f" {self.precision or 'the'} logits can resolve there")
         if t.verdict == UNDECIDED:
             return text(t.reason)
         if t.verdict == ARGMAXABLE:
@@ -298,6 +311,7 @@ class AuditReport:
             **({"not_round_trip": sorted(failing)} if self.round_trip is not None else {}),
             "tokens": [self.token_record(t) for t in self.tokens if t.verdict != ARGMAXABLE or t.id in failing
                        or self.token_kinds.get(t.id) in ADDED_KINDS],
+            "stages": self.stats.to_list(),
             "timings": self.timings,
             **({"gate": gate} if gate is not None else {}),
             **({"checkpoint": self.checkpoint} if self.checkpoint else {}),

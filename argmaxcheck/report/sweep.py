@@ -1,24 +1,27 @@
-"""The sweep's comparison table as data, and its four renderings (Markdown, CSV, JSON, offline HTML).
+"""The sweep's comparison table as data, its four files (Markdown, CSV, JSON, offline HTML) and its screen table.
 
 One :class:`SweepRow` per source: the model, vocabulary x dim, domain, counts
 per category, the tokens the tokenizer does not give back from their own text
 (``not_round_trip``; n/a without a tokenizer), time and gate, or the one-line error that kept it from being
 audited. :func:`write_sweep` writes ``sweep.md``, ``sweep.csv``,
 ``sweep.json`` and ``sweep.html`` (a table and a plotly bar chart of
-unreachable counts per model, plotly's JavaScript inlined: no network needed).
+unreachable counts per model, plotly's JavaScript inlined: no network needed);
+:func:`render_terminal` and :func:`render_text` show the table on a terminal and in a log.
+
+Model names, sources and errors are untrusted (a path, a hub id, a message quoting a model file): the
+row keeps them as given, and every rendering shows them through :mod:`.escape` (``printable`` first).
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import io
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .escape import markdown_code, markdown_text
+from .._text import printable
+from .escape import html_text, json_text, markdown_code, markdown_text
 from .model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, VERDICTS
 
 SWEEP_SCHEMA_VERSION = "1.1"  # 1.1: not_round_trip
@@ -108,15 +111,17 @@ def render_csv(result: SweepResult) -> str:
     writer.writeheader()
     for r in result.rows:
         # A leading =, +, - or @ makes spreadsheets evaluate a cell; model names and errors are quoted text.
+        # Strings are shown printable: a spreadsheet or a terminal `cat` is a human output.
+        cells = {k: printable(v) if isinstance(v, str) else v for k, v in r.flat().items()}
         writer.writerow({k: (f"'{v}" if isinstance(v, str) and v.startswith(("=", "+", "-", "@")) else v)
-                         for k, v in r.flat().items()})
+                         for k, v in cells.items()})
     return buffer.getvalue()
 
 
 def render_json(result: SweepResult) -> str:
     body = {"schema_version": SWEEP_SCHEMA_VERSION, "exit_code": result.exit_code,
             "rows": [r.flat() for r in result.rows]}
-    return json.dumps(body, indent=2, ensure_ascii=False) + "\n"
+    return json_text(body) + "\n"  # the strings as given; a lone surrogate as its \\u escape
 
 
 def render_html(result: SweepResult) -> str:
@@ -125,7 +130,7 @@ def render_html(result: SweepResult) -> str:
     from plotly.offline import get_plotlyjs  # noqa: PLC0415
 
     audited = [r for r in result.rows if not r.failed]
-    labels = [html.escape(r.model) for r in audited]
+    labels = [html_text(r.model) for r in audited]
     fig = go.Figure()
     for verdict, color in ((UNARGMAXABLE, "#d1495b"), (PRACTICAL, "#edae49")):
         fig.add_trace(go.Bar(x=labels, y=[r.counts[verdict] for r in audited], name=verdict.replace("_", " "),
@@ -133,19 +138,47 @@ def render_html(result: SweepResult) -> str:
     fig.update_layout(title="Unreachable tokens per model", barmode="stack", yaxis_title="tokens", height=420,
                       margin={"t": 60, "b": 120})
     plot = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in _COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)[:-1])
+    head = "".join(f"<th>{html_text(c)}</th>" for c in _COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in _cells(r)[:-1])
                    + f"<td>{_report_link(r)}</td></tr>" for r in result.rows)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>argmaxcheck sweep</title>"
             f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body><h1>argmaxcheck sweep</h1>"
             f"<div class=\"plot\">{plot}</div><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-            f"<p class=\"muted\">{html.escape(_footer(result))}</p></body></html>\n")
+            f"<p class=\"muted\">{html_text(_footer(result))}</p></body></html>\n")
 
 
 def _report_link(row: SweepRow) -> str:
     if row.failed or not row.report:
-        return html.escape(_cells(row)[-1])
-    return f'<a href="{html.escape(row.report)}">{html.escape(row.report)}</a>'
+        return html_text(_cells(row)[-1])
+    return f'<a href="{html_text(row.report)}">{html_text(row.report)}</a>'
+
+
+_RIGHT = {3, 4, 5, 6, 7}  # the counts and seconds
+
+
+def render_text(result: SweepResult) -> str:
+    """The table as plain aligned columns (a log, a pipe): no markup, no colour, every cell printable."""
+    rows = [list(_COLUMNS), *([printable(c) for c in _cells(r)] for r in result.rows)]
+    widths = [max(len(row[k]) for row in rows) for k in range(len(_COLUMNS))]
+    lines = ["  ".join(c.rjust(w) if k in _RIGHT else c.ljust(w)
+                       for k, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
+    return "\n".join([*lines, "", _footer(result), ""])
+
+
+def render_terminal(result: SweepResult, console) -> None:
+    """The table on a rich ``console``; every cell is a Text of printable characters, never rich markup."""
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    table = Table(title="argmaxcheck sweep", title_justify="left")
+    for k, name in enumerate(_COLUMNS):
+        table.add_column(name, justify="right" if k in _RIGHT else "left", overflow="fold")
+    styles = {"FAILED": "bold red", "error": "bold red", "passed": "green"}
+    for r in result.rows:
+        cells = _cells(r)
+        table.add_row(*(Text(printable(c), style=styles.get(c, "") if k == 8 else "") for k, c in enumerate(cells)))
+    console.print(table)
+    console.print(Text(_footer(result)))
 
 
 _STYLE = """

@@ -19,6 +19,8 @@ from ..engine import AuditOptions, audit
 from ..errors import InputError
 from ..layer import OutputLayer
 from ..report.model import AuditReport
+from ..report.stats import joined
+from ..selection import check_ids
 
 DEFAULT_CHUNK_SIZE = 4096
 
@@ -31,16 +33,7 @@ def plan_chunks(tokens: Sequence[int] | None, num_classes: int,
     if tokens is None:
         ids = np.arange(num_classes, dtype=np.int64)
     else:
-        for t in tokens:
-            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
-                raise InputError(f"token ids must be integers, got {t!r}")
-        ids = np.unique(np.asarray(list(tokens), dtype=np.int64))
-        if ids.size == 0:
-            raise InputError("the list of tokens to audit is empty")
-        if ids[0] < 0 or ids[-1] >= num_classes:
-            bad = int(ids[0] if ids[0] < 0 else ids[-1])
-            raise InputError(f"token id {bad} is out of range: the layer has {num_classes} rows"
-                             f" (0..{num_classes - 1})")
+        ids = np.asarray(check_ids(tokens, num_classes), dtype=np.int64)
     return [ids[k:k + chunk_size] for k in range(0, ids.size, int(chunk_size))]
 
 
@@ -69,10 +62,11 @@ def merge_reports(parts: Sequence[AuditReport], expected: np.ndarray) -> AuditRe
 
     ``seconds`` is the sum of the chunks' audit times: the work done, the same
     whether the chunks ran in one go, after a resume or in parallel (the
-    wall-clock time of one invocation is ``timings['wall_seconds']``, set by
-    the caller). Timings: durations and counts are summed, maxima are maxima,
-    and ``exact_median_seconds`` is the median of the chunks' medians weighted
-    by their number of exact-step tokens (the per-token times are not kept).
+    wall-clock time of one invocation is in ``stats.run``, set by the caller).
+    Every other field is the first chunk's, by :func:`dataclasses.replace`, so
+    no field can be dropped: stage records merge with
+    :meth:`~argmaxcheck.report.stats.AuditStats.merge`, the device fields keep
+    each distinct value.
     """
     if not parts:
         raise ValueError("no chunk reports to merge")
@@ -88,39 +82,16 @@ def merge_reports(parts: Sequence[AuditReport], expected: np.ndarray) -> AuditRe
         twice = got[1:][got[1:] == got[:-1]]
         raise RuntimeError(f"merged chunks do not cover the audited tokens exactly once:"
                            f" {lost.size} missing, {twice.size} repeated, {np.setdiff1d(got, expected).size} extra")
-    return AuditReport(first.num_classes, first.dim, first.domain, first.has_bias, first.source_dtype,
-                       float(sum(p.seconds for p in parts)), tokens, names=first.names,
-                       timings=merge_timings([p.timings for p in parts]), source=first.source,
-                       checkpoint=first.checkpoint, special=first.special)
+    stats = first.stats
+    for p in parts[1:]:
+        stats = stats.merge(p.stats)
+    return replace(first, seconds=float(sum(p.seconds for p in parts)), tokens=tokens, stats=stats,
+                   device=_all_of(p.device for p in parts), device_note=_all_of(p.device_note for p in parts),
+                   precision=_all_of(p.precision for p in parts))
 
 
-def merge_timings(timings: Sequence[dict]) -> dict:
-    """Combine the chunks' ``timings`` dicts (see :func:`merge_reports`); unknown keys are handled by type."""
-    keys: list[str] = []
-    for t in timings:
-        keys.extend(k for k in t if k not in keys)
-    merged: dict = {}
-    for key in keys:
-        values = [t[key] for t in timings if key in t]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            if "median" in key:
-                merged[key] = _weighted_median(timings, key)
-            elif "max" in key:
-                merged[key] = max(values)
-            else:
-                total = sum(values)
-                merged[key] = round(total, 4) if isinstance(total, float) else total
-        else:
-            distinct = list(dict.fromkeys(map(str, values)))
-            merged[key] = values[0] if len(distinct) == 1 else ", ".join(distinct)
+def _all_of(values) -> str | None:
+    merged = None
+    for value in values:
+        merged = joined(merged, value)
     return merged
-
-
-def _weighted_median(timings: Sequence[dict], key: str) -> float:
-    pairs = sorted((t[key], t.get("exact_tokens", 1)) for t in timings if key in t)
-    half, seen = sum(w for _, w in pairs) / 2, 0
-    for value, weight in pairs:
-        seen += weight
-        if seen >= half:
-            return value
-    return pairs[-1][0]

@@ -34,6 +34,7 @@ class LocalExecutor:
     """Chunks one after another in this process (progress is reported token by token)."""
 
     name = "local"
+    in_process = True  # its chunk reports were checked by the engine in this process (no recheck needed)
 
     def run(self, layer: OutputLayer, domain: Domain, jobs: Sequence[Job],
             progress=None) -> Iterator[tuple[int, AuditReport]]:

@@ -4,7 +4,7 @@ Layout of a journal folder::
 
     header.json                 what run this is: hashes of every input (see RunIdentity)
     chunk-000000.npz            the chunk's verdicts, margins, witnesses and certificates
-    chunk-000000.json           its manifest: ids, timings and the sha256 of the .npz
+    chunk-000000.json           its manifest: ids, per-stage records and the sha256 of the .npz
 
 Every file is written to a temporary file in the folder, flushed and fsynced,
 renamed over its final name, and the folder is fsynced: a crash (SIGKILL, power
@@ -14,10 +14,33 @@ finished, and a chunk whose ``.npz`` does not match the manifest's hash
 (truncated, corrupted) is decided again, with a note. A header that cannot be
 read is an error, never silently replaced: it is what stops a journal from one
 run from being merged into another.
+
+**What is trusted.** Nothing in a journal is a proof. A manifest carries its
+own checksum over its content, the run's hash and the chunk's number, so a
+manifest copied from another run or chunk, or edited, is a damaged chunk. But
+a forger who knows the format can recompute every hash; so the layer, domain
+and ids of a loaded chunk come from the run itself (a manifest that claims
+others is damaged), and every witness and certificate it holds is checked
+again by :mod:`.recheck` before the report is merged.
+
+**Bad files, one rule.** The header is the run's identity: a header that is
+corrupt, nested too deeply, of another version or of another run is refused
+in one line (:class:`~argmaxcheck.errors.InputError`, exit 2) and nothing in
+the folder is changed. Anything wrong with a *chunk* (unreadable or nested
+JSON, a hash mismatch, an unknown verdict string, row counts or ids that do not
+match the chunk, arrays of the wrong shape) makes it a damaged chunk: one note,
+and it is decided again.
+
+**One run at a time.** A run holds an exclusive lock (``fcntl.flock`` on
+``.argmaxcheck-lock`` in the folder) from before it reads the header until it
+ends; a second run on the same journal is refused in one line rather than
+made to wait. Only the holder removes the temporary files of interrupted
+writes, and only after the header proved the folder to be this run's journal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -32,12 +55,14 @@ import numpy as np
 from ..domains import Domain
 from ..errors import InputError
 from ..layer import OutputLayer
-from ..report.model import AuditReport, TokenResult
+from ..report.model import VERDICTS, AuditReport, TokenResult
+from ..report.stats import AuditStats
 
 FORMAT = "argmaxcheck-journal"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: manifests carry a checksum bound to the run and chunk, and per-stage records
 HEADER = "header.json"
 _TMP_PREFIX = ".argmaxcheck-tmp-"
+LOCK = ".argmaxcheck-lock"
 
 Log = Callable[[str], None]
 
@@ -94,43 +119,95 @@ class Journal:
     """
 
     def __init__(self, folder: Path, identity: RunIdentity, chunks: Sequence[np.ndarray], layer: OutputLayer,
-                 log: Log):
+                 log: Log, domain: Domain | None = None):
         self.folder, self.identity, self.chunks, self.layer, self.log = folder, identity, chunks, layer, log
+        self.domain = None if domain is None else domain.resolve(layer.dim)
+        self._lock: int | None = None
 
     @classmethod
     def open(cls, folder: str | os.PathLike, identity: RunIdentity, chunks: Sequence[np.ndarray],
-             layer: OutputLayer, log: Log = stderr_note) -> Journal:
+             layer: OutputLayer, log: Log = stderr_note, domain: Domain | None = None) -> Journal:
         """Start a journal in ``folder`` or reopen the one there; refuse one written for another run.
+
+        The journal is locked until :meth:`close` (or the end of the process).
 
         Raises
         ------
         InputError
             When the folder's parent does not exist, the folder holds other
-            files, its header is unreadable, or it belongs to other inputs or flags.
+            files, its header is unreadable, it belongs to other inputs or
+            flags, or another run holds it.
         """
         folder = Path(folder)
+        if os.path.islink(folder) and not folder.exists():
+            raise InputError(f"journal {folder}: is a symbolic link to {os.readlink(folder)}, which does not exist;"
+                             " give a folder")
         if folder.exists() and not folder.is_dir():
             raise InputError(f"journal {folder}: exists and is not a folder")
+        header = folder / HEADER
+        if folder.exists() and not os.path.lexists(header) and any(p.name != LOCK for p in folder.iterdir()):
+            raise InputError(f"journal {folder}: the folder is not empty and has no {HEADER}, so it is not an"
+                             " argmaxcheck journal; give an empty or new folder")
         if not folder.exists():
             if not folder.resolve().parent.is_dir():
                 raise InputError(f"journal {folder}: its parent folder {folder.resolve().parent} does not exist")
-            folder.mkdir()
-        for leftover in folder.glob(_TMP_PREFIX + "*"):  # an interrupted write of ours; never a finished file
-            leftover.unlink(missing_ok=True)
-        journal = cls(folder, identity, chunks, layer, log)
-        header = folder / HEADER
-        if header.exists():
-            journal._check_header(header)
-        elif any(folder.iterdir()):
-            raise InputError(f"journal {folder}: the folder is not empty and has no {HEADER}, so it is not an"
-                             " argmaxcheck journal; give an empty or new folder")
-        else:
-            body = {"format": FORMAT, "journal_version": JOURNAL_VERSION, "run": identity.digest,
-                    "inputs": identity.parts, "chunks": len(chunks),
-                    "tokens": int(sum(c.size for c in chunks))}
-            body["checksum"] = _hash(json.dumps(body, sort_keys=True).encode())
-            _atomic_write(folder, HEADER, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
+            try:
+                folder.mkdir()
+            except OSError as exc:
+                raise InputError(f"journal {folder}: cannot be created ({exc.strerror or exc})") from None
+        journal = cls(folder, identity, chunks, layer, log, domain)
+        journal._acquire()
+        try:
+            if os.path.lexists(header):
+                journal._check_header(header)
+            elif any(p.name != LOCK for p in folder.iterdir()):
+                raise InputError(f"journal {folder}: the folder is not empty and has no {HEADER}, so it is not an"
+                                 " argmaxcheck journal; give an empty or new folder")
+            for leftover in folder.glob(_TMP_PREFIX + "*"):  # an interrupted write of ours: we hold the lock
+                leftover.unlink(missing_ok=True)
+            if not os.path.lexists(header):
+                body = {"format": FORMAT, "journal_version": JOURNAL_VERSION, "run": identity.digest,
+                        "inputs": identity.parts, "chunks": len(chunks),
+                        "tokens": int(sum(c.size for c in chunks))}
+                body["checksum"] = _hash(json.dumps(body, sort_keys=True).encode())
+                _atomic_write(folder, HEADER, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
+        except BaseException:
+            journal.close()
+            raise
         return journal
+
+    def _acquire(self) -> None:
+        """Hold the journal's lock (non-blocking): a second run on the same folder is refused, not queued."""
+        try:
+            import fcntl  # noqa: PLC0415 - POSIX only
+        except ImportError:  # pragma: no cover - no flock: nothing to hold
+            return
+        try:
+            fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            raise InputError(f"journal {self.folder}: cannot create its lock file {LOCK}"
+                             f" ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise InputError(f"journal {self.folder}: another argmaxcheck run is using it; wait for it to end"
+                             " or give another folder") from None
+        self._lock = fd
+
+    def close(self) -> None:
+        """Release the journal's lock (idempotent)."""
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
 
     def _check_header(self, header: Path) -> None:
         where = f"journal {self.folder}"
@@ -138,8 +215,8 @@ class Journal:
             body = json.loads(header.read_text(encoding="utf-8"))
             checksum = body.pop("checksum")
             intact = checksum == _hash(json.dumps(body, sort_keys=True).encode())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
-            intact = False
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError, KeyError, TypeError, RecursionError):
+            intact = False  # RecursionError: JSON nested too deeply
         if not intact or body.get("format") != FORMAT:
             raise InputError(f"{where}: {HEADER} is corrupt or not an argmaxcheck journal header; delete the folder"
                              " to start the audit over")
@@ -156,25 +233,49 @@ class Journal:
         return self.folder / f"chunk-{k:06d}.npz", self.folder / f"chunk-{k:06d}.json"
 
     def load(self, k: int) -> AuditReport | None:
-        """Chunk ``k``'s report from the journal, or ``None`` when it is not there (or is damaged: noted)."""
+        """Chunk ``k``'s report from the journal, or ``None`` when it is not there (or is damaged: noted).
+
+        The report's witnesses and certificates are *not* checked here; :mod:`.recheck` does that.
+        """
         data, manifest = self._paths(k)
-        if not manifest.exists():
+        if not os.path.lexists(manifest):
             return None
         ids = self.chunks[k]
         what = f"chunk {k} (tokens {int(ids[0])}-{int(ids[-1])})"
         try:
             meta = json.loads(manifest.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("its manifest is not a JSON object")
+            checksum = meta.pop("checksum", None)
+            if checksum != _hash(json.dumps(meta, sort_keys=True).encode()):
+                raise ValueError("its manifest's checksum does not match its content")
             raw = data.read_bytes()
-            if meta.get("run") != self.identity.digest or meta.get("sha256") != _hash(raw):
+            if meta.get("run") != self.identity.digest or meta.get("chunk") != k or meta.get("sha256") != _hash(raw):
                 raise ValueError("its data file does not match its manifest (truncated or corrupted)")
-            report = _report_from_npz(raw, meta, self.layer)
-            if not np.array_equal([t.id for t in report.tokens], ids):
-                raise ValueError("it holds other tokens than the chunk")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError, TypeError,
-                AttributeError) as exc:
-            self.log(f"journal {self.folder}: {what} is damaged ({exc}); deciding it again")
+            expected = self._expected_meta(ids)
+            wrong = [key for key, value in expected.items() if meta.get(key) != value]
+            if wrong:
+                raise ValueError(f"its manifest claims another {', '.join(wrong)} than this run")
+            report = _report_from_npz(raw, meta, self.layer, ids)
+            if self.domain is not None:
+                report.domain = self.domain.describe()
+        except RecursionError:
+            self.log(f"journal {self.folder}: {what} is damaged (its manifest is nested too deeply); deciding it again")
+            return None
+        except Exception as exc:  # a chunk is a cache: whatever is wrong with it, it is decided again
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            self.log(f"journal {self.folder}: {what} is damaged ({reason}); deciding it again")
             return None
         return report
+
+    def _expected_meta(self, ids: np.ndarray) -> dict:
+        """What a manifest of chunk ``ids`` must say about the run (a forged one may claim another domain)."""
+        layer = self.layer
+        out = {"first": int(ids[0]), "last": int(ids[-1]), "count": int(ids.size), "num_classes": layer.num_classes,
+               "dim": layer.dim, "has_bias": layer.bias is not None, "source_dtype": layer.source_dtype}
+        if self.domain is not None:
+            out["domain"] = json.loads(json.dumps(self.domain.describe()))
+        return out
 
     def save(self, k: int, report: AuditReport) -> None:
         """Record chunk ``k`` durably: its data, then its manifest (the commit mark)."""
@@ -184,7 +285,10 @@ class Journal:
         meta = {"run": self.identity.digest, "chunk": k, "first": int(ids[0]), "last": int(ids[-1]),
                 "count": int(ids.size), "sha256": _hash(raw), "seconds": report.seconds,
                 "num_classes": report.num_classes, "dim": report.dim, "domain": report.domain,
-                "has_bias": report.has_bias, "source_dtype": report.source_dtype, "timings": report.timings}
+                "has_bias": report.has_bias, "source_dtype": report.source_dtype, "stages": report.stats.to_state(),
+                "device": report.device, "device_note": report.device_note, "precision": report.precision}
+        meta = json.loads(json.dumps(meta))  # what reading it back gives (tuples become lists), for the checksum
+        meta["checksum"] = _hash(json.dumps(meta, sort_keys=True).encode())
         _atomic_write(self.folder, data.name, raw)
         _atomic_write(self.folder, manifest.name, (json.dumps(meta, indent=1) + "\n").encode())
 
@@ -222,27 +326,50 @@ def _report_to_npz(report: AuditReport) -> bytes:
     return buffer.getvalue()
 
 
-def _report_from_npz(raw: bytes, meta: dict, layer: OutputLayer) -> AuditReport:
+def _report_from_npz(raw: bytes, meta: dict, layer: OutputLayer, ids: np.ndarray) -> AuditReport:
+    """The chunk report in ``raw``; ValueError for anything that does not fit the chunk ``ids`` of ``layer``."""
     with np.load(io.BytesIO(raw), allow_pickle=False) as z:
         a = {k: z[k] for k in z.files}
+    n, dim = int(ids.size), layer.dim
+    if not np.array_equal(a["id"], ids):
+        raise ValueError("it holds other tokens than the chunk")
+    for f in ("tie_with", "has_witness", "has_support", *_FLOATS, *_TEXTS):
+        if a[f].shape != (n,):
+            raise ValueError(f"its {f} array has {a[f].shape} entries for {n} tokens")
+    unknown = sorted(set(a["verdict"].tolist()) - set(VERDICTS))
+    if unknown:
+        raise ValueError(f"unknown verdict {unknown[0][:40]!r}")
+    has_w, has_s = a["has_witness"].astype(bool), a["has_support"].astype(bool)
+    ptr = a["support_ptr"]
+    if a["witness"].shape != (int(has_w.sum()), dim) or ptr.shape != (int(has_s.sum()) + 1,) or ptr[0] != 0 \
+            or np.any(np.diff(ptr) < 0) or ptr[-1] != a["support"].size or a["weights"].shape != a["support"].shape:
+        raise ValueError("its witness or certificate arrays do not fit its tokens")
     names = layer.tokens
     tokens, w, s = [], 0, 0
-    for k, i in enumerate(a["id"].tolist()):
+    for k, i in enumerate(ids.tolist()):
         witness = support = weights = None
-        if a["has_witness"][k]:
-            witness, w = a["witness"][w], w + 1
-        if a["has_support"][k]:
-            lo, hi = a["support_ptr"][s], a["support_ptr"][s + 1]
-            support, weights, s = a["support"][lo:hi], a["weights"][lo:hi], s + 1
+        if has_w[k]:
+            witness, w = a["witness"][w].astype(np.float64), w + 1
+        if has_s[k]:
+            lo, hi = ptr[s], ptr[s + 1]
+            support, weights, s = a["support"][lo:hi].astype(np.int64), a["weights"][lo:hi].astype(np.float64), s + 1
         tie = int(a["tie_with"][k])
         tokens.append(TokenResult(
             i, names[i] if names else None, str(a["verdict"][k]), float(a["margin"][k]), str(a["stage"][k]),
             witness=witness, support=support, weights=weights, tie_with=None if tie < 0 else tie,
             check=str(a["check"][k]), reason=str(a["reason"][k]),
             **{f: float(a[f][k]) for f in _FLOATS if f != "margin"}))
-    return AuditReport(int(meta["num_classes"]), int(meta["dim"]), meta["domain"], bool(meta["has_bias"]),
-                       str(meta["source_dtype"]), float(meta["seconds"]), tokens, names=names,
-                       timings=dict(meta["timings"]), special=layer.special)
+    def text(key):
+        return None if meta.get(key) is None else str(meta[key])
+
+    try:
+        stats = AuditStats.from_state(meta.get("stages", ()))
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        raise ValueError("its stage records are malformed") from None
+    return AuditReport(layer.num_classes, dim, meta["domain"], layer.bias is not None, layer.source_dtype,
+                       float(meta["seconds"]), tokens, names=names, stats=stats, special=layer.special,
+                       display=layer.display, token_kinds=dict(layer.token_kinds), device=text("device"),
+                       device_note=text("device_note"), precision=text("precision"))
 
 
 def _atomic_write(folder: Path, name: str, data: bytes) -> None:

@@ -12,7 +12,6 @@ one-line error; the sweep goes on. Per-model JSON reports go to
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -22,6 +21,8 @@ from ..domains import Domain, Unbounded
 from ..engine import AuditOptions, audit
 from ..errors import InputError
 from ..inputside import attach_input_side
+from ..outputs import plan_outputs
+from ..report.escape import json_text
 from ..report.gate import GatePolicy, evaluate
 from ..report.sweep import SweepResult, SweepRow, write_sweep
 from ..sources import SourceRequest, load_source
@@ -94,7 +95,10 @@ def sweep(sources: Sequence[str], output: str | os.PathLike, *, request: SourceR
         Paths (and ``@FILE`` lists, see :func:`expand_sources`).
     output : path
         Folder for ``sweep.md/.csv/.json/.html`` and ``models/*.json``
-        (created; its parent must exist).
+        (created; its parent must exist). Every file it will hold is checked
+        first (:func:`argmaxcheck.outputs.plan_outputs`): none may be a source,
+        an ``@FILE`` list or in the journal, and a read-only folder is refused;
+        nothing is created before those checks pass.
     request, domain, options, policy
         What ``argmaxcheck audit`` takes from its flags, applied to every source.
     chunk_size, journal, executor
@@ -109,14 +113,24 @@ def sweep(sources: Sequence[str], output: str | os.PathLike, *, request: SourceR
     SweepResult
         Its ``exit_code`` is 2 if any source failed, else 1 if any gate failed, else 0.
     """
+    lists = [item[1:] for item in sources if item.startswith("@")]
     sources = expand_sources(sources)
     output = Path(output)
-    if output.exists() and not output.is_dir():
+    # Every check before anything is created: a refused sweep leaves no folder behind.
+    if os.path.lexists(output) and not output.is_dir():
         raise InputError(f"sweep --output {output}: exists and is not a folder")
     if not output.resolve().parent.is_dir():
         raise InputError(f"sweep --output {output}: folder {output.resolve().parent} does not exist")
-    if journal is not None and not Path(journal).resolve().parent.is_dir():
-        raise InputError(f"sweep --resume {journal}: folder {Path(journal).resolve().parent} does not exist")
+    if journal is not None:
+        if os.path.lexists(journal) and not Path(journal).is_dir():
+            raise InputError(f"sweep --resume {journal}: exists and is not a folder")
+        if not Path(journal).resolve().parent.is_dir():
+            raise InputError(f"sweep --resume {journal}: folder {Path(journal).resolve().parent} does not exist")
+    # The table, and one report per source: never over a source, a list file or the journal (outputs.py).
+    names = [*(f"sweep.{ext}" for ext in ("md", "csv", "json", "html")),
+             *dict.fromkeys(f"models/{_slug(source)}.json" for source in sources)]
+    plan_outputs([("sweep --output", str(output / name)) for name in names], inputs=[*sources, *lists],
+                 owned=[journal] if journal is not None else [], make_folders=True)
     (output / "models").mkdir(parents=True, exist_ok=True)
     if journal is not None:
         Path(journal).mkdir(exist_ok=True)
@@ -139,7 +153,7 @@ def sweep(sources: Sequence[str], output: str | os.PathLike, *, request: SourceR
             gate = evaluate(report, policy)
             name = f"models/{slug}.json"
             _atomic_write(output / "models", f"{slug}.json",
-                          (json.dumps(report.to_dict(gate.to_dict()), indent=2, ensure_ascii=False) + "\n").encode())
+                          (json_text(report.to_dict(gate.to_dict())) + "\n").encode("utf-8"))
             summary = report.summary()
             row.num_classes, row.dim, row.audited = report.num_classes, report.dim, summary["audited"]
             row.domain, row.seconds = _domain_text(report.domain), round(report.seconds, 3)

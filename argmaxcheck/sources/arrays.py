@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._text import printable
+from .._text import one_line, printable
 from ..domains import Unbounded
 from ..errors import InputError
 from ..layer import OutputLayer, as_float64
@@ -497,10 +497,10 @@ def _torch_load_error(exc: Exception) -> str:
     text = _ANSI.sub("", str(exc))
     if "WeightsUnpickler error:" in text:
         detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ", 1)[0]
-        return (f"holds pickled Python objects, not only tensors ({printable(detail, 120)}); torch.load"
+        return (f"holds pickled Python objects, not only tensors ({one_line(detail, 120)}); torch.load"
                 " (weights_only=True) refuses them: save a state_dict() of tensors instead")
     first = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
-    return f"cannot be read by torch.load(weights_only=True) ({printable(first)})"
+    return f"cannot be read by torch.load(weights_only=True) ({one_line(first, 200)})"
 
 
 _READERS = {".npz": _NpzFile, ".npy": _NpyFile, ".safetensors": _SafetensorsFile, ".pt": _TorchFile,

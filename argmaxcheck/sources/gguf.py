@@ -21,11 +21,15 @@ than audited on the wrong domain.
 from __future__ import annotations
 
 import dataclasses
+import mmap
+import os
+import struct
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+from .._text import one_line, printable
 from ..errors import InputError
 from ..layer import OutputLayer
 from .base import HeadSource, LoadedLayer
@@ -111,11 +115,163 @@ def _open(path: Path):
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     gguf = _gguf()
+    check_header(path)  # GGUFReader loops over whatever counts the header claims: bound them first
     try:
         return gguf.GGUFReader(path)
     except Exception as exc:  # the reader raises ValueError, IndexError, KeyError... on a damaged file
         raise InputError(f"{path}: not a readable GGUF file (truncated or corrupt? {type(exc).__name__}:"
-                         f" {str(exc)[:160]})") from None
+                         f" {one_line(exc, 160)})") from None
+
+
+# What the header may claim before GGUFReader is let loose on it. The reader builds a few numpy views per
+# metadata entry, array element and tensor, in a Python loop: a 1 GB file of empty strings would mean
+# 10^8 iterations. Real files are far below these (SmolLM2: 147k entries, 272 tensors; Gemma 3: ~800k).
+GGUF_MAX_ENTRIES = 1 << 22  # metadata keys plus array elements, all fields together
+GGUF_MAX_TENSORS = 1 << 17
+GGUF_MAX_DIMS = 4  # GGML_MAX_DIMS
+GGUF_MAX_NESTING = 4  # arrays of arrays
+_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
+_ENTRIES = f"{GGUF_MAX_ENTRIES} metadata entries and array elements in all"
+
+
+class _Header:
+    """A bounds-checked walk over a GGUF header (struct on a memory map): every count and length it
+    meets is checked against the bytes left in the file before anything relies on it."""
+
+    def __init__(self, path: Path, data, size: int):
+        self.path, self.data, self.size, self.pos, self.order = path, data, size, 0, "<"
+        self.entries = 0
+
+    def fail(self, what: str):
+        raise InputError(f"{self.path}: not a readable GGUF file ({what})")
+
+    def need(self, n: int, what: str) -> int:
+        """Reserve ``n`` bytes at the current position; returns where they start."""
+        if n > self.size - self.pos:
+            self.fail(f"{what} needs {n} bytes at offset {self.pos}, but the file has {self.size} bytes")
+        start, self.pos = self.pos, self.pos + n
+        return start
+
+    def unpack(self, fmt: str, what: str):
+        return struct.unpack_from(self.order + fmt, self.data, self.need(struct.calcsize(fmt), what))[0]
+
+    def count(self, n: int, smallest: int, what: str, limit: int, accepts: str) -> int:
+        """A claimed number of items of at least ``smallest`` bytes each, checked before any is read."""
+        if n > limit:
+            self.fail(f"{what} claims {n} entries; this reader accepts {accepts}")
+        if n * smallest > self.size - self.pos:
+            self.fail(f"{what} claims {n} entries of at least {smallest} bytes, but only {self.size - self.pos}"
+                      " bytes remain in the file")
+        return n
+
+    def string(self, what: str) -> bytes:
+        length = self.unpack("Q", f"{what}: string length")
+        start = self.need(length, f"{what}: string")
+        return bytes(self.data[start:start + length]) if length <= 1 << 16 else b""
+
+    def entry(self, what: str) -> None:
+        self.entries += 1
+        if self.entries > GGUF_MAX_ENTRIES:
+            self.fail(f"{what}: this reader accepts {_ENTRIES}")
+
+    def value(self, kind: int, what: str, depth: int = 0) -> bytes | None:
+        """Skip one value of GGUFValueType ``kind``; a scalar's bytes come back (general.alignment's)."""
+        if kind in _SCALARS:
+            start = self.need(_SCALARS[kind], f"{what}: value")
+            return bytes(self.data[start:start + _SCALARS[kind]])
+        if kind == _STRING:
+            self.string(what)
+            return None
+        if kind != _ARRAY:
+            self.fail(f"{what}: unknown value type {kind}")
+        if depth >= GGUF_MAX_NESTING:
+            self.fail(f"{what}: arrays nested more than {GGUF_MAX_NESTING} deep")
+        item = self.unpack("I", f"{what}: array type")
+        n = self.unpack("Q", f"{what}: array length")
+        smallest = _SCALARS.get(item, 8 if item == _STRING else 12)
+        if item not in _SCALARS and item not in (_STRING, _ARRAY):
+            self.fail(f"{what}: array of unknown value type {item}")
+        self.count(n, smallest, f"{what}: array", GGUF_MAX_ENTRIES - self.entries, _ENTRIES)
+        self.entries += n
+        if item in _SCALARS:
+            self.need(n * smallest, f"{what}: array")
+        else:
+            for _ in range(n):
+                self.value(item, what, depth + 1)
+        return None
+
+
+def check_header(path: Path) -> None:
+    """Refuse a GGUF file whose header claims more than the file holds (counts, string and array lengths,
+    tensor dimensions and data ranges), naming the file and the field, before ``gguf.GGUFReader`` reads it.
+
+    Only bounds are checked here; the ``gguf`` package still does the parsing.
+    """
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType  # noqa: PLC0415
+
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < 24:
+                raise InputError(f"{path}: not a readable GGUF file (only {size} bytes; the header alone has 24)")
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                _walk(_Header(path, data, size), GGML_QUANT_SIZES, GGMLQuantizationType)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({printable(exc.strerror or exc)})") from None
+
+
+def _walk(h: _Header, quant_sizes, quant_types) -> None:
+    if h.unpack("I", "magic") != 0x46554747:
+        h.fail("no GGUF magic at the start")
+    version = struct.unpack_from("<I", h.data, 4)[0]
+    if version & 0xFFFF == 0:  # written on a machine of the other byte order, as GGUFReader reads it
+        h.order, version = ">", struct.unpack_from(">I", h.data, 4)[0]
+    h.pos = 8
+    if version not in (2, 3):
+        h.fail(f"version {version}; versions 2 and 3 are read")
+    tensors = h.unpack("Q", "tensor count")
+    kvs = h.unpack("Q", "metadata count")
+    h.count(tensors, 24, "the tensor count", GGUF_MAX_TENSORS,  # name length, dims, type, offset: 24 bytes
+            f"{GGUF_MAX_TENSORS} tensors at most")
+    h.count(kvs, 13, "the metadata count", GGUF_MAX_ENTRIES, _ENTRIES)  # key length, type, a byte: 13 bytes
+    alignment = 32
+    for k in range(kvs):
+        key = h.string(f"metadata key {k}")
+        what = f"metadata '{printable(key.decode('utf-8', 'replace'), 80)}'"
+        h.entry(what)
+        kind = h.unpack("I", f"{what}: value type")
+        raw = h.value(kind, what)
+        if key == b"general.alignment" and kind == _UINT32:
+            alignment = struct.unpack(h.order + "I", raw)[0]
+    infos = []
+    for k in range(tensors):
+        name = h.string(f"tensor {k}: name")
+        what = f"tensor '{printable(name.decode('utf-8', 'replace'), 80)}'"
+        n_dims = h.unpack("I", f"{what}: dimension count")
+        if n_dims > GGUF_MAX_DIMS:
+            h.fail(f"{what}: {n_dims} dimensions, at most {GGUF_MAX_DIMS}")
+        dims = [h.unpack("Q", f"{what}: dimension") for _ in range(n_dims)]
+        kind = h.unpack("I", f"{what}: type")
+        offset = h.unpack("Q", f"{what}: data offset")
+        infos.append((what, dims, kind, offset))
+    if alignment == 0 or alignment & (alignment - 1):
+        h.fail(f"general.alignment is {alignment}, not a power of two")
+    start = -(-h.pos // alignment) * alignment
+    for what, dims, kind, offset in infos:
+        try:
+            block, type_size = quant_sizes[quant_types(kind)]
+        except (ValueError, KeyError):
+            h.fail(f"{what}: unknown ggml type {kind}")
+        elements = 1
+        for n in dims:
+            elements *= n
+        if dims and dims[0] % block:
+            h.fail(f"{what}: rows of {dims[0]} values do not fill whole blocks of {block}")
+        nbytes = elements // block * type_size
+        if start + offset + nbytes > h.size:
+            h.fail(f"{what}: {dims} values of {quant_types(kind).name} at data offset {offset} end at byte"
+                   f" {start + offset + nbytes}, past the end of the file ({h.size} bytes)")
 
 
 def _matrices(tensors: dict) -> str:

@@ -22,12 +22,15 @@ import json
 import re
 from pathlib import Path
 
+from .._text import printable
 from ..errors import InputError
-from .arrays import read_json
+from .arrays import check_regular_file, read_json
 from .base import LoadedLayer, SourceRequest
 from .huggingface import _HEAD_BIAS, CONFIG_JSON_LIMIT, _family, load_checkpoint
 
 _REPO_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<rev>[A-Za-z0-9._/-]+))?")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+REF_FILE_LIMIT = 1024  # a refs/ file holds a 40-character commit hash
 # Names that are files, not repos: a missing 'data/head.npz' should say "no such file".
 _FILE_SUFFIXES = {".npz", ".npy", ".safetensors", ".pt", ".pth", ".bin", ".onnx", ".gguf", ".json"}
 
@@ -77,7 +80,9 @@ def fetch(repo_id: str, revision: str | None = None, head: str | None = None) ->
     Downloads (or finds in the cache) ``config.json``, the tokenizer, and the weight files that hold the head
     and the final norm; nothing else.
     """
+    check_revision(repo_id, revision)
     files = _Files(repo_id, revision)
+    check_cache(repo_id, revision)  # before the library opens anything in it
     config_path = files.get("config.json", required=True)
     folder, commit = config_path.parent, config_path.parent.name
     files.revision = commit  # every later file from the commit config.json came from
@@ -104,6 +109,73 @@ def fetch(repo_id: str, revision: str | None = None, head: str | None = None) ->
         raise InputError(f"{repo_id}@{commit[:12]}: no model.safetensors, model.safetensors.index.json or"
                          f" pytorch_model.bin {where}")
     return folder, commit
+
+
+def check_revision(repo_id: str, revision: str | None) -> None:
+    """Refuse a revision that walks paths: the library joins it to the cache folder (refs/REVISION)."""
+    if revision is None:
+        return
+    parts = revision.split("/")
+    if ".." in revision or any(part in ("", ".") for part in parts):
+        raise InputError(f"{repo_id}@{revision}: not a revision (a branch, tag or commit hash never contains"
+                         " '..', './' or an empty '/' part)")
+
+
+def check_cache(repo_id: str, revision: str | None) -> None:
+    """Refuse a cache whose repository folder, ``refs/REVISION`` file or snapshot folder resolves outside
+    the cache, or whose ``refs/REVISION`` does not hold a commit hash, before any file in it is opened.
+
+    huggingface_hub reads ``refs/REVISION`` and joins what it holds to ``snapshots/``: a ref holding
+    ``../../x`` made it raise a ValueError, a snapshot linked elsewhere was read from there.
+    """
+    from huggingface_hub import constants  # noqa: PLC0415
+    from huggingface_hub.file_download import repo_folder_name  # noqa: PLC0415
+
+    at = repo_id + (f"@{revision}" if revision else "")
+    cache = Path(constants.HF_HUB_CACHE)
+    root = _resolved(cache, at)
+    storage = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
+    if not _present(storage):
+        return  # nothing cached yet: the library creates it
+    _inside(storage, root, at, "its cache folder")
+    revision = revision or "main"
+    commit = revision if _COMMIT.fullmatch(revision) else None
+    ref = storage / "refs" / revision
+    if commit is None and _present(ref):
+        _inside(ref, root, at, f"refs/{revision}")
+        check_regular_file(ref)  # never open a FIFO (it blocks) or a folder
+        try:
+            with open(ref, "rb") as fh:
+                content = fh.read(REF_FILE_LIMIT + 1)
+        except OSError as exc:
+            raise InputError(f"{at}: refs/{revision} in the cache cannot be read ({printable(exc.strerror or exc)})"
+                             ) from None
+        text = content.decode("ascii", errors="replace")
+        if not _COMMIT.fullmatch(text):
+            raise InputError(f"{at}: refs/{revision} in the cache ({storage}) does not hold a commit hash but"
+                             f" '{printable(text, 60)}'")
+        commit = text
+    if commit is not None and _present(storage / "snapshots" / commit):
+        _inside(storage / "snapshots" / commit, root, at, f"snapshots/{commit}")
+
+
+def _present(path: Path) -> bool:
+    return path.is_symlink() or path.exists()
+
+
+def _resolved(path: Path, at: str) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop
+        raise InputError(f"{at}: {path} in the cache cannot be resolved ({printable(exc)})") from None
+
+
+def _inside(path: Path, root: Path, at: str, what: str) -> Path:
+    """``path`` resolved, refused unless it lies inside the cache folder ``root``."""
+    resolved = _resolved(path, at)
+    if resolved != root and root not in resolved.parents:
+        raise InputError(f"{at}: {what} in the Hugging Face cache ({root}) links outside it, to {resolved}")
+    return resolved
 
 
 def _hub():
@@ -134,7 +206,7 @@ class _Files:
         at = f"{self.repo_id}" + (f"@{self.requested}" if self.requested else "")
         try:
             with _quiet_retries():
-                return Path(hub.hf_hub_download(self.repo_id, filename, revision=self.revision))
+                path = Path(hub.hf_hub_download(self.repo_id, filename, revision=self.revision))
         except errors.GatedRepoError:
             raise InputError(f"{at}: gated repository: accept its terms on huggingface.co, then log in"
                              " (hf auth login)") from None
@@ -155,10 +227,16 @@ class _Files:
             raise InputError(f"{at}: the repository has no '{filename}'") from None
         except errors.HFValidationError as exc:
             raise InputError(f"{at}: not a valid repo id or revision ({_first_line(exc)})") from None
+        except ValueError as exc:  # the library's own refusals of what it found in the cache
+            raise InputError(f"{at}: the Hugging Face cache cannot serve '{filename}' ({_first_line(exc)})"
+                             ) from None
         except errors.HfHubHTTPError as exc:
             raise InputError(f"{at}: the Hugging Face Hub refused '{filename}' ({_first_line(exc)})") from None
         except OSError as exc:  # network failures the library does not wrap, a full disk, permissions
             raise InputError(f"{at}: cannot get '{filename}' ({_first_line(exc)})") from None
+        # Checked before anything opens it: a snapshot's file may only link to a blob of the cache.
+        _inside(path, _resolved(Path(constants.HF_HUB_CACHE), at), at, f"'{filename}'")
+        return path
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Fold a final normalisation layer into the output layer (DESIGN.md section 4).
+"""Fold a final normalisation layer into the output layer (see docs/method.md).
 
 Most transformers normalise the residual stream right before the output
 layer, so the features that reach it are not all of R^d:

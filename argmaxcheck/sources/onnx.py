@@ -24,7 +24,7 @@ Selu(a, g)                         x >= min(0, -a g) if g > 0 (*), x <= max(0, -
 swish  x * Sigmoid(c x), Swish(c)  x >= -0.27846454276107374 / c if c > 0 (*), x <= that bound negated if c < 0
 HardSwish, x * HardSigmoid(x)      x >= -0.375 (*), in general the gate's own minimum
 Gelu, Mish                         x >= -0.16997120748 (tanh form -0.17004075058), -0.30884341302 (*)
-LayerNormalization (last axis)     folded in: the sqrt(d) ball of DESIGN.md 4
+LayerNormalization (last axis)     folded in: the sqrt(d) ball in the mean-zero subspace (docs/method.md)
 anything else                      R^d, and the report says why
 =================================  ==================================================================================
 

@@ -33,9 +33,17 @@ def summary_lines(report: AuditReport) -> list[str]:
     return [printable(f"{report.source or 'layer'}: {s['num_classes']} classes x {s['dim']} dims"
                       f" ({s['source_dtype']}{', bias' if s['bias'] else ''})"),
             f"domain: {report.domain_text()}",
-            f"audited {s['audited']}: {s[ARGMAXABLE]} argmaxable, {s[UNARGMAXABLE]} unargmaxable,"
+            f"audited {s['audited']}{_rows(s)}: {s[ARGMAXABLE]} argmaxable, {s[UNARGMAXABLE]} unargmaxable,"
             f" {s[PRACTICAL]} practically unreachable, {s[UNDECIDED]} undecided in {s['seconds']:.1f} s",
             *round_trip_lines(report)]
+
+
+def _rows(summary: dict, limit: int = 120) -> str:
+    """`` (rows 5,7-9)`` when only some rows were audited (``--tokens``), so a reader sees which."""
+    if summary["audited"] == summary["num_classes"]:
+        return ""
+    ids = summary["audited_ids"]
+    return f" (rows {ids if len(ids) <= limit else ids[:limit].rsplit(',', 1)[0] + ',...'})"
 
 
 def round_trip_lines(report: AuditReport) -> list[str]:
@@ -57,6 +65,7 @@ def round_trip_rows(report: AuditReport, gate: GateResult | None = None, style: 
         shown = f"[{shown}{', …' if len(got) > 6 else ''}]"
         status = gate.status(i) if gate is not None else ""
         yield str(i), style.literal(report.token_text(i)), verdicts[i], status, style.literal(shown)
+
 
 def gate_lines(gate: GateResult | None) -> list[str]:
     """The gate's verdict, per category, and the baseline and ignores it applied (printable text)."""
