@@ -242,6 +242,8 @@ def _audit_command(args) -> int:
         raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")
     layer, domain, checkpoint_info, loaded = _load_source(args)
     policy.check_rows(layer)
+    if baseline is not None:
+        baseline.check_rows(layer.num_classes)
     tokens = select(args.tokens, layer) if args.tokens else None
     options = AuditOptions(exact_all=args.exact_all, exact=ExactOptions(), precision=args.precision,
                            probability_seconds=0.0 if args.no_max_probability else AuditOptions.probability_seconds,

@@ -146,6 +146,13 @@ class Baseline:
                 not_round_trip.add(i)
         return cls(str(path), flagged, num_classes, frozenset(not_round_trip))
 
+    def check_rows(self, num_classes: int) -> None:
+        """Raise :class:`InputError` unless the baseline audited a layer of ``num_classes`` rows (checked
+        by the CLI right after loading the layer, before the audit, and again by :func:`evaluate`)."""
+        if self.num_classes not in (-1, num_classes):
+            raise InputError(f"--baseline {self.path}: it audited {self.num_classes} rows, this layer has"
+                             f" {num_classes}: not the same output layer")
+
 
 @dataclass(frozen=True)
 class GateResult:
@@ -206,9 +213,8 @@ def evaluate(report: AuditReport, policy: GatePolicy | None = None, baseline: Ba
     """Apply ``policy`` (and ``baseline``) to ``report``."""
     policy = policy or GatePolicy()
     fail_on = {**DEFAULT_FAIL_ON, **policy.fail_on}
-    if baseline is not None and baseline.num_classes not in (-1, report.num_classes):
-        raise InputError(f"--baseline {baseline.path}: it audited {baseline.num_classes} rows, this layer has"
-                         f" {report.num_classes}: not the same output layer")
+    if baseline is not None:
+        baseline.check_rows(report.num_classes)
     ignore = _ignored_ids(policy, report)
     failing: dict[str, list[int]] = {v: [] for v in FLAGGED}
     ignored, known, recovered = [], [], []
