@@ -81,11 +81,12 @@ def test_json_report_lists_argmaxable_tokens_that_do_not_round_trip(tmp_path, rn
     assert report["schema_version"] == "1.2" and report["summary"]["not_round_trip"] == 1
     assert report["not_round_trip"] == [5]
     records = {r["id"]: r for r in report["tokens"]}
-    assert sorted(records) == [5, 7]  # argmaxable both: the one that does not round-trip, and the added token
+    assert sorted(records) == [5, 6, 7]  # all argmaxable: the one that does not round-trip, the added tokens
     record = records[5]
     assert record["verdict"] == "argmaxable"
     assert record["round_trip"] is False and record["round_trip_ids"] == [1, 0]
     assert records[7]["kind"] == "added" and records[7]["round_trip"] is True and "bias_raise" not in records[7]
+    assert records[6]["kind"] == "special" and records[6]["round_trip"] == "special"
     assert "not_round_trip\targmaxable" in proc.stdout and "tokenizer round trip: 6 give back" in proc.stdout
     # The gate counts the input side only when asked, with its thresholds.
     assert run("audit", path, "--quiet", "--format", "json", "--fail-on", "not_round_trip=1").returncode == 0

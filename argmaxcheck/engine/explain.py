@@ -88,7 +88,7 @@ def bias_raise(comp: Competitors, token: int, domain, result: TokenResult):
 
 
 def added_token_bias_raises(layer: OutputLayer, domain, report: AuditReport,
-                            kinds: tuple[str, ...] = ADDED_KINDS) -> dict[int, tuple]:
+                            kinds: frozenset[str] = ADDED_KINDS) -> dict[int, tuple]:
     """For each audited token of these kinds that is flagged, on a head with a bias: the bracket
     (necessary-above, sufficient) on the smallest raise of its bias that makes it reachable."""
     if layer.bias is None:

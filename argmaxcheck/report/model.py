@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..selection import compact_ranges
+from ..selection import KINDS, compact_ranges
 from .escape import PLAIN, Style, escape_token, printable
 from .stats import AuditStats
 
@@ -17,9 +17,10 @@ UNDECIDED = "undecided"
 # Argmaxable in exact arithmetic, but its best lead is below the logits' precision (precision.py).
 PRACTICAL = "practically_unreachable"
 VERDICTS = (ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED)
-# Tokens added to a model (tokenizer.json's added tokens, GGUF user-defined ones): the JSON report keeps a
+# Tokens added to a model, as ``--tokens kind:added`` selects them (tokenizer.json's added tokens, special or
+# not, and tokens past the base vocabulary; GGUF's user-defined and control tokens): the JSON report keeps a
 # record of each audited one, argmaxable or not, so both sides of every added token are in it.
-ADDED_KINDS = ("added", "user_defined")
+ADDED_KINDS = KINDS["added"]
 
 MARGIN_DOC = (
     "logit gap s_i(x) - max_{j!=i} s_j(x). Argmaxable: a certified lower bound on the gap at the witness x "
