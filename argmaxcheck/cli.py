@@ -31,6 +31,7 @@ from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, ExactOptions, audit, explain_token, render_explanation
 from .errors import InputError
 from .exit_codes import EXIT_CODES, EXIT_FOUND, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SIGNAL_BASE, EXIT_USAGE
+from .inputside import attach_input_side
 from .outputs import Terminated, encode_for_stdout, plan_outputs, write_stdout
 from .report import ARGMAXABLE
 from .report.escape import json_text
@@ -94,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = a.add_argument_group("gate (exit status 1 when it fails)")
     c.add_argument("--fail-on", action="append", default=[], metavar="CATEGORY=N",
                    help="fail when more than N tokens are in CATEGORY (unargmaxable, practically_unreachable,"
-                        " undecided); N may be 'never'. Default: 0 for each")
+                        " undecided; not_round_trip: tokens the tokenizer does not give back from their own text,"
+                        " counted only when named); N may be 'never'. Default: 0 for each verdict")
     c.add_argument("--baseline", default=None, metavar="REPORT.json",
                    help="a previous JSON report: count only tokens flagged since, and list those that recovered")
     c.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
@@ -196,7 +198,7 @@ def _fail(args, message: str, code: int) -> int:
 
 
 def _load_source(args):
-    """(layer, domain, checkpoint_info) for the PATH and array/norm/domain flags shared by all commands."""
+    """(layer, domain, checkpoint_info, loaded) for the PATH and array/norm/domain flags shared by all commands."""
     domain = _domain_from_args(args)
     request = SourceRequest(weight=args.weight, bias=args.bias, names=args.names, transpose=args.transpose,
                             no_bias=args.no_bias, norm=args.norm, norm_weight=args.norm_weight,
@@ -208,11 +210,11 @@ def _load_source(args):
     except MemoryError:
         raise InputError(f"{args.path}: cannot be read (not enough memory for what it declares)") from None
     if not loaded.info:  # a plain array file, audited as stored
-        return loaded.layer, domain, None
+        return loaded.layer, domain, None, loaded
     if args.domain == "auto":
         audited = "folded final norm" if loaded.norm != "none" else "domain inferred from the model"
-        return loaded.layer, loaded.domain, {**loaded.info, "audited": audited}
-    return loaded.raw, domain, {**loaded.info, "audited": "raw head"}
+        return loaded.layer, loaded.domain, {**loaded.info, "audited": audited}, loaded
+    return loaded.raw, domain, {**loaded.info, "audited": "raw head"}, loaded
 
 
 def _audit_command(args) -> int:
@@ -230,7 +232,7 @@ def _audit_command(args) -> int:
     certificates = plan.target("--save-certificates")
     if certificates is not None and certificates.kind == "file" and not args.save_certificates.endswith(".npz"):
         raise InputError(f"--save-certificates {args.save_certificates}: the file name must end in .npz")
-    layer, domain, checkpoint_info = _load_source(args)
+    layer, domain, checkpoint_info, loaded = _load_source(args)
     policy.check_rows(layer)
     if baseline is not None:
         baseline.check_rows(layer.num_classes)
@@ -243,6 +245,7 @@ def _audit_command(args) -> int:
         report = _run_audit(args, layer, domain, tokens, options, progress)
     report.source = str(args.path)
     report.checkpoint = checkpoint_info
+    attach_input_side(report, loaded, layer, domain)  # the tokenizer's side, after the audit
     gate = evaluate(report, policy, baseline)
     # Every report is rendered in memory first: a format that fails leaves every file as it was.
     rendered: dict[str, str | bytes] = {}
@@ -378,18 +381,34 @@ def _print_sweep_table(result) -> None:
 
 
 def _explain_command(args) -> int:
-    layer, domain, _ = _load_source(args)
+    layer, domain, _, loaded = _load_source(args)
     ids = select(args.token, layer, what="explain TOKEN")
     if len(ids) != 1:
         raise InputError(f"explain TOKEN: {printable(args.token, 80)!r} selects {len(ids)} rows; give one")
     report, exp = explain_token(layer, domain, ids[0])
     report.source = str(args.path)
+    attach_input_side(report, loaded)
     if args.format == "json":
         text = json_text(exp.to_dict(report)) + "\n"
     else:
         text = render_explanation(report, exp)
+        if report.round_trip is not None:
+            text += _round_trip_line(report, ids[0])
     write_stdout(encode_for_stdout(text))
     return EXIT_OK if exp.result.verdict == ARGMAXABLE else EXIT_FOUND
+
+
+def _round_trip_line(report, i: int) -> str:
+    """The input side of one token, for ``explain``: does the tokenizer give it back from its own text."""
+    status = report.round_trip.status[i]
+    if status is None:
+        return ""
+    if status is False:
+        got = ", ".join(f"{j} {report.label(j)}" if j < report.num_classes else str(j)
+                        for j in report.round_trip.produced.get(i, ()))
+        return f"round trip: no: the tokenizer encodes its text as [{got}]\n"
+    return ("round trip: only as a special token (special-token matching)\n" if status == "special"
+            else "round trip: yes: its own text encodes to exactly this token\n")
 
 
 def _diff_command(args) -> int:
@@ -409,6 +428,7 @@ def _diff_command(args) -> int:
             report = audit(source.layer, domain=source.domain, options=AuditOptions(probability_seconds=0.0),
                            progress=progress)
         report.source, report.checkpoint = str(path), source.info or None
+        attach_input_side(report, source)
         reports.append(report)
     result = diff_reports(*reports, top=args.top)
     main_text = result.render_json() if args.format == "json" else result.render_text()

@@ -11,7 +11,10 @@ objects row by row (the same row is the same token):
   compared as each report defines them (``MARGIN_DOC``): for argmaxable tokens
   the certified gap at that audit's witness, so a shift among clearly
   reachable tokens can partly reflect where the witness was found; signs and
-  the shifts of flagged tokens are exact statements.
+  the shifts of flagged tokens are exact statements;
+* **round trip changed**: tokens whose tokenizer round trip differs
+  (:mod:`argmaxcheck.sources.roundtrip`). A quantisation cannot change it (same
+  tokenizer); a swapped or edited tokenizer can. Empty unless both sides have a tokenizer.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ class AuditDiff:
         The tokens with the largest absolute margin change, largest first.
     renamed : list of int
         Rows whose token string differs between the two (a changed tokenizer).
+    round_trip_changed : list of int
+        Rows whose round trip (true, false, special) differs; empty unless both reports have one.
     """
 
     a: AuditReport
@@ -76,6 +81,7 @@ class AuditDiff:
     changed: list[TokenChange]
     shifts: list[TokenChange]
     renamed: list[int] = field(default_factory=list)
+    round_trip_changed: list[int] = field(default_factory=list)
 
     @property
     def lost(self) -> list[TokenChange]:
@@ -103,7 +109,14 @@ class AuditDiff:
             "transitions": self.transitions(),
             "largest_margin_shifts": [c.to_dict(self.b) for c in self.shifts],
             "renamed": self.renamed,
+            "round_trip_changed": [self._round_trip_change(i) for i in self.round_trip_changed],
         }
+
+    def _round_trip_change(self, i: int) -> dict:
+        a, b = self.a.round_trip, self.b.round_trip
+        return {"id": i, "token": self.b.names[i] if self.b.names else None,
+                "before": a.status[i], "after": b.status[i],
+                "ids_before": list(a.produced.get(i, ())), "ids_after": list(b.produced.get(i, ()))}
 
     def render_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
@@ -122,6 +135,11 @@ class AuditDiff:
                                ("other verdict changes", other)):
             lines.append(f"{title}: {len(changes)}")
             lines += [f"  {self._change_line(c)}" for c in changes]
+        if self.a.round_trip is not None and self.b.round_trip is not None:
+            lines.append(f"tokenizer round trip changed: {len(self.round_trip_changed)}")
+            for i in self.round_trip_changed:
+                before, after = self.a.round_trip.status[i], self.b.round_trip.status[i]
+                lines.append(f"  #{i} {self.b.token_text(i) or ''}: round trip {_rt(before)} -> {_rt(after)}")
         if self.changed:
             lines.append("transitions: " + ", ".join(f"{k}: {n}" for k, n in self.transitions().items()))
         lines.append(f"largest margin shifts (B minus A), top {len(self.shifts)}:")
@@ -155,7 +173,16 @@ def diff_reports(a: AuditReport, b: AuditReport, top: int = 10) -> AuditDiff:
     movable = [c for c in changes if np.isfinite(c.shift)]
     shifts = sorted(movable, key=lambda c: (-abs(c.shift), c.id))[:top]
     renamed = [i for i in range(a.num_classes) if a.names and b.names and a.names[i] != b.names[i]]
-    return AuditDiff(a, b, changed, shifts, renamed)
+    rt_changed = []
+    if a.round_trip is not None and b.round_trip is not None:
+        audited = sorted({t.id for t in a.tokens} & {t.id for t in b.tokens})
+        rt_changed = [i for i in audited if a.round_trip.status[i] != b.round_trip.status[i]
+                      or a.round_trip.produced.get(i) != b.round_trip.produced.get(i)]
+    return AuditDiff(a, b, changed, shifts, renamed, rt_changed)
+
+
+def _rt(value) -> str:
+    return {True: "true", False: "false", None: "n/a"}.get(value, str(value))
 
 
 def _change(x: TokenResult, y: TokenResult, b: AuditReport) -> TokenChange:

@@ -17,6 +17,7 @@ from .domains import Domain
 from .engine import AuditOptions
 from .engine import audit as audit_layer
 from .errors import InputError
+from .inputside import attach_input_side
 from .report.formats.text import render as render_text
 from .report.gate import FLAGGED, GatePolicy, GateResult, evaluate
 from .report.model import PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport
@@ -40,17 +41,24 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens=None, **kwargs
 audit.__doc__ = (audit.__doc__ or "") + "\n" + (audit_layer.__doc__ or "").split("\n", 1)[1]
 
 
-def audit_model(model, tokenizer=None, options: AuditOptions | None = None) -> AuditReport:
-    """Audit a live ``transformers`` model's head on the features its final norm can produce."""
+def audit_model(model, tokenizer=None, options: AuditOptions | None = None,
+                tokens: Sequence[int] | None = None) -> AuditReport:
+    """Audit a live ``transformers`` model's head on the features its final norm can produce.
+
+    ``tokens``: audit only these ids (the added tokens of a fine-tune, say). With a fast ``tokenizer`` the
+    report also carries its round trip (``report.round_trip``), and flagged added tokens on a head with a
+    bias their smallest bias raise, as ``argmaxcheck audit`` gives them.
+    """
     from .sources.huggingface import checkpoint_from_model  # noqa: PLC0415
     from .sources.tokens import transformers_table  # noqa: PLC0415
 
     ckpt = checkpoint_from_model(model, tokenizer)
     if tokenizer is not None:  # decoded forms and kinds, as for folders
         ckpt = transformers_table(tokenizer, ckpt.layer.num_classes).apply(ckpt)
-    report = audit_layer(ckpt.layer, domain=ckpt.domain, options=options)
+    report = audit_layer(ckpt.layer, domain=ckpt.domain, tokens=None if tokens is None else list(tokens),
+                         options=options)
     report.source, report.checkpoint = type(model).__name__, ckpt.info
-    return report
+    return attach_input_side(report, ckpt, ckpt.layer, ckpt.domain)
 
 
 def assert_all_argmaxable(source, bias=None, domain: Domain | None = None, *, ignore: Sequence[str] = (),
@@ -101,12 +109,14 @@ _callback_class = None
 
 
 def ArgmaxCallback(every: int = 500, tokenizer=None, options: AuditOptions | None = None,
-                   on_train_end: bool = True):
+                   on_train_end: bool = True, tokens: Sequence[int] | None = None):
     """A ``transformers.TrainerCallback`` auditing the output layer every ``every`` optimizer steps.
 
-    Each audit logs ``argmaxcheck/<verdict>`` counts through the Trainer's
-    loggers (``control.should_log`` hooks) and keeps the reports in the
-    callback's ``history`` as ``(step, summary)`` pairs.
+    Each audit logs ``argmaxcheck/<verdict>`` counts (and, with a fast ``tokenizer``,
+    ``argmaxcheck/not_round_trip``) through the Trainer's loggers and keeps the
+    reports in the callback's ``history`` as ``(step, summary)`` pairs and the
+    last report in ``last_report``. ``tokens``: audit only these ids (the
+    tokens a fine-tune added: a few solves per audit instead of the whole vocabulary).
     """
     global _callback_class
     if _callback_class is None:
@@ -115,28 +125,33 @@ def ArgmaxCallback(every: int = 500, tokenizer=None, options: AuditOptions | Non
         except ImportError:
             raise ImportError("ArgmaxCallback needs transformers: pip install 'argmaxcheck[hf]'") from None
         _callback_class = type("ArgmaxCallback", (TrainerCallback,), dict(_CallbackMethods.__dict__))
-    return _callback_class(every, tokenizer, options, on_train_end)
+    return _callback_class(every, tokenizer, options, on_train_end, tokens)
 
 
 class _CallbackMethods:
     """The callback's body; mixed into a TrainerCallback subclass when transformers is present."""
 
-    def __init__(self, every, tokenizer, options, on_train_end):
+    def __init__(self, every, tokenizer, options, on_train_end, tokens=None):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.every, self.tokenizer, self.options, self.at_end = every, tokenizer, options, on_train_end
+        self.tokens = None if tokens is None else list(tokens)
         self.history: list[tuple[int, dict]] = []
+        self.last_report: AuditReport | None = None
 
     def _run(self, state, model):
         if model is None or (self.history and self.history[-1][0] == state.global_step):
             return
         was_training = model.training
-        report = audit_model(model, self.tokenizer, self.options)
+        report = audit_model(model, self.tokenizer, self.options, self.tokens)
         model.train(was_training)
         summary = report.summary()
         self.history.append((state.global_step, summary))
-        logs = {f"argmaxcheck/{k}": summary[k] for k in ("argmaxable", "unargmaxable",
-                                                          "practically_unreachable", "undecided")}
+        self.last_report = report
+        keys = ("argmaxable", "unargmaxable", "practically_unreachable", "undecided")
+        logs = {f"argmaxcheck/{k}": summary[k] for k in keys}
+        if summary["not_round_trip"] is not None:
+            logs["argmaxcheck/not_round_trip"] = summary["not_round_trip"]
         state.log_history.append({**logs, "step": state.global_step})
 
     def on_step_end(self, args, state, control, model=None, **kwargs):

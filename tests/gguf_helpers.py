@@ -37,9 +37,11 @@ def write_gguf(path: Path, weight: np.ndarray, norm_weight: np.ndarray, *, qtype
                arch: str = "llama", norm: str = "rms", eps: float = 1e-5, tokens: list[str] | None = None,
                token_types: list[int] | None = None, tokenizer_model: str = "gpt2", tied: bool = True,
                norm_bias: np.ndarray | None = None, head_bias: np.ndarray | None = None,
-               raw_head: tuple[np.ndarray, str] | None = None) -> Path:
+               raw_head: tuple[np.ndarray, str] | None = None, merges: list[str] | None = None,
+               scores: list[float] | None = None) -> Path:
     """A GGUF with a head (tied ``token_embd.weight`` or ``output.weight``), ``output_norm`` and a token table.
 
+    ``merges`` and ``scores`` are ``tokenizer.ggml.merges`` and ``.scores`` (for the rebuilt tokenizer).
     ``raw_head`` = (bytes, type name) stores already-encoded head blocks (for types the package cannot
     quantise) instead of encoding ``weight``.
     """
@@ -52,6 +54,10 @@ def write_gguf(path: Path, weight: np.ndarray, norm_weight: np.ndarray, *, qtype
         writer.add_token_list(tokens)
         if token_types is not None:
             writer.add_token_types(token_types)
+        if merges is not None:
+            writer.add_token_merges(merges)
+        if scores is not None:
+            writer.add_token_scores(scores)
     if raw_head is not None:
         data, kwargs = raw_head[0], {"raw_dtype": gguf.GGMLQuantizationType[raw_head[1]]}
     else:

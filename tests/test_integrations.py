@@ -52,3 +52,29 @@ def test_assert_all_argmaxable_on_a_live_model():
     with pytest.raises(AssertionError, match="63"):
         assert_all_argmaxable(tied)
     assert assert_all_argmaxable(tied, ignore=[*already, "62-63"]).summary()["unargmaxable"] == 2
+
+
+def test_added_tokens_callback_example_runs(tmp_path):
+    """docs/examples/added_tokens_callback.py: three mean-resized added tokens audited during training."""
+    import runpy  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    pytest.importorskip("tokenizers")
+    script = Path(__file__).parents[1] / "docs" / "examples" / "added_tokens_callback.py"
+    argv = sys.argv
+    sys.argv = [str(script), str(tmp_path / "demo")]
+    try:
+        scope = runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    callback = scope["callback"]
+    assert [step for step, _ in callback.history] == [2, 4]
+    for _, summary in callback.history:
+        assert summary["audited"] == 3 and summary["not_round_trip"] == 0
+    report = callback.last_report
+    assert {report.token_kinds[t.id] for t in report.tokens} == {"added"}
+    assert all(report.round_trip.status[t.id] is True for t in report.tokens)
+    for t in report.tokens:  # every verdict with its checked evidence
+        assert (t.witness is not None) if t.verdict == "argmaxable" else (t.support is not None or t.tie_with)
+    assert (tmp_path / "demo" / "tokenizer.json").is_file()

@@ -57,15 +57,20 @@ def test_json_report_follows_the_schema_on_every_kind_of_token(tmp_path):
     assert proc.returncode == 1, proc.stderr
     report = json.loads(out.read_text())
     jsonschema.validate(report, SCHEMA)
-    assert report["schema_version"] == "1.1"
-    verdicts = {t["verdict"] for t in report["tokens"]}
+    assert report["schema_version"] == "1.2"
+    assert report["summary"]["not_round_trip"] == 0 and report["not_round_trip"] == []  # its tokenizer.json
+    verdicts = {t["verdict"] for t in report["tokens"] if t.get("kind") != "special"}
     assert verdicts == {"unargmaxable", "practically_unreachable"}
+    # Its two special (added) tokens have a record whatever their verdict, with their round trip.
+    assert {t["id"] for t in report["tokens"] if t.get("kind") == "special"} == {0, 1}
     assert report["gate"]["passed"] is False
     # The text report printed the same counts and the explanation of a tie.
     assert "9 unargmaxable, 1 practically unreachable" in proc.stdout
     assert "tie: identical weights and bias" in proc.stdout
     for tok in report["tokens"]:
         assert tok["explanation"]
+        if tok["verdict"] == "argmaxable":  # an added token's record: reachable, no bound to give
+            continue
         p = tok["max_probability"]
         assert 0 < p["reached"] <= p["upper_bound"] * (1 + 1e-9) <= 1
 

@@ -25,7 +25,7 @@ from scipy.optimize import linprog
 
 from ..domains import Unbounded
 from ..layer import OutputLayer
-from ..report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport, TokenResult
+from ..report.model import ADDED_KINDS, ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport, TokenResult
 from . import certify
 from .audit import AuditOptions, audit
 from .competitors import Competitors
@@ -46,8 +46,10 @@ class Explanation:
     bias_note: str = ""
 
     def to_dict(self, report: AuditReport) -> dict:
-        return {"token": self.result.to_dict(report.names, report.special, self.sentence, report.display,
-                                             report.token_kinds),
+        token = self.result.to_dict(report.names, report.special, self.sentence, report.display, report.token_kinds)
+        if report.round_trip is not None:
+            token.update(report.round_trip.record(self.result.id))
+        return {"token": token,
                 "point": self.point_kind, "rivals": self.rivals,
                 "bias_increase": {"sufficient": self.bias_increase, "necessary_above": self.bias_increase_lower,
                                   "note": self.bias_note}}
@@ -63,6 +65,14 @@ def explain_token(layer: OutputLayer, domain, token: int, options: AuditOptions 
     if result.verdict == ARGMAXABLE:
         return report, Explanation(result, report.explain(result), "witness",
                                    _rivals(comp, report, token, result.witness))
+    lower, sufficient, x, note = bias_raise(comp, token, domain, result)
+    rivals = _rivals(comp, report, token, x) if x is not None else []
+    return report, Explanation(result, report.explain(result), "closest point", rivals, sufficient, lower, note)
+
+
+def bias_raise(comp: Competitors, token: int, domain, result: TokenResult):
+    """(necessary-above bound, verified sufficient raise, point, note) for a flagged token's bias:
+    the bracket ``explain`` prints. ``domain`` is resolved; ``result`` is the token's audit record."""
     lower, sufficient, x, note = _bias_increase(comp, token, domain, result)
     if result.verdict == PRACTICAL and sufficient is not None:
         # Already argmaxable: what it needs is a lead the logits' precision can resolve.
@@ -74,8 +84,26 @@ def explain_token(layer: OutputLayer, domain, token: int, options: AuditOptions 
         # A flagged token gains nothing from lowering its bias: the bracket starts at 0 at least
         # (a loose dual bound on the best margin can otherwise push it below).
         lower = max(lower, 0.0)
-    rivals = _rivals(comp, report, token, x) if x is not None else []
-    return report, Explanation(result, report.explain(result), "closest point", rivals, sufficient, lower, note)
+    return lower, sufficient, x, note
+
+
+def added_token_bias_raises(layer: OutputLayer, domain, report: AuditReport,
+                            kinds: frozenset[str] = ADDED_KINDS) -> dict[int, tuple]:
+    """For each audited token of these kinds that is flagged, on a head with a bias: the bracket
+    (necessary-above, sufficient) on the smallest raise of its bias that makes it reachable."""
+    if layer.bias is None:
+        return {}
+    flagged = [t for t in report.tokens if t.verdict in (UNARGMAXABLE, PRACTICAL)
+               and layer.token_kinds.get(t.id) in kinds]
+    if not flagged:
+        return {}
+    domain = (domain if domain is not None else Unbounded()).resolve(layer.dim)
+    comp = Competitors(layer.weight, layer.bias)
+    out = {}
+    for t in flagged:
+        lower, sufficient, _, _ = bias_raise(comp, t.id, domain, t)
+        out[t.id] = (None if lower is None else float(lower), None if sufficient is None else float(sufficient))
+    return out
 
 
 def _rivals(comp: Competitors, report: AuditReport, p: int, x: np.ndarray, count: int = 5) -> list[dict]:

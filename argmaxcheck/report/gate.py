@@ -13,6 +13,12 @@ per category, leaving out
 and fails when a category's count exceeds its threshold (``fail_on``; by
 default 0 for every category, so any flagged token fails). Tokens flagged in
 the baseline and argmaxable now are listed as recovered.
+
+``not_round_trip`` is a category of the input side: audited tokens the
+tokenizer does not give back from their own text, whatever their verdict
+(:mod:`argmaxcheck.sources.roundtrip`). It is counted only when asked for
+(``--fail-on not_round_trip=N``), with the same ignores and baseline; a
+report without a tokenizer counts none.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from ..selection import Selection, Vocabulary
 from .model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport
 
 FLAGGED = (UNARGMAXABLE, PRACTICAL, UNDECIDED)
+NOT_ROUND_TRIP = "not_round_trip"  # the input side: gated only when --fail-on names it
+CATEGORIES = (*FLAGGED, NOT_ROUND_TRIP)
 DEFAULT_FAIL_ON = {UNARGMAXABLE: 0, PRACTICAL: 0, UNDECIDED: 0}
 
 
@@ -53,8 +61,8 @@ class GatePolicy:
         if not isinstance(self.fail_on, Mapping):
             raise InputError(f"--fail-on: expected a mapping of category to count, got {type(self.fail_on).__name__}")
         for key, value in self.fail_on.items():
-            if key not in FLAGGED:
-                raise InputError(f"--fail-on: unknown category {key!r} (choose from {', '.join(FLAGGED)})")
+            if key not in CATEGORIES:
+                raise InputError(f"--fail-on: unknown category {key!r} (choose from {', '.join(CATEGORIES)})")
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and value >= 0):
                 raise InputError(f"--fail-on {key}: the threshold must be a count >= 0 or 'never', got {value!r}")
         if isinstance(self.ignore, str):  # one pattern, not a sequence of one-character patterns
@@ -83,6 +91,7 @@ class Baseline:
     path: str
     flagged: Mapping[int, tuple[str, str | None]]
     num_classes: int
+    not_round_trip: frozenset[int] = frozenset()  # ids whose record says round_trip: false
 
     @classmethod
     def load(cls, path: str | Path) -> Baseline:
@@ -122,7 +131,7 @@ class Baseline:
         num_classes = data["summary"].get("num_classes", -1)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < -1:
             raise bad(f"summary.num_classes must be a row count, got {_short(num_classes)}")
-        flagged = {}
+        flagged, not_round_trip = {}, set()
         for k, tok in enumerate(data["tokens"]):
             if not isinstance(tok, dict):
                 raise bad(f"token record {k} is not an object")
@@ -133,7 +142,9 @@ class Baseline:
                 raise bad(f"token record {k}: 'token' must be a string or null")
             if verdict in FLAGGED:
                 flagged[i] = (verdict, token)
-        return cls(str(path), flagged, num_classes)
+            if tok.get("round_trip") is False:
+                not_round_trip.add(i)
+        return cls(str(path), flagged, num_classes, frozenset(not_round_trip))
 
     def check_rows(self, num_classes: int) -> None:
         """Raise :class:`InputError` unless the baseline audited a layer of ``num_classes`` rows (checked
@@ -190,7 +201,11 @@ class GateResult:
     def _statuses(self) -> dict[int, str]:
         out = {i: "ignored" for i in self.ignored} | {i: "in baseline" for i in self.already_in_baseline}
         for v, ids in self.failing.items():
-            out |= dict.fromkeys(ids, "fails" if self.exceeded(v) else "allowed")
+            if v != NOT_ROUND_TRIP:
+                out |= dict.fromkeys(ids, "fails" if self.exceeded(v) else "allowed")
+        for i in self.failing.get(NOT_ROUND_TRIP, ()):  # a verdict's status comes first, unless this one fails
+            if self.exceeded(NOT_ROUND_TRIP) or i not in out:
+                out[i] = "fails" if self.exceeded(NOT_ROUND_TRIP) else "allowed"
         return out
 
 
@@ -215,8 +230,21 @@ def evaluate(report: AuditReport, policy: GatePolicy | None = None, baseline: Ba
             known.append(t.id)
         else:
             failing[t.verdict].append(t.id)
+    if NOT_ROUND_TRIP in fail_on:
+        failing[NOT_ROUND_TRIP] = []
+        known_rt = baseline.not_round_trip if baseline else frozenset()
+        for i in report.not_round_trip or ():
+            if i in ignore:
+                if i not in ignored:
+                    ignored.append(i)
+            elif i not in known_rt:
+                failing[NOT_ROUND_TRIP].append(i)
+            elif i not in known:
+                known.append(i)
+        ignored.sort()
+        known.sort()
     counts = {v: len(ids) for v, ids in failing.items()}
-    passed = all(counts[v] <= fail_on[v] for v in FLAGGED)
+    passed = all(counts[v] <= fail_on[v] for v in counts)
     return GateResult(passed, counts, fail_on, failing, ignored, known, recovered,
                       baseline.path if baseline else None)
 

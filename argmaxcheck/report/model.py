@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..selection import compact_ranges
+from ..selection import KINDS, compact_ranges
 from .escape import PLAIN, Style, escape_token, printable
 from .stats import AuditStats
 
@@ -17,6 +17,10 @@ UNDECIDED = "undecided"
 # Argmaxable in exact arithmetic, but its best lead is below the logits' precision (precision.py).
 PRACTICAL = "practically_unreachable"
 VERDICTS = (ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED)
+# Tokens added to a model, as ``--tokens kind:added`` selects them (tokenizer.json's added tokens, special or
+# not, and tokens past the base vocabulary; GGUF's user-defined and control tokens): the JSON report keeps a
+# record of each audited one, argmaxable or not, so both sides of every added token are in it.
+ADDED_KINDS = KINDS["added"]
 
 MARGIN_DOC = (
     "logit gap s_i(x) - max_{j!=i} s_j(x). Argmaxable: a certified lower bound on the gap at the witness x "
@@ -27,7 +31,39 @@ MARGIN_DOC = (
 )
 
 
-SCHEMA_VERSION = "1.1"  # of the JSON report; docs/report-schema.md, argmaxcheck/report/report.schema.json
+SCHEMA_VERSION = "1.2"  # of the JSON report; docs/report-schema.md, argmaxcheck/report/report.schema.json
+
+
+@dataclass(frozen=True, eq=False)
+class RoundTrip:
+    """The input side of every row: whether the tokenizer gives back ``[id]`` for the token's own text.
+
+    ``status[i]`` is ``True``, ``False``, ``"special"`` (a special token, produced only by the tokenizer's
+    special-token matching) or ``None`` (no token: a padding row). ``produced[i]`` holds the ids the
+    tokenizer gave for each row whose status is ``False`` (:mod:`argmaxcheck.sources.roundtrip`).
+    """
+
+    status: tuple
+    produced: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    def failures(self, ids=None) -> list[int]:
+        """Rows (among ``ids``, default all) whose round trip fails, in id order."""
+        rows = range(len(self.status)) if ids is None else sorted(ids)
+        return [i for i in rows if self.status[i] is False]
+
+    def counts(self, ids=None) -> dict[str, int]:
+        """How many rows (among ``ids``) round-trip, fail, are special, or have no token."""
+        rows = range(len(self.status)) if ids is None else ids
+        values = [self.status[i] for i in rows]
+        return {"total": len(values), "round_trip": values.count(True), "not_round_trip": values.count(False),
+                "special": sum(v == "special" for v in values), "no_token": values.count(None)}
+
+    def record(self, i: int) -> dict:
+        """The JSON fields of row ``i``: ``round_trip`` and, when it fails, ``round_trip_ids``."""
+        value = self.status[i]
+        if value is None:
+            return {}
+        return {"round_trip": value, **({"round_trip_ids": list(self.produced.get(i, ()))} if value is False else {})}
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,6 +196,10 @@ class AuditReport:
     device: str | None = None  # where the heavy products ran ("numpy (cpu)", "torch (cuda)")
     device_note: str | None = None  # a move to smaller blocks or to the CPU after a device out-of-memory
     precision: str | None = None  # the dtype the practical label took the logits to be computed in
+    # The tokenizer's round trip of every row (None: the source has no tokenizer), attached after the audit
+    # like ``source`` and ``checkpoint``; bias raises for added tokens ({id: (necessary_above, sufficient)}).
+    round_trip: RoundTrip | None = None
+    bias_raise: dict[int, tuple] = field(default_factory=dict)
 
     @property
     def timings(self) -> dict:
@@ -183,6 +223,13 @@ class AuditReport:
         return self.ids(PRACTICAL)
 
     @property
+    def not_round_trip(self) -> list[int] | None:
+        """Audited rows whose token the tokenizer does not give back from its own text (None: no tokenizer)."""
+        if self.round_trip is None:
+            return None
+        return self.round_trip.failures(t.id for t in self.tokens)
+
+    @property
     def all_argmaxable(self) -> bool:
         return all(t.verdict == ARGMAXABLE for t in self.tokens)
 
@@ -192,7 +239,9 @@ class AuditReport:
             counts[t.verdict] += 1
         return {"source": self.source, "num_classes": self.num_classes, "dim": self.dim, "domain": self.domain,
                 "bias": self.has_bias, "source_dtype": self.source_dtype, "audited": len(self.tokens),
-                "audited_ids": compact_ranges(t.id for t in self.tokens), **counts, "seconds": round(self.seconds, 4)}
+                "audited_ids": compact_ranges(t.id for t in self.tokens), **counts,
+                "not_round_trip": None if self.round_trip is None else len(self.not_round_trip),
+                "seconds": round(self.seconds, 4)}
 
     def label(self, i: int) -> str:
         """How row ``i`` is named in explanations: its escaped decoded text (else its piece), else ``#id``."""
@@ -265,6 +314,7 @@ class AuditReport:
 
     def to_dict(self, gate: dict | None = None) -> dict:
         """The JSON report (schema: docs/report-schema.md)."""
+        failing = set(self.not_round_trip or ())
         return {
             "schema_version": SCHEMA_VERSION,
             "summary": self.summary(),
@@ -272,13 +322,25 @@ class AuditReport:
             "unargmaxable": sorted(self.unargmaxable),
             "practically_unreachable": self.practically_unreachable,
             "undecided": self.undecided,
-            "tokens": [t.to_dict(self.names, self.special, self.explain(t), self.display, self.token_kinds)
-                       for t in self.tokens if t.verdict != ARGMAXABLE],
+            **({"not_round_trip": sorted(failing)} if self.round_trip is not None else {}),
+            "tokens": [self.token_record(t) for t in self.tokens if t.verdict != ARGMAXABLE or t.id in failing
+                       or self.token_kinds.get(t.id) in ADDED_KINDS],
             "stages": self.stats.to_list(),
             "timings": self.timings,
             **({"gate": gate} if gate is not None else {}),
             **({"checkpoint": self.checkpoint} if self.checkpoint else {}),
         }
+
+    def token_record(self, t: TokenResult) -> dict:
+        """A token's JSON record: verdict and certificate, its round trip when known, and for an added token
+        on a head with a bias the bracket on the smallest bias raise that makes it reachable."""
+        out = t.to_dict(self.names, self.special, self.explain(t), self.display, self.token_kinds)
+        if self.round_trip is not None:
+            out.update(self.round_trip.record(t.id))
+        if t.id in self.bias_raise:
+            lower, sufficient = self.bias_raise[t.id]
+            out["bias_raise"] = {"necessary_above": lower, "sufficient": sufficient}
+        return out
 
     def save_certificates(self, path: str | Path) -> None:
         """Write every certificate to an ``.npz`` that numpy alone can re-check (README)."""

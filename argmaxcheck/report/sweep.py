@@ -1,7 +1,8 @@
 """The sweep's comparison table as data, its four files (Markdown, CSV, JSON, offline HTML) and its screen table.
 
 One :class:`SweepRow` per source: the model, vocabulary x dim, domain, counts
-per category, time and gate, or the one-line error that kept it from being
+per category, the tokens the tokenizer does not give back from their own text
+(``not_round_trip``; n/a without a tokenizer), time and gate, or the one-line error that kept it from being
 audited. :func:`write_sweep` writes ``sweep.md``, ``sweep.csv``,
 ``sweep.json`` and ``sweep.html`` (a table and a plotly bar chart of
 unreachable counts per model, plotly's JavaScript inlined: no network needed);
@@ -25,7 +26,7 @@ from .escape import html_text, json_text, markdown_code, markdown_text
 from .model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, VERDICTS
 from .table import drop_empty_columns
 
-SWEEP_SCHEMA_VERSION = "1.0"
+SWEEP_SCHEMA_VERSION = "1.1"  # 1.1: not_round_trip
 _COUNTS = (ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED)
 
 
@@ -44,6 +45,7 @@ class SweepRow:
     domain: str = ""
     counts: dict = field(default_factory=lambda: dict.fromkeys(VERDICTS, 0))
     audited: int = 0
+    not_round_trip: int | None = None  # audited tokens the tokenizer does not give back; None: no tokenizer
     seconds: float | None = None
     gate_passed: bool | None = None
     report: str | None = None
@@ -83,14 +85,15 @@ class SweepResult:
 
 
 _COLUMNS = ("model", "vocabulary x dim", "domain", "argmaxable", "practically unreachable", "unargmaxable",
-            "undecided", "seconds", "gate", "report")
+            "undecided", "not round trip", "seconds", "gate", "report")
 
 
 def _cells(row: SweepRow) -> list[str]:
     if row.failed:
-        return [row.model, "", "", "", "", "", "", "", "error", f"error: {row.error}"]
+        return [row.model, "", "", "", "", "", "", "", "", "error", f"error: {row.error}"]
     return [row.model, f"{row.num_classes} x {row.dim}", row.domain,
-            *(str(row.counts[k]) for k in _COUNTS), f"{row.seconds:.1f}",
+            *(str(row.counts[k]) for k in _COUNTS), "n/a" if row.not_round_trip is None else str(row.not_round_trip),
+            f"{row.seconds:.1f}",
             "passed" if row.gate_passed else "FAILED", row.report or ""]
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..domains import Domain, Unbounded
 from ..engine import AuditOptions, audit
 from ..errors import InputError
+from ..inputside import attach_input_side
 from ..outputs import plan_outputs
 from ..report.escape import json_text
 from ..report.gate import GatePolicy, evaluate
@@ -67,13 +68,18 @@ def load_for_audit(source: str, request: SourceRequest, domain: Domain | None):
     folded final norm, an inferred activation range) and a plain array file on
     R^d; an explicit domain audits the head as stored.
     """
+    return _load_for_audit(source, request, domain)[:3]
+
+
+def _load_for_audit(source: str, request: SourceRequest, domain: Domain | None):
+    """:func:`load_for_audit`, and the loaded source itself (its tokenizer's round trip)."""
     loaded = load_source(source, request)
     if not loaded.info:
-        return loaded.layer, domain or Unbounded(), None
+        return loaded.layer, domain or Unbounded(), None, loaded
     if domain is None:
         audited = "folded final norm" if loaded.norm != "none" else "domain inferred from the model"
-        return loaded.layer, loaded.domain, {**loaded.info, "audited": audited}
-    return loaded.raw, domain, {**loaded.info, "audited": "raw head"}
+        return loaded.layer, loaded.domain, {**loaded.info, "audited": audited}, loaded
+    return loaded.raw, domain, {**loaded.info, "audited": "raw head"}, loaded
 
 
 def sweep(sources: Sequence[str], output: str | os.PathLike, *, request: SourceRequest | None = None,
@@ -135,7 +141,7 @@ def sweep(sources: Sequence[str], output: str | os.PathLike, *, request: SourceR
         slug = _slug(source)
         row = SweepRow(source=source, model=_model_name(source))
         try:
-            layer, dom, info = load_for_audit(source, request, domain)
+            layer, dom, info, loaded = _load_for_audit(source, request, domain)
             if sharded:
                 report = audit_sharded(layer, domain=dom, options=options, executor=executor, log=log,
                                        chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
@@ -143,6 +149,7 @@ def sweep(sources: Sequence[str], output: str | os.PathLike, *, request: SourceR
             else:
                 report = audit(layer, domain=dom, options=options)
             report.source, report.checkpoint = source, info
+            attach_input_side(report, loaded, layer, dom)
             gate = evaluate(report, policy)
             name = f"models/{slug}.json"
             atomic_write(output / "models", f"{slug}.json",
@@ -151,6 +158,7 @@ def sweep(sources: Sequence[str], output: str | os.PathLike, *, request: SourceR
             row.num_classes, row.dim, row.audited = report.num_classes, report.dim, summary["audited"]
             row.domain, row.seconds = _domain_text(report.domain), round(report.seconds, 3)
             row.counts = {v: summary[v] for v in row.counts}
+            row.not_round_trip = summary["not_round_trip"]
             row.gate_passed, row.report = gate.passed, name
         except Exception as exc:  # one bad source is a row of the table, not the end of the sweep
             row.error = _one_line(exc)

@@ -9,6 +9,7 @@ it all came from. The CLI picks a source from the registry in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,9 @@ class LoadedLayer:
         the LayerNorm's mean-zero basis (a :class:`~argmaxcheck.sources.norms.MeanZeroBasis`,
         applied as ``z @ basis`` without forming a d x d matrix) and its epsilon
         (see :meth:`fold_features`).
+    tokenizer : callable or None
+        Builds the model's ``tokenizers.Tokenizer`` when called (None: the source has none);
+        :attr:`round_trip` uses it.
     """
 
     layer: OutputLayer
@@ -70,6 +74,18 @@ class LoadedLayer:
     norm: str = "none"
     basis: object | None = None  # norms.MeanZeroBasis (norms imports this module)
     eps: float = 0.0
+    tokenizer: Callable[[], object] | None = None
+
+    @functools.cached_property
+    def round_trip(self):
+        """The tokenizer's round trip of every row (a :class:`~argmaxcheck.report.model.RoundTrip`), computed
+        on first use; None when the source has no tokenizer (plain arrays, ``vocab.json`` folders)."""
+        tokenizer = self.tokenizer() if self.tokenizer is not None else None
+        if tokenizer is None:
+            return None
+        from .roundtrip import round_trips  # noqa: PLC0415 - the tokenizers library only when asked
+
+        return round_trips(tokenizer, self.layer.num_classes, self.layer.special)
 
     @property
     def domain_reason(self) -> str:

@@ -20,6 +20,7 @@ than audited on the wrong domain.
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 import struct
@@ -356,7 +357,27 @@ def _token_table(path: Path, fields: dict, head: str, rows: int) -> TokenTable:
         types = [int(kinds.parts[i][0]) for i in kinds.data]
         if len(types) != rows:
             raise InputError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries for {rows} tokens")
-    return gguf_table(pieces, types, _string(path, fields, "tokenizer.ggml.model"))
+    model = _string(path, fields, "tokenizer.ggml.model")
+    table = gguf_table(pieces, types, model)
+    return dataclasses.replace(table, tokenizer=lambda: _tokenizer(path, fields, model, pieces, types))
+
+
+def _tokenizer(path: Path, fields: dict, model: str | None, pieces: list[str], types: list[int] | None):
+    """The file's tokenizer rebuilt from ``tokenizer.ggml.*`` (:func:`.roundtrip.gguf_tokenizer`); None for a
+    tokenizer model it cannot build."""
+    from .roundtrip import gguf_tokenizer  # noqa: PLC0415
+
+    merges = fields.get("tokenizer.ggml.merges")
+    if merges is not None and [t.name for t in merges.types] != ["ARRAY", "STRING"]:
+        raise InputError(f"{path}: metadata 'tokenizer.ggml.merges' should be an array of strings")
+    scores = fields.get("tokenizer.ggml.scores")
+    prefix = fields.get("tokenizer.ggml.add_space_prefix")
+    return gguf_tokenizer(
+        model, pieces, types,
+        merges=None if merges is None else [bytes(merges.parts[i]).decode("utf-8", "replace") for i in merges.data],
+        scores=None if scores is None else [float(scores.parts[i][0]) for i in scores.data],
+        pre=_string(path, fields, "tokenizer.ggml.pre"),
+        add_space_prefix=None if prefix is None else bool(prefix.parts[prefix.data[0]][0]), where=str(path))
 
 
 SOURCE = HeadSource("gguf", lambda path: path.suffix.lower() == ".gguf", load_gguf)  # the registry entry

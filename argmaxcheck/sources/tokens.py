@@ -25,7 +25,7 @@ import codecs
 import dataclasses
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,12 +100,15 @@ class TokenTable:
         Rows that are not ordinary text (see the module docstring).
     special : frozenset of int
         Rows the tokenizer marks as special (GGUF: control tokens).
+    tokenizer : callable or None
+        Builds the ``tokenizers.Tokenizer`` these rows come from (for the round trip); None without one.
     """
 
     pieces: list[str]
     display: list[str] | None = None
     kinds: dict[int, str] = field(default_factory=dict)
     special: frozenset[int] = frozenset()
+    tokenizer: Callable[[], object] | None = None
 
     @classmethod
     def unnamed(cls, rows: int) -> TokenTable:
@@ -122,7 +125,8 @@ class TokenTable:
             return dataclasses.replace(layer, tokens=list(self.pieces), special=self.special,
                                        display=self.display, token_kinds=dict(self.kinds))
 
-        return dataclasses.replace(loaded, layer=attach(loaded.layer), raw=attach(loaded.raw))
+        return dataclasses.replace(loaded, layer=attach(loaded.layer), raw=attach(loaded.raw),
+                                   tokenizer=self.tokenizer)
 
 
 def from_tokenizer(tokenizer, rows: int, where: str) -> TokenTable:
@@ -143,6 +147,10 @@ def from_tokenizer(tokenizer, rows: int, where: str) -> TokenTable:
     for i, added in tokenizer.get_added_tokens_decoder().items():
         if i < rows:
             kinds[i] = "special" if added.special else "added"
+    base = tokenizer.get_vocab_size(with_added_tokens=False)
+    for i in range(base, min(size, rows)):  # past the model's own vocabulary: added, whatever the file says
+        if pieces[i] is not None:
+            kinds.setdefault(i, "added")
     special = frozenset(i for i, kind in kinds.items() if kind == "special")
     for i, piece in enumerate(pieces):
         if piece is None:
@@ -154,7 +162,7 @@ def from_tokenizer(tokenizer, rows: int, where: str) -> TokenTable:
     for i, text in zip(ids, _decode_each(tokenizer, ids, special), strict=True):
         display[i] = _readable(pieces[i], text)
     names = [f"<padding row {i}>" if p is None else p for i, p in enumerate(pieces)]
-    return TokenTable(names, display, kinds, special)
+    return TokenTable(names, display, kinds, special, lambda: tokenizer)
 
 
 def _decode_each(tokenizer, ids: list[int], special: frozenset[int]) -> list[str]:
@@ -310,5 +318,10 @@ def transformers_table(tokenizer, rows: int) -> TokenTable:
     names = [str(t) for t in tokenizer.convert_ids_to_tokens(list(range(size)))]
     names += [f"<padding row {i}>" for i in range(size, rows)]
     special = frozenset(i for i in getattr(tokenizer, "all_special_ids", []) if i < rows)
-    kinds = {**{i: "special" for i in special}, **{i: "padding" for i in range(size, rows)}}
+    # Added tokens (slow tokenizers keep them in added_tokens_decoder), and ids past the base vocabulary.
+    added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}) if int(i) < rows}
+    base = getattr(tokenizer, "vocab_size", size)
+    added |= set(range(base if isinstance(base, int) else size, min(size, rows)))
+    kinds = {**{i: "added" for i in added}, **{i: "special" for i in special},
+             **{i: "padding" for i in range(size, rows)}}
     return TokenTable(names, None, kinds, special)

@@ -9,8 +9,9 @@ import numpy as np
 from ..escape import PLAIN, Style, printable
 from ..gate import GateResult
 from ..model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
-from ..table import drop_empty_columns
 
+ROUND_TRIP_TITLE = "Not round-trip: the tokenizer does not give these back from their own text"
+ROUND_TRIP_COLUMNS = ("id", "token", "verdict", "gate", "its text encodes to")
 SECTIONS = ((UNARGMAXABLE, "Unargmaxable: no input makes these the argmax"),
             (PRACTICAL, "Practically unreachable: they win only by less than the logits' precision"),
             (UNDECIDED, "Undecided: no certificate could be checked"))
@@ -33,7 +34,8 @@ def summary_lines(report: AuditReport) -> list[str]:
                       f" ({s['source_dtype']}{', bias' if s['bias'] else ''})"),
             f"domain: {report.domain_text()}",
             f"audited {s['audited']}{_rows(s)}: {s[ARGMAXABLE]} argmaxable, {s[UNARGMAXABLE]} unargmaxable,"
-            f" {s[PRACTICAL]} practically unreachable, {s[UNDECIDED]} undecided in {s['seconds']:.1f} s"]
+            f" {s[PRACTICAL]} practically unreachable, {s[UNDECIDED]} undecided in {s['seconds']:.1f} s",
+            *round_trip_lines(report)]
 
 
 def _rows(summary: dict, limit: int = 120) -> str:
@@ -42,6 +44,27 @@ def _rows(summary: dict, limit: int = 120) -> str:
         return ""
     ids = summary["audited_ids"]
     return f" (rows {ids if len(ids) <= limit else ids[:limit].rsplit(',', 1)[0] + ',...'})"
+
+
+def round_trip_lines(report: AuditReport) -> list[str]:
+    """The input side in one line: how many audited tokens the tokenizer gives back ([] without a tokenizer)."""
+    if report.round_trip is None:
+        return []
+    c = report.round_trip.counts(t.id for t in report.tokens)
+    return [f"tokenizer round trip: {c['round_trip']} give back their own id, {c['not_round_trip']} do not,"
+            f" {c['special']} only as special tokens" + (f", {c['no_token']} rows have no token" if c["no_token"]
+                                                          else "")]
+
+
+def round_trip_rows(report: AuditReport, gate: GateResult | None = None, style: Style = PLAIN):
+    """One row of cells per audited token whose round trip fails (see :data:`ROUND_TRIP_COLUMNS`)."""
+    verdicts = {t.id: t.verdict for t in report.tokens}
+    for i in report.not_round_trip or ():
+        got = report.round_trip.produced.get(i, ())
+        shown = ", ".join(f"{j} " + (report.label(j) if j < report.num_classes else "") for j in got[:6])
+        shown = f"[{shown}{', …' if len(got) > 6 else ''}]"
+        status = gate.status(i) if gate is not None else ""
+        yield str(i), style.literal(report.token_text(i)), verdicts[i], status, style.literal(shown)
 
 
 def gate_lines(gate: GateResult | None) -> list[str]:
@@ -67,16 +90,20 @@ def rows(report: AuditReport, verdict: str, gate: GateResult | None = None, styl
             margin = "" if np.isnan(t.margin) else f"{t.margin:.3g}"
             name = style.literal(report.token_text(t.id))  # decoded text, raw piece, kind
             status = gate.status(t.id) if gate is not None else ""
-            yield str(t.id), name, margin, probability_text(t), status, report.explain(t, style=style)
+            yield str(t.id), name, margin, probability_text(t), status, report.explain(t, style=style) + style.text(
+                bias_raise_text(report, t.id))
+
+
+def bias_raise_text(report: AuditReport, i: int) -> str:
+    """'; a bias raise of more than 0.0123 makes it reachable (...)' for a flagged added token ('' otherwise)."""
+    lower, sufficient = report.bias_raise.get(i, (None, None))
+    if sufficient is None:
+        return ""
+    return (f"; raising its bias by more than {sufficient:.3g} makes it reachable"
+            + (f" (by {lower:.3g} or less cannot)" if lower is not None else ""))
 
 
 COLUMNS = ("id", "token", "margin", "max prob", "gate", "why")
-
-
-def table(report: AuditReport, verdict: str, gate: GateResult | None = None, style: Style = PLAIN):
-    """``(columns, rows)`` of one verdict's table: :func:`rows` under :data:`COLUMNS`, less the columns no row
-    has a value in (``max prob`` on R^d, ``gate`` without a gate, ``token`` without names)."""
-    return drop_empty_columns(COLUMNS, list(rows(report, verdict, gate, style)))
 
 
 def limit_text(value: float) -> str:

@@ -32,6 +32,12 @@ def render(report: AuditReport, gate: GateResult) -> str:
             msg += f" (highest probability it can reach: {probability_text(t)})"
         msg += f" [gate: {status}]"
         lines.append(f"::{_LEVEL[status]} title={github_property(title)}::{github_data(msg)}")
+    for i in gate.failing.get("not_round_trip", ()):
+        got = list(report.round_trip.produced.get(i, ())) if report.round_trip is not None else []
+        level = "error" if gate.exceeded("not_round_trip") else "warning"
+        msg = (f"token {i} {printable(report.token_text(i))}: the tokenizer does not give it back from its own text"
+               f" (it encodes to {got}) [gate: {'fails' if level == 'error' else 'allowed'}]")
+        lines.append(f"::{level} title={github_property(title)}::{github_data(msg)}")
     summary = "; ".join(summary_lines(report) + gate_lines(gate))
     lines.append(f"::notice title={github_property(title)}::{github_data(summary)}")
     return "\n".join(lines) + "\n"

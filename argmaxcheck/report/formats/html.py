@@ -20,7 +20,15 @@ from ...layer import OutputLayer
 from ..escape import HTML, html_text
 from ..gate import GateResult
 from ..model import ARGMAXABLE, PRACTICAL, SCHEMA_VERSION, UNARGMAXABLE, UNDECIDED, AuditReport
-from ._common import SECTIONS, gate_lines, probability_text, summary_lines
+from ._common import (
+    ROUND_TRIP_COLUMNS,
+    ROUND_TRIP_TITLE,
+    SECTIONS,
+    gate_lines,
+    probability_text,
+    round_trip_rows,
+    summary_lines,
+)
 
 _COLORS = {ARGMAXABLE: "#9aa5b1", UNARGMAXABLE: "#d1495b", PRACTICAL: "#edae49", UNDECIDED: "#00798c"}
 _MAX_BACKGROUND_POINTS = 5000  # argmaxable rows drawn in the projection (a random sample beyond this)
@@ -34,6 +42,8 @@ pre.summary { background: #f4f6f8; padding: 1em; white-space: pre-wrap; }
 .card h3 { margin: 0 0 0.3em 0; font-size: 1em; } .card code { background: #f4f6f8; }
 .card table { border-collapse: collapse; font-size: 0.9em; } .card td { padding: 0 0.6em 0 0; }
 .muted { color: #666; font-size: 0.9em; }
+table.roundtrip { border-collapse: collapse; font-size: 0.9em; }
+table.roundtrip td, table.roundtrip th { border: 1px solid #ddd; padding: 0.2em 0.5em; }
 """
 
 
@@ -54,7 +64,7 @@ def render(report: AuditReport, gate: GateResult | None = None, layer: OutputLay
             f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
             f"<h1>{title}</h1>"
             f"<pre class=\"summary\">{chr(10).join(map(html_text, summary_lines(report) + gate_lines(gate)))}</pre>"
-            f"{plots}{_cards(report, gate)}"
+            f"{plots}{_cards(report, gate)}{_round_trip_table(report, gate)}"
             f"<p class=\"muted\">argmaxcheck report, schema {SCHEMA_VERSION}."
             " Every verdict carries a certificate checked independently of the solver.</p></body></html>\n")
 
@@ -148,6 +158,21 @@ def _cards(report: AuditReport, gate: GateResult | None) -> str:
         if len(tokens) > _MAX_CARDS:
             parts.append(f"<p class=\"muted\">… and {len(tokens) - _MAX_CARDS} more in the JSON report.</p>")
     return "".join(parts)
+
+
+def _round_trip_table(report: AuditReport, gate: GateResult | None) -> str:
+    """The tokens the tokenizer does not give back from their own text, as one table."""
+    table_rows = list(round_trip_rows(report, gate, HTML))
+    if not table_rows:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ROUND_TRIP_COLUMNS)
+    # The token and what it encodes to are HTML.literal already; the id, verdict and gate are our words.
+    body = "".join(f"<tr><td>{html_text(i)}</td><td>{name}</td><td>{html_text(verdict)}</td><td>{html_text(status)}"
+                   f"</td><td>{got}</td></tr>" for i, name, verdict, status, got in table_rows[:_MAX_CARDS])
+    more = (f"<p class=\"muted\">… and {len(table_rows) - _MAX_CARDS} more in the JSON report.</p>"
+            if len(table_rows) > _MAX_CARDS else "")
+    return (f"<h2>{html.escape(ROUND_TRIP_TITLE)} ({len(table_rows)})</h2><table class=\"roundtrip\"><thead><tr>{head}"
+            f"</tr></thead><tbody>{body}</tbody></table>{more}")
 
 
 def _principal_plane(weight: np.ndarray, iterations: int = 8) -> np.ndarray:

@@ -43,11 +43,25 @@ def render(report: AuditReport, gate: GateResult) -> str:
                                               f" ({gate.counts[t.verdict]} counted)")
             ET.SubElement(case, "skipped", message=reason)
         cases.append(case)
+    # The input side, when the gate counts it: a case per token the tokenizer does not give back.
+    for i in gate.failing.get("not_round_trip", ()):
+        case = ET.Element("testcase", classname="argmaxcheck.not_round_trip",
+                          name=printable(f"{i} {report.token_text(i)}".strip()), time="0")
+        got = list(report.round_trip.produced.get(i, ())) if report.round_trip is not None else []
+        if gate.exceeded("not_round_trip"):
+            failure = ET.SubElement(case, "failure", type="not_round_trip",
+                                    message=f"not_round_trip: its text encodes to {got}")
+            failure.text = xml_safe(json_text({"id": i, "round_trip": False, "round_trip_ids": got}, indent=None))
+        else:
+            limit = gate.fail_on["not_round_trip"]
+            ET.SubElement(case, "skipped", message=f"counted, within --fail-on not_round_trip="
+                                                   f"{'never' if math.isinf(limit) else int(limit)}")
+        cases.append(case)
     ok = ET.Element("testcase", classname="argmaxcheck.argmaxable", name=f"{report.summary()[ARGMAXABLE]} argmaxable"
                     " tokens", time=f"{report.seconds:.3f}")
     cases.append(ok)
     suite = ET.Element("testsuite", name=printable(f"argmaxcheck {report.source}".strip()), tests=str(len(cases)),
-                       failures=str(len(gate.failures())), errors="0",
+                       failures=str(sum(1 for c in cases if c.find("failure") is not None)), errors="0",
                        skipped=str(sum(1 for c in cases if c.find("skipped") is not None)),
                        time=f"{report.seconds:.3f}")
     suite.extend(cases)

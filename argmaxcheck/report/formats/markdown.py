@@ -11,10 +11,21 @@ from __future__ import annotations
 from ..escape import MARKDOWN_CELL, markdown_code, markdown_text
 from ..gate import GateResult
 from ..model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport
-from ._common import SECTIONS, gate_lines, table
+from ..table import drop_empty_columns
+from ._common import (
+    COLUMNS,
+    ROUND_TRIP_COLUMNS,
+    ROUND_TRIP_TITLE,
+    SECTIONS,
+    gate_lines,
+    round_trip_lines,
+    round_trip_rows,
+    rows,
+)
 
 # Numbers right-aligned, words left.
-_ALIGN = {"id": "---:", "token": "---", "margin": "---:", "max prob": "---:", "gate": "---", "why": "---"}
+_ALIGN = {"id": "---:", "token": "---", "margin": "---:", "max prob": "---:", "gate": "---", "why": "---",
+          "verdict": "---", "its text encodes to": "---"}
 
 
 def render(report: AuditReport, gate: GateResult | None = None, limit: int = 100) -> str:
@@ -27,9 +38,13 @@ def render(report: AuditReport, gate: GateResult | None = None, limit: int = 100
            "|---:|---:|---:|---:|---:|",
            f"| {s[ARGMAXABLE]} | {s[UNARGMAXABLE]} | {s[PRACTICAL]} | {s[UNDECIDED]} | {s['seconds']:.1f} |", "",
            markdown_text(f"{s['num_classes']} classes × {s['dim']} dims, domain: {report.domain_text()}."), ""]
-    out += [f"- {markdown_text(line)}" for line in gate_lines(gate)]
-    for verdict, title in SECTIONS:
-        columns, table_rows = table(report, verdict, gate, MARKDOWN_CELL)
+    out += [f"- {markdown_text(line)}" for line in round_trip_lines(report) + gate_lines(gate)]
+    sections = [(title, COLUMNS, list(rows(report, verdict, gate, MARKDOWN_CELL))) for verdict, title in SECTIONS]
+    sections.append((ROUND_TRIP_TITLE, ROUND_TRIP_COLUMNS,
+                     [(*r[:2], markdown_text(r[2]), markdown_text(r[3]), r[4])
+                      for r in round_trip_rows(report, gate, MARKDOWN_CELL)]))
+    for title, all_columns, all_rows in sections:
+        columns, table_rows = drop_empty_columns(all_columns, all_rows)
         if not table_rows:
             continue
         out += ["", f"### {markdown_text(title)} ({len(table_rows)})", "", "| " + " | ".join(columns) + " |",

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from ..gate import GateResult
 from ..model import AuditReport
-from ._common import SECTIONS, gate_lines, summary_lines, table
+from ..table import drop_empty_columns
+from ._common import (
+    COLUMNS,
+    ROUND_TRIP_COLUMNS,
+    ROUND_TRIP_TITLE,
+    SECTIONS,
+    gate_lines,
+    round_trip_rows,
+    rows,
+    summary_lines,
+)
 
 
 def print_terminal(report: AuditReport, gate: GateResult | None = None, console=None, limit: int = 500) -> None:
@@ -19,8 +29,10 @@ def print_terminal(report: AuditReport, gate: GateResult | None = None, console=
     for k, line in enumerate(summary_lines(report) + gate_lines(gate)):
         style = "bold" if k == 2 else ("bold red" if line.startswith("gate: FAILED") else None)
         console.print(Text(line, style=style or ""), soft_wrap=True)
-    for verdict, title in SECTIONS:
-        columns, table_rows = table(report, verdict, gate)
+    sections = [(title, COLUMNS, list(rows(report, verdict, gate))) for verdict, title in SECTIONS]
+    sections.append((ROUND_TRIP_TITLE, ROUND_TRIP_COLUMNS, list(round_trip_rows(report, gate))))
+    for title, all_columns, all_rows in sections:
+        columns, table_rows = drop_empty_columns(all_columns, all_rows)
         if not table_rows:
             continue
         shown = Table(title=f"{title} ({len(table_rows)})", title_justify="left")
