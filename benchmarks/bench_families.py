@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).resolve().parent / "cli_child.py"  # the CLI, plus every token's stage in its JSON
 GB = 1024**3
 SWISH_LOWER = heads.SWISH_LOWER
-PER_TOKEN_STAGES = {"exact"}  # stage names (derived rows) whose tokens each ran the per-token solver
+PER_TOKEN_STAGES = {"exact"}  # stages whose every token ran a per-token solver
 
 # Issue 22's targets.
 RATIO_TARGET = 2.0  # audit / product, for heads whose product takes >= PRODUCT_LONG seconds
@@ -81,53 +80,25 @@ class Case:
 # --- statistics of a report: the one place that reads them ------------------------------------------
 
 def stage_rows(report: dict) -> list[dict]:
-    """Per-stage rows ``{name, tokens_in, settled, seconds, per_token}`` of a JSON report.
+    """Per-stage rows ``{name, tokens_in, settled, seconds, per_token}`` of a JSON report's ``stages``.
 
-    Prefers the report's typed ``stages`` list (records with name, tokens_in, settled, seconds) where it
-    has one; otherwise derives the rows from the loose ``timings`` dict and the tokens' ``stage`` fields.
-    ``per_token`` marks stages whose every token ran a per-token solver. Missing figures are None.
+    ``per_token`` counts the tokens that stage sent to a per-token solver: every token of the exact
+    step (the fallback of the blocks), and the practical label's stragglers (a best margin solved
+    one token at a time).
     """
-    if isinstance(report.get("stages"), list):
-        rows = []
-        for s in report["stages"]:
-            name = str(s.get("name"))
-            rows.append({"name": name, "tokens_in": s.get("tokens_in"), "settled": s.get("settled"),
-                         "seconds": s.get("seconds"),
-                         "per_token": bool(s.get("per_token", name in PER_TOKEN_STAGES or "exact" in name))})
-        return rows
-    flagged = report.get("tokens", [])  # the JSON report lists only the tokens that are not argmaxable
-    t = report.get("timings", {})
-    audited = int(report["summary"]["audited"])
-    by_stage = Counter(tok.get("stage") for tok in flagged)
-    identical = by_stage["tie"] + by_stage["dominated"]
-    exact_in = int(t.get("exact_tokens", 0))
-    batched_settled = int(t.get("batched_tokens", 0))
-    rows = [{"name": "identical rows", "tokens_in": audited, "settled": identical, "seconds": None,
-             "per_token": False}]
-    screen_in = audited - identical
-    after_screen = exact_in + batched_settled  # every token the screen leaves goes on to the batched phase, then exact
-    rows.append({"name": "screen", "tokens_in": screen_in, "settled": screen_in - after_screen,
-                 "seconds": t.get("screen_seconds"), "per_token": False})
-    if "batched_seconds" in t:
-        rows.append({"name": "batched", "tokens_in": after_screen, "settled": batched_settled,
-                     "seconds": t.get("batched_seconds"), "per_token": False})
-    exact_undecided = sum(1 for tok in flagged if tok.get("stage") == "exact" and tok.get("verdict") == "undecided")
-    rows.append({"name": "exact", "tokens_in": exact_in, "settled": exact_in - exact_undecided,
-                 "seconds": t.get("exact_seconds"), "per_token": True})
-    if "practical_checked" in t:
-        unreachable = sum(1 for tok in flagged if tok.get("verdict") == "practically_unreachable")
-        rows.append({"name": "best margins", "tokens_in": t["practical_checked"], "settled": unreachable,
-                     "seconds": t.get("practical_seconds"), "per_token": False})
-    if "probability_tokens" in t:
-        rows.append({"name": "probabilities", "tokens_in": t["probability_tokens"],
-                     "settled": t["probability_tokens"], "seconds": t.get("probability_seconds"),
-                     "per_token": False})
+    rows = []
+    for s in report.get("stages", []):
+        name = str(s["name"])
+        counts = s.get("counts", {})
+        per_token = s["tokens_in"] if name in PER_TOKEN_STAGES else int(counts.get("stragglers", 0))
+        rows.append({"name": name, "tokens_in": s["tokens_in"], "settled": s["settled"], "seconds": s["seconds"],
+                     "per_token": per_token})
     return rows
 
 
 def per_token_share(rows: list[dict], audited: int) -> float:
-    """Share of the audited tokens that reached a per-token solver (the ``per_token`` stages' tokens in)."""
-    reached = sum(r["tokens_in"] or 0 for r in rows if r["per_token"])
+    """Share of the audited tokens that reached a per-token solver."""
+    reached = sum(r["per_token"] for r in rows)
     return reached / audited if audited else 0.0
 
 

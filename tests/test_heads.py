@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import heads
-from bench_families import stage_rows
+from bench_families import per_token_share, stage_rows
 
 from argmaxcheck import AuditOptions, Ball, Box, Unbounded, audit
 
@@ -65,20 +65,13 @@ def test_planted_rows_are_unargmaxable():
     assert {t.verdict for t in report.tokens} == {"unargmaxable"}
 
 
-def test_stage_rows_prefers_typed_stages():
-    typed = {"stages": [{"name": "screen", "tokens_in": 10, "settled": 9, "seconds": 0.5},
-                        {"name": "exact", "tokens_in": 1, "settled": 1, "seconds": 0.1}]}
-    rows = stage_rows(typed)
+def test_stage_rows_count_the_tokens_sent_to_per_token_solvers():
+    report = {"stages": [{"name": "screen", "tokens_in": 10, "settled": 7, "seconds": 0.5},
+                         {"name": "block_exact", "tokens_in": 3, "settled": 2, "seconds": 0.2},
+                         {"name": "exact", "tokens_in": 1, "settled": 1, "seconds": 0.1},
+                         {"name": "practical", "tokens_in": 4, "settled": 1, "seconds": 0.1,
+                          "counts": {"checked": 2, "stragglers": 1}}]}
+    rows = stage_rows(report)
     assert [(r["name"], r["tokens_in"], r["settled"], r["per_token"]) for r in rows] == [
-        ("screen", 10, 9, False), ("exact", 1, 1, True)]
-
-
-def test_stage_rows_from_timings():
-    report = {"summary": {"audited": 100},
-              "tokens": [{"id": 3, "stage": "tie", "verdict": "unargmaxable"},
-                         {"id": 4, "stage": "batched", "verdict": "unargmaxable"},
-                         {"id": 5, "stage": "exact", "verdict": "undecided"}],
-              "timings": {"screen_seconds": 1.0, "batched_tokens": 1, "batched_seconds": 2.0,
-                          "exact_tokens": 3, "exact_seconds": 3.0}}
-    rows = {r["name"]: (r["tokens_in"], r["settled"]) for r in stage_rows(report)}
-    assert rows == {"identical rows": (100, 1), "screen": (99, 95), "batched": (4, 1), "exact": (3, 2)}
+        ("screen", 10, 7, 0), ("block_exact", 3, 2, 0), ("exact", 1, 1, 1), ("practical", 4, 1, 1)]
+    assert per_token_share(rows, 10) == 0.2

@@ -106,4 +106,4 @@ def test_the_sweep_tables_leave_out_columns_no_source_has():
     audited = SweepResult([SweepRow("c.npz", "c", 3, 2, "R^d", {"argmaxable": 3, "practically_unreachable": 0,
                                                                  "unargmaxable": 0, "undecided": 0},
                                     3, 0.5, True, "models/c.json"), *failed.rows])
-    assert render_markdown(audited).splitlines()[2].count(" | ") == 9  # every column
+    assert render_markdown(audited).splitlines()[2].count(" | ") == 10  # every column
