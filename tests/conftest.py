@@ -1,6 +1,10 @@
+"""Fixtures shared by every test folder (tests/ is on sys.path: the *_helpers modules import from here)."""
+
 import numpy as np
 import pytest
 from scipy.optimize import linprog
+
+from argmaxcheck.layer import OutputLayer
 
 
 @pytest.fixture
@@ -32,3 +36,17 @@ def no_load(monkeypatch):
 
     monkeypatch.setattr(cli, "load_source", forbidden)
     monkeypatch.setattr(cli, "audit", forbidden)
+
+
+@pytest.fixture
+def planted(rng):
+    """60 rows in 4-D with bias; row 7 is an average of rows 0-2, rows 20/21 tie, row 30 is '<unused>'."""
+    weight = rng.normal(size=(60, 4))
+    bias = 0.1 * rng.normal(size=60)
+    weight[7] = weight[:3].mean(axis=0)
+    bias[7] = bias[:3].mean() - 0.05
+    weight[21], bias[21] = weight[20], bias[20]
+    weight[30], bias[30] = weight[3], bias[3] - 1.0  # dominated by row 3
+    names = [f"tok{i}" for i in range(60)]
+    names[30] = "<unused>"
+    return OutputLayer.from_arrays(weight, bias, names)

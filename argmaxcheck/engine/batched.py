@@ -99,7 +99,10 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
     certificates are checked on the CPU in float64 whatever it is.
     """
     spent = {"support": 0.0, "search": 0.0, "check": 0.0}
-    out = _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent)
+    # The search only proposes weights; overflow there (rows far outside a token's reach) gives inf or
+    # NaN weights that the stall rule drops and the checks refuse, so numpy's warnings say nothing to a user.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        out = _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent)
     return out, spent
 
 

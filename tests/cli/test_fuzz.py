@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 DRIVER = r"""
 import io, json, resource, signal, sys, contextlib
@@ -212,7 +212,7 @@ def test_fuzzed_gguf_headers_end_in_a_report_or_one_line(tmp_path):
 def test_hub_cache_layouts_end_in_a_report_or_one_line(tmp_path):
     """refs/ files that escape the cache or are not files, snapshots and files linked outside it, and
     revisions that walk paths: each an exit-2 line (a refs/ escape was a ValueError, exit 3)."""
-    from test_hub import COMMIT, OTHER, cache_repo, tiny_files  # noqa: PLC0415
+    from hub_helpers import COMMIT, OTHER, cache_repo, tiny_files  # noqa: PLC0415
 
     cache, outside = tmp_path / "hub", tmp_path / "outside"
     outside.mkdir()

@@ -167,7 +167,7 @@ def test_best_gap_bound_is_an_upper_bound(rng, domain):
 
 
 def test_brackets_in_the_json_report_follow_the_schema():
-    schema = json.loads((Path(__file__).resolve().parents[1] / "argmaxcheck" / "report" /
+    schema = json.loads((Path(__file__).resolve().parents[2] / "argmaxcheck" / "report" /
                          "report.schema.json").read_text())
     weight, bias = _polygon_head(1.0, 2.0**-11, True)
     report = audit(weight, bias, domain=Ball(1.0), options=AuditOptions(precision="float16", probability_seconds=0))

@@ -254,7 +254,7 @@ def _ppocr_model():
 
 def test_real_ppocrv4_model_head_names_and_swish_domain():
     ckpt = load_onnx(_ppocr_model())
-    bundled = np.load(Path(__file__).resolve().parents[1] / "data" / "ppocrv4_rec_head.npz")
+    bundled = np.load(Path(__file__).resolve().parents[2] / "data" / "ppocrv4_rec_head.npz")
     np.testing.assert_array_equal(ckpt.layer.weight, bundled["weight"].astype(np.float64))
     np.testing.assert_array_equal(ckpt.layer.bias, bundled["bias"].astype(np.float64))
     assert ckpt.layer.tokens == [str(t) for t in bundled["tokens"]]

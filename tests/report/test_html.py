@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 # .ci/run installs Debian's chromium and sets this, so CI fails rather than skips without a browser.
 if BROWSER is None and os.environ.get("ARGMAXCHECK_REQUIRE_BROWSER"):

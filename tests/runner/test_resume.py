@@ -18,7 +18,7 @@ from argmaxcheck.report.model import AuditReport, TokenResult
 from argmaxcheck.runner import audit_sharded, merge_reports, plan_chunks
 from argmaxcheck.runner.journal import STORED_FIELDS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 8
 
 

@@ -18,7 +18,7 @@ from argmaxcheck import Ball, Box, Unbounded
 from argmaxcheck.domains import _sqrt_upper
 
 D = 5
-ENGINE = Path(__file__).resolve().parents[1] / "argmaxcheck" / "engine"
+ENGINE = Path(__file__).resolve().parents[2] / "argmaxcheck" / "engine"
 
 
 def _domains():

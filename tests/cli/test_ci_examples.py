@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 from safetensors.numpy import load_file, save_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "docs" / "examples" / "argmaxcheck-workflow.yml"
 CI_DOC = ROOT / "docs" / "ci.md"
 HOOKS = ROOT / ".pre-commit-hooks.yaml"

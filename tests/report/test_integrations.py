@@ -61,7 +61,7 @@ def test_added_tokens_callback_example_runs(tmp_path):
     from pathlib import Path  # noqa: PLC0415
 
     pytest.importorskip("tokenizers")
-    script = Path(__file__).parents[1] / "docs" / "examples" / "added_tokens_callback.py"
+    script = Path(__file__).resolve().parents[2] / "docs" / "examples" / "added_tokens_callback.py"
     argv = sys.argv
     sys.argv = [str(script), str(tmp_path / "demo")]
     try:

@@ -157,7 +157,7 @@ def test_explain_never_proposes_a_negative_bias_increase():
     from argmaxcheck import explain_token  # noqa: PLC0415
     from argmaxcheck.sources import load_source  # noqa: PLC0415
 
-    loaded = load_source(Path(__file__).resolve().parents[1] / "data" / "tiny-gpt2")
+    loaded = load_source(Path(__file__).resolve().parents[2] / "data" / "tiny-gpt2")
     _, why = explain_token(loaded.layer, loaded.domain, 203)
     assert why.result.verdict == "practically_unreachable"
     assert 0.0 <= why.bias_increase_lower <= why.bias_increase

@@ -27,7 +27,7 @@ from argmaxcheck.report.formats import FORMATS, print_terminal
 from argmaxcheck.report.gate import Baseline, GatePolicy, evaluate
 from argmaxcheck.report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport, TokenResult
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "data" / "tiny-gpt2"
 
 XML_FORBIDDEN = "".join(map(chr, [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])) + "\ufffe\uffff"

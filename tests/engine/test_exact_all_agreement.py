@@ -17,7 +17,7 @@ import pytest
 from argmaxcheck import AuditOptions, Ball, Box, OutputLayer, Unbounded, audit
 from argmaxcheck.sources import load_source
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _agree_on_every_stage(layer, domain, per_group: int, seed: int = 0) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -12,8 +11,8 @@ from pathlib import Path
 import huggingface_hub
 import numpy as np
 import pytest
+from hub_helpers import COMMIT, OTHER, TINY, cache_repo, tiny_files  # noqa: F401 - OTHER: revision tests
 from huggingface_hub import constants, scan_cache_dir
-from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import hf_raise_for_status
 from safetensors.numpy import save_file
 from tokenizers import AddedToken, Tokenizer, decoders
@@ -22,32 +21,6 @@ from tokenizers.models import BPE
 from argmaxcheck import InputError
 from argmaxcheck.sources import hub, load_source
 from argmaxcheck.sources.hub import load_repo, parse_repo_id
-
-TINY = Path(__file__).resolve().parents[1] / "data" / "tiny-gpt2"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-OTHER = "fedcba9876543210fedcba9876543210fedcba98"
-
-
-def cache_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: str = COMMIT,
-               ref: str | None = "main") -> Path:
-    """Put ``files`` into the cache as huggingface_hub lays it out: blobs/, snapshots/<commit>/ (links to the
-    blobs) and refs/<ref>; the folder's name comes from the library."""
-    root = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
-    for name, data in files.items():
-        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = root / "snapshots" / commit / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    if ref is not None:
-        (root / "refs").mkdir(exist_ok=True)
-        (root / "refs" / ref).write_text(commit)
-    return root
-
-
-def tiny_files() -> dict[str, bytes]:
-    return {name: (TINY / name).read_bytes() for name in ("config.json", "model.safetensors", "tokenizer.json")}
 
 
 @pytest.fixture(autouse=True)

@@ -181,7 +181,7 @@ def test_bad_checkpoints(tmp_path):
 
 def test_bundled_tiny_checkpoint(tmp_path):
     """data/tiny-gpt2: planted averages are unreachable, reserved duplicates are named ties."""
-    folder = Path(__file__).resolve().parents[1] / "data" / "tiny-gpt2"
+    folder = Path(__file__).resolve().parents[2] / "data" / "tiny-gpt2"
     out = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, "-m", "argmaxcheck", "audit", str(folder), "--format", "json",
                            "--output", str(out)], capture_output=True, text=True, check=False, timeout=600)

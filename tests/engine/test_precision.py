@@ -14,7 +14,7 @@ from argmaxcheck.engine.narrow import decide_narrow
 from argmaxcheck.engine.precision import unit_roundoff
 from argmaxcheck.report import TokenResult
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _layer(lead):

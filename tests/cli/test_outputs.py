@@ -24,7 +24,7 @@ from argmaxcheck.errors import InputError
 from argmaxcheck.outputs import TEMP_PREFIX, plan_outputs
 from argmaxcheck.report.formats import FORMATS, Format
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "data" / "tiny-gpt2"
 OUTPUT_OPTIONS = ["--output", "--json", "--html", "--markdown", "--junit", "--save-certificates"]
 

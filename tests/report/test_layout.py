@@ -15,7 +15,7 @@ from argmaxcheck.report.gate import GatePolicy, evaluate
 from argmaxcheck.report.sweep import SweepResult, SweepRow, render_html, render_markdown, render_text
 from argmaxcheck.sources import SOURCES, SourceRequest, load_source
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sources_are_picked_by_the_registry(tmp_path):

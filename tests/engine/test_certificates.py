@@ -93,7 +93,7 @@ def test_witnesses_are_checked(rng):
 
 
 def _readme_recheck_snippet() -> str:
-    readme = Path(__file__).resolve().parents[1] / "docs" / "report-schema.md"
+    readme = Path(__file__).resolve().parents[2] / "docs" / "report-schema.md"
     blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), flags=re.S)
     return next(b for b in blocks if "def recheck" in b)
 

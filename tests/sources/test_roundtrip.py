@@ -29,7 +29,7 @@ from argmaxcheck.sources import load_source
 from argmaxcheck.sources.gguf import load_gguf
 from argmaxcheck.sources.roundtrip import gguf_tokenizer, round_trips
 
-SCHEMA = json.loads((Path(__file__).parents[1] / "argmaxcheck/report/report.schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "argmaxcheck/report/report.schema.json").read_text())
 PIECES = ["a", "b", "ab", "Ġ", "Ġa", "ba"]  # "ba" has no merge: its text encodes as [b, a]
 NO_PROBABILITY = AuditOptions(probability_seconds=0.0)
 

@@ -14,7 +14,7 @@ from argmaxcheck import audit
 from argmaxcheck.cli import main
 from argmaxcheck.runner import expand_sources
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_GPT2 = ROOT / "data" / "tiny-gpt2"
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 

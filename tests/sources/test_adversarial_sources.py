@@ -27,7 +27,7 @@ from argmaxcheck.sources.arrays import ArraySpec, load_layer
 from argmaxcheck.sources.huggingface import load_checkpoint
 from argmaxcheck.sources.norms import MeanZeroBasis, fold_norm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager

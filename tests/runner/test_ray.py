@@ -15,7 +15,7 @@ from argmaxcheck.cli import main
 from argmaxcheck.runner import LocalExecutor, RayExecutor, audit_sharded
 from argmaxcheck.runner.executors import import_ray
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_missing_ray_is_one_line_naming_the_extra(monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 
 from argmaxcheck import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PPOCR = ROOT / "data" / "ppocrv4_rec_head.npz"
 
 
