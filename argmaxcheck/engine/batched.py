@@ -73,9 +73,17 @@ def run(state: AuditState) -> StageStats | None:
     options = state.options
     if not ids.size or not options.batched or options.exact_all or not state.solve_domain.whole_space:
         return None
+    depth = state.guesses.depth_at(ids) if state.guesses is not None else None
+    if depth is not None:
+        # What the screen's best guess showed: a token it missed by a hair (a near-duplicate's twin
+        # leads by 1e-5 of the logits' scale) is no deep row, and goes straight to the exact step.
+        keep = depth >= _SHALLOW
+        ids, depth = ids[keep], depth[keep]
+        if not ids.size:
+            return None
     state.progress.stage("batched phase: rows inside the hull", int(ids.size))
     checks, spent = interior_certificates(state.comp, state.position[ids], state.solve_domain,
-                                          progress=state.progress.advance, backend=state.backend)
+                                          progress=state.progress.advance, backend=state.backend, depth=depth)
     for i, cert in zip(ids.tolist(), checks, strict=True):
         if cert is not None:
             state.unargmaxable(i, cert, "batched")
@@ -84,8 +92,9 @@ def run(state: AuditState) -> StageStats | None:
 
 def interior_certificates(comp: Competitors, positions: np.ndarray, domain, block: int = 256,
                           steps: int = 120, refresh: int = 4,
-                          progress: Callable[[int], None] | None = None,
-                          backend=None) -> tuple[list[certify.CertificateCheck | None], dict[str, float]]:
+                          progress: Callable[[int], None] | None = None, backend=None,
+                          depth: np.ndarray | None = None
+                          ) -> tuple[list[certify.CertificateCheck | None], dict[str, float]]:
     """A checked certificate, or None, for each position (rows of ``comp``) on R^d, and the seconds
     spent choosing the support, searching and checking.
 
@@ -96,17 +105,20 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
     together, with twice the steps and five times the patience; then whatever is left, once, on
     a support of 16d rows. ``progress`` is called with the number of tokens of each block done. ``backend``
     (:mod:`.backend`) runs the search for weights (on a GPU when the audit has one); the
-    certificates are checked on the CPU in float64 whatever it is.
+    certificates are checked on the CPU in float64 whatever it is. ``depth`` (the screen's
+    :attr:`~.state.Guesses.depth` of each token) decides, below d = 1024, which tokens the first
+    pass left get the pass on 16d rows: those at least ``_WIDE_DEPTH`` deep, on a layer without bias.
     """
     spent = {"support": 0.0, "search": 0.0, "check": 0.0}
     # The search only proposes weights; overflow there (rows far outside a token's reach) gives inf or
     # NaN weights that the stall rule drops and the checks refuse, so numpy's warnings say nothing to a user.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        out = _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent)
+        out = _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent,
+                                     depth)
     return out, spent
 
 
-def _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent):
+def _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent, depth):
     m, d = comp.weight.shape
     if m < 2 * (d + 1):  # a deep certificate needs well over d + 1 rows; and no d x d work for wide layers
         if progress is not None and len(positions):
@@ -154,15 +166,20 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
     # 256 under-trained rows were dropped as stalled after 8 steps; searched again together with
     # 5 times the patience, all 28 converged and 27 were settled. Tokens outside the hull (no
     # weights exist) cost one more search per block of them.
-    if d < _PERSIST_MIN_DIM:
-        return out
-    settle_blocks(stalled, 2 * steps, 5 * _PATIENCE)
+    if d >= _PERSIST_MIN_DIM:
+        settle_blocks(stalled, 2 * steps, 5 * _PATIENCE)
     # Rows near the boundary of the 8d support's hull (their weights underflow, or the enclosure
     # refuses them) often sit well inside a wider one: at 32768 x 1024 (spread 0.05), 140 of 256
     # under-trained rows were settled on 8d rows and the other 116 all on 16d rows (24 s on 2
     # cores). One more pass, on twice the support, for whatever is left; skipped when the layer
     # has too few rows for a support much wider than the first.
     left = np.array([k for k, check in enumerate(out) if check is None], dtype=np.int64)
+    if d < _PERSIST_MIN_DIM:
+        # Below it the exact step is quick: the pass is only for rows the screen found deep, of a
+        # layer without a bias. With one, the weights must also satisfy sum lam_j b_j >= b_q, which
+        # the search does not aim at, and a wider support settled none more (PP-OCRv4: 0 of 412).
+        wanted = depth is not None and comp.bias is None
+        left = left[depth[left] >= _WIDE_DEPTH] if wanted else left[:0]
     if left.size and min(_WIDE * d, m) >= 1.5 * shared.rows.size:
         shared.inverse = None  # its a_rest and |a_rest| (2 GB at d = 4096) are not needed any more
         t0 = time.perf_counter()
@@ -175,6 +192,10 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
 # Below this d the exact step is fast and the two later passes cost more than they save (docs/benchmarks.md).
 _PERSIST_MIN_DIM = 1024
 _WIDE = 16  # rows per dimension in the last pass's support (the first has 8)
+# The screen's depth (Guesses.depth) below which a token skips the phase: near-duplicate twins lead by
+# 2e-5 to 6e-5 of the logits' scale, under-trained and planted rows by 0.03 to 1 (docs/benchmarks.md).
+_SHALLOW = 1e-3
+_WIDE_DEPTH = 0.04  # below d = 1024, tokens at least this deep get the 16d pass
 _PATIENCE = 8  # Newton steps before a token whose residual has not fallen tenfold is dropped (see below)
 _QR_RETRY_MAX_DIM = 1024  # above this, a pivoted QR of the support costs more than it saves (see _check_block)
 

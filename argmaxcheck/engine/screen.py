@@ -53,7 +53,12 @@ def run(state: AuditState) -> StageStats | None:
     for i, gap, x in zip(pending.tolist(), found.gap, found.witness, strict=True):
         if gap > 0:
             state.argmaxable(i, x, gap, "screen")
-    state.guesses = Guesses(pending, found.witness)
+    scale = np.linalg.norm(found.witness, axis=1) * float(comp.norms.max())
+    if comp.bias is not None:
+        scale += float(np.abs(comp.bias).max())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = np.where(found.gap > 0, 0.0, -found.gap / scale)
+    state.guesses = Guesses(pending, found.witness, np.nan_to_num(depth, nan=np.inf, posinf=np.inf))
     return StageStats("screen", int(pending.size), int(np.count_nonzero(found.gap > 0)))
 
 

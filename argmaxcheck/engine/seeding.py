@@ -27,7 +27,8 @@ def run(state: AuditState) -> StageStats | None:
         else np.broadcast_to(domain.centre(), (ids.size, comp.weight.shape[1]))
     points = seed_points(comp, state.position[ids], domain, begin, state.options.exact.seed_steps,
                          progress=state.progress.advance)
-    state.guesses = Guesses(ids, points)
+    depth = state.guesses.depth_at(ids) if state.guesses is not None else None
+    state.guesses = Guesses(ids, points, depth)
     state.seeded = True
     return StageStats("seeding", int(ids.size), 0)
 

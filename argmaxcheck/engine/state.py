@@ -26,13 +26,19 @@ from .ties import RowGroups
 
 @dataclass
 class Guesses:
-    """A start point per row id (the screen's best guesses, then the seeding's points)."""
+    """A start point per row id (the screen's best guesses, then the seeding's points), and how far
+    short of winning the screen's guess fell: ``depth`` is the best rival's lead there over the
+    logits' scale at that point (``-gap / (|x| max|w_j| + max|b_j|)``; 0 where the guess won)."""
 
     ids: np.ndarray  # sorted row ids
     points: np.ndarray  # (ids.size, d)
+    depth: np.ndarray | None = None  # (ids.size,)
 
     def at(self, ids: np.ndarray) -> np.ndarray:
         return self.points[np.searchsorted(self.ids, ids)]
+
+    def depth_at(self, ids: np.ndarray) -> np.ndarray | None:
+        return None if self.depth is None else self.depth[np.searchsorted(self.ids, ids)]
 
     def update(self, ids: np.ndarray, points: np.ndarray) -> None:
         self.points[np.searchsorted(self.ids, ids)] = points

@@ -256,3 +256,39 @@ def test_tokens_left_after_both_searches_get_one_pass_on_a_support_twice_as_wide
     for row, check in zip(ids, checks, strict=True):
         assert row not in check.support
         assert certify.check_certificate(weight, None, int(row), check.support, check.weights, Unbounded()).ok
+
+
+
+def _family(name: str, size: str):
+    """A head of benchmarks/heads.py (seeded): the families the thresholds were tuned on."""
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import heads  # noqa: PLC0415
+
+    return heads.make(name, size, 0)
+
+
+def test_deep_rows_below_d_1024_get_the_wide_pass_by_their_depth(monkeypatch):
+    """At 8192 x 256 the 8d outermost rows' hull misses under-trained rows (0.05 of their deviation from
+    the mean); the 16d pass settles them, and runs only for rows the screen found deep."""
+    from argmaxcheck.engine import batched  # noqa: PLC0415
+
+    head = _family("undertrained", "8192x256")
+    ids = np.argsort(np.linalg.norm(head.weight - head.weight.mean(axis=0), axis=1))[:64].tolist()
+    report = audit(head.weight, tokens=ids, options=AuditOptions(probability_seconds=0.0))
+    assert report.stats.stage("batched").settled == 64
+    monkeypatch.setattr(batched, "_WIDE_DEPTH", np.inf)  # no token deep enough: the 8d pass alone
+    narrow = audit(head.weight, tokens=ids, options=AuditOptions(probability_seconds=0.0))
+    assert narrow.stats.stage("batched").settled < 8
+    assert [t.verdict for t in narrow.tokens] == [t.verdict for t in report.tokens] == ["unargmaxable"] * 64
+
+
+def test_tokens_the_screen_missed_by_a_hair_skip_the_phase():
+    """Near-duplicate twins lose at their best guess by about 5e-5 of the logits' scale: none is a deep
+    row, so none enters the batched phase, and the exact step decides them all."""
+    head = _family("near_dup", "2000x64")
+    report = audit(head.weight, head.bias, options=AuditOptions(probability_seconds=0.0))
+    assert report.stats.stage("batched") is None
+    assert report.stats.stage("block_exact").settled == report.stats.stage("block_exact").tokens_in > 100
