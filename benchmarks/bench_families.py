@@ -149,9 +149,16 @@ def real_cases(args):
         yield Case("ppocrv4 swish", path, ("--domain", "box", "--lower", repr(SWISH_LOWER)), loader(path),
                    "PP-OCRv4 rec head on its swish range")
     if args.ppocrv5:
+        yield Case("ppocrv5 R^d", Path(args.ppocrv5), ("--domain", "unbounded"), loader(args.ppocrv5),
+                   "PP-OCRv5 ONNX head on R^d")
         yield Case("ppocrv5", Path(args.ppocrv5), (), loader(args.ppocrv5), "PP-OCRv5 ONNX, domain auto")
     if args.ddddocr:
-        yield Case("ddddocr", Path(args.ddddocr), (), loader(args.ddddocr), "ddddocr ONNX, domain auto")
+        # Its Gemm feeds a reshape, not a graph output: the head is named (initialisers 135, 136).
+        request = SourceRequest(weight="135")
+        yield Case("ddddocr R^d", Path(args.ddddocr), ("--weight", "135", "--domain", "unbounded"),
+                   loader(args.ddddocr, request), "ddddocr ONNX head on R^d")
+        yield Case("ddddocr", Path(args.ddddocr), ("--weight", "135"), loader(args.ddddocr, request),
+                   "ddddocr ONNX, domain auto")
 
 
 def smollm2_path() -> Path | None:

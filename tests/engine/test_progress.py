@@ -26,7 +26,7 @@ def test_every_stage_is_announced_and_completed():
           options=AuditOptions(probability_seconds=5.0))
     names = [s[0] for s in recorder.stages]
     assert names[0] == "identical rows" and names[1].startswith("screen")
-    assert {"seeding the exact step", "exact step", "best margins of narrow winners",
+    assert {"seeding the exact step", "exact step, in blocks of tokens", "best margins of narrow winners",
             "highest probabilities (time budget)"} <= set(names)
     for name, total, done in recorder.stages:
         assert done == total, (name, total, done)
