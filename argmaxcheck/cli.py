@@ -26,7 +26,6 @@ from pathlib import Path
 
 from . import __version__
 from ._text import one_line, printable
-from .diff import diff_reports
 from .domains import Ball, Box, Unbounded
 from .engine import AuditOptions, ExactOptions, audit, explain_token, render_explanation
 from .errors import InputError
@@ -34,8 +33,11 @@ from .exit_codes import EXIT_CODES, EXIT_FOUND, EXIT_INTERNAL, EXIT_INTERRUPTED,
 from .inputside import attach_input_side
 from .outputs import Terminated, encode_for_stdout, plan_outputs, write_stdout
 from .report import ARGMAXABLE
+from .report.diff import diff_reports
 from .report.escape import json_text
 from .report.formats import FORMATS
+from .report.formats.diff import render_json as render_diff_json
+from .report.formats.diff import render_text as render_diff_text
 from .report.gate import Baseline, GatePolicy, evaluate, parse_fail_on
 from .selection import select
 from .sources import SourceRequest, load_source
@@ -431,8 +433,8 @@ def _diff_command(args) -> int:
         attach_input_side(report, source)
         reports.append(report)
     result = diff_reports(*reports, top=args.top)
-    main_text = result.render_json() if args.format == "json" else result.render_text()
-    rendered = {t.option: (main_text if t.option == "--output" else result.render_json()) for t in plan.targets}
+    main_text = render_diff_json(result) if args.format == "json" else render_diff_text(result)
+    rendered = {t.option: (main_text if t.option == "--output" else render_diff_json(result)) for t in plan.targets}
     plan.write_all(rendered)
     if args.output is None:
         write_stdout(encode_for_stdout(main_text))

@@ -21,7 +21,7 @@ from conftest import full_lp_radius
 from gguf_helpers import write_gguf, write_llama_folder
 
 from argmaxcheck import AuditOptions, InputError, audit
-from argmaxcheck.diff import diff_reports
+from argmaxcheck.report.diff import diff_reports
 from argmaxcheck.sources import load_source
 
 PLANTED = [68, 69, 70, 71]

@@ -18,11 +18,12 @@ from gguf_helpers import smollm2_path, write_gguf, write_llama_folder
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from argmaxcheck import AuditOptions, audit
-from argmaxcheck.diff import diff_reports
 from argmaxcheck.domains import Ball
 from argmaxcheck.inputside import attach_input_side
 from argmaxcheck.layer import OutputLayer
+from argmaxcheck.report.diff import diff_reports
 from argmaxcheck.report.formats import FORMATS
+from argmaxcheck.report.formats.diff import render_text
 from argmaxcheck.report.gate import GatePolicy, evaluate, parse_fail_on
 from argmaxcheck.report.model import RoundTrip
 from argmaxcheck.sources import load_source
@@ -185,7 +186,7 @@ def test_sweep_and_diff_carry_the_round_trip(tmp_path, rng):
     assert result.round_trip_changed == [5]
     assert result.to_dict()["round_trip_changed"][0] == {"id": 5, "token": "ba", "before": False, "after": True,
                                                           "ids_before": [1, 0], "ids_after": []}
-    assert "tokenizer round trip changed: 1" in result.render_text()
+    assert "tokenizer round trip changed: 1" in render_text(result)
     assert diff_reports(a, a).round_trip_changed == []
     # The command line, with a tokenizer whose merges now make "ba": a tokenizer swap diff reports.
     import shutil  # noqa: PLC0415

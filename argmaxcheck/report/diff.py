@@ -19,14 +19,13 @@ objects row by row (the same row is the same token):
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError
-from .report.model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport, TokenResult
+from ..errors import InputError
+from .model import ARGMAXABLE, PRACTICAL, UNARGMAXABLE, AuditReport, TokenResult
 
 _UNREACHABLE = (UNARGMAXABLE, PRACTICAL)
 
@@ -118,40 +117,6 @@ class AuditDiff:
                 "before": a.status[i], "after": b.status[i],
                 "ids_before": list(a.produced.get(i, ())), "ids_after": list(b.produced.get(i, ()))}
 
-    def render_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
-
-    def render_text(self) -> str:
-        """Plain text: both summaries, then lost, gained and other changes, then the largest margin shifts."""
-        lines = [_summary_line("A", self.a), _summary_line("B", self.b)]
-        if self.a.domain != self.b.domain:
-            lines.append("note: A and B were audited on different domains; margins are not in the same units")
-        if self.renamed:
-            lines.append(f"note: {len(self.renamed)} rows have different token strings in A and B"
-                         f" (first: {', '.join(map(str, self.renamed[:5]))})")
-        other = [c for c in self.changed if c not in self.lost and c not in self.gained]
-        for title, changes in (("lost reachability (argmaxable in A, not in B)", self.lost),
-                               ("gained reachability (unreachable in A, argmaxable in B)", self.gained),
-                               ("other verdict changes", other)):
-            lines.append(f"{title}: {len(changes)}")
-            lines += [f"  {self._change_line(c)}" for c in changes]
-        if self.a.round_trip is not None and self.b.round_trip is not None:
-            lines.append(f"tokenizer round trip changed: {len(self.round_trip_changed)}")
-            for i in self.round_trip_changed:
-                before, after = self.a.round_trip.status[i], self.b.round_trip.status[i]
-                lines.append(f"  #{i} {self.b.token_text(i) or ''}: round trip {_rt(before)} -> {_rt(after)}")
-        if self.changed:
-            lines.append("transitions: " + ", ".join(f"{k}: {n}" for k, n in self.transitions().items()))
-        lines.append(f"largest margin shifts (B minus A), top {len(self.shifts)}:")
-        lines += [f"  {self._change_line(c)}" for c in self.shifts]
-        return "\n".join(lines) + "\n"
-
-    def _change_line(self, c: TokenChange) -> str:
-        name = self.b.token_text(c.id) or f"#{c.id}"
-        verdicts = c.before if c.before == c.after else f"{c.before} -> {c.after}"
-        return (f"#{c.id} {name}: {verdicts}, margin {_number(c.margin_before)} -> {_number(c.margin_after)}"
-                f" ({'n/a' if np.isnan(c.shift) else f'{c.shift:+.3g}'})")
-
 
 def diff_reports(a: AuditReport, b: AuditReport, top: int = 10) -> AuditDiff:
     """Compare two audits of the same vocabulary (same number of rows); tokens audited in only one are skipped.
@@ -181,22 +146,5 @@ def diff_reports(a: AuditReport, b: AuditReport, top: int = 10) -> AuditDiff:
     return AuditDiff(a, b, changed, shifts, renamed, rt_changed)
 
 
-def _rt(value) -> str:
-    return {True: "true", False: "false", None: "n/a"}.get(value, str(value))
-
-
 def _change(x: TokenResult, y: TokenResult, b: AuditReport) -> TokenChange:
     return TokenChange(x.id, y.token if b.names else x.token, x.verdict, y.verdict, x.margin, y.margin)
-
-
-def _number(x: float) -> str:
-    return "n/a" if np.isnan(x) else f"{x:.4g}"
-
-
-def _summary_line(label: str, report: AuditReport) -> str:
-    s = report.summary()
-    dom = s["domain"]
-    where = dom["kind"] + (f" r={dom['radius']:.4g}" if dom["kind"] == "ball" else "")
-    return (f"{label}: {report.source or 'layer'}: {s['num_classes']} x {s['dim']}"
-            f" ({s['source_dtype']}), {where}: {s[ARGMAXABLE]} argmaxable, {s[UNARGMAXABLE]} unargmaxable,"
-            f" {s[PRACTICAL]} practically unreachable, {s['undecided']} undecided")
