@@ -25,7 +25,9 @@ import numpy as np
 from argmaxcheck import AuditOptions, Ball, Box, Unbounded, audit
 
 
-def _plant(rng, w, b, count):
+def plant_shallow(rng, w, b, count):
+    """Shallow interior rows (in place): 0.9 x a convex combination of 6 rows + 0.1 x the mean (bias likewise,
+    +-1e-3); returns their ids. tests/engine/test_block_exact.py plants its heads with it too."""
     ids = rng.choice(w.shape[0], size=count, replace=False)
     pool = np.setdiff1d(np.arange(w.shape[0]), ids)
     mw = w[pool].mean(axis=0)
@@ -36,6 +38,7 @@ def _plant(rng, w, b, count):
         w[i] = 0.9 * lam @ w[rows] + 0.1 * mw
         if b is not None:
             b[i] = 0.9 * lam @ b[rows] + 0.1 * mb + (1e-3 if k % 2 else -1e-3)
+    return ids
 
 
 def head(name: str, scale: int = 1):
@@ -50,12 +53,12 @@ def head(name: str, scale: int = 1):
         n, d = 8000 // scale, 256
         w = rng.normal(size=(n, d)) * np.exp(-np.arange(d) / (d / 3))[None, :]
         w *= np.exp(0.15 * rng.normal(size=(n, 1))) / np.linalg.norm(w, axis=1, keepdims=True)
-        _plant(rng, w, None, max(4, 100 // scale))
+        plant_shallow(rng, w, None, max(4, 100 // scale))
         return w, None, Unbounded()
     n, d = 8000 // scale, (128 if name == "c" else 256)
     w = rng.normal(size=(n, d))
     b = rng.normal(size=n) * (1.0 if name == "c" else 3.0)
-    _plant(rng, w, b, max(4, 100 // scale))
+    plant_shallow(rng, w, b, max(4, 100 // scale))
     return w, b, (Ball(np.sqrt(d)) if name == "c" else Box.symmetric(1.0))
 
 

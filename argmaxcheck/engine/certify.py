@@ -167,17 +167,7 @@ def check_certificate(weight: np.ndarray, bias: np.ndarray | None, row: int, sup
     rows = weight[support]
     m = rows.shape[0]
     g = gamma(m + 3, U64)
-    # Each difference w_j - w_i is rounded once, then weighted and summed: the error is
-    # relative to |w_j - w_i|, so an exact duplicate gives v = 0 with no error at all.
-    diffs = rows - w_i
-    v = vecmat(lam, diffs)
-    v_err = g * vecmat(lam, np.abs(diffs)) + U64 * np.abs(v)
-    if bias is None:
-        beta, beta_err = 0.0, 0.0
-    else:
-        bdiffs = bias[support] - bias[row]
-        beta = float(lam @ bdiffs)
-        beta_err = g * float(lam @ np.abs(bdiffs)) + U64 * abs(beta)
+    v, v_err, beta, beta_err = _combination(weight, bias, row, support, lam, g)
     sum_hi = float(lam.sum()) * (1.0 + g)  # divide a negative bound by an upper bound of sum(lam)
 
     bound, undecided = _bound_from_interval(v, v_err, beta, beta_err, domain)
@@ -212,16 +202,8 @@ def best_gap_bound(weight: np.ndarray, bias: np.ndarray | None, row: int, suppor
             or not np.isfinite(lam).all()):
         return np.inf
     domain = domain.resolve(weight.shape[1])
-    diffs = weight[support] - weight[row]
     g = gamma(support.size + 3, U64)
-    v = vecmat(lam, diffs)
-    v_err = g * vecmat(lam, np.abs(diffs)) + U64 * np.abs(v)
-    if bias is None:
-        beta, beta_err = 0.0, 0.0
-    else:
-        bdiffs = bias[support] - bias[row]
-        beta = float(lam @ bdiffs)
-        beta_err = g * float(lam @ np.abs(bdiffs)) + U64 * abs(beta)
+    v, v_err, beta, beta_err = _combination(weight, bias, row, support, lam, g)
     bound, undecided = _bound_from_interval(v, v_err, beta, beta_err, domain)
     if undecided.any() or not np.isfinite(bound):
         return np.inf
@@ -231,6 +213,23 @@ def best_gap_bound(weight: np.ndarray, bias: np.ndarray | None, row: int, suppor
     if bound >= 0:
         return bound / (total * (1.0 - g)) * (1.0 + 4 * U64)
     return bound / (total * (1.0 + g)) * (1.0 - 4 * U64)
+
+
+def _combination(weight, bias, row, support, lam, g):
+    """``v = sum_j lam_j (w_j - w_row)`` and ``beta = sum_j lam_j (b_j - b_row)``, each with a rigorous bound
+    on its rounding error (``g`` the gamma factor of the sums).
+
+    Each difference is rounded once, then weighted and summed: the error is relative to
+    ``|w_j - w_row|``, so an exact duplicate gives ``v = 0`` with no error at all.
+    """
+    diffs = weight[support] - weight[row]
+    v = vecmat(lam, diffs)
+    v_err = g * vecmat(lam, np.abs(diffs)) + U64 * np.abs(v)
+    if bias is None:
+        return v, v_err, 0.0, 0.0
+    bdiffs = bias[support] - bias[row]
+    beta = float(lam @ bdiffs)
+    return v, v_err, beta, g * float(lam @ np.abs(bdiffs)) + U64 * abs(beta)
 
 
 def _bound_from_interval(v, v_err, beta, beta_err, domain) -> tuple[float, np.ndarray]:

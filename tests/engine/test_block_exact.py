@@ -12,18 +12,14 @@ FAST = dict(probability_seconds=0)
 
 
 def _plant(rng, w, b, count):
-    """Shallow interior rows: 0.9 x a convex combination of 6 rows + 0.1 x the mean (bias likewise, +-1e-3)."""
-    ids = rng.choice(w.shape[0], size=count, replace=False)
-    pool = np.setdiff1d(np.arange(w.shape[0]), ids)
-    mw = w[pool].mean(axis=0)
-    mb = None if b is None else b[pool].mean()
-    for k, i in enumerate(ids):
-        rows = rng.choice(pool, size=6, replace=False)
-        lam = rng.dirichlet(np.ones(6))
-        w[i] = 0.9 * lam @ w[rows] + 0.1 * mw
-        if b is not None:
-            b[i] = 0.9 * lam @ b[rows] + 0.1 * mb + (1e-3 if k % 2 else -1e-3)
-    return ids
+    """The benchmark's planted shallow rows (benchmarks/bench_block_exact.py), the heads these tests share."""
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bench_block_exact import plant_shallow  # noqa: PLC0415
+
+    return plant_shallow(rng, w, b, count)
 
 
 def _head(kind, rng):
