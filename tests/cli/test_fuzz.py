@@ -92,6 +92,12 @@ def _mutations(data: bytes, rng: np.random.Generator) -> list[bytes]:
     return out
 
 
+def _one_line_error(result: dict) -> bool:
+    """The promise for a run that gave no report: exit 2 and one line on stderr, ours."""
+    return result["code"] == 2 and result["stderr"].count("\n") == 1 \
+        and result["stderr"].startswith("argmaxcheck: error:")
+
+
 def test_fuzzed_inputs_end_in_a_report_or_one_line(tmp_path):
     rng = np.random.default_rng(1)
     cases = []
@@ -127,10 +133,8 @@ def _assert_promise_kept(cases: list[str], tmp_path: Path, env: dict | None = No
     for r in outcome["results"]:
         if r["code"] in (0, 1):
             ok = bool(r["stdout"])  # a report was printed
-        elif r["code"] == 2:
-            ok = r["stderr"].count("\n") == 1 and r["stderr"].startswith("argmaxcheck: error:")
         else:
-            ok = False
+            ok = _one_line_error(r)
         if not ok:
             bad.append((Path(r["case"]).name, r["code"], r["stderr"][-300:]))
     assert not bad, f"{len(bad)} of {len(outcome['results'])} cases broke the promise: {bad[:5]}"
@@ -438,10 +442,8 @@ def test_fuzzed_journals_end_in_a_correct_report_or_one_line(tmp_path):
             wrong = [i for i, v in truth.items() if claimed.get(i, "argmaxable") != v]
             ok = not wrong and report["summary"]["domain"] == {"kind": "unbounded"} and \
                 _proofs_hold(Path(r["case"] + ".npz"), weight)
-        elif r["code"] == 2:
-            ok = r["stderr"].count("\n") == 1 and r["stderr"].startswith("argmaxcheck: error:")
         else:
-            ok = False
+            ok = _one_line_error(r)
         if not ok:
             bad.append((Path(r["case"]).name, r["code"], r["stderr"][-300:]))
     assert not bad, f"{len(bad)} of {len(cases)} journal cases broke the promise: {bad[:5]}"
