@@ -24,9 +24,14 @@ from .report.model import PRACTICAL, UNARGMAXABLE, UNDECIDED, AuditReport
 
 
 def audit(weight, bias=None, domain: Domain | None = None, tokens=None, **kwargs) -> AuditReport:
-    """:func:`argmaxcheck.engine.audit`, and for a ``transformers`` model (anything with ``config`` and
-    ``state_dict``) the audit of its head on the features its final norm can produce; ``domain``
-    overrides that domain. Same parameters and result as the engine's."""
+    """Decide, for every token, whether some input in ``domain`` makes it the strict argmax.
+
+    The parameters, result and errors are those of :func:`argmaxcheck.engine.audit` (arrays, an
+    ``OutputLayer`` or a module with ``weight``; ``tokens`` as ids or a selection string). A
+    ``transformers`` model (anything with ``config`` and ``state_dict``) is read here, above the
+    engine: its head is audited on the features its final norm can produce, unless ``domain`` says
+    otherwise.
+    """
     if hasattr(weight, "config") and hasattr(weight, "state_dict"):
         from .sources.huggingface import checkpoint_from_model  # noqa: PLC0415 - transformers only when used
 
@@ -37,8 +42,6 @@ def audit(weight, bias=None, domain: Domain | None = None, tokens=None, **kwargs
                            **kwargs)
     return audit_layer(weight, bias, domain, tokens, **kwargs)
 
-
-audit.__doc__ = (audit.__doc__ or "") + "\n" + (audit_layer.__doc__ or "").split("\n", 1)[1]
 
 
 def audit_model(model, tokenizer=None, options: AuditOptions | None = None,
