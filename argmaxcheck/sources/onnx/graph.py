@@ -118,53 +118,36 @@ class Node:
                 return a
         return None
 
-    def number(self, name: str, default: float) -> float:
+    def _typed(self, name: str, kind: str, what: str):
+        """Attribute ``name`` when it is there (None otherwise), refused in one line unless of type ``kind``."""
         a = self._attribute(name)
-        if a is None:
-            return float(default)
-        if a.type != a.FLOAT:
-            raise self.fault(f"has attribute '{name}' of type {a.type}, expected a float")
-        return float(a.f)
+        if a is not None and a.type != getattr(a, kind):
+            raise self.fault(f"has attribute '{name}' of type {a.type}, expected {what}")
+        return a
+
+    def number(self, name: str, default: float) -> float:
+        a = self._typed(name, "FLOAT", "a float")
+        return float(default) if a is None else float(a.f)
 
     def integer(self, name: str, default: int) -> int:
-        a = self._attribute(name)
-        if a is None:
-            return int(default)
-        if a.type != a.INT:
-            raise self.fault(f"has attribute '{name}' of type {a.type}, expected an integer")
-        return int(a.i)
+        a = self._typed(name, "INT", "an integer")
+        return int(default) if a is None else int(a.i)
 
     def integers(self, name: str) -> list[int]:
-        a = self._attribute(name)
-        if a is None:
-            return []
-        if a.type != a.INTS:
-            raise self.fault(f"has attribute '{name}' of type {a.type}, expected a list of integers")
-        return [int(v) for v in a.ints]
+        a = self._typed(name, "INTS", "a list of integers")
+        return [] if a is None else [int(v) for v in a.ints]
 
     def numbers(self, name: str) -> list[float]:
-        a = self._attribute(name)
-        if a is None:
-            return []
-        if a.type != a.FLOATS:
-            raise self.fault(f"has attribute '{name}' of type {a.type}, expected a list of floats")
-        return [float(v) for v in a.floats]
+        a = self._typed(name, "FLOATS", "a list of floats")
+        return [] if a is None else [float(v) for v in a.floats]
 
     def string(self, name: str, default: str) -> str:
-        a = self._attribute(name)
-        if a is None:
-            return default
-        if a.type != a.STRING:
-            raise self.fault(f"has attribute '{name}' of type {a.type}, expected a string")
-        return free_text(a.s)
+        a = self._typed(name, "STRING", "a string")
+        return default if a is None else free_text(a.s)
 
     def strings(self, name: str) -> list[str]:
-        a = self._attribute(name)
-        if a is None:
-            return []
-        if a.type != a.STRINGS:
-            raise self.fault(f"has attribute '{name}' of type {a.type}, expected a list of strings")
-        return [free_text(s) for s in a.strings]
+        a = self._typed(name, "STRINGS", "a list of strings")
+        return [] if a is None else [free_text(v) for v in a.strings]
 
     def has(self, name: str) -> bool:
         return self._attribute(name) is not None
