@@ -40,9 +40,6 @@ class Guesses:
     def depth_at(self, ids: np.ndarray) -> np.ndarray | None:
         return None if self.depth is None else self.depth[np.searchsorted(self.ids, ids)]
 
-    def update(self, ids: np.ndarray, points: np.ndarray) -> None:
-        self.points[np.searchsorted(self.ids, ids)] = points
-
 
 @dataclass
 class AuditState:
