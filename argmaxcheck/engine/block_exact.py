@@ -65,14 +65,18 @@ def run(state: AuditState) -> StageStats | None:
 
 def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
                  options: ExactOptions | None = None, budget_bytes: int = 256 << 20,
-                 max_rows: int = 0, progress=None) -> list[ExactResult | None]:
+                 max_rows: int = 0, progress=None, exclude: list[np.ndarray] | None = None,
+                 seeds: list[np.ndarray] | None = None) -> list[ExactResult | None]:
     """Decide the tokens at ``positions`` (rows of ``comp.weight``) on a resolved, solver-ready domain.
 
     ``starts`` holds a point per token (the screen's witness guesses, or seeded points) from which
     the first working sets are picked; None starts every token at the domain's anchor. Returns one
     entry per token: an :class:`ExactResult` whose witness gap or certificate came from
     :mod:`certify`, or None for the tokens left to the per-token solver. ``progress`` is called
-    with the number of tokens of each block done.
+    with the number of tokens of each block done. ``exclude``, one array of rows per token, keeps
+    those rows out of its working set and so out of its certificate (a witness is still tested
+    against every row): :mod:`.clusters` asks a cluster's question this way. ``seeds``, one array
+    of rows per token, join its first working set (a cluster mate's certificate).
     """
     options = options or ExactOptions()
     positions = np.asarray(positions, dtype=np.int64)
@@ -100,7 +104,9 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
         try:
             with np.errstate(all="ignore"):  # NaN and inf are tested for where they matter
                 found = _solve_block(comp, pos, domain, np.asarray(starts[first:first + size], dtype=np.float64),
-                                     options, kmax, shared)
+                                     options, kmax, shared,
+                                     None if exclude is None else exclude[first:first + size],
+                                     None if seeds is None else seeds[first:first + size])
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):  # numerics: the per-token solver decides
             found = [None] * pos.size
         out[first:first + pos.size] = found
@@ -114,11 +120,12 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
     return out
 
 
-def _solve_block(comp, pos, domain, starts, options, kmax, shared) -> list[ExactResult | None]:
+def _solve_block(comp, pos, domain, starts, options, kmax, shared, exclude=None, seeds=None
+                 ) -> list[ExactResult | None]:
     n, d = comp.weight.shape
     size = pos.size
     ball = domain.solver_family == "socp"
-    a_norm = row_distances(comp, pos, np.asarray(rows_times(comp.weight, comp.weight[pos].T).T))
+    a_norm = row_distances(comp, pos, np.asarray(rows_times(comp.weight, comp.weight[pos].T).T), exclude)
     eligible = np.isfinite(a_norm)
     out: list[ExactResult | None] = [None] * size
     # The first working sets: the rows most violated at the start point, and the nearest rows.
@@ -137,9 +144,10 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared) -> list[Exact
         viol[~eligible[b] | ~np.isfinite(viol)] = -np.inf
         near = _top(-np.where(eligible[b], a_norm[b], np.inf), min(_NEAREST, k0))
         top = _top(viol, k0)
-        rows = np.union1d(np.union1d(near, top), shared)
-        if rows.size > kmax:  # the start's own rows first
-            rows = np.union1d(np.union1d(near, top), shared[:max(0, kmax - near.size - top.size)])[:kmax]
+        own = np.union1d(np.union1d(near, top), seeds[b] if seeds is not None else near)
+        rows = np.union1d(own, shared)
+        if rows.size > kmax:  # the token's own rows first
+            rows = np.union1d(own, shared[:max(0, kmax - own.size)])[:kmax]
         working.append(rows[eligible[b, rows]])
     # Bias-free layers are scale-free (bound 1 is exact); otherwise ten times the start's scale.
     if comp.bias is None:
@@ -178,10 +186,8 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared) -> list[Exact
                 live[b] = False
                 if not np.isfinite(duals).all():
                     continue
-                cert = certify.check_certificate(comp.weight, comp.bias, int(pos[b]), rows,
-                                                 np.maximum(duals, 0.0) / a_norm[b, rows], domain)
+                cert = _checked(comp, int(pos[b]), rows, np.maximum(duals, 0.0) / a_norm[b, rows], domain)
                 if cert.ok:
-                    cert = _pruned(comp, int(pos[b]), cert, domain)
                     out[b] = ExactResult(certificate=cert, rounds=rnd, rows_used=int(rows.size), chebyshev_radius=t)
                 continue
             x = res.x[m]
@@ -226,18 +232,18 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared) -> list[Exact
     return out
 
 
-def _pruned(comp, p: int, cert: certify.CertificateCheck, domain) -> certify.CertificateCheck:
-    """The certificate without its zero and negligible weights, when that still checks.
+def _checked(comp, p: int, rows: np.ndarray, weights: np.ndarray, domain) -> certify.CertificateCheck:
+    """The solver's row weights checked as a certificate, first without their negligible ones.
 
-    The interior-point duals spread a little weight over every row, and an exact certificate
-    found near them can put weight 0 on some: a report should name only the rows that matter.
+    The interior-point duals spread a little weight over every row: a report should name only the
+    rows that matter, and a check costs about as much with them as without (one enclosure each).
+    Only when the pruned weights fail are all of them checked.
     """
-    weights = np.asarray(cert.weights, dtype=np.float64)
     keep = weights > 1e-9 * weights.max() if weights.size else weights > 0
-    if keep.all():
+    cert = certify.check_certificate(comp.weight, comp.bias, p, rows[keep], weights[keep], domain)
+    if cert.ok or keep.all():
         return cert
-    again = certify.check_certificate(comp.weight, comp.bias, p, cert.support[keep], weights[keep], domain)
-    return again if again.ok else cert
+    return certify.check_certificate(comp.weight, comp.bias, p, rows, weights, domain)
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:

@@ -503,7 +503,7 @@ def check_on_shared_basis(weight: np.ndarray, bias: np.ndarray | None, rows: np.
     rows = np.asarray(rows, dtype=np.int64)
     d = weight.shape[1]
     size = support.size
-    if basis.size != d + 1 or size <= d + 1 or np.isin(rows, support).any():
+    if basis.size != d + 1 or size < d + 1 or np.isin(rows, support).any():
         return [None] * rows.size
     finite = np.isfinite(lams).all(axis=0)  # a token without weights (NaN) is refused below
     a_full = np.vstack([weight[support].T, np.ones((1, size))]) if system is None else system

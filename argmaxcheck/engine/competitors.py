@@ -65,7 +65,8 @@ class Competitors:
         return self._weight32
 
 
-def row_distances(comp: Competitors, pos: np.ndarray, cross: np.ndarray) -> np.ndarray:
+def row_distances(comp: Competitors, pos: np.ndarray, cross: np.ndarray,
+                  exclude: list[np.ndarray] | None = None) -> np.ndarray:
     """||w_j - w_p|| for each token p in ``pos`` (one row each) against every row j.
 
     Computed from the cached norms and ``cross = W[pos] @ W.T`` (a product instead of a
@@ -73,12 +74,15 @@ def row_distances(comp: Competitors, pos: np.ndarray, cross: np.ndarray) -> np.n
     everything when the rows are close compared to their length (rows near 1e4 a hair apart
     come out at distance 0 and would be dropped as duplicates). Those entries are recomputed by
     direct, underflow-safe subtraction. Infinite for p itself and for rows exactly identical to
-    it (split off before as ties or dominated rows; guarded anyway).
+    it (split off before as ties or dominated rows; guarded anyway), and for the rows in
+    ``exclude[k]`` (one array per token: rows kept out of its problem, never measured).
     """
     scale = comp.sq_norms[None, :] + comp.sq_norms[pos, None]
     sq = comp.sq_norms[None, :] - 2 * cross + comp.sq_norms[pos, None]
     # The formula's absolute error is a few ulps of |w_j|^2 + |w_p|^2 (plus the product's
     # rounding); below a generous multiple of that, the subtraction decides.
+    for k, rows in enumerate(exclude or ()):
+        sq[k, rows] = np.inf
     suspect = sq <= 1e-6 * scale + 1e-300
     dist = np.sqrt(np.maximum(sq, 0.0))
     ks, js = np.nonzero(suspect)

@@ -1,0 +1,154 @@
+"""Stage: rows within a hair of each other, decided as one cluster.
+
+Classes a model never learned often keep nearly the same weights: PP-OCRv5's recogniser has
+3,263 rows within 1e-5 of each other. The exact step finds each of them hard (its nearest rows
+are its cluster mates, a hair away) and spends a solve on every one. Here a cluster asks one
+question instead: does it lie inside the hull of the rows *outside* it?
+
+1. The open rows are grouped: two rows whose weights (and biases) differ by less than
+   ``_RADIUS`` of their length are in one cluster (:func:`near_duplicate_groups`).
+2. One member per cluster, the one nearest its centre, goes through the blocked exact step
+   with every other member left out of its competitors (:func:`block_exact.solve_blocks`,
+   ``exclude``). Its certificate, if it finds one, is an ordinary checked certificate for it.
+3. That certificate names only rows outside the cluster, so it is nearly one for every other
+   member as well: each member's own weights are the representative's, corrected on one
+   shared basis (:func:`certify.check_on_shared_basis`: one inverse for the cluster, an
+   enclosure per member) on R^d, or the same weights checked again on any other domain.
+
+Every verdict is a certificate checked for that member; a member whose check fails, and every
+member of a cluster whose representative is not proven inside, stays open for the exact step.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ..report.model import UNDECIDED
+from ..report.stats import StageStats
+from . import block_exact, certify
+from ._blas import rows_times
+from .competitors import Competitors
+from .exact import settle
+
+if TYPE_CHECKING:
+    from .state import AuditState
+
+_RADIUS = 1e-4  # rows closer than this fraction of their length (bias included) share a cluster
+_PAIR_BYTES = 64 << 20  # the block of pairwise products held at once
+
+
+def run(state: AuditState) -> StageStats | None:
+    """Stage: clusters of near-duplicate open rows, one exact question each."""
+    ids = state.open_ids()
+    options = state.options
+    if ids.size < 2 or not options.block_exact or options.exact_all:
+        return None
+    t0 = time.perf_counter()
+    comp, domain = state.comp, state.solve_domain
+    positions = state.position[ids]
+    groups = near_duplicate_groups(comp, positions)
+    if not groups:
+        return None
+    t1 = time.perf_counter()
+    members = int(sum(g.size for g in groups))
+    state.progress.stage("near-duplicate clusters", members)
+    reps = np.array([g[_central(comp, positions[g])] for g in groups])
+    outs = block_exact.solve_blocks(comp, positions[reps], domain, _starts(state, ids[reps]), options.exact,
+                                    exclude=[positions[g] for g in groups])
+    t2 = time.perf_counter()
+    settled = proven = 0
+    rest, excluded, seeds = [], [], []
+    for group, rep, out in zip(groups, reps.tolist(), outs, strict=True):
+        state.progress.advance(1)
+        if out is None or (out.witness is None and (out.certificate is None or not out.certificate.ok)):
+            continue
+        settled += _settle(state, int(ids[rep]), out)
+        if out.witness is not None:  # it wins even against its mates: the cluster is not inside
+            continue
+        proven += 1
+        others = group[group != rep]
+        if not domain.open_coordinates().any():  # no equalities to meet: the mate's weights may do
+            checks = [certify.check_certificate(comp.weight, comp.bias, int(positions[k]), out.certificate.support,
+                                                out.certificate.weights, domain) for k in others]
+            for k, check in zip(others.tolist(), checks, strict=True):
+                if check.ok:
+                    state.unargmaxable(int(ids[k]), check, "cluster")
+                    settled += 1
+            others = np.array([k for k, c in zip(others.tolist(), checks, strict=True) if not c.ok], dtype=np.int64)
+        rest.append(others)
+        excluded += [positions[group]] * others.size
+        seeds += [out.certificate.support] * others.size
+    t3 = time.perf_counter()
+    if rest:
+        rest = np.concatenate(rest)
+        outs = block_exact.solve_blocks(comp, positions[rest], domain, _starts(state, ids[rest]), options.exact,
+                                        exclude=excluded, seeds=seeds, progress=state.progress.advance)
+        for k, out in zip(rest.tolist(), outs, strict=True):
+            if out is not None:
+                settled += _settle(state, int(ids[k]), out)
+    return StageStats("cluster", members, settled,
+                      parts={"grouping": t1 - t0, "representatives": t2 - t1, "mates' certificates": t3 - t2,
+                             "members": time.perf_counter() - t3},
+                      counts={"clusters": len(groups), "representatives proven inside": proven})
+
+
+def _starts(state: AuditState, ids: np.ndarray) -> np.ndarray | None:
+    return state.guesses.at(ids) if state.guesses is not None else None
+
+
+def _settle(state: AuditState, i: int, out) -> int:
+    """Record a blocked solve's checked result for row ``i``; 1 if it settled it, 0 if it stays open."""
+    settle(state, i, out, "cluster")
+    if state.results[i].verdict == UNDECIDED:  # a witness lost in rescaling: the exact step tries again
+        del state.results[i]
+        return 0
+    return 1
+
+
+def near_duplicate_groups(comp: Competitors, positions: np.ndarray, radius: float = _RADIUS) -> list[np.ndarray]:
+    """Clusters (indices into ``positions``, two or more each) of rows within ``radius`` of each other.
+
+    Distances are between the rows with their biases, relative to the longer row; each row is
+    linked to the first and last row of its neighbourhood and the links' connected components
+    are the clusters (a chain may join rows farther apart: nothing relies on a cluster's width,
+    every member's certificate is checked). The pairwise products cost ``m^2 d`` for ``m`` open
+    rows: no more than one product of the layer, and far less whenever the screen leaves few.
+    """
+    m = positions.size
+    lifted = comp.weight[positions]
+    if comp.bias is not None:
+        lifted = np.column_stack([lifted, comp.bias[positions]])
+    sq = np.einsum("ij,ij->i", lifted, lifted)
+    block = max(1, _PAIR_BYTES // (8 * m))
+    first = np.arange(m)
+    last = np.arange(m)
+    for lo in range(0, m, block):
+        hi = min(m, lo + block)
+        cross = np.asarray(rows_times(lifted, lifted[lo:hi].T)).T  # (hi - lo, m)
+        dist = sq[lo:hi, None] + sq[None, :] - 2 * cross
+        close = dist <= radius**2 * np.maximum(sq[lo:hi, None], sq[None, :])
+        close[np.arange(hi - lo), np.arange(lo, hi)] = False
+        has = close.any(axis=1)
+        first[lo:hi] = np.where(has, close.argmax(axis=1), first[lo:hi])
+        last[lo:hi] = np.where(has, m - 1 - close[:, ::-1].argmax(axis=1), last[lo:hi])
+    linked = np.flatnonzero(first != np.arange(m))
+    if not linked.size:
+        return []
+    src = np.concatenate([linked, linked])
+    dst = np.concatenate([first[linked], last[linked]])
+    graph = coo_matrix((np.ones(src.size), (src, dst)), shape=(m, m))
+    _, label = connected_components(graph, directed=False)
+    order = np.argsort(label, kind="stable")
+    bounds = np.flatnonzero(np.diff(label[order])) + 1
+    return [g for g in np.split(order, bounds) if g.size > 1]
+
+
+def _central(comp: Competitors, rows: np.ndarray) -> int:
+    """Index (into ``rows``) of the row nearest the rows' mean."""
+    w = comp.weight[rows]
+    return int(np.argmin(np.linalg.norm(w - w.mean(axis=0), axis=1)))

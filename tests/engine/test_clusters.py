@@ -1,0 +1,70 @@
+"""Clusters of near-duplicate rows: one exact question per cluster, a checked certificate per member."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from argmaxcheck import AuditOptions, Box, Unbounded, audit
+from argmaxcheck.engine import block_exact, certify
+from argmaxcheck.engine.clusters import near_duplicate_groups
+from argmaxcheck.engine.competitors import Competitors
+
+_QUICK = AuditOptions(probability_seconds=0, batched=False)
+
+
+def _clustered(rng, n=300, d=6, members=12, inside=True, spread=1e-7):
+    """A head with one cluster of ``members`` rows within ``spread`` of a centre: the rows' mean with a
+    low bias (inside the hull of the others), or beyond the farthest row (outside it)."""
+    weight = rng.normal(size=(n, d))
+    bias = rng.normal(scale=0.1, size=n)
+    centre = weight.mean(axis=0) if inside else 1.5 * weight[np.argmax(np.linalg.norm(weight, axis=1))]
+    ids = np.arange(n - members, n)
+    weight[ids] = centre + spread * rng.normal(size=(members, d))
+    bias[ids] = (-1.0 if inside else 0.0) + spread * rng.normal(size=members)
+    return weight, bias, ids
+
+
+def test_groups_are_the_planted_clusters_and_nothing_else(rng):
+    weight, bias, ids = _clustered(rng)
+    comp = Competitors(weight, bias)
+    groups = near_duplicate_groups(comp, np.arange(weight.shape[0]))
+    assert [sorted(g.tolist()) for g in groups] == [ids.tolist()]
+    assert near_duplicate_groups(Competitors(rng.normal(size=(200, 6)), None), np.arange(200)) == []
+
+
+def test_excluded_rows_never_enter_a_certificate(rng):
+    weight, bias, ids = _clustered(rng)
+    comp = Competitors(weight, bias)
+    domain = Unbounded().resolve(weight.shape[1])
+    plain, = block_exact.solve_blocks(comp, ids[:1], domain, None)
+    used = plain.certificate.support
+    out, = block_exact.solve_blocks(comp, ids[:1], domain, None, exclude=[np.union1d(ids, used)])
+    assert out.certificate is not None and out.certificate.ok  # the token is deep: other rows do
+    assert not np.isin(out.certificate.support, np.union1d(ids, used)).any()
+
+
+@pytest.mark.parametrize("domain", [Unbounded(), Box(-1.0, 1.0)], ids=["R^d", "box"])
+def test_a_cluster_inside_is_settled_as_one_with_certificates_that_recheck(rng, domain):
+    weight, bias, ids = _clustered(rng)
+    report = audit(weight, bias, domain, options=_QUICK)
+    stage = next(s for s in report.stats.stages if s.name == "cluster")
+    assert stage.tokens_in == ids.size and stage.counts["clusters"] == 1
+    by_id = {t.id: t for t in report.tokens}
+    for i in ids:
+        t = by_id[int(i)]
+        assert t.verdict == "unargmaxable" and t.stage == "cluster", (i, t.stage)
+        assert not np.isin(t.support, ids).any()
+        assert certify.check_certificate(weight, bias, t.id, t.support, t.weights, domain).ok
+    reference = audit(weight, bias, domain, tokens=ids.tolist(), options=AuditOptions(exact_all=True,
+                                                                                        probability_seconds=0))
+    assert all(t.verdict == "unargmaxable" for t in reference.tokens)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_cluster_outside_the_hull_gets_the_same_verdicts_as_the_exact_step(seed):
+    weight, bias, ids = _clustered(np.random.default_rng(seed), inside=False, spread=1e-6)
+    report = audit(weight, bias, options=_QUICK)
+    reference = audit(weight, bias, options=AuditOptions(exact_all=True, probability_seconds=0))
+    assert [t.verdict for t in report.tokens] == [t.verdict for t in reference.tokens]
+    assert any(report.tokens[i].verdict == "argmaxable" for i in ids)  # the cluster is exposed
