@@ -36,7 +36,7 @@ def _agree_on_every_stage(layer, domain, per_group: int, seed: int = 0) -> dict:
 
 def _layer_with_every_stage(rng, n=400, d=16):
     """Planted interior rows, exact duplicates (ties), a row dominated by its twin's larger bias,
-    near-duplicates and a narrow winner, with a bias."""
+    near-duplicates, a cluster of them and a narrow winner, with a bias."""
     weight = rng.normal(size=(n, d))
     bias = rng.normal(scale=0.1, size=n)
     for i in range(6):  # deep inside the hull
@@ -48,6 +48,9 @@ def _layer_with_every_stage(rng, n=400, d=16):
     bias[12] = bias[13] - 0.5
     weight[14] = weight[15] + 1e-7 * rng.normal(size=d)  # near-duplicate
     weight[16] = 0.5 * (weight[17] + weight[18]) + 1e-6 * rng.normal(size=d)  # narrow winner or loser
+    cluster = np.arange(20, 26)  # a cluster of near-duplicates inside the hull, as untrained classes are
+    weight[cluster] = weight[50:].mean(axis=0) + 1e-7 * rng.normal(size=(cluster.size, d))
+    bias[cluster] = bias.min() - 0.1 + 1e-8 * rng.normal(size=cluster.size)
     return weight, bias
 
 
@@ -59,6 +62,7 @@ def test_every_stage_agrees_with_exact_all_on_a_layer_with_every_kind_of_row(rng
     groups = _agree_on_every_stage(OutputLayer.from_arrays(weight, bias), domain, per_group=8)
     stages = {stage for stage, _ in groups}
     assert {"screen", "tie", "dominated"} <= stages
+    assert stages & {"cluster", "batched"}  # on R^d the batched phase settles the deep cluster first
 
 
 def test_every_stage_agrees_with_exact_all_on_the_bundled_ocr_head():
