@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 _RADIUS = 1e-4  # rows closer than this fraction of their length (bias included) share a cluster
 _PAIR_BYTES = 64 << 20  # the block of pairwise products held at once
+_ASK_BLOCK = 64  # clusters whose question is asked together; a block with none inside ends the asking
 
 
 def run(state: AuditState) -> StageStats | None:
@@ -57,15 +58,24 @@ def run(state: AuditState) -> StageStats | None:
     t1 = time.perf_counter()
     members = int(sum(g.size for g in groups))
     state.progress.stage("near-duplicate clusters", members)
+    groups.sort(key=lambda g: -g.size)  # the largest clusters save the most solves: first
     reps = np.array([g[_central(comp, positions[g])] for g in groups])
-    outs = block_exact.solve_blocks(comp, positions[reps], domain, _starts(state, ids[reps]), options.exact,
-                                    exclude=[positions[g] for g in groups])
+    outs: list = []
+    for lo in range(0, len(groups), _ASK_BLOCK):
+        part = slice(lo, lo + _ASK_BLOCK)
+        outs += block_exact.solve_blocks(comp, positions[reps[part]], domain, _starts(state, ids[reps[part]]),
+                                         options.exact, exclude=[positions[g] for g in groups[part]])
+        # Clusters outside the hull (twins that both win somewhere) gain nothing from the question:
+        # when a whole block of them has none inside, the rest is left to the exact step.
+        if len(outs) - lo >= _ASK_BLOCK and not any(_inside(out) for out in outs[lo:]):
+            break
+    groups, reps = groups[:len(outs)], reps[:len(outs)]
     t2 = time.perf_counter()
     settled = proven = 0
     rest, excluded, seeds = [], [], []
     for group, rep, out in zip(groups, reps.tolist(), outs, strict=True):
         state.progress.advance(1)
-        if out is None or (out.witness is None and (out.certificate is None or not out.certificate.ok)):
+        if out is None or (out.witness is None and not _inside(out)):
             continue
         settled += _settle(state, int(ids[rep]), out)
         if out.witness is not None:  # it wins even against its mates: the cluster is not inside
@@ -95,6 +105,11 @@ def run(state: AuditState) -> StageStats | None:
                       parts={"grouping": t1 - t0, "representatives": t2 - t1, "mates' certificates": t3 - t2,
                              "members": time.perf_counter() - t3},
                       counts={"clusters": len(groups), "representatives proven inside": proven})
+
+
+def _inside(out) -> bool:
+    """Whether a representative's solve proved it inside the hull of the rows outside its cluster."""
+    return out is not None and out.certificate is not None and out.certificate.ok
 
 
 def _starts(state: AuditState, ids: np.ndarray) -> np.ndarray | None:
