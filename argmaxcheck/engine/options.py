@@ -51,8 +51,8 @@ class AuditOptions:
     probability_seconds : float
         Time budget for bounding the highest probability each unreachable
         token can reach (bounded domains; :mod:`argmaxcheck.probability`).
-        The audit spends at most this, and at most a quarter of the time the
-        verdicts took (but 2 s at least): the brackets are a report's extra,
+        The audit spends at most this, and at most a tenth of the time the
+        verdicts took (but 1 s at least): the brackets are a report's extra,
         not its verdicts. 0 skips it; tokens left when the budget runs out get
         no bounds.
     device : str
