@@ -81,10 +81,12 @@ def run(state: AuditState) -> StageStats | None:
         ids, depth = ids[keep], depth[keep]
         if not ids.size:
             return None
-        # Deepest first: where a block of the deepest rows gets no certificate, shallower ones get
-        # none either (see interior_certificates' ``give_up``).
-        order = np.argsort(-depth, kind="stable")
-        ids, depth = ids[order], depth[order]
+        if ids.size > _GIVE_UP_BLOCK:
+            # Deepest first: where a block of the deepest rows gets no certificate, shallower ones get
+            # none either (see interior_certificates' ``give_up``). Fewer tokens keep their order: the
+            # basis a block settles on depends on it, and a chunked run should decide as a plain one.
+            order = np.argsort(-depth, kind="stable")
+            ids, depth = ids[order], depth[order]
     state.progress.stage("batched phase: rows inside the hull", int(ids.size))
     checks, spent = interior_certificates(state.comp, state.position[ids], state.solve_domain,
                                           progress=state.progress.advance, backend=state.backend, depth=depth,

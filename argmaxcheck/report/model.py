@@ -84,7 +84,8 @@ class TokenResult:
         See :data:`MARGIN_DOC`; NaN when undecided.
     stage : str
         What decided it: ``"tie"``, ``"dominated"``, ``"screen"``, ``"batched"`` (the batched
-        phase's shared-basis certificates, :mod:`argmaxcheck.engine.batched`), ``"exact"``.
+        phase's shared-basis certificates, :mod:`argmaxcheck.engine.batched`), ``"cluster"``
+        (a cluster of near-duplicates, :mod:`argmaxcheck.engine.clusters`), ``"exact"``.
     witness : ndarray or None
         Argmaxable: a point of the domain where the token strictly wins.
     support, weights : ndarray or None

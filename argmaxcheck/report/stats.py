@@ -31,7 +31,8 @@ class StageStats:
     Attributes
     ----------
     name : str
-        ``ties``, ``screen``, ``batched``, ``exact``, ``practical`` or ``probability``; ``recheck``
+        ``ties``, ``screen``, ``batched``, ``seeding``, ``cluster``, ``block_exact``, ``exact``,
+        ``practical`` or ``probability``; ``recheck``
         for chunks from a journal or another process (their proofs checked again here; ``settled``
         counts the tokens decided again).
     tokens_in : int
