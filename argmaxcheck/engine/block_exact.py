@@ -143,7 +143,9 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared, exclude=None,
             viol = (scores[:, b] - scores[pos[b], b]) / a_norm[b]
         viol[~eligible[b] | ~np.isfinite(viol)] = -np.inf
         near = _top(-np.where(eligible[b], a_norm[b], np.inf), min(_NEAREST, k0))
-        top = _top(viol, k0)
+        # A seeded token (a cluster mate's certificate rows) needs few more: on PP-OCRv5's cluster, 48
+        # rows instead of 120 settled 399 of 400 mates in 3.8 s instead of 400 in 4.4 s.
+        top = _top(viol, k0 if seeds is None else min(k0, max(_NEAREST, d // 2)))
         own = np.union1d(np.union1d(near, top), seeds[b] if seeds is not None else near)
         rows = np.union1d(own, shared)
         if rows.size > kmax:  # the token's own rows first

@@ -350,7 +350,7 @@ def _enclose(rows, w_i, coords, lam) -> tuple[np.ndarray, np.ndarray] | None:
     found = _enclose_on(a_full, r, lam, largest, scale)
     if found is not None and np.all(found[0] - found[1] >= 0):
         return found
-    _, _, piv = scipy.linalg.qr(a_full, mode="economic", pivoting=True)
+    _, piv = scipy.linalg.qr(a_full, mode="r", pivoting=True)  # the pivots only: no Q
     return _enclose_on(a_full, r, lam, np.sort(piv[:neq]), scale)
 
 
