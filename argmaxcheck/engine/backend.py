@@ -197,8 +197,33 @@ class NumpyBackend:
 
     def rival_scores(self, points32: np.ndarray, own: np.ndarray, scale32: np.ndarray | None = None,
                      offset32: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Per point, the float32 score of its own row and the best of every other row's (:func:`rivals_of`)."""
-        return rivals_of(self.product(points32), own, scale32, offset32)
+        """Per point, the float32 score of its own row and the best of every other row's (:func:`rivals_of`).
+
+        The product is made a few hundred rows at a time and each part reduced while it is in the
+        cache: the whole (m, B) product, written out and read back, cost a reduction pass about a
+        fifth of the product's time (whisper-base: 2.3 s of a 15 s screen).
+        """
+        m, cols = self.weight32.shape[0], points32.shape[0]
+        rows = max(256, (2 << 20) // (4 * max(cols, 1)))
+        if rows >= m:
+            return rivals_of(self.product(points32), own, scale32, offset32)
+        points_t = np.ascontiguousarray(points32.T)
+        mine = np.empty(cols, dtype=np.float32)
+        best = np.full(cols, -np.inf, dtype=np.float32)
+        order = np.argsort(own, kind="stable")  # the columns whose own row falls in each part
+        sorted_own = own[order]
+        for lo in range(0, m, rows):
+            part = self.weight32[lo:lo + rows] @ points_t
+            if scale32 is not None:
+                part *= scale32[None, :]
+            if offset32 is not None:
+                part += offset32[lo:lo + rows, None]
+            a, b = np.searchsorted(sorted_own, [lo, lo + part.shape[0]])
+            here = order[a:b]
+            mine[here] = part[own[here] - lo, here]
+            part[own[here] - lo, here] = -np.inf
+            np.maximum(best, part.max(axis=0), out=best)
+        return mine, best
 
     def on_device(self, work: Callable, what: str):
         """``work(ops)`` with this backend's float64 operations (numpy's)."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from argmaxcheck import AuditOptions, Ball, Box, InputError, Unbounded, audit
-from argmaxcheck.engine.backend import NumpyBackend, TorchBackend, make_backend
+from argmaxcheck.engine.backend import NumpyBackend, TorchBackend, make_backend, rivals_of
 
 torch = pytest.importorskip("torch")
 
@@ -101,6 +101,25 @@ def test_rival_scores_reduce_on_the_device_as_numpy_does(with_scale, with_offset
     np.testing.assert_allclose(mine, exact[own, cols], rtol=1e-5, atol=1e-5)
     exact[own, cols] = -np.inf
     np.testing.assert_allclose(best, exact.max(axis=0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_offset", [False, True])
+def test_numpy_rival_scores_in_row_parts_equal_the_whole_product_reduced(with_offset):
+    rng = np.random.default_rng(5)
+    w32 = rng.normal(size=(3000, 16)).astype(np.float32)
+    x32 = rng.normal(size=(2100, 16)).astype(np.float32)  # wide enough that the rows go 256 at a time
+    own = rng.integers(0, 3000, size=2100)
+    own[:3] = [0, 255, 2999]  # part boundaries
+    x32[:3] = 10 * w32[own[:3]]  # their own rows win by far: the rival must be another row
+    scale32 = rng.uniform(0.5, 2, size=2100).astype(np.float32)
+    offset32 = rng.normal(size=3000).astype(np.float32) if with_offset else None
+    backend = NumpyBackend(w32)
+    mine, best = backend.rival_scores(x32, own, scale32, offset32)
+    ref_mine, ref_best = rivals_of(backend.product(x32), own, scale32, offset32)
+    assert mine.dtype == best.dtype == np.float32
+    np.testing.assert_allclose(mine, ref_mine, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(best, ref_best, rtol=1e-5, atol=1e-5)
+    assert np.all(mine[:3] > best[:3])
 
 
 def test_transformed_norms_rank_rows_as_numpy_does():
