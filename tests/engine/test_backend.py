@@ -110,7 +110,8 @@ def test_numpy_rival_scores_in_row_parts_equal_the_whole_product_reduced(with_of
     x32 = rng.normal(size=(2100, 16)).astype(np.float32)  # wide enough that the rows go 256 at a time
     own = rng.integers(0, 3000, size=2100)
     own[:3] = [0, 255, 2999]  # part boundaries
-    x32[:3] = 10 * w32[own[:3]]  # their own rows win by far: the rival must be another row
+    w32[own[:3]] *= 10  # far longer than any other row: each of these wins at its own row,
+    x32[:3] = w32[own[:3]]  # so the rival must be another row
     scale32 = rng.uniform(0.5, 2, size=2100).astype(np.float32)
     offset32 = rng.normal(size=3000).astype(np.float32) if with_offset else None
     backend = NumpyBackend(w32)
