@@ -66,7 +66,7 @@ def run(state: AuditState) -> StageStats | None:
 def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
                  options: ExactOptions | None = None, budget_bytes: int = 256 << 20,
                  max_rows: int = 0, progress=None, exclude: list[np.ndarray] | None = None,
-                 seeds: list[np.ndarray] | None = None) -> list[ExactResult | None]:
+                 seeds: list[np.ndarray] | None = None, unchecked: bool = False) -> list[ExactResult | None]:
     """Decide the tokens at ``positions`` (rows of ``comp.weight``) on a resolved, solver-ready domain.
 
     ``starts`` holds a point per token (the screen's witness guesses, or seeded points) from which
@@ -76,7 +76,10 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
     with the number of tokens of each block done. ``exclude``, one array of rows per token, keeps
     those rows out of its working set and so out of its certificate (a witness is still tested
     against every row): :mod:`.clusters` asks a cluster's question this way. ``seeds``, one array
-    of rows per token, join its first working set (a cluster mate's certificate).
+    of rows per token, join its first working set (a cluster mate's certificate). With
+    ``unchecked``, a token whose restricted problem is infeasible gets the solver's own row weights
+    as they are, in a certificate marked not ok: for rows that are not tokens (a cluster's simplex
+    corners, :mod:`.clusters`), whose weights only go into certificates that are checked later.
     """
     options = options or ExactOptions()
     positions = np.asarray(positions, dtype=np.int64)
@@ -106,7 +109,7 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
                 found = _solve_block(comp, pos, domain, np.asarray(starts[first:first + size], dtype=np.float64),
                                      options, kmax, shared,
                                      None if exclude is None else exclude[first:first + size],
-                                     None if seeds is None else seeds[first:first + size])
+                                     None if seeds is None else seeds[first:first + size], unchecked)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):  # numerics: the per-token solver decides
             found = [None] * pos.size
         out[first:first + pos.size] = found
@@ -120,7 +123,7 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
     return out
 
 
-def _solve_block(comp, pos, domain, starts, options, kmax, shared, exclude=None, seeds=None
+def _solve_block(comp, pos, domain, starts, options, kmax, shared, exclude=None, seeds=None, unchecked=False
                  ) -> list[ExactResult | None]:
     n, d = comp.weight.shape
     size = pos.size
@@ -188,7 +191,13 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared, exclude=None,
                 live[b] = False
                 if not np.isfinite(duals).all():
                     continue
-                cert = _checked(comp, int(pos[b]), rows, np.maximum(duals, 0.0) / a_norm[b, rows], domain)
+                weights = np.maximum(duals, 0.0) / a_norm[b, rows]
+                if unchecked:
+                    out[b] = ExactResult(certificate=certify.CertificateCheck(
+                        False, np.nan, "", "the solver's weights, not checked", rows, weights / weights.sum()),
+                        rounds=rnd, rows_used=int(rows.size), chebyshev_radius=t)
+                    continue
+                cert = _checked(comp, int(pos[b]), rows, weights, domain)
                 if cert.ok:
                     out[b] = ExactResult(certificate=cert, rounds=rnd, rows_used=int(rows.size), chebyshev_radius=t)
                 continue

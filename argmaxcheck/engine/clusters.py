@@ -25,6 +25,7 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.linalg
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 _RADIUS = 1e-4  # rows closer than this fraction of their length (bias included) share a cluster
 _PAIR_BYTES = 64 << 20  # the block of pairwise products held at once
+_CORE = 1e-5  # a cluster's simplex is fitted to the members this close to its centre (relative)
 _ASK_BLOCK = 64  # clusters whose question is asked together; a block with none inside ends the asking
 
 
@@ -71,7 +73,7 @@ def run(state: AuditState) -> StageStats | None:
             break
     groups, reps = groups[:len(outs)], reps[:len(outs)]
     t2 = time.perf_counter()
-    settled = proven = 0
+    settled = proven = by_simplex = 0
     rest, excluded, seeds = [], [], []
     for group, rep, out in zip(groups, reps.tolist(), outs, strict=True):
         state.progress.advance(1)
@@ -82,6 +84,14 @@ def run(state: AuditState) -> StageStats | None:
             continue
         proven += 1
         others = group[group != rep]
+        if others.size >= 2 * (comp.weight.shape[1] + 1):  # many mates: d + 1 solves may decide them all
+            checks = simplex_certificates(comp, positions[others], positions[group], domain, options.exact)
+            for k, check in zip(others.tolist(), checks, strict=True):
+                if check is not None:
+                    state.unargmaxable(int(ids[k]), check, "cluster")
+                    settled += 1
+                    by_simplex += 1
+            others = others[[check is None for check in checks]]
         if not domain.open_coordinates().any():  # no equalities to meet: the mate's weights may do
             checks = [certify.check_certificate(comp.weight, comp.bias, int(positions[k]), out.certificate.support,
                                                 out.certificate.weights, domain) for k in others]
@@ -104,7 +114,85 @@ def run(state: AuditState) -> StageStats | None:
     return StageStats("cluster", members, settled,
                       parts={"grouping": t1 - t0, "representatives": t2 - t1, "mates' certificates": t3 - t2,
                              "members": time.perf_counter() - t3},
-                      counts={"clusters": len(groups), "representatives proven inside": proven})
+                      counts={"clusters": len(groups), "representatives proven inside": proven,
+                              "mates from a simplex": by_simplex})
+
+
+def simplex_certificates(comp: Competitors, rows: np.ndarray, cluster: np.ndarray, domain, options,
+                         budget_bytes: int = 256 << 20) -> list[certify.CertificateCheck | None]:
+    """Checked certificates, or None, for the cluster members at ``rows`` from d + 1 solves in all.
+
+    In its principal axes the cluster's core fills a box; a simplex holds that box (the simplex
+    ``y >= -1, sum(y + 1) <= 2d`` holds ``[-1, 1]^d``), so each core member is a convex combination
+    of its d + 1 corners with known weights ``mu``. Each corner is given the members' highest bias
+    and solved against the rows outside the cluster (the nearest ones, within ``budget_bytes``).
+    If every corner is inside their hull, with weights ``lam_i``, then ``sum_i mu_i lam_i`` averages
+    to about the member's own row with at least its bias: a certificate for it once the exact
+    equalities are enclosed. The corners' weights are the solver's, unchecked (they are no
+    verdicts); each member's combination is checked as any certificate is (on R^d, on one basis
+    shared by the cluster). Nothing is settled when a corner is not clearly inside; members
+    outside the core's simplex are left as they are.
+    """
+    n, d = comp.weight.shape
+    none: list[certify.CertificateCheck | None] = [None] * rows.size
+    w = comp.weight[rows]
+    centre = w.mean(axis=0)
+    # The core: a chain of rows can join a few farther ones to a cluster (PP-OCRv5: 74 rows at up to
+    # 1e-4 beside 3,263 within 1e-5), whose corners would then lie outside the hull.
+    core = np.linalg.norm(w - centre, axis=1) <= _CORE * max(float(np.linalg.norm(centre)), 1e-300)
+    if core.sum() <= d:
+        return none
+    centre = w[core].mean(axis=0)
+    offsets = w - centre
+    _, _, axes = np.linalg.svd(offsets[core], full_matrices=False)
+    if axes.shape[0] < d:
+        return none
+    coords = offsets @ axes.T
+    extent = np.abs(coords[core]).max(axis=0) * 1.01 + 1e-9 * float(np.abs(w).max())
+    corners = np.full((d + 1, d), -1.0)
+    corners[1:] += 2 * d * np.eye(d)
+    vertices = centre + (corners * extent) @ axes
+    y = coords / extent
+    mu = np.empty((rows.size, d + 1))
+    mu[:, 1:] = (y + 1) / (2 * d)
+    mu[:, 0] = 1.0 - mu[:, 1:].sum(axis=1)
+    at = np.flatnonzero((mu >= 0).all(axis=1))
+    outside = np.setdiff1d(np.arange(n), cluster)
+    room = max(4 * (d + 1), budget_bytes // (8 * d))
+    if outside.size > room:  # the rows nearest the cluster: a certificate over some rows holds for all
+        near = comp.sq_norms[outside] - 2 * (comp.weight[outside] @ centre)
+        outside = np.sort(outside[np.argpartition(near, room - 1)[:room]])
+    bias = None
+    if comp.bias is not None:
+        bias = np.concatenate([comp.bias[outside], np.full(d + 1, comp.bias[rows].max())])
+    corner_rows = np.arange(outside.size, outside.size + d + 1)
+    sub = Competitors(np.vstack([comp.weight[outside], vertices]), bias)
+    outs = block_exact.solve_blocks(sub, corner_rows, domain, None, options, exclude=[corner_rows] * (d + 1),
+                                    unchecked=True)
+    if not all(out is not None and out.certificate is not None and out.chebyshev_radius < -1e-7
+               and np.isfinite(out.certificate.weights).all() for out in outs):
+        return none
+    support = np.unique(np.concatenate([out.certificate.support for out in outs]))
+    lam = np.zeros((support.size, d + 1))
+    for i, out in enumerate(outs):
+        lam[np.searchsorted(support, out.certificate.support), i] = out.certificate.weights
+    lams = lam @ mu[at].T  # one column per member
+    real = outside[support]
+    if domain.whole_space:
+        # A well-conditioned basis among the heavy columns: the corners' weights meet their
+        # equalities only to the solver's tolerance, and the basis's inverse multiplies that.
+        system = np.vstack([comp.weight[real].T, np.ones((1, real.size))])
+        _, pivots = scipy.linalg.qr(system * lams.mean(axis=1), mode="r", pivoting=True)
+        basis = np.sort(pivots[: d + 1])
+        checks = certify.check_on_shared_basis(comp.weight, comp.bias, rows[at], real, lams, basis, domain)
+    else:
+        checks = [certify.check_certificate(comp.weight, comp.bias, int(rows[k]), real, lams[:, m], domain)
+                  for m, k in enumerate(at.tolist())]
+        checks = [check if check.ok else None for check in checks]
+    out = list(none)
+    for k, check in zip(at.tolist(), checks, strict=True):
+        out[k] = check
+    return out
 
 
 def _inside(out) -> bool:

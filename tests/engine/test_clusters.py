@@ -7,8 +7,9 @@ import pytest
 
 from argmaxcheck import AuditOptions, Box, Unbounded, audit
 from argmaxcheck.engine import block_exact, certify
-from argmaxcheck.engine.clusters import near_duplicate_groups
+from argmaxcheck.engine.clusters import near_duplicate_groups, simplex_certificates
 from argmaxcheck.engine.competitors import Competitors
+from argmaxcheck.engine.options import ExactOptions
 
 _QUICK = AuditOptions(probability_seconds=0, batched=False)
 
@@ -68,3 +69,34 @@ def test_a_cluster_outside_the_hull_gets_the_same_verdicts_as_the_exact_step(see
     reference = audit(weight, bias, options=AuditOptions(exact_all=True, probability_seconds=0))
     assert [t.verdict for t in report.tokens] == [t.verdict for t in reference.tokens]
     assert any(report.tokens[i].verdict == "argmaxable" for i in ids)  # the cluster is exposed
+
+
+@pytest.mark.parametrize("domain", [Unbounded(), Box(-1.0, 1.0), Box(-0.5, np.inf)], ids=["R^d", "box", "half-open"])
+def test_a_large_cluster_is_decided_from_one_simplex_with_certificates_that_recheck(rng, domain):
+    weight, bias, ids = _clustered(rng, n=400, d=4, members=40)
+    report = audit(weight, bias, domain, options=_QUICK)
+    stage = next(s for s in report.stats.stages if s.name == "cluster")
+    assert stage.counts["mates from a simplex"] >= 30  # of 39 mates: d + 1 = 5 corner solves decide them
+    by_id = {t.id: t for t in report.tokens}
+    for i in ids:
+        t = by_id[int(i)]
+        assert t.verdict == "unargmaxable" and t.stage == "cluster"
+        assert not np.isin(t.support, ids).any()
+        assert certify.check_certificate(weight, bias, t.id, t.support, t.weights, domain).ok
+    reference = audit(weight, bias, domain, tokens=ids.tolist(), options=AuditOptions(exact_all=True,
+                                                                                        probability_seconds=0))
+    assert all(t.verdict == "unargmaxable" for t in reference.tokens)
+
+
+def test_unchecked_corner_weights_are_never_marked_ok(rng):
+    weight, bias, ids = _clustered(rng)
+    out, = block_exact.solve_blocks(Competitors(weight, bias), ids[:1], Unbounded().resolve(6), None,
+                                    exclude=[ids], unchecked=True)
+    assert out.certificate is not None and not out.certificate.ok and out.chebyshev_radius < 0
+
+
+def test_a_simplex_whose_corners_are_not_inside_settles_nothing(rng):
+    weight, bias, ids = _clustered(rng, n=400, d=4, members=40, inside=False)  # beyond the farthest row
+    comp = Competitors(weight, bias)
+    found = simplex_certificates(comp, ids[1:], ids, Unbounded().resolve(4), ExactOptions())
+    assert found == [None] * (ids.size - 1)
