@@ -9,11 +9,13 @@ question instead: does it lie inside the hull of the rows *outside* it?
    ``_RADIUS`` of their length are in one cluster (:func:`near_duplicate_groups`).
 2. One member per cluster, the one nearest its centre, goes through the blocked exact step
    with every other member left out of its competitors (:func:`block_exact.solve_blocks`,
-   ``exclude``). Its certificate, if it finds one, is an ordinary checked certificate for it.
-3. That certificate names only rows outside the cluster, so it is nearly one for every other
-   member as well: each member's own weights are the representative's, corrected on one
-   shared basis (:func:`certify.check_on_shared_basis`: one inverse for the cluster, an
-   enclosure per member) on R^d, or the same weights checked again on any other domain.
+   ``exclude``). Its certificate, if it finds one, is an ordinary checked certificate for it,
+   and says that the cluster lies inside.
+3. The mates of a cluster with at least 2(d + 1) of them are decided together from d + 1 solves
+   at the corners of a simplex around the cluster's core (:func:`simplex_certificates`); on a
+   domain without open sides the representative's own weights are tried on each mate; the
+   rest are solved with the representative's rows in their first working set (one round,
+   where they took several).
 
 Every verdict is a certificate checked for that member; a member whose check fails, and every
 member of a cluster whose representative is not proven inside, stays open for the exact step.
@@ -83,26 +85,22 @@ def run(state: AuditState) -> StageStats | None:
         if out.witness is not None:  # it wins even against its mates: the cluster is not inside
             continue
         proven += 1
-        others = group[group != rep]
-        if others.size >= 2 * (comp.weight.shape[1] + 1):  # many mates: d + 1 solves may decide them all
-            checks = simplex_certificates(comp, positions[others], positions[group], domain, options.exact)
-            for k, check in zip(others.tolist(), checks, strict=True):
-                if check is not None:
-                    state.unargmaxable(int(ids[k]), check, "cluster")
-                    settled += 1
-                    by_simplex += 1
-            others = others[[check is None for check in checks]]
-        if not domain.open_coordinates().any():  # no equalities to meet: the mate's weights may do
-            checks = [certify.check_certificate(comp.weight, comp.bias, int(positions[k]), out.certificate.support,
-                                                out.certificate.weights, domain) for k in others]
-            for k, check in zip(others.tolist(), checks, strict=True):
-                if check.ok:
-                    state.unargmaxable(int(ids[k]), check, "cluster")
-                    settled += 1
-            others = np.array([k for k, c in zip(others.tolist(), checks, strict=True) if not c.ok], dtype=np.int64)
-        rest.append(others)
-        excluded += [positions[group]] * others.size
-        seeds += [out.certificate.support] * others.size
+        mates = group[group != rep]
+        if mates.size >= 2 * (comp.weight.shape[1] + 1):  # many mates: d + 1 solves may decide them all
+            found = simplex_certificates(comp, positions[mates], positions[group], domain, options.exact)
+            by_simplex += _record(state, ids[mates], found)
+            mates = mates[[check is None for check in found]]
+        if not domain.open_coordinates().any():  # no equalities to meet: the representative's weights may do
+            cert = out.certificate
+            found = [certify.check_certificate(comp.weight, comp.bias, int(positions[k]), cert.support, cert.weights,
+                                               domain) for k in mates]
+            found = [check if check.ok else None for check in found]
+            settled += _record(state, ids[mates], found)
+            mates = mates[[check is None for check in found]]
+        rest.append(mates)
+        excluded += [positions[group]] * mates.size
+        seeds += [out.certificate.support] * mates.size
+    settled += by_simplex
     t3 = time.perf_counter()
     if rest:
         rest = np.concatenate(rest)
@@ -202,6 +200,15 @@ def _inside(out) -> bool:
 
 def _starts(state: AuditState, ids: np.ndarray) -> np.ndarray | None:
     return state.guesses.at(ids) if state.guesses is not None else None
+
+
+def _record(state: AuditState, ids: np.ndarray, checks: list) -> int:
+    """Settle the rows ``ids`` whose entry of ``checks`` is a checked certificate; returns how many."""
+    done = [(int(i), check) for i, check in zip(ids.tolist(), checks, strict=True) if check is not None]
+    for i, check in done:
+        state.unargmaxable(i, check, "cluster")
+    state.progress.advance(len(done))
+    return len(done)
 
 
 def _settle(state: AuditState, i: int, out) -> int:
