@@ -149,7 +149,7 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared, exclude=None,
         # A seeded token (a cluster mate's certificate rows) needs few more: on PP-OCRv5's cluster, 48
         # rows instead of 120 settled 399 of 400 mates in 3.8 s instead of 400 in 4.4 s.
         top = _top(viol, k0 if seeds is None else min(k0, max(_NEAREST, d // 2)))
-        own = np.union1d(np.union1d(near, top), seeds[b] if seeds is not None else near)
+        own = np.union1d(near, top) if seeds is None else np.union1d(np.union1d(near, top), seeds[b])
         rows = np.union1d(own, shared)
         if rows.size > kmax:  # the token's own rows first
             rows = np.union1d(own, shared[:max(0, kmax - own.size)])[:kmax]

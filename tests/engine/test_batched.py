@@ -292,3 +292,17 @@ def test_tokens_the_screen_missed_by_a_hair_skip_the_phase():
     report = audit(head.weight, head.bias, options=AuditOptions(probability_seconds=0.0))
     assert report.stats.stage("batched") is None
     assert report.stats.stage("block_exact").settled == report.stats.stage("block_exact").tokens_in > 100
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_the_phase_gives_up_only_where_no_later_pass_would_run(rng, with_bias):
+    weight = rng.normal(size=(600, 8))
+    weight /= np.linalg.norm(weight, axis=1, keepdims=True)  # on a sphere: every row wins somewhere
+    bias = rng.normal(scale=0.01, size=600) if with_bias else None
+    comp = Competitors(weight, bias)
+    ordinary = np.arange(100)
+    _, spent = interior_certificates(comp, ordinary, Unbounded().resolve(8), block=64, depth=np.ones(100),
+                                     give_up=True)
+    # With a bias (below d = 1024) nothing runs after the first pass: a block of 64 without a
+    # certificate ends it. Without one, the 16d pass may settle what the 8d pass left: no giving up.
+    assert spent["skipped"] == (36 if with_bias else 0)
