@@ -52,6 +52,18 @@ def rivals_of(scores: np.ndarray, own: np.ndarray, scale32: np.ndarray | None = 
     return mine, best
 
 
+def row_parts(own: np.ndarray, m: int, rows: int):
+    """The rows ``0..m`` in parts of ``rows``: ``(lo, hi, cols, at)`` for each, where ``cols`` are the
+    columns whose own row (``own[c]``) falls in the part, at local row ``at`` (for masking it)."""
+    order = np.argsort(own, kind="stable")
+    sorted_own = own[order]
+    for lo in range(0, m, rows):
+        hi = min(m, lo + rows)
+        a, b = np.searchsorted(sorted_own, [lo, hi])
+        cols = order[a:b]
+        yield lo, hi, cols, own[cols] - lo
+
+
 class NumpyOps:
     """The float64 array operations of the batched phase, on numpy and scipy's BLAS."""
 
@@ -210,18 +222,14 @@ class NumpyBackend:
         points_t = np.ascontiguousarray(points32.T)
         mine = np.empty(cols, dtype=np.float32)
         best = np.full(cols, -np.inf, dtype=np.float32)
-        order = np.argsort(own, kind="stable")  # the columns whose own row falls in each part
-        sorted_own = own[order]
-        for lo in range(0, m, rows):
-            part = self.weight32[lo:lo + rows] @ points_t
+        for lo, hi, here, at in row_parts(own, m, rows):
+            part = self.weight32[lo:hi] @ points_t
             if scale32 is not None:
                 part *= scale32[None, :]
             if offset32 is not None:
-                part += offset32[lo:lo + rows, None]
-            a, b = np.searchsorted(sorted_own, [lo, lo + part.shape[0]])
-            here = order[a:b]
-            mine[here] = part[own[here] - lo, here]
-            part[own[here] - lo, here] = -np.inf
+                part += offset32[lo:hi, None]
+            mine[here] = part[at, here]
+            part[at, here] = -np.inf
             np.maximum(best, part.max(axis=0), out=best)
         return mine, best
 

@@ -21,7 +21,7 @@ import numpy as np
 from .._rounding import U32, U64
 from ..report.stats import StageStats
 from . import certify
-from .backend import NUMPY_OPS, NumpyBackend, make_backend, rivals_of
+from .backend import NUMPY_OPS, NumpyBackend, make_backend, rivals_of, row_parts
 
 if TYPE_CHECKING:
     from .state import AuditState
@@ -376,19 +376,14 @@ def _rival_gaps(g32: np.ndarray, own: np.ndarray, scales32: np.ndarray, offset32
     rival = np.full((count, cols), -np.inf, dtype=np.float32)
     rows = max(16, (512 << 10) // (4 * max(cols, 1)))
     work = np.empty((rows, cols), dtype=np.float32)
-    order = np.argsort(own, kind="stable")  # the columns whose own row falls in each chunk, found by bisection
-    sorted_own = own[order]
-    for lo in range(0, n, rows):
-        chunk = g32[lo:lo + rows]
-        buf = work[:chunk.shape[0]]
-        a, b = np.searchsorted(sorted_own, [lo, lo + chunk.shape[0]])
-        mine_cols = order[a:b]
-        mine_rows = own[mine_cols] - lo
-        offset = offset32[lo:lo + rows, None]
+    for lo, hi, here, at in row_parts(own, n, rows):
+        chunk = g32[lo:hi]
+        buf = work[:hi - lo]
+        offset = offset32[lo:hi, None]
         for k in range(count):
             np.multiply(chunk, scales32[k], out=buf)
             buf += offset
-            buf[mine_rows, mine_cols] = -np.inf
+            buf[at, here] = -np.inf
             np.maximum(rival[k], buf.max(axis=0), out=rival[k])
     mine = scales32 * g32[own, np.arange(cols)][None, :] + offset32[own][None, :]
     return mine.astype(np.float64) - rival
