@@ -77,6 +77,7 @@ def run(state: AuditState) -> StageStats | None:
     t2 = time.perf_counter()
     settled = proven = by_simplex = 0
     rest, excluded, seeds = [], [], []
+    no_equalities = not domain.open_coordinates().any()
     for group, rep, out in zip(groups, reps.tolist(), outs, strict=True):
         state.progress.advance(1)
         if out is None or (out.witness is None and not _inside(out)):
@@ -90,7 +91,7 @@ def run(state: AuditState) -> StageStats | None:
             found = simplex_certificates(comp, positions[mates], positions[group], domain, options.exact)
             by_simplex += _record(state, ids[mates], found)
             mates = mates[[check is None for check in found]]
-        if not domain.open_coordinates().any():  # no equalities to meet: the representative's weights may do
+        if no_equalities:  # a domain without open sides: the representative's weights may do
             cert = out.certificate
             found = [certify.check_certificate(comp.weight, comp.bias, int(positions[k]), cert.support, cert.weights,
                                                domain) for k in mates]

@@ -79,10 +79,10 @@ def row_distances(comp: Competitors, pos: np.ndarray, cross: np.ndarray,
     """
     scale = comp.sq_norms[None, :] + comp.sq_norms[pos, None]
     sq = comp.sq_norms[None, :] - 2 * cross + comp.sq_norms[pos, None]
-    # The formula's absolute error is a few ulps of |w_j|^2 + |w_p|^2 (plus the product's
-    # rounding); below a generous multiple of that, the subtraction decides.
     for k, rows in enumerate(exclude or ()):
         sq[k, rows] = np.inf
+    # The formula's absolute error is a few ulps of |w_j|^2 + |w_p|^2 (plus the product's
+    # rounding); below a generous multiple of that, the subtraction decides.
     suspect = sq <= 1e-6 * scale + 1e-300
     dist = np.sqrt(np.maximum(sq, 0.0))
     ks, js = np.nonzero(suspect)

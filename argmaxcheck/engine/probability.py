@@ -102,8 +102,8 @@ def run(state: AuditState) -> StageStats | None:
 
     The budget is the option's, and at most a tenth of the time the verdicts took (1 s at
     least): the brackets are a report's extra, not its verdicts (a quarter, as before, made
-    SmolLM2's audit 2.27 products instead of 1.82, for bounds on a few of its 15 tokens). Probabilities depend on the
-    logits' scale, so they are bounded on the layer as given.
+    SmolLM2's audit 2.27 products instead of 1.82, for bounds on a few of its 15 tokens).
+    Probabilities depend on the logits' scale, so they are bounded on the layer as given.
     """
     options = state.options
     if options.probability_seconds <= 0 or not bounded(state.domain):
