@@ -20,7 +20,7 @@ from ..layer import OutputLayer
 from ..report.model import AuditReport
 from ..report.stats import AuditStats
 from ..selection import check_ids, select
-from . import batched, block_exact, clusters, exact, narrow, probability, screen, seeding, ties
+from . import batched, block_exact, clusters, exact, narrow, polish, probability, screen, seeding, ties
 from .options import AuditOptions
 from .progress import Progress, as_progress
 from .scaling import normalised, unscaled
@@ -31,7 +31,7 @@ from .ties import RowGroups
 #: for rows deep inside the hull (R^d), start points on balls, one exact question per cluster of
 #: near-duplicate rows, the exact step for blocks of tokens, the per-token exact step for what the
 #: blocks leave, the practical label, probability brackets.
-STAGES = (ties.run, screen.run, batched.run, seeding.run, clusters.run, block_exact.run, exact.run,
+STAGES = (ties.run, screen.run, batched.run, seeding.run, clusters.run, polish.run, block_exact.run, exact.run,
           narrow.run, probability.run)
 
 

@@ -1,0 +1,185 @@
+"""Witnesses for tokens the screen missed by a few rows: the smallest move of its best guess.
+
+The screen's best point for a token often loses to a handful of rows only: a near-duplicate twin
+(rows 1e-5 apart lead each other by 1e-5 of the logits' scale wherever the pair is on top), or a
+rival or two at a point just short of the token's cell. Moving the point a little, in the span of
+the token's differences with exactly those rows, is enough; the exact step would instead solve a
+whole linear program (a d x d factorisation per iteration, 20 ms a token at d = 512).
+
+For a block of tokens at once, from each token's guess ``x`` (``lead_j`` = row j's score minus the
+token's there):
+
+1. the rows that beat the token or come close (``lead_j > -reach``) form its small active set J;
+2. the move ``u`` is the least-norm solution of ``(w_p - w_j) . u >= lead_j + eps`` over J, a
+   quadratic program in |J| <= ``_MAX_ROWS`` unknowns solved through its dual by an active-set
+   method on the Gram matrix of the differences (no d x d work);
+3. one float64 product of every row with every moved point finds the rows the move let past,
+   which join J, and step 2 is repeated from the same guess.
+
+A point that beats every row is proven by :func:`certify.check_witnesses` (float64, with its
+rounding bound) before anything is settled; tokens it does not prove stay open for the
+stages after it. Nothing is decided here that the check did not prove.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..report.model import ARGMAXABLE
+from ..report.stats import StageStats
+from . import certify
+from .exact import ExactResult, settle
+
+if TYPE_CHECKING:
+    from .state import AuditState
+
+_MAX_ROWS = 48  # rows of a token's active set; beyond it the token is no near miss
+_FIRST_ROWS = 16  # rows closest to beating the token that start its active set
+_ROUNDS = 4  # moves per token (each one float64 product for the block)
+_REACH = 1e-4  # rows within this fraction of the logits' scale of beating the token start in J
+# The margin asked of every active row, as a fraction of ||w_p - w_j|| ||x|| for its nearest row j: a
+# twin 1e-5 away cannot be beaten by much more than that near x, and a rival far away can.
+_EPS = 1e-3
+_SLACK32 = 1e-6  # rows this close to the token (fraction of the scale) in the float32 scores count as in the way
+_BLOCK = 128
+
+
+def run(state: AuditState) -> StageStats | None:
+    """Stage: argmaxable near misses of the screen proven by a small move of their best guess."""
+    ids = state.open_ids()
+    if not ids.size or state.guesses is None or state.options.exact_all:
+        return None
+    state.progress.stage("moving near misses into their cell", int(ids.size))
+    points = state.guesses.at(ids)
+    found = 0
+    for first in range(0, ids.size, _BLOCK):
+        part = ids[first:first + _BLOCK]
+        # The guesses are points of the audit's domain (the screen's), and so are the moves.
+        xs, gaps = polish(state.comp, state.position[part], state.domain, points[first:first + _BLOCK])
+        for i, x, gap in zip(part.tolist(), xs, gaps, strict=True):
+            if gap > 0:
+                settle(state, i, ExactResult(witness=x, witness_gap=float(gap)), "polish")
+                if state.results[i].verdict == ARGMAXABLE:
+                    found += 1
+                else:  # lost in rescaling: the exact step tries
+                    del state.results[i]
+        state.progress.advance(int(part.size))
+    return StageStats("polish", int(ids.size), found)
+
+
+def polish(comp, positions: np.ndarray, domain, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Moved points and their certified gaps (> 0: a proof) for the tokens at ``positions``."""
+    positions = np.asarray(positions, dtype=np.int64)
+    x0 = np.array(starts, dtype=np.float64, copy=True)
+    size = x0.shape[0]
+    weight, bias = comp.weight, comp.bias
+    top_w = float(comp.norms.max())
+    top_b = 0.0 if bias is None else float(np.abs(bias).max())
+    scale = np.linalg.norm(x0, axis=1) * top_w + top_b
+    scale = np.where(scale > 0, scale, 1.0)
+    norm0 = np.linalg.norm(x0, axis=1)
+    lead0 = _leads(comp, positions, x0)
+    active = [np.zeros(0, dtype=np.int64)] * size
+    for b in range(size):
+        close = np.flatnonzero(lead0[:, b] > -_REACH * scale[b])
+        if close.size > _FIRST_ROWS:
+            close = close[np.argpartition(-lead0[close, b], _FIRST_ROWS - 1)[:_FIRST_ROWS]]
+        active[b] = close
+    xs = x0.copy()
+    live = np.ones(size, dtype=bool)  # still moving
+    ready = np.zeros(size, dtype=bool)  # moved to where the float32 scores see no row in the way
+    for _ in range(_ROUNDS):
+        idx = np.flatnonzero(live)
+        if idx.size == 0:
+            break
+        for b in idx:
+            rows = active[b]
+            if rows.size == 0:
+                xs[b] = x0[b]
+                continue
+            diff = weight[positions[b]] - weight[rows]  # (k, d)
+            # The leads of the active rows again in float64: a twin's lead (1e-5 of the scale) is
+            # below float32's resolution of a logit.
+            need = -(diff @ x0[b]) + _EPS * float(np.sqrt(np.einsum("kd,kd->k", diff, diff).min())) * norm0[b]
+            if bias is not None:
+                need -= bias[positions[b]] - bias[rows]
+            u = _least_move(diff, need)
+            xs[b] = x0[b] if u is None else x0[b] + u
+            if u is None:
+                live[b] = False
+        xs[idx] = domain.project(xs[idx].T).T
+        lead = _leads(comp, positions[idx], xs[idx])
+        for m, b in enumerate(idx):
+            lead[active[b], m] = -np.inf  # held at eps by the move: rounding, not new rows
+        in_way = lead >= -_SLACK32 * scale[idx]  # (n, B)
+        count = in_way.sum(axis=0)
+        for m, b in enumerate(idx):
+            if not live[b]:
+                continue
+            if count[m] == 0:
+                live[b], ready[b] = False, True
+                continue
+            room = _MAX_ROWS - active[b].size
+            if count[m] > 2 * _MAX_ROWS or room <= 0:
+                live[b] = False  # too many rows in the way: no near miss
+                continue
+            past = np.flatnonzero(in_way[:, m])
+            if past.size > room:
+                past = past[np.argpartition(-lead[past, m], room - 1)[:room]]
+            active[b] = np.concatenate([active[b], past])
+    gaps = np.full(size, -np.inf)
+    if ready.any():
+        gaps[ready] = certify.check_witnesses(weight, bias, positions[ready], xs[ready], domain, comp.norms)
+    return xs, gaps
+
+
+def _leads(comp, positions, points) -> np.ndarray:
+    """``s_j(x) - s_p(x)`` for every row j (n x B, float32: hints, never a proof), the token's own row -inf."""
+    scores = comp.weight32 @ points.T.astype(np.float32)
+    if comp.bias is not None:
+        scores += comp.bias.astype(np.float32)[:, None]
+    cols = np.arange(positions.size)
+    own = scores[positions, cols].copy()
+    scores -= own
+    scores[positions, cols] = -np.inf
+    return scores
+
+
+def _least_move(diff: np.ndarray, need: np.ndarray) -> np.ndarray | None:
+    """The least-norm u with ``diff @ u >= need``, through the dual (``alpha >= 0``, ``u = diff.T alpha``).
+
+    Active-set iterations on the Gram matrix ``diff diff^T`` (Lawson-Hanson's, for the dual's
+    non-negative least squares form); None when its rows are (nearly) dependent on the active
+    set, where no small move exists or the system says nothing reliable.
+    """
+    gram = diff @ diff.T
+    k = need.size
+    on = need > 0
+    if not on.any():
+        return np.zeros(diff.shape[1])
+    alpha = np.zeros(k)
+    for _ in range(3 * k):
+        a = np.flatnonzero(on)
+        g = gram[np.ix_(a, a)]
+        try:
+            sol = np.linalg.solve(g + 1e-13 * np.trace(g) / a.size * np.eye(a.size), need[a])
+        except np.linalg.LinAlgError:
+            return None
+        if (sol < 0).any():  # drop the most negative and solve again
+            on[a[np.argmin(sol)]] = False
+            if not on.any():
+                return None
+            continue
+        alpha[:] = 0.0
+        alpha[a] = sol
+        slack = gram @ alpha - need
+        slack[on] = 0.0
+        worst = int(np.argmin(slack))
+        if slack[worst] >= -1e-12 * max(1.0, float(np.abs(need).max())):
+            u = diff.T @ alpha
+            # The ridge keeps a dependent set solvable but then misses its equations: no move.
+            return u if (diff @ u >= need - 1e-6 * np.abs(need)).all() else None
+        on[worst] = True
+    return None
