@@ -85,7 +85,8 @@ class TokenResult:
     stage : str
         What decided it: ``"tie"``, ``"dominated"``, ``"screen"``, ``"batched"`` (the batched
         phase's shared-basis certificates, :mod:`argmaxcheck.engine.batched`), ``"cluster"``
-        (a cluster of near-duplicates, :mod:`argmaxcheck.engine.clusters`), ``"exact"``.
+        (a cluster of near-duplicates, :mod:`argmaxcheck.engine.clusters`), ``"polish"`` (a near
+        miss of the screen moved into its cell, :mod:`argmaxcheck.engine.polish`), ``"exact"``.
     witness : ndarray or None
         Argmaxable: a point of the domain where the token strictly wins.
     support, weights : ndarray or None
