@@ -216,3 +216,23 @@ def test_out_of_device_memory_in_the_float64_work_finishes_on_numpy(monkeypatch,
     batched = {t.id for t in got.tokens if t.stage == "batched"}
     assert batched == {t.id for t in ref.tokens if t.stage == "batched"} and set(ids.tolist()) <= batched
     assert "out of memory" in got.timings["device_note"]
+
+
+def test_the_bucketed_rival_gaps_are_lower_bounds_within_a_bucket_of_offsets(rng):
+    """The screen picks a scale from per-bucket bounds (one pass for every scale): each is at most the
+    gap over every row, by at most the spread of offsets inside one bucket, and the products are untouched."""
+    from argmaxcheck.engine.screen import _BUCKET_ROWS, _all_rival_gaps, _rival_gaps  # noqa: PLC0415
+
+    n, cols = 16 * _BUCKET_ROWS, 40
+    g32 = rng.normal(size=(n, cols)).astype(np.float32)
+    offset32 = (0.3 * rng.normal(size=n)).astype(np.float32)
+    own = rng.integers(0, n, size=cols)
+    g32[own[0], 0] = 50.0  # a column whose own row wins at every scale
+    scales32 = (2.0 ** np.arange(-3, 8)[:, None] * rng.uniform(0.5, 2.0, size=cols)).astype(np.float32)
+    before = g32.copy()
+    bound = _rival_gaps(g32, own, scales32, offset32)
+    exact = _all_rival_gaps(g32, own, scales32, offset32)
+    assert np.array_equal(g32, before)
+    spread = np.diff(np.sort(offset32)[:: _BUCKET_ROWS]).max() + np.ptp(np.sort(offset32)[-_BUCKET_ROWS:])
+    assert (bound <= exact).all() and (exact - bound <= spread + 1e-5).all()
+    assert (bound[:, 0] > 0).all()
