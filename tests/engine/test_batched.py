@@ -297,14 +297,24 @@ def test_tokens_the_screen_missed_by_a_hair_skip_the_phase():
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_the_phase_gives_up_only_where_no_later_pass_would_run(rng, with_bias):
+def test_the_phase_gives_up_after_a_pilot_block_and_hands_the_rest_to_the_wide_pass(rng, monkeypatch, with_bias):
+    from argmaxcheck.engine import batched  # noqa: PLC0415
+
     weight = rng.normal(size=(600, 8))
     weight /= np.linalg.norm(weight, axis=1, keepdims=True)  # on a sphere: every row wins somewhere
     bias = rng.normal(scale=0.01, size=600) if with_bias else None
     comp = Competitors(weight, bias)
-    ordinary = np.arange(100)
-    _, spent = interior_certificates(comp, ordinary, Unbounded().resolve(8), block=64, depth=np.ones(100),
+    searched = []
+    search = batched._max_entropy_weights
+
+    def spy(support, targets, *args, **kwargs):
+        searched.append(len(targets))
+        return search(support, targets, *args, **kwargs)
+
+    monkeypatch.setattr(batched, "_max_entropy_weights", spy)
+    _, spent = interior_certificates(comp, np.arange(200), Unbounded().resolve(8), block=128, depth=np.ones(200),
                                      give_up=True)
-    # With a bias (below d = 1024) nothing runs after the first pass: a block of 64 without a
-    # certificate ends it. Without one, the 16d pass may settle what the 8d pass left: no giving up.
-    assert spent["skipped"] == (36 if with_bias else 0)
+    # A pilot block of 64 without a certificate ends a pass. With a bias (below d = 1024) nothing runs
+    # after the first; without one, the 16d pass takes every row the first left, and gives up the same way.
+    assert searched == ([64] if with_bias else [64, 64])
+    assert spent["skipped"] == 136
