@@ -13,8 +13,8 @@ token's there):
 2. the move ``u`` is the least-norm solution of ``(w_p - w_j) . u >= lead_j + eps`` over J, a
    quadratic program in |J| <= ``_MAX_ROWS`` unknowns solved through its dual by an active-set
    method on the Gram matrix of the differences (no d x d work);
-3. one float64 product of every row with every moved point finds the rows the move let past,
-   which join J, and step 2 is repeated from the same guess.
+3. one float32 product of every row with every moved point (a hint, never a proof) finds the
+   rows the move let past, which join J, and step 2 is repeated from the same guess.
 
 A point that beats every row is proven by :func:`certify.check_witnesses` (float64, with its
 rounding bound) before anything is settled; tokens it does not prove stay open for the
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 _MAX_ROWS = 48  # rows of a token's active set; beyond it the token is no near miss
 _FIRST_ROWS = 16  # rows closest to beating the token that start its active set
-_ROUNDS = 4  # moves per token (each one float64 product for the block)
+_ROUNDS = 4  # moves per token (each one float32 product for the block)
 _REACH = 1e-4  # rows within this fraction of the logits' scale of beating the token start in J
 # The margin asked of every active row, as a fraction of ||w_p - w_j|| ||x|| for its nearest row j: a
 # twin 1e-5 away cannot be beaten by much more than that near x, and a rival far away can. A margin
