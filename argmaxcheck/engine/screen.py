@@ -100,6 +100,7 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
     count = len(backend.on_device(guesses, "whitening the rows"))
     ctx = _Context(weight32, bias, max_norm, cast_unit, domain, d, backend)
     todo = np.arange(k)
+    source = np.ones(k, dtype=np.int64)  # the guess that gave each token's best point
     for number in range(1, count + 1):
         if progress is not None:
             progress.stage(f"screen, guess {number} of {count}", int(todo.size))
@@ -111,11 +112,27 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
             better = g > gaps[idx]
             gaps[idx[better]] = g[better]
             witness[idx[better]] = x[better]
+            source[idx[better]] = number
             if progress is not None:
                 progress.advance(int(idx.size))
         todo = todo[gaps[todo] <= 0]
         if todo.size == 0:
             break
+    # The tokens no guess proved start the exact step from their best point: its scale is chosen
+    # again from every row's scores (the bucket bounds chose it: swish_box 8192 x 256 sent 34 tokens
+    # on to the per-token solver from those points, 8 from these), on the guess that found it.
+    ctx.exact_scales = True
+    # Without an offset no scale is searched (the rays' gaps scale with their length): nothing to redo.
+    for number in np.unique(source[todo]) if todo.size and ctx.has_offset else ():
+        at = todo[source[todo] == number]
+        for start in range(0, at.size, block):
+            idx = at[start:start + block]
+            dirs = backend.on_device(lambda ops, pos=positions[idx], number=number: direction(ops, number, pos),
+                                     "computing guesses")
+            g, x = ctx.best_points(dirs, positions[idx])
+            better = g > gaps[idx]
+            gaps[idx[better]] = g[better]
+            witness[idx[better]] = x[better]
     return ScreenResult(gaps, witness)
 
 
@@ -178,6 +195,7 @@ class _Context:
         offset = np.zeros(weight32.shape[0]) if bias is None else bias.astype(np.float64)
         offset_err = 0.0
         self.rays = domain.screen_search == "rays"
+        self.exact_scales = False  # scales picked from every row's scores, not from bucket bounds
         c = domain.anchor()
         if self.rays and c.any():  # rays from a point other than 0: fold W c into the offset
             # weight32 differs from the true weights by cast_unit: fold that into the bound.
@@ -287,7 +305,7 @@ class _Context:
         # then tried only where it did not win (measured: screen 4.6 -> 3.2 s for 3200 tokens of a
         # 50k x 768 LayerNorm head); on R^d with a bias most columns are still open: all scales at once.
         first = 1 if np.isfinite(reach) else scales.shape[0]
-        approx = _rival_gaps(g32, own, scales32[:first], self.offset32)
+        approx = _rival_gaps(g32, own, scales32[:first], self.offset32, self.exact_scales)
         best = approx.argmax(axis=0)
         best_gap = approx[best, np.arange(n)]
         best_scale = scales[best, np.arange(n)]
@@ -295,7 +313,7 @@ class _Context:
         if first < scales.shape[0] and left.size:
             part = g32 if left.size > n // 4 else np.ascontiguousarray(g32[:, left])
             at = np.arange(n) if part is g32 else left
-            approx = _rival_gaps(part, own[at], scales32[first:, at], self.offset32)
+            approx = _rival_gaps(part, own[at], scales32[first:, at], self.offset32, self.exact_scales)
             best = approx.argmax(axis=0)
             gain = approx[best, np.arange(at.size)]
             better = gain > best_gap[at]
@@ -358,12 +376,13 @@ class _Context:
         in float32 (a guess: nothing is certified here)."""
         spread = self._spread(g32)
         scales = spread[None, :] * _UNBOUNDED_SCALES[:, None]
-        approx = _rival_gaps(g32, own, scales.astype(np.float32), self.offset32)
+        approx = _rival_gaps(g32, own, scales.astype(np.float32), self.offset32, self.exact_scales)
         best_scale = scales[approx.argmax(axis=0), np.arange(g32.shape[1])]
         return best_scale
 
 
-def _rival_gaps(g32: np.ndarray, own: np.ndarray, scales32: np.ndarray, offset32: np.ndarray) -> np.ndarray:
+def _rival_gaps(g32: np.ndarray, own: np.ndarray, scales32: np.ndarray, offset32: np.ndarray,
+                exact: bool = False) -> np.ndarray:
     """Per scale and column, a lower bound on the float32 gap ``s_own - max_{j != own} s_j`` of the
     scores ``scales32[k, c] * g32[:, c] + offset32``, within each bucket's spread of offsets of it
     (a guess, to pick a scale: nothing is certified here).
@@ -371,10 +390,10 @@ def _rival_gaps(g32: np.ndarray, own: np.ndarray, scales32: np.ndarray, offset32
     Rows are put in buckets of similar offset; a bucket's scores at a positive scale ``s`` are at
     most ``s max_j g_j + max_j o_j`` over its rows, so one pass over the products (their maximum per
     bucket and column) serves every scale, where scoring every row cost a pass per scale (near_dup
-    32768 x 512, 11 scales: 8.4 s of a 20 s screen).
+    32768 x 512, 11 scales: 8.4 s of a 20 s screen). With ``exact``, the gaps over every row.
     """
     n, cols = g32.shape
-    if n < 8 * _BUCKET_ROWS or not (scales32 > 0).all():
+    if exact or n < 8 * _BUCKET_ROWS or not (scales32 > 0).all():
         return _all_rival_gaps(g32, own, scales32, offset32)
     order = np.argsort(offset32, kind="stable")
     at = np.arange(cols)

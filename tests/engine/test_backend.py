@@ -236,3 +236,24 @@ def test_the_bucketed_rival_gaps_are_lower_bounds_within_a_bucket_of_offsets(rng
     spread = np.diff(np.sort(offset32)[:: _BUCKET_ROWS]).max() + np.ptp(np.sort(offset32)[-_BUCKET_ROWS:])
     assert (bound <= exact).all() and (exact - bound <= spread + 1e-5).all()
     assert (bound[:, 0] > 0).all()
+
+
+def test_tokens_no_guess_proves_keep_the_point_of_an_exact_scale_search(rng, monkeypatch):
+    """The bucket bounds pick each scale; the tokens the screen cannot prove start the exact step
+    from their best point, whose scale is chosen again over every row: never worse, often better."""
+    from argmaxcheck.engine import screen  # noqa: PLC0415
+
+    n, d = 12 * screen._BUCKET_ROWS, 12
+    weight = rng.normal(size=(n, d))
+    weight[:300] *= 0.6  # rows that lose almost everywhere
+    bias = rng.normal(scale=0.5, size=n)
+    domain = Unbounded().resolve(d)
+    refined = screen.screen(weight.astype(np.float32), weight, bias, np.arange(n), domain)
+    # The same screen with the exact search switched off: the refinement pass then repeats the bounds' choice.
+    monkeypatch.setattr(screen._Context, "exact_scales", property(lambda self: False, lambda self, value: None),
+                        raising=False)
+    bounded = screen.screen(weight.astype(np.float32), weight, bias, np.arange(n), domain)
+    lost = bounded.gap <= 0
+    assert lost.sum() > 20
+    assert (refined.gap[lost] >= bounded.gap[lost]).all() and (refined.gap[lost] > bounded.gap[lost]).any()
+    assert np.array_equal(refined.gap[~lost], bounded.gap[~lost])
