@@ -99,15 +99,13 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
 
     count = len(backend.on_device(guesses, "whitening the rows"))
     ctx = _Context(weight32, bias, max_norm, cast_unit, domain, d, backend)
-    todo = np.arange(k)
     source = np.ones(k, dtype=np.int64)  # the guess that gave each token's best point
-    for number in range(1, count + 1):
-        if progress is not None:
-            progress.stage(f"screen, guess {number} of {count}", int(todo.size))
-        for start in range(0, todo.size, block):
-            idx = todo[start:start + block]
-            dirs = backend.on_device(lambda ops, pos=positions[idx], number=number: direction(ops, number, pos),
-                                     "computing guesses")
+
+    def try_guess(number: int, at: np.ndarray) -> None:
+        """Guess ``number`` for the tokens ``at``, a block at a time; keep each one's best point."""
+        for start in range(0, at.size, block):
+            idx = at[start:start + block]
+            dirs = backend.on_device(lambda ops, pos=positions[idx]: direction(ops, number, pos), "computing guesses")
             g, x = ctx.best_points(dirs, positions[idx])
             better = g > gaps[idx]
             gaps[idx[better]] = g[better]
@@ -115,24 +113,25 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
             source[idx[better]] = number
             if progress is not None:
                 progress.advance(int(idx.size))
+
+    todo = np.arange(k)
+    for number in range(1, count + 1):
+        if progress is not None:
+            progress.stage(f"screen, guess {number} of {count}", int(todo.size))
+        try_guess(number, todo)
         todo = todo[gaps[todo] <= 0]
         if todo.size == 0:
             break
     # The tokens no guess proved start the exact step from their best point: its scale is chosen
     # again from every row's scores (the bucket bounds chose it: swish_box 8192 x 256 sent 34 tokens
-    # on to the per-token solver from those points, 8 from these), on the guess that found it.
-    ctx.exact_scales = True
+    # on to the per-token solver from those points, 7 from these), on the guess that found it.
     # Without an offset no scale is searched (the rays' gaps scale with their length): nothing to redo.
-    for number in np.unique(source[todo]) if todo.size and ctx.has_offset else ():
-        at = todo[source[todo] == number]
-        for start in range(0, at.size, block):
-            idx = at[start:start + block]
-            dirs = backend.on_device(lambda ops, pos=positions[idx], number=number: direction(ops, number, pos),
-                                     "computing guesses")
-            g, x = ctx.best_points(dirs, positions[idx])
-            better = g > gaps[idx]
-            gaps[idx[better]] = g[better]
-            witness[idx[better]] = x[better]
+    if todo.size and ctx.has_offset:
+        ctx.exact_scales = True
+        if progress is not None:
+            progress.stage("screen, exact scales for the tokens left", int(todo.size))
+        for number in np.unique(source[todo]):
+            try_guess(int(number), todo[source[todo] == number])
     return ScreenResult(gaps, witness)
 
 
