@@ -26,12 +26,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.linalg import blas, lapack
 
-from ..report.model import UNDECIDED
 from ..report.stats import StageStats
 from . import certify
 from ._blas import rows_times
 from .competitors import row_distances
-from .exact import ExactResult, settle
+from .exact import ExactResult, settle_or_reopen
 from .formulation import from_ball, solver_bounds
 from .options import ExactOptions
 
@@ -51,15 +50,9 @@ def run(state: AuditState) -> StageStats | None:
     starts = state.guesses.at(ids) if state.guesses is not None else None
     outs = solve_blocks(state.comp, state.position[ids], state.solve_domain, starts, options.exact,
                         progress=state.progress.advance)
-    settled = 0
-    for i, out in zip(ids.tolist(), outs, strict=True):
-        if out is None:
-            continue
-        settle(state, i, out, "exact")
-        if state.results[i].verdict == UNDECIDED:  # a witness lost in rescaling: the per-token path tries
-            del state.results[i]
-        else:
-            settled += 1
+    # What a block leaves undecided (a witness lost in rescaling), the per-token path tries.
+    settled = sum(settle_or_reopen(state, i, out, "exact") for i, out in zip(ids.tolist(), outs, strict=True)
+                  if out is not None)
     return StageStats("block_exact", int(ids.size), settled)
 
 

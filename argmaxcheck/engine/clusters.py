@@ -31,12 +31,11 @@ import scipy.linalg
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..report.model import UNDECIDED
 from ..report.stats import StageStats
 from . import block_exact, certify
 from ._blas import rows_times
 from .competitors import Competitors
-from .exact import settle
+from .exact import settle_or_reopen
 
 if TYPE_CHECKING:
     from .state import AuditState
@@ -82,7 +81,7 @@ def run(state: AuditState) -> StageStats | None:
         state.progress.advance(1)
         if out is None or (out.witness is None and not _inside(out)):
             continue
-        settled += _settle(state, int(ids[rep]), out)
+        settled += settle_or_reopen(state, int(ids[rep]), out, "cluster")
         if out.witness is not None:  # it wins even against its mates: the cluster is not inside
             continue
         proven += 1
@@ -109,7 +108,7 @@ def run(state: AuditState) -> StageStats | None:
                                         exclude=excluded, seeds=seeds, progress=state.progress.advance)
         for k, out in zip(rest.tolist(), outs, strict=True):
             if out is not None:
-                settled += _settle(state, int(ids[k]), out)
+                settled += settle_or_reopen(state, int(ids[k]), out, "cluster")
     return StageStats("cluster", members, settled,
                       parts={"grouping": t1 - t0, "representatives": t2 - t1, "mates' certificates": t3 - t2,
                              "members": time.perf_counter() - t3},
@@ -211,14 +210,6 @@ def _record(state: AuditState, ids: np.ndarray, checks: list) -> int:
     state.progress.advance(len(done))
     return len(done)
 
-
-def _settle(state: AuditState, i: int, out) -> int:
-    """Record a blocked solve's checked result for row ``i``; 1 if it settled it, 0 if it stays open."""
-    settle(state, i, out, "cluster")
-    if state.results[i].verdict == UNDECIDED:  # a witness lost in rescaling: the exact step tries again
-        del state.results[i]
-        return 0
-    return 1
 
 
 def near_duplicate_groups(comp: Competitors, positions: np.ndarray, radius: float = _RADIUS) -> list[np.ndarray]:

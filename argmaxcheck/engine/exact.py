@@ -107,6 +107,16 @@ def settle(state: AuditState, i: int, out: ExactResult, stage: str) -> None:
         state.undecided(i, stage, out.reason)
 
 
+def settle_or_reopen(state: AuditState, i: int, out: ExactResult, stage: str) -> int:
+    """:func:`settle` for a stage with later stages behind it: 1 if row ``i`` is settled; 0 if the
+    result left it undecided (a witness lost in rescaling), and it is open again for them."""
+    settle(state, i, out, stage)
+    if state.results[i].verdict == UNDECIDED:
+        del state.results[i]
+        return 0
+    return 1
+
+
 def _scale_free_witness(comp: Competitors, pos: int, x: np.ndarray, domain) -> tuple[np.ndarray, float]:
     """Rescale a witness of a bias-free layer: unit norm on R^d, else into the domain.
 
