@@ -118,8 +118,8 @@ def check_witnesses(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarra
     scores = np.array(rows_times(weight, points[at].T))
     if bias is not None:
         scores += bias[:, None]
-    norms = np.linalg.norm(points[at], axis=1) * (1 + 4 * U64)
-    err = score_error_bound(norms, float(row_norms.max()), weight.shape[1], U64) + 4 * U64 * np.abs(scores).max(axis=0)
+    err = _float64_score_error(np.linalg.norm(points[at], axis=1), np.abs(scores).max(axis=0), row_norms,
+                               weight.shape[1])
     gaps[at] = witness_gap_bounds(scores, rows[at], err)
     return gaps
 
@@ -136,10 +136,15 @@ def witness_and_scores(weight: np.ndarray, bias: np.ndarray | None, row: int, x:
     scores = matvec(weight, x)
     if bias is not None:
         scores = scores + bias
-    err = score_error_bound(np.array([np.linalg.norm(x) * (1 + 4 * U64)]), float(row_norms.max()),
-                            weight.shape[1], U64)
-    err = err + 4 * U64 * np.abs(scores).max()
+    err = _float64_score_error(np.array([np.linalg.norm(x)]), np.abs(scores).max(), row_norms, weight.shape[1])
     return float(witness_gap_bounds(scores[:, None], np.array([row]), err)[0]), scores
+
+
+def _float64_score_error(x_norms: np.ndarray, top_scores, row_norms: np.ndarray, dim: int) -> np.ndarray:
+    """Per point, a bound on the error of every float64 score ``w_j . x + b_j`` computed at it: the
+    product's (with 4 ulps on the computed ``|x|``) and the bias's addition (4 ulps of the largest
+    ``|score|`` there, ``top_scores``)."""
+    return score_error_bound(x_norms * (1 + 4 * U64), float(row_norms.max()), dim, U64) + 4 * U64 * top_scores
 
 
 # --------------------------------------------------------------------------- convex certificates

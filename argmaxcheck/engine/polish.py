@@ -27,10 +27,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..report.model import ARGMAXABLE
 from ..report.stats import StageStats
 from . import certify
-from .exact import ExactResult, settle
+from .exact import ExactResult, settle_or_reopen
 
 if TYPE_CHECKING:
     from .state import AuditState
@@ -79,11 +78,7 @@ def _polish_open(state: AuditState, name: str) -> StageStats | None:
         xs, gaps = polish(state.comp, state.position[part], state.domain, points[first:first + _BLOCK])
         for i, x, gap in zip(part.tolist(), xs, gaps, strict=True):
             if gap > 0:
-                settle(state, i, ExactResult(witness=x, witness_gap=float(gap)), "polish")
-                if state.results[i].verdict == ARGMAXABLE:
-                    found += 1
-                else:  # lost in rescaling: the exact step tries
-                    del state.results[i]
+                found += settle_or_reopen(state, i, ExactResult(witness=x, witness_gap=float(gap)), "polish")
         state.progress.advance(int(part.size))
     return StageStats(name, int(ids.size), found)
 
@@ -96,9 +91,9 @@ def polish(comp, positions: np.ndarray, domain, starts: np.ndarray) -> tuple[np.
     weight, bias = comp.weight, comp.bias
     top_w = float(comp.norms.max())
     top_b = 0.0 if bias is None else float(np.abs(bias).max())
-    scale = np.linalg.norm(x0, axis=1) * top_w + top_b
-    scale = np.where(scale > 0, scale, 1.0)
     norm0 = np.linalg.norm(x0, axis=1)
+    scale = norm0 * top_w + top_b  # the logits' scale at each start
+    scale = np.where(scale > 0, scale, 1.0)
     lead0 = _leads(comp, positions, x0)
     active = [np.zeros(0, dtype=np.int64)] * size
     for b in range(size):

@@ -31,8 +31,8 @@ class StageStats:
     Attributes
     ----------
     name : str
-        ``ties``, ``screen``, ``batched``, ``seeding``, ``cluster``, ``block_exact``, ``exact``,
-        ``practical`` or ``probability``; ``recheck``
+        ``ties``, ``screen``, ``batched``, ``cluster``, ``polish``, ``seeding``, ``polish_seeded``,
+        ``block_exact``, ``exact``, ``practical`` or ``probability``; ``recheck``
         for chunks from a journal or another process (their proofs checked again here; ``settled``
         counts the tokens decided again).
     tokens_in : int
