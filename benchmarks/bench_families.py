@@ -22,7 +22,7 @@ stage that settled any) and lists every verdict that differs (the exit status is
 Usage (the lead's full run, on a quiet machine)::
 
     PYTHONPATH=$PWD python benchmarks/bench_families.py --size large --exact-all-sample 40 \\
-        --ppocrv4 --smollm2 --whisper /work/shared/real/whisper_base.npz \\
+        --ppocrv4 --smollm2 --whisper PATH/whisper_base.npz \\
         --ppocrv5 PATH.onnx --ddddocr PATH.onnx --json families.json
 
 Check it at ``--size tiny`` (2000 x 64): seconds. ``--families a,b`` picks families (heads.FAMILIES).
