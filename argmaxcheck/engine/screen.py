@@ -53,7 +53,7 @@ def run(state: AuditState) -> StageStats | None:
     for i, gap, x in zip(pending.tolist(), found.gap, found.witness, strict=True):
         if gap > 0:
             state.argmaxable(i, x, gap, "screen")
-    scale = np.linalg.norm(found.witness, axis=1) * float(comp.norms.max())
+    scale = np.sqrt(np.einsum("ij,ij->i", found.witness, found.witness)) * float(comp.norms.max())
     if comp.bias is not None:
         scale += float(np.abs(comp.bias).max())
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -146,7 +146,7 @@ def _guess_directions(weight: np.ndarray, ops=NUMPY_OPS) -> list[Callable[[np.nd
     """Guess functions: row positions -> (B, d) directions, best first.
 
     ``ops`` (:mod:`.backend`) does the whitening's float64 work (a d x d covariance over every
-    row, its eigenvectors, and two B x d x d products a block): on a GPU at 128k x 4096 it is
+    row, its eigenvectors, and one B x d x d product a block): on a GPU at 128k x 4096 it is
     seconds of the screen's time, on the CPU minutes. Guesses are only hints, so where they run
     changes no proof.
     """
@@ -164,9 +164,10 @@ def _guess_directions(weight: np.ndarray, ops=NUMPY_OPS) -> list[Callable[[np.nd
     # Regularise so rank-deficient layers do not explode the inverse. Directions outside the
     # span of the centred rows do not occur: every centred row lies in it.
     floor = max(float(evals.max()), 1e-300) * 1e-6
-    scaled = evecs / ops.where(evals > floor, evals, floor)
+    # The whitening map E diag(1/lambda) E^T as one d x d matrix: one product a block, not two.
+    transform = (evecs / ops.where(evals > floor, evals, floor)) @ evecs.T
     mean_on = ops.asarray(mean)
-    return [lambda pos: ops.numpy(((ops.asarray(weight[pos]) - mean_on) @ scaled) @ evecs.T), *simple]
+    return [lambda pos: ops.numpy((ops.asarray(weight[pos]) - mean_on) @ transform), *simple]
 
 
 class _Context:
@@ -206,6 +207,7 @@ class _Context:
         self.offset = offset
         self.offset32 = offset.astype(np.float32)
         self.offset_max = float(np.abs(offset).max()) if offset.size else 0.0
+        self._offset_order = None
         # |offset32 - offset| <= U32 |offset| on top of the offset's own error.
         # Casting the offset to float32 errs relatively, and absolutely where it underflows.
         self.offset_err = offset_err + U32 * self.offset_max + certify.ETA32
@@ -214,6 +216,13 @@ class _Context:
             widths = (hi - lo)[np.isfinite(hi - lo) & (hi > lo)]
             self.box_half = float(np.median(widths)) / 2 if widths.size else 1.0
             self.box_centre = c  # the point of the box nearest 0
+
+    @property
+    def offset_order(self) -> np.ndarray:
+        """The rows sorted by offset (for :func:`_rival_gaps`' buckets), computed once."""
+        if self._offset_order is None:
+            self._offset_order = np.argsort(self.offset32, kind="stable")
+        return self._offset_order
 
     def _gaps(self, points32: np.ndarray, own: np.ndarray, scale: np.ndarray | None = None,
               product: np.ndarray | None = None) -> np.ndarray:
@@ -304,7 +313,7 @@ class _Context:
         # then tried only where it did not win (measured: screen 4.6 -> 3.2 s for 3200 tokens of a
         # 50k x 768 LayerNorm head); on R^d with a bias most columns are still open: all scales at once.
         first = 1 if np.isfinite(reach) else scales.shape[0]
-        approx = _rival_gaps(g32, own, scales32[:first], self.offset32, self.exact_scales)
+        approx = _rival_gaps(g32, own, scales32[:first], self.offset32, self.exact_scales, self.offset_order)
         best = approx.argmax(axis=0)
         best_gap = approx[best, np.arange(n)]
         best_scale = scales[best, np.arange(n)]
@@ -312,7 +321,8 @@ class _Context:
         if first < scales.shape[0] and left.size:
             part = g32 if left.size > n // 4 else np.ascontiguousarray(g32[:, left])
             at = np.arange(n) if part is g32 else left
-            approx = _rival_gaps(part, own[at], scales32[first:, at], self.offset32, self.exact_scales)
+            approx = _rival_gaps(part, own[at], scales32[first:, at], self.offset32, self.exact_scales,
+                                 self.offset_order)
             best = approx.argmax(axis=0)
             gain = approx[best, np.arange(at.size)]
             better = gain > best_gap[at]
@@ -375,13 +385,14 @@ class _Context:
         in float32 (a guess: nothing is certified here)."""
         spread = self._spread(g32)
         scales = spread[None, :] * _UNBOUNDED_SCALES[:, None]
-        approx = _rival_gaps(g32, own, scales.astype(np.float32), self.offset32, self.exact_scales)
+        approx = _rival_gaps(g32, own, scales.astype(np.float32), self.offset32, self.exact_scales,
+                             self.offset_order)
         best_scale = scales[approx.argmax(axis=0), np.arange(g32.shape[1])]
         return best_scale
 
 
 def _rival_gaps(g32: np.ndarray, own: np.ndarray, scales32: np.ndarray, offset32: np.ndarray,
-                exact: bool = False) -> np.ndarray:
+                exact: bool = False, order: np.ndarray | None = None) -> np.ndarray:
     """Per scale and column, a lower bound on the float32 gap ``s_own - max_{j != own} s_j`` of the
     scores ``scales32[k, c] * g32[:, c] + offset32``, within each bucket's spread of offsets of it
     (a guess, to pick a scale: nothing is certified here).
@@ -390,11 +401,13 @@ def _rival_gaps(g32: np.ndarray, own: np.ndarray, scales32: np.ndarray, offset32
     most ``s max_j g_j + max_j o_j`` over its rows, so one pass over the products (their maximum per
     bucket and column) serves every scale, where scoring every row cost a pass per scale (near_dup
     32768 x 512, 11 scales: 8.4 s of a 20 s screen). With ``exact``, the gaps over every row.
+    ``order``, the rows sorted by offset, when the caller keeps it (one argsort per screen, not per block).
     """
     n, cols = g32.shape
     if exact or n < 8 * _BUCKET_ROWS or not (scales32 > 0).all():
         return _all_rival_gaps(g32, own, scales32, offset32)
-    order = np.argsort(offset32, kind="stable")
+    if order is None:
+        order = np.argsort(offset32, kind="stable")
     at = np.arange(cols)
     mine = g32[own, at].copy()
     g32[own, at] = -np.inf  # a token is never its own rival; restored below
