@@ -7,8 +7,10 @@ yet the exact step finds them one token at a time, by constraint generation and 
 solves. Here, for a block of tokens at once:
 
 1. **One support for every token**: the K = 8d rows farthest from the rows' mean in whitened
-   coordinates, the outermost rows of the hull (under-trained rows lie inside it far more often
-   than inside the hull of K random rows; figures in docs/benchmarks.md).
+   coordinates, the outermost rows of the hull; if they certify none of a pass's first block,
+   K rows drawn at random (a fixed seed) instead. Neither choice holds on every head: on a
+   real-like head the outermost rows held every under-trained row tried and random ones none; on
+   LM-like rows whose norms vary around a shared mean, the reverse (figures in docs/benchmarks.md).
 2. **Maximum-entropy weights** on that support with mean ``w_q``: ``lam_j ~ exp(theta_q . w_j)``,
    found by damped Newton steps on the convex dual ``log sum_j exp(theta . w_j) - theta . w_q``.
    All tokens of the block share one Hessian (the block's average, refreshed every few steps), so
@@ -66,6 +68,12 @@ def support_rows(comp: Competitors, size: int, sample: int = 20000, backend=None
     spread = backend.transformed_norms(mean.astype(np.float32), whiten.astype(np.float32))
     size = min(size, m)
     return np.sort(np.argpartition(-spread, size - 1)[:size])
+
+
+def sampled_rows(m: int, size: int) -> np.ndarray:
+    """``size`` of the ``m`` rows drawn at random (sorted), the same ones on every run: a support that
+    depends only on the layer, so that a chunked run decides as a plain one."""
+    return np.sort(np.random.default_rng(_SAMPLE_SEED).choice(m, min(size, m), replace=False))
 
 
 def run(state: AuditState) -> StageStats | None:
@@ -142,12 +150,16 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
             progress(len(positions))  # the stage was announced: complete it
         return [None] * len(positions)
     backend = backend if backend is not None else NumpyBackend(comp.weight32)
-    t0 = time.perf_counter()
-    shared = _Support(comp, support_rows(comp, 8 * d, backend=backend))
-    spent["support"] += time.perf_counter() - t0
     positions = np.asarray(positions, dtype=np.int64)
 
-    def settle(at: np.ndarray, steps: int, patience: int, base: _Support = shared) -> np.ndarray:
+    def make(kind: str, size: int) -> _Support:
+        t0 = time.perf_counter()
+        rows = support_rows(comp, size, backend=backend) if kind == "outermost" else sampled_rows(m, size)
+        found = _Support(comp, rows)
+        spent["support"] += time.perf_counter() - t0
+        return found
+
+    def settle(at: np.ndarray, steps: int, patience: int, base: _Support) -> np.ndarray:
         """Certificates for ``positions[at]`` into ``out``; returns which were dropped as stalled."""
         pos = positions[at]
         t0 = time.perf_counter()
@@ -167,17 +179,28 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
         spent["check"] += time.perf_counter() - t1
         return ~np.isfinite(lams).all(axis=0)
 
-    def settle_blocks(at: np.ndarray, steps: int, patience: int, base: _Support = shared, report=None,
-                      give_up: bool = False) -> np.ndarray:
-        """:func:`settle` a block at a time; returns the positions dropped as stalled. With ``give_up``,
-        a pilot block of ``_GIVE_UP_BLOCK`` tokens goes first: if it gets no certificate, no more do."""
+    def settle_blocks(at: np.ndarray, steps: int, patience: int, size: int, kinds: tuple[str, ...],
+                      report=None, give_up: bool = False) -> tuple[np.ndarray, str]:
+        """:func:`settle` a block at a time on a support of ``size`` rows; returns the positions dropped
+        as stalled and the kind of support used. The first block tries the ``kinds`` in turn until one
+        gives a certificate; the rest of the pass uses that one. With ``give_up``, that first block
+        is a pilot of ``_GIVE_UP_BLOCK`` tokens: if no kind gets it a certificate, no more blocks run."""
         stalled = []
         bounds = [*range(0, at.size, block), at.size]
         if give_up and at.size > 2 * _GIVE_UP_BLOCK:
             bounds = [0, *range(_GIVE_UP_BLOCK, at.size, block), at.size]
+        kind, base = kinds[0], None
         for lo, hi in itertools.pairwise(bounds):
             part = at[lo:hi]
-            stalled.append(part[settle(part, steps, patience, base)])
+            if base is None:  # the first block: the first kind whose support certifies any of it
+                for kind in kinds:
+                    base = make(kind, size)  # replaces the last one (at 128k x 4096 each is 1 GB)
+                    dropped = settle(part, steps, patience, base)
+                    if any(out[k] is not None for k in part):
+                        break
+            else:
+                dropped = settle(part, steps, patience, base)
+            stalled.append(part[dropped])
             if report is not None:
                 report(int(part.size))
             if give_up and part.size >= _GIVE_UP_BLOCK and all(out[k] is None for k in part):
@@ -185,18 +208,24 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
                 if report is not None and at.size > hi:
                     report(int(at.size - hi))
                 break
-        return np.concatenate(stalled) if stalled else np.zeros(0, dtype=np.int64)
+        return (np.concatenate(stalled) if stalled else np.zeros(0, dtype=np.int64)), kind
 
     out: list[certify.CertificateCheck | None] = [None] * positions.size
     skipped: list[int] = []
+    # Two kinds of support, because neither holds on every head: the rows farthest from the mean in
+    # whitened coordinates held 64 of 64 under-trained rows of a real-like 50k x 640 head where 8d
+    # random rows held none; on heads.py's LM-like rows (norms spread log-normally around a shared
+    # mean) the farthest rows are mostly the longest ones, all displaced along the mean, and their
+    # hull held 0 of 64 at 32768 x 512 where random rows held 47 (fp16's near-mean rows: 0 and 64).
+    kinds = _SUPPORT_KINDS
     # Giving up is only safe where no later pass would take what the first leaves: the 16d pass
     # settles under-trained rows the 8d one misses (8192 x 256: 1 of 246 on 8d rows, the rest on 16d).
     # Below d = 1024 that later pass is the wide one alone: a first pass that gives up hands it the
-    # rest at once (32768 x 512 under-trained: the 8d rows' hull held none of 983 rows).
+    # rest at once.
     wide_next = d < _PERSIST_MIN_DIM and depth is not None and comp.bias is None
     later = d >= _PERSIST_MIN_DIM or wide_next
-    stalled = settle_blocks(np.arange(positions.size), steps, _PATIENCE, report=progress,
-                            give_up=give_up and (wide_next or not later))
+    stalled, kind = settle_blocks(np.arange(positions.size), steps, _PATIENCE, 8 * d, kinds, report=progress,
+                                  give_up=give_up and (wide_next or not later))
     if wide_next:
         skipped.clear()
     if give_up:
@@ -206,7 +235,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
     # 5 times the patience, all 28 converged and 27 were settled. Tokens outside the hull (no
     # weights exist) cost one more search per block of them.
     if d >= _PERSIST_MIN_DIM:
-        settle_blocks(stalled, 2 * steps, 5 * _PATIENCE)
+        settle_blocks(stalled, 2 * steps, 5 * _PATIENCE, 8 * d, (kind,))
     # Rows near the boundary of the 8d support's hull (their weights underflow, or the enclosure
     # refuses them) often sit well inside a wider one: at 32768 x 1024 (spread 0.05), 140 of 256
     # under-trained rows were settled on 8d rows and the other 116 all on 16d rows (24 s on 2
@@ -220,15 +249,11 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
         # the search does not aim at, and a wider support settled none more (PP-OCRv4: 0 of 412).
         wanted = depth is not None and comp.bias is None
         left = left[depth[left] >= _WIDE_DEPTH] if wanted else left[:0]
-    if left.size and min(_WIDE * d, m) >= 1.5 * shared.rows.size:
-        shared.inverse = None  # its a_rest and |a_rest| (2 GB at d = 4096) are not needed any more
-        t0 = time.perf_counter()
-        wide = _Support(comp, support_rows(comp, _WIDE * d, backend=backend))
-        spent["support"] += time.perf_counter() - t0
+    if left.size and min(_WIDE * d, m) >= 12 * d:
         # The same rule as the first pass: a first block of the deepest rows with no certificate on
-        # the wide support ends it (32768 x 512 under-trained: 983 rows, none inside the 16d rows'
-        # hull either; its 4 blocks cost about 30 s).
-        settle_blocks(left, 2 * steps, 5 * _PATIENCE, wide, give_up=give_up)
+        # either wide support ends it. The kind the first pass used goes first.
+        settle_blocks(left, 2 * steps, 5 * _PATIENCE, _WIDE * d, (kind, *(k for k in kinds if k != kind)),
+                      give_up=give_up)
         if give_up:
             spent["skipped"] = float(len(skipped))
     return out
@@ -237,6 +262,8 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
 # Below this d the exact step is fast and the two later passes cost more than they save (docs/benchmarks.md).
 _PERSIST_MIN_DIM = 1024
 _WIDE = 16  # rows per dimension in the last pass's support (the first has 8)
+_SAMPLE_SEED = 20261206  # the random support's rows (any fixed seed: only hints are drawn)
+_SUPPORT_KINDS = ("outermost", "sampled")  # tried in this order on a pass's first block
 # The screen's depth (Guesses.depth) below which a token skips the phase: near-duplicate twins lead by
 # 2e-5 to 6e-5 of the logits' scale, under-trained and planted rows by 0.03 to 1 (docs/benchmarks.md).
 _SHALLOW = 1e-3

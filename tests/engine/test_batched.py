@@ -270,11 +270,29 @@ def _family(name: str, size: str):
     return heads.make(name, size, 0)
 
 
+def test_a_pass_whose_first_support_holds_nothing_tries_random_rows(monkeypatch):
+    """On heads.py's LM-like rows the 8d outermost rows are mostly the longest, displaced along the
+    shared mean: their hull holds none of the under-trained rows. The first block then tries 8d rows
+    drawn at random, which hold them all, and the rest of the pass keeps that support."""
+    from argmaxcheck.engine import batched  # noqa: PLC0415
+
+    head = _family("undertrained", "8192x256")
+    ids = np.argsort(np.linalg.norm(head.weight - head.weight.mean(axis=0), axis=1))[:200].tolist()
+    monkeypatch.setattr(batched, "_WIDE_DEPTH", np.inf)  # the 8d pass alone
+    report = audit(head.weight, tokens=ids, options=AuditOptions(probability_seconds=0.0))
+    assert report.stats.stage("batched").settled == 200
+    assert all(t.verdict == "unargmaxable" and t.stage == "batched" for t in report.tokens)
+    monkeypatch.setattr(batched, "_SUPPORT_KINDS", ("outermost",))
+    alone = audit(head.weight, tokens=ids[:64], options=AuditOptions(probability_seconds=0.0))
+    assert alone.stats.stage("batched").settled < 8
+
+
 def test_deep_rows_below_d_1024_get_the_wide_pass_by_their_depth(monkeypatch):
     """At 8192 x 256 the 8d outermost rows' hull misses under-trained rows (0.05 of their deviation from
     the mean); the 16d pass settles them, and runs only for rows the screen found deep."""
     from argmaxcheck.engine import batched  # noqa: PLC0415
 
+    monkeypatch.setattr(batched, "_SUPPORT_KINDS", ("outermost",))  # the support that misses them at 8d
     head = _family("undertrained", "8192x256")
     ids = np.argsort(np.linalg.norm(head.weight - head.weight.mean(axis=0), axis=1))[:64].tolist()
     report = audit(head.weight, tokens=ids, options=AuditOptions(probability_seconds=0.0))
@@ -314,7 +332,8 @@ def test_the_phase_gives_up_after_a_pilot_block_and_hands_the_rest_to_the_wide_p
     monkeypatch.setattr(batched, "_max_entropy_weights", spy)
     _, spent = interior_certificates(comp, np.arange(200), Unbounded().resolve(8), block=128, depth=np.ones(200),
                                      give_up=True)
-    # A pilot block of 64 without a certificate ends a pass. With a bias (below d = 1024) nothing runs
-    # after the first; without one, the 16d pass takes every row the first left, and gives up the same way.
-    assert searched == ([64] if with_bias else [64, 64])
+    # A pilot block of 64 that no kind of support gives a certificate (outermost, then random rows) ends a
+    # pass. With a bias (below d = 1024) nothing runs after the first; without one, the 16d pass takes
+    # every row the first left, and gives up the same way.
+    assert searched == ([64, 64] if with_bias else [64, 64, 64, 64])
     assert spent["skipped"] == 136
