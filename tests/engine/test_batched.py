@@ -337,3 +337,41 @@ def test_the_phase_gives_up_after_a_pilot_block_and_hands_the_rest_to_the_wide_p
     # every row the first left, and gives up the same way.
     assert searched == ([64, 64] if with_bias else [64, 64, 64, 64])
     assert spent["skipped"] == 136
+
+
+def test_deep_rows_of_a_ball_with_a_bias_get_certificates_that_hold_on_the_ball(monkeypatch):
+    """Off R^d the phase takes the rows the screen found deepest: a LayerNorm-folded head's under-trained
+    rows (a ball with a bias). Each certificate holds on R^d, so on the ball too; the check is redone here
+    and the verdicts are those of the per-token exact step. The search's tilt towards rows of larger bias
+    is what meets their bias inequality more often."""
+    from argmaxcheck.engine import batched  # noqa: PLC0415
+
+    head = _family("layernorm_ball", "4096x128")
+    report = audit(head.weight, head.bias, head.domain, options=AuditOptions(probability_seconds=0.0))
+    stage = report.stats.stage("batched")
+    settled = [t for t in report.tokens if t.stage == "batched"]
+    assert stage.settled == len(settled) > 30
+    for t in settled:
+        assert t.verdict == "unargmaxable"
+        again = certify.check_certificate(head.weight.astype(np.float64), head.bias.astype(np.float64), t.id,
+                                          t.support, t.weights, head.domain)
+        assert again.ok, again.reason
+    ids = [t.id for t in settled[:6]]
+    exact = audit(head.weight, head.bias, head.domain, tokens=ids, options=AuditOptions(exact_all=True))
+    assert [t.verdict for t in exact.tokens] == ["unargmaxable"] * len(ids)
+    monkeypatch.setattr(batched, "_TILT", 0.0)
+    untilted = audit(head.weight, head.bias, head.domain, options=AuditOptions(probability_seconds=0.0))
+    assert untilted.stats.stage("batched").settled < stage.settled
+    assert [t.verdict for t in untilted.tokens] == [t.verdict for t in report.tokens]
+
+
+def test_off_rd_a_few_deep_rows_are_left_to_the_exact_step():
+    """Fewer than _MIN_ROWS_OFF_RD deep rows on a ball with a bias: the supports would cost more than the
+    exact step, and the phase does not run."""
+    head = _family("layernorm_ball", "4096x128")
+    deep = [t for t in audit(head.weight, head.bias, head.domain, options=AuditOptions(probability_seconds=0.0)).tokens
+            if t.stage == "batched"][:5]
+    report = audit(head.weight, head.bias, head.domain, tokens=[t.id for t in deep],
+                   options=AuditOptions(probability_seconds=0.0))
+    assert report.stats.stage("batched") is None
+    assert [t.verdict for t in report.tokens] == ["unargmaxable"] * 5

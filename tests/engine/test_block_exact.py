@@ -100,7 +100,7 @@ def test_tokens_it_cannot_settle_fall_back_to_solve_token(rng, monkeypatch):
     blocks = report.stats.stage("block_exact")
     assert blocks.settled == 0 and report.stats.stage("exact").tokens_in == blocks.tokens_in > 0
     assert [t.verdict for t in report.tokens] == [t.verdict for t in reference.tokens]
-    assert all(t.stage in ("screen", "polish", "exact") for t in report.tokens)
+    assert all(t.stage in ("screen", "batched", "polish", "exact") for t in report.tokens)
 
 
 @pytest.mark.parametrize("ball", [False, True])
