@@ -138,10 +138,11 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
     :attr:`~.state.Guesses.depth` of each token) decides, below d = 1024, which tokens the first
     pass left get the pass on 16d rows: those at least ``_WIDE_DEPTH`` deep, on a layer without bias.
     With ``give_up`` (positions sorted deepest first), each pass starts with a pilot block of
-    ``_GIVE_UP_BLOCK`` tokens; a block where fewer than ``_MIN_YIELD`` of them get a certificate ends
-    the pass. The rest, shallower, go on to the wide pass where one follows (below d = 1024,
-    bias-free), else to the exact step (``spent["skipped"]`` counts those). On PP-OCRv5, whose rows
-    must also meet the bias inequality, the phase spent 6.2 s on 6,189 rows and settled none.
+    ``_GIVE_UP_BLOCK`` tokens; a block where fewer than ``_MIN_YIELD`` of them (off R^d
+    ``_MIN_YIELD_OFF_RD``) get a certificate ends the pass. The rest, shallower, go on to the wide
+    pass where one follows (below d = 1024, bias-free), else to the exact step (``spent["skipped"]``
+    counts those). On PP-OCRv5, whose rows must also meet the bias inequality, the phase spent
+    6.2 s on 6,189 rows and settled none.
     """
     spent = {"support": 0.0, "search": 0.0, "check": 0.0}
     # The search only proposes weights; overflow there (rows far outside a token's reach) gives inf or
@@ -220,7 +221,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
             if report is not None:
                 report(int(part.size))
             proven = sum(out[k] is not None for k in part)
-            if give_up and part.size >= _GIVE_UP_BLOCK and proven < _MIN_YIELD * part.size:
+            if give_up and part.size >= _GIVE_UP_BLOCK and proven < min_yield * part.size:
                 skipped.extend(at[hi:].tolist())
                 if report is not None and at.size > hi:
                     report(int(at.size - hi))
@@ -229,6 +230,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
 
     out: list[certify.CertificateCheck | None] = [None] * positions.size
     skipped: list[int] = []
+    min_yield = _MIN_YIELD if domain.whole_space else _MIN_YIELD_OFF_RD
     # Two kinds of support, because neither holds on every head: the rows farthest from the mean in
     # whitened coordinates held 64 of 64 under-trained rows of a real-like 50k x 640 head where 8d
     # random rows held none; on heads.py's LM-like rows (norms spread log-normally around a shared
@@ -293,10 +295,14 @@ _MIN_ROWS_OFF_RD = 16  # deep rows needed for the phase to run on a domain other
 _SHALLOW = 1e-3
 _WIDE_DEPTH = 0.04  # below d = 1024, tokens at least this deep get the 16d pass
 _GIVE_UP_BLOCK = 64  # a first-pass block of at least this many of the deepest tokens, none settled, ends the phase
-# ... or fewer than this share of them: the rest, shallower, do worse. Off R^d a block of 256 costs about
-# what the exact step spends on 60 of them (24 %): box_bias 32768 x 512 settled 21 of 64, then 68, 58, 69
-# and 7 of 256 (18 s for 223 rows, the exact step 54 ms a row); layernorm_ball 46 of 64, 153, 136 of 256.
+# ... or fewer than this share of them: the rest, shallower, do worse. Where the block costs less than
+# the exact step would spend on that share, the phase pays. Off R^d the exact step is often cheap (a
+# bounded box), so more is asked: per settled row the phase took 17 ms against the exact step's 12 on
+# box_bias 8192 x 256 (48 % settled), 80 against 54 ms at 32768 x 512 (21 of 64, then 68, 58, 69 of
+# 256), but 75 against 225 ms on layernorm_ball 32768 x 512 (46 of 64, then 153, 136 of 256) and 15
+# against 32 ms on swish_box 8192 x 256 (191 of 246).
 _MIN_YIELD = 0.25
+_MIN_YIELD_OFF_RD = 0.5
 _PATIENCE = 8  # Newton steps before a token whose residual has not fallen tenfold is dropped (see below)
 _QR_RETRY_MAX_DIM = 1024  # above this, a pivoted QR of the support costs more than it saves (see _check_block)
 
