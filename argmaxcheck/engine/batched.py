@@ -211,7 +211,8 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
             part = at[lo:hi]
             if base is None:  # the first block: the first kind whose support certifies any of it
                 for kind in kinds:
-                    base = make(kind, size)  # replaces the last one (at 128k x 4096 each is 1 GB)
+                    base = None  # the last kind's support goes first (1 GB at 128k x 4096, more with its inverse)
+                    base = make(kind, size)
                     dropped = settle(part, steps, patience, base)
                     if any(out[k] is not None for k in part):
                         break
