@@ -125,8 +125,8 @@ def decide_narrow(results: dict, comp: Competitors, position, domain, unit: floa
         return threshold(comp, on_the_sphere(x, bounded, comp.bias), unit)
 
     def taus_at(points: list[np.ndarray]) -> np.ndarray:
-        """``tau_at`` for many points, by one product per ``block`` of them (a pass over the rows
-        each, where one a point cost whisper-base 117 passes of 7 ms)."""
+        """``tau_at`` for many points, one product per ``block`` of them (a pass over the rows a
+        point cost whisper-base 117 passes of 7 ms)."""
         return thresholds(comp, np.column_stack([on_the_sphere(x, bounded, comp.bias) for x in points]),
                           unit, block)
 
