@@ -244,7 +244,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
     # rest at once.
     wide_next = d < _PERSIST_MIN_DIM and depth is not None and comp.bias is None
     later = d >= _PERSIST_MIN_DIM or wide_next
-    stalled, kind = settle_blocks(np.arange(positions.size), steps, _PATIENCE, 8 * d, kinds, report=progress,
+    stalled, kind = settle_blocks(np.arange(positions.size), steps, _PATIENCE, _FIRST * d, kinds, report=progress,
                                   give_up=give_up and (wide_next or not later))
     if wide_next:
         skipped.clear()
@@ -255,7 +255,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
     # 5 times the patience, all 28 converged and 27 were settled. Tokens outside the hull (no
     # weights exist) cost one more search per block of them.
     if d >= _PERSIST_MIN_DIM:
-        settle_blocks(stalled, 2 * steps, 5 * _PATIENCE, 8 * d, (kind,))
+        settle_blocks(stalled, 2 * steps, 5 * _PATIENCE, _FIRST * d, (kind,))
     # Rows near the boundary of the 8d support's hull (their weights underflow, or the enclosure
     # refuses them) often sit well inside a wider one: at 32768 x 1024 (spread 0.05), 140 of 256
     # under-trained rows were settled on 8d rows and the other 116 all on 16d rows (24 s on 2
@@ -269,9 +269,9 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
         # the search does not aim at, and a wider support settled none more (PP-OCRv4: 0 of 412).
         wanted = depth is not None and comp.bias is None
         left = left[depth[left] >= _WIDE_DEPTH] if wanted else left[:0]
-    if left.size and min(_WIDE * d, m) >= 12 * d:
-        # The same rule as the first pass: a first block of the deepest rows with no certificate on
-        # either wide support ends it. The kind the first pass used goes first.
+    if left.size and min(_WIDE * d, m) >= 1.5 * _FIRST * d:
+        # The same rules as the first pass (a pilot on either kind of wide support, the yield of each
+        # block); the kind the first pass used goes first.
         settle_blocks(left, 2 * steps, 5 * _PATIENCE, _WIDE * d, (kind, *(k for k in kinds if k != kind)),
                       give_up=give_up)
         if give_up:
@@ -281,7 +281,8 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
 
 # Below this d the exact step is fast and the two later passes cost more than they save (docs/benchmarks.md).
 _PERSIST_MIN_DIM = 1024
-_WIDE = 16  # rows per dimension in the last pass's support (the first has 8)
+_FIRST = 8  # rows per dimension in the first pass's support
+_WIDE = 16  # rows per dimension in the last pass's support
 _SAMPLE_SEED = 20261206  # the random support's rows (any fixed seed: only hints are drawn)
 _SUPPORT_KINDS = ("outermost", "sampled")  # tried in this order on a pass's first block
 # With a bias, the weights must also give sum_j lam_j b_j >= b_q: the search starts from weights tilted
@@ -295,13 +296,14 @@ _MIN_ROWS_OFF_RD = 16  # deep rows needed for the phase to run on a domain other
 # 2e-5 to 6e-5 of the logits' scale, under-trained and planted rows by 0.03 to 1 (docs/benchmarks.md).
 _SHALLOW = 1e-3
 _WIDE_DEPTH = 0.04  # below d = 1024, tokens at least this deep get the 16d pass
-_GIVE_UP_BLOCK = 64  # a first-pass block of at least this many of the deepest tokens, none settled, ends the phase
-# ... or fewer than this share of them: the rest, shallower, do worse. Where the block costs less than
-# the exact step would spend on that share, the phase pays. Off R^d the exact step is often cheap (a
-# bounded box), so more is asked: per settled row the phase took 17 ms against the exact step's 12 on
-# box_bias 8192 x 256 (48 % settled), 80 against 54 ms at 32768 x 512 (21 of 64, then 68, 58, 69 of
-# 256), but 75 against 225 ms on layernorm_ball 32768 x 512 (46 of 64, then 153, 136 of 256) and 15
-# against 32 ms on swish_box 8192 x 256 (191 of 246).
+_GIVE_UP_BLOCK = 64  # the pilot: a pass's first block, of this many of the deepest tokens
+# A block of at least _GIVE_UP_BLOCK tokens of which fewer than this share get a certificate ends the
+# pass: the rest, shallower, do worse. Where the block costs less than the exact step would spend on
+# that share, the phase pays. Off R^d the exact step is often cheap (a bounded box), so more is asked:
+# per settled row the phase took 17 ms against the exact step's 12 on box_bias 8192 x 256 (48 %
+# settled), 80 against 54 ms at 32768 x 512 (21 of 64, then 68, 58, 69 of 256), but 75 against 225 ms
+# on layernorm_ball 32768 x 512 (46 of 64, then 153, 136 of 256) and 15 against 32 ms on swish_box
+# 8192 x 256 (191 of 246).
 _MIN_YIELD = 0.25
 _MIN_YIELD_OFF_RD = 0.5
 _PATIENCE = 8  # Newton steps before a token whose residual has not fallen tenfold is dropped (see below)
