@@ -44,8 +44,20 @@ if TYPE_CHECKING:
     from .state import AuditState
 
 
-def support_rows(comp: Competitors, size: int, sample: int = 20000, backend=None) -> np.ndarray:
+def support_rows(comp: Competitors, size: int, sample: int = 20000, backend=None,
+                 spread: np.ndarray | None = None) -> np.ndarray:
     """The ``size`` rows farthest from the mean in whitened coordinates (sorted indices).
+
+    ``spread`` is :func:`whitened_spread`'s answer when the caller has it (a second support
+    of another size costs no second pass over the rows).
+    """
+    spread = whitened_spread(comp, sample, backend) if spread is None else spread
+    size = min(size, spread.size)
+    return np.sort(np.argpartition(-spread, size - 1)[:size])
+
+
+def whitened_spread(comp: Competitors, sample: int = 20000, backend=None) -> np.ndarray:
+    """Every row's distance from the rows' mean in whitened coordinates.
 
     The covariance is estimated on an evenly spaced sample of rows: a hint for choosing rows,
     never used in a certificate. ``backend`` ranks the rows (a GPU's, when the audit has one).
@@ -66,9 +78,7 @@ def support_rows(comp: Competitors, size: int, sample: int = 20000, backend=None
     values, vectors = backend.on_device(eigen, "choosing the batched phase's support")
     keep = values > values.max() * 1e-12
     whiten = vectors[:, keep] / np.sqrt(values[keep])
-    spread = backend.transformed_norms(mean.astype(np.float32), whiten.astype(np.float32))
-    size = min(size, m)
-    return np.sort(np.argpartition(-spread, size - 1)[:size])
+    return backend.transformed_norms(mean.astype(np.float32), whiten.astype(np.float32))
 
 
 def sampled_rows(m: int, size: int) -> np.ndarray:
@@ -163,9 +173,16 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
     backend = backend if backend is not None else NumpyBackend(comp.weight32)
     positions = np.asarray(positions, dtype=np.int64)
 
+    spreads: list[np.ndarray] = []  # the whitened spread, once per call (every pass's outermost rows)
+
     def make(kind: str, size: int) -> _Support:
         t0 = time.perf_counter()
-        rows = support_rows(comp, size, backend=backend) if kind == "outermost" else sampled_rows(m, size)
+        if kind == "outermost":
+            if not spreads:
+                spreads.append(whitened_spread(comp, backend=backend))
+            rows = support_rows(comp, size, spread=spreads[0])
+        else:
+            rows = sampled_rows(m, size)
         found = _Support(comp, rows)
         spent["support"] += time.perf_counter() - t0
         return found
@@ -210,10 +227,13 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
         for lo, hi in itertools.pairwise(bounds):
             part = at[lo:hi]
             if base is None:  # the first block: the first kind whose support certifies any of it
+                # A pilot only tests the support: tokens that converge at all fall tenfold within
+                # _PILOT_PATIENCE steps, and a support that holds none of them costs only that.
+                pilot_patience = min(patience, _PILOT_PATIENCE) if give_up else patience
                 for kind in kinds:
                     base = None  # the last kind's support goes first (1 GB at 128k x 4096, more with its inverse)
                     base = make(kind, size)
-                    dropped = settle(part, steps, patience, base)
+                    dropped = settle(part, steps, pilot_patience, base)
                     if any(out[k] is not None for k in part):
                         break
             else:
@@ -307,6 +327,11 @@ _GIVE_UP_BLOCK = 64  # the pilot: a pass's first block, of this many of the deep
 _MIN_YIELD = 0.25
 _MIN_YIELD_OFF_RD = 0.5
 _PATIENCE = 8  # Newton steps before a token whose residual has not fallen tenfold is dropped (see below)
+# The same for a pass's pilot block, where a pass's own patience is longer (the wide pass: 5 * _PATIENCE).
+# On shallow 32768 x 512, whose 32 planted rows no support holds, the wide pass's pilot cost 3.7 s with
+# 40 steps of patience (both kinds of support) and 1.4 s with 16; on undertrained 32768 x 512 the pilot
+# with 16 settled 63 of 64, with 40 all 64 (8 steps: 60).
+_PILOT_PATIENCE = 16
 _QR_RETRY_MAX_DIM = 1024  # above this, a pivoted QR of the support costs more than it saves (see _check_block)
 
 

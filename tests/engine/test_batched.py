@@ -327,16 +327,45 @@ def test_the_phase_gives_up_after_a_pilot_block_and_hands_the_rest_to_the_wide_p
 
     def spy(support, targets, *args, **kwargs):
         searched.append(len(targets))
+        patience.append(kwargs["patience"])
         return search(support, targets, *args, **kwargs)
 
+    patience = []
     monkeypatch.setattr(batched, "_max_entropy_weights", spy)
     _, spent = interior_certificates(comp, np.arange(200), Unbounded().resolve(8), block=128, depth=np.ones(200),
                                      give_up=True)
     # A pilot block of 64 that no kind of support gives a certificate (outermost, then random rows) ends a
     # pass. With a bias (below d = 1024) nothing runs after the first; without one, the 16d pass takes
-    # every row the first left, and gives up the same way.
+    # every row the first left, and gives up the same way, after a pilot's patience (not the pass's 40).
     assert searched == ([64, 64] if with_bias else [64, 64, 64, 64])
+    assert patience == ([8, 8] if with_bias else [8, 8, batched._PILOT_PATIENCE, batched._PILOT_PATIENCE])
     assert spent["skipped"] == 136
+
+
+def test_the_wide_pass_pilot_has_a_short_patience_and_the_blocks_after_it_the_pass_s_own(rng, monkeypatch):
+    from argmaxcheck.engine import batched  # noqa: PLC0415
+
+    weight, _, ids = _planted(rng, n=4000, planted=200)
+    d = weight.shape[1]
+    original_check, original_search = batched._check_block, batched._max_entropy_weights
+    calls = []
+
+    def narrow_refuses_all(comp_, pos, support, lams, converged, domain):
+        checks = original_check(comp_, pos, support, lams, converged, domain)
+        return checks if support.rows.size > 8 * d + 1 else [None] * len(checks)
+
+    def spy(support, targets, *args, **kwargs):
+        calls.append((support.rows.size > 8 * d + 1, len(targets), kwargs["patience"]))
+        return original_search(support, targets, *args, **kwargs)
+
+    monkeypatch.setattr(batched, "_check_block", narrow_refuses_all)
+    monkeypatch.setattr(batched, "_max_entropy_weights", spy)
+    checks, _ = interior_certificates(Competitors(weight, None), ids, Unbounded().resolve(d), block=64,
+                                      depth=np.ones(ids.size), give_up=True)
+    wide = [(size, patience) for is_wide, size, patience in calls if is_wide]
+    assert wide == [(64, batched._PILOT_PATIENCE), (64, 5 * batched._PATIENCE), (64, 5 * batched._PATIENCE),
+                    (8, 5 * batched._PATIENCE)]
+    assert all(c is not None for c in checks)
 
 
 def test_deep_rows_of_a_ball_with_a_bias_get_certificates_that_hold_on_the_ball(monkeypatch):
