@@ -190,3 +190,23 @@ def test_enclosure_edge_shapes_hold_the_exact_solution(case):
     for i, j in enumerate(basis):
         assert abs(exact[i] - Fraction(float(mid[j]))) <= Fraction(float(rad[j]))
 
+
+
+def test_exact_differences_agree_with_rational_arithmetic(rng):
+    """The TwoSum test says a difference is exact exactly when it is, float for float."""
+    from fractions import Fraction  # noqa: PLC0415
+
+    a = rng.normal(size=(40, 7))
+    b = rng.normal(size=7)
+    a32, b32 = a.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64)
+    for left, right in ((a32, b32), (a, b), (a32, b), (a32 * 2.0**-1060, b32 * 2.0**-1060)):
+        diff = left - right
+        exact = all(Fraction(float(x)) - Fraction(float(y)) == Fraction(float(z))
+                    for x, y, z in zip(left.ravel(), np.broadcast_to(right, left.shape).ravel(), diff.ravel(),
+                                       strict=True))
+        assert certify._exact_differences(left, right, diff) == exact
+    assert certify._exact_differences(a32, b32, a32 - b32)  # float32 values: always exact in float64
+    assert not certify._exact_differences(a, b, a - b)
+    nan = a32.copy()
+    nan[3, 2] = np.nan
+    assert not certify._exact_differences(nan, b32, nan - b32)
