@@ -36,6 +36,7 @@ def test_chunked_and_resumed_reports_equal_the_plain_one(layer, tmp_path):
     resumed = audit_sharded(layer, chunk_size=7, options=OPTIONS, journal=tmp_path / "j")
     assert resumed.stats.run.chunks_from_journal == 6
     assert_same_report(resumed, plain)
+    assert_same_report(resumed, chunked, same_split=True)  # the same chunks: every proof and stage record
     recheck = resumed.stats.stage("recheck")  # every proof from the journal was checked again, none failed
     assert (recheck.tokens_in, recheck.settled) == (40, 0)
     # The stage records add up over the chunks: every token went into the first stage once.
