@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .state import AuditState
 
 _NEAREST = 16  # rows nearest to the token in every first working set (near-duplicates bind first)
+_SMALLEST_START = 64  # the fewest most-violated rows a token starts with (see solve_blocks)
 
 
 def run(state: AuditState) -> StageStats | None:
@@ -93,6 +94,14 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
     # the next blocks' first working sets (what Competitors.recent_support does for solve_token). A
     # small pilot block goes first so that most tokens start with them.
     shared = np.zeros(0, dtype=np.int64)
+    # How many of its most violated rows a token starts with: what the blocks so far needed, unless
+    # the options fix it. Where tokens settle in their first round the start was more than they needed
+    # (box_bias 32768 x 512: a certificate there is often one row, a witness binds few) and it halves;
+    # where they need three rounds or more (rows deep in a ball or in R^d, whose certificates hold
+    # d + 1 rows or more) it doubles back, never above the default of max(d, 100). On box_bias the
+    # exact step went from 56 to 33 ms a token; starting small everywhere cost rows deep in the
+    # hull 30 % more (undertrained 32768 x 512) and left 5 of 60 of layernorm_ball's to the per-token solver.
+    start = options.initial_rows or max(d, 100)
     first = 0
     while first < positions.size:
         size = min(block, max(8, first))  # 8, 8, 16, 32, ...: the shared rows refresh early on
@@ -100,7 +109,7 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
         try:
             with np.errstate(all="ignore"):  # NaN and inf are tested for where they matter
                 found = _solve_block(comp, pos, domain, np.asarray(starts[first:first + size], dtype=np.float64),
-                                     options, kmax, shared,
+                                     options, kmax, shared, start,
                                      None if exclude is None else exclude[first:first + size],
                                      None if seeds is None else seeds[first:first + size], unchecked)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):  # numerics: the per-token solver decides
@@ -108,6 +117,13 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
         out[first:first + pos.size] = found
         if progress is not None:
             progress(int(pos.size))
+        rounds = [f.rounds for f in found if f is not None]
+        if rounds and not options.initial_rows:
+            typical = float(np.median(rounds))
+            if typical <= 1:
+                start = max(_SMALLEST_START, start // 2)
+            elif typical >= 3:
+                start = min(max(d, 100), 2 * start)
         certs = [f.certificate for f in found if f is not None and f.certificate is not None]
         if certs:
             cert = certs[-1]
@@ -116,8 +132,8 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
     return out
 
 
-def _solve_block(comp, pos, domain, starts, options, kmax, shared, exclude=None, seeds=None, unchecked=False
-                 ) -> list[ExactResult | None]:
+def _solve_block(comp, pos, domain, starts, options, kmax, shared, start, exclude=None, seeds=None,
+                 unchecked=False) -> list[ExactResult | None]:
     n, d = comp.weight.shape
     size = pos.size
     ball = domain.solver_family == "socp"
@@ -128,7 +144,7 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared, exclude=None,
     scores = np.asarray(rows_times(comp.weight, starts.T))
     if comp.bias is not None:
         scores += comp.bias[:, None]
-    k0 = min(n - 1, options.initial_rows or max(d, 100), kmax)
+    k0 = min(n - 1, start, kmax)
     per_round = options.rows_per_round or max(d // 2, 50)
     working: list[np.ndarray] = []
     for b in range(size):

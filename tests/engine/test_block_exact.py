@@ -123,3 +123,29 @@ def test_batched_ipm_agrees_with_the_single_one(rng, ball):
         else:
             assert res.t[m] <= 1e-7
         assert np.all(res.duals[m][~rows] == 0)
+
+
+@pytest.mark.parametrize(("rounds", "fixed", "expected"), [
+    ([1] * 6, 0, [300, 150, 75, 64, 64, 64]),  # settled at once: the start halves, down to 64
+    ([1, 1, 3, 3, 3, 2], 0, [300, 150, 75, 150, 300, 300]),  # three rounds: doubles back, up to max(d, 100)
+    ([2] * 6, 0, [300] * 6),  # two rounds: as it is
+    ([1] * 6, 200, [200] * 6),  # the options fix it: never changed
+])
+def test_the_start_rows_follow_the_rounds_the_blocks_needed(monkeypatch, rounds, fixed, expected):
+    """How many most-violated rows a token starts with adapts to what the blocks before needed."""
+    from argmaxcheck.engine.competitors import Competitors  # noqa: PLC0415
+    from argmaxcheck.engine.exact import ExactResult  # noqa: PLC0415
+    from argmaxcheck.engine.options import ExactOptions  # noqa: PLC0415
+
+    d = 300
+    comp = Competitors(np.random.default_rng(0).normal(size=(2000, d)), None)
+    starts = []
+
+    def recorded(comp_, pos, domain, points, options, kmax, shared, start, *args):
+        starts.append(start)
+        return [ExactResult(witness=np.zeros(d), witness_gap=1.0, rounds=rounds[len(starts) - 1]) for _ in pos]
+
+    monkeypatch.setattr(block_exact, "_solve_block", recorded)
+    block_exact.solve_blocks(comp, np.arange(8 * 6), Unbounded().resolve(d), None, ExactOptions(initial_rows=fixed),
+                             budget_bytes=1)  # blocks of 8 tokens
+    assert starts == expected
