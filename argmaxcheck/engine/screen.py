@@ -339,17 +339,23 @@ class _Context:
         lower, upper = self.lower, self.upper
         best_gap = np.full(unit.shape[0], -np.inf)
         best_pts = np.zeros_like(unit)
+        cols = np.arange(unit.shape[0])
         for reach in (self.box_half * np.sqrt(self.d), self.box_half):
-            pts = np.clip(self.box_centre + reach * unit, lower, upper)
+            # The shorter reach only for the columns the longer one did not prove: a product fewer
+            # for most of them (box_bias 32768 x 512: the screen was 3 products, 16.5 s).
+            pts = np.clip(self.box_centre + reach * unit[cols], lower, upper)
             # The claimed points are float32 numbers inside the box (rounding must not leave it).
             pts32 = pts.astype(np.float32)
             pts = np.clip(pts32.astype(np.float64), lower, upper)
             pts32 = pts.astype(np.float32)
             exact = np.all(pts32.astype(np.float64) == pts, axis=1)
-            gap = self._gaps(pts32, own)
+            gap = self._gaps(pts32, own[cols])
             gap[~exact] = -np.inf
-            better = gap > best_gap
-            best_gap[better], best_pts[better] = gap[better], pts[better]
+            better = gap > best_gap[cols]
+            best_gap[cols[better]], best_pts[cols[better]] = gap[better], pts[better]
+            cols = np.flatnonzero(best_gap <= 0)
+            if cols.size == 0:
+                break
         left = np.flatnonzero(best_gap <= 0)
         if self.has_offset and left.size and np.isinf(upper - lower).any():
             # A box open on some side, with a bias: the scale of a good point is set by the bias,

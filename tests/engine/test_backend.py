@@ -257,3 +257,29 @@ def test_tokens_no_guess_proves_keep_the_point_of_an_exact_scale_search(rng, mon
     assert lost.sum() > 20
     assert (refined.gap[lost] >= bounded.gap[lost]).all() and (refined.gap[lost] > bounded.gap[lost]).any()
     assert np.array_equal(refined.gap[~lost], bounded.gap[~lost])
+
+
+def test_on_a_box_the_shorter_reach_is_tried_only_for_the_columns_the_longer_one_left(rng, monkeypatch):
+    """Each guess is scored at two reaches into a box; columns the first proves cost no second product.
+    What the screen proves is the same as scoring every column at both reaches."""
+    from argmaxcheck.engine import screen  # noqa: PLC0415
+
+    n, d = 3000, 16
+    weight = rng.normal(size=(n, d))
+    weight[:200] *= 0.5  # rows that lose almost everywhere: the first reach leaves them
+    bias = rng.normal(scale=0.3, size=n)
+    domain = Box(-np.ones(d), np.ones(d)).resolve(d)
+    scored = []
+    gaps = screen._Context._gaps
+
+    def counted(self, points32, own, *args, **kwargs):
+        scored.append(len(own))
+        return gaps(self, points32, own, *args, **kwargs)
+
+    monkeypatch.setattr(screen._Context, "_gaps", counted)
+    found = screen.screen(weight.astype(np.float32), weight, bias, np.arange(n), domain)
+    assert scored[0] == n and 0 < scored[1] < n / 2  # the first guess: every column, then the unproven
+    assert (found.gap > 0).sum() > n / 2
+    for row in np.flatnonzero(found.gap > 0)[:50]:  # each claimed point lies in the box and wins there
+        point = found.witness[row]
+        assert np.all(np.abs(point) <= 1) and np.argmax(weight @ point + bias) == row
