@@ -7,8 +7,9 @@ sit deep inside the hull, where such weights abound, yet the exact step finds th
 time, by constraint generation and interior-point solves. Here, for a block of tokens at once:
 
 1. **One support for every token**: the K = 8d rows farthest from the rows' mean in whitened
-   coordinates, the outermost rows of the hull; if they certify none of a pass's first block,
-   K rows drawn at random (a fixed seed) instead. Neither choice holds on every head: on a
+   coordinates, the outermost rows of the hull; if they certify under a quarter of a pass's first
+   block, K rows drawn at random (a fixed seed) are tried on the rest, and the pass keeps the kind
+   that certified more. Neither choice holds on every head: on a
    real-like head the outermost rows held every under-trained row tried and random ones none; on
    LM-like rows whose norms vary around a shared mean, the reverse (figures in docs/benchmarks.md).
 2. **Maximum-entropy weights** on that support with mean ``w_q``: ``lam_j ~ exp(theta_q . w_j)``
