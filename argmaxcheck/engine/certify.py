@@ -208,7 +208,7 @@ def check_certificate(weight: np.ndarray, bias: np.ndarray | None, row: int, sup
     # coordinate on an open side whose |v_k| is at noise level must be an equality too.
     scale = vecmat(lam, np.abs(rows) + np.abs(w_i))
     near_zero = domain.open_coordinates() & (np.abs(v) <= 1e-9 * np.maximum(scale, 1e-300))
-    return _check_exactly(weight, bias, row, support, lam, domain, [undecided, undecided | near_zero])
+    return _check_exactly(weight, bias, row, support, lam, domain, [undecided, undecided | near_zero], rows)
 
 
 def best_gap_bound(weight: np.ndarray, bias: np.ndarray | None, row: int, support: np.ndarray,
@@ -272,14 +272,15 @@ def _bound_from_interval(v, v_err, beta, beta_err, domain) -> tuple[float, np.nd
     return -lower, undecided
 
 
-def _check_exactly(weight, bias, row, support, lam, domain, masks) -> CertificateCheck:
+def _check_exactly(weight, bias, row, support, lam, domain, masks, rows: np.ndarray) -> CertificateCheck:
     """Prove the equalities ``sum_j lam_j w_jk = w_ik`` exactly, for the first mask that fits.
 
     Each mask is a candidate set of coordinates where the certificate must
-    hold with equality; the rest is then bounded with intervals.
+    hold with equality; the rest is then bounded with intervals. ``rows`` is
+    ``weight[support]``, gathered once by the caller.
     """
     m = support.size
-    rows, w_i = weight[support], weight[row]
+    w_i = weight[row]
     candidates: list[np.ndarray] = []
     for mask in masks:
         # Each mask's equations are found only when the ones before failed: at 1161 rows x 512 that
