@@ -149,3 +149,27 @@ def test_the_start_rows_follow_the_rounds_the_blocks_needed(monkeypatch, rounds,
     block_exact.solve_blocks(comp, np.arange(8 * 6), Unbounded().resolve(d), None, ExactOptions(initial_rows=fixed),
                              budget_bytes=1)  # blocks of 8 tokens
     assert starts == expected
+
+
+def test_a_restricted_problem_infeasible_only_inside_the_stand_in_bounds_is_solved_again_wider(monkeypatch):
+    """On an open box side the block solver bounds x by a stand-in; weights that prove infeasibility
+    only inside it fail their check (some v_k of the wrong sign). Pushing the stand-in out settles
+    the token in its block instead of the per-token solver, with the same verdicts."""
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import heads  # noqa: PLC0415
+
+    head = heads.make("swish_box", "small", 0)
+    ids = [116, 173, 405, 572, 624, 644, 671, 742, 764, 845, 963, 1074, 1410, 1449, 1474, 1498, 1726, 2105,
+           2217, 2222, 2315, 2843, 3741, 3849, 3854, 3930]  # what the exact step gets on this head (a part)
+    ids += [4044, 4059, 4249, 4297, 4538, 4683, 4879, 4931, 5070, 5127, 5803, 6326, 6372, 6968, 7278, 7430,
+            7436, 7524, 7667, 7683, 7780, 8150]
+    wide = audit(head.weight, head.bias, head.domain, tokens=ids, options=AuditOptions(**FAST))
+    monkeypatch.setattr(block_exact, "_WIDENINGS", 0)
+    narrow = audit(head.weight, head.bias, head.domain, tokens=ids, options=AuditOptions(**FAST))
+    assert narrow.stats.stage("exact").settled >= 1  # without: left to the per-token solver
+    assert wide.stats.stage("block_exact").settled == len(ids) and wide.stats.stage("exact") is None
+    assert [t.verdict for t in wide.tokens] == [t.verdict for t in narrow.tokens]
+    assert not wide.undecided
