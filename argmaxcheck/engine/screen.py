@@ -142,6 +142,19 @@ def _same_values(weight32: np.ndarray, weight64: np.ndarray, rows: int = 4096) -
                for lo in range(0, weight64.shape[0], rows))
 
 
+def _inside_float32(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 numbers nearest to each bound on its inner side (as float64), where they keep
+    ``lower <= upper``; elsewhere the bounds as they are (points there are then not exact, and dropped)."""
+    with np.errstate(over="ignore"):
+        lo32 = lower.astype(np.float32)
+        hi32 = upper.astype(np.float32)
+    lo32 = np.where(lo32.astype(np.float64) < lower, np.nextafter(lo32, np.float32(np.inf)), lo32).astype(np.float64)
+    hi32 = np.where(hi32.astype(np.float64) > upper, np.nextafter(hi32, np.float32(-np.inf)), hi32).astype(np.float64)
+    # Beyond float32's range a finite bound would round to an infinite one: kept as it is.
+    keep = (lo32 <= hi32) & (np.isfinite(lo32) | np.isinf(lower)) & (np.isfinite(hi32) | np.isinf(upper))
+    return np.where(keep, lo32, lower), np.where(keep, hi32, upper)
+
+
 def _guess_directions(weight: np.ndarray, ops=NUMPY_OPS) -> list[Callable[[np.ndarray], np.ndarray]]:
     """Guess functions: row positions -> (B, d) directions, best first.
 
@@ -213,6 +226,11 @@ class _Context:
         self.offset_err = offset_err + U32 * self.offset_max + certify.ETA32
         if not self.rays:
             lo, hi = self.lower, self.upper = domain.coordinate_bounds()
+            # Points are claimed as float32 numbers: clipped to a bound whose nearest float32 number
+            # lies outside it (swish's minimum -0.2784645...), none survived the float32 round trip,
+            # so every point that touched such a bound was thrown away (heads.py's swish_box: both
+            # reaches proved nothing). Clipped to the nearest float32 numbers inside, they are exact.
+            self.clip_lower, self.clip_upper = _inside_float32(lo, hi)
             widths = (hi - lo)[np.isfinite(hi - lo) & (hi > lo)]
             self.box_half = float(np.median(widths)) / 2 if widths.size else 1.0
             self.box_centre = c  # the point of the box nearest 0
@@ -336,7 +354,7 @@ class _Context:
         return gap, points
 
     def _box(self, unit: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lower, upper = self.lower, self.upper
+        lower, upper = self.clip_lower, self.clip_upper
         best_gap = np.full(unit.shape[0], -np.inf)
         best_pts = np.zeros_like(unit)
         cols = np.arange(unit.shape[0])

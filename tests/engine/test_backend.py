@@ -283,3 +283,24 @@ def test_on_a_box_the_shorter_reach_is_tried_only_for_the_columns_the_longer_one
     for row in np.flatnonzero(found.gap > 0)[:50]:  # each claimed point lies in the box and wins there
         point = found.witness[row]
         assert np.all(np.abs(point) <= 1) and np.argmax(weight @ point + bias) == row
+
+
+def test_on_a_box_whose_bounds_are_not_float32_numbers_clipped_points_still_count(rng):
+    """Swish's minimum -0.2784645... is no float32 number, and the nearest one lies below it: points
+    clipped to it failed the float32 round trip and were all thrown away (615 proven here, none on
+    the bound). Clipped to the nearest float32 inside, they prove tokens (1337, 1321 on the bound)."""
+    from argmaxcheck.engine import screen  # noqa: PLC0415
+
+    n, d = 2000, 16
+    weight = rng.normal(size=(n, d))
+    bias = rng.normal(scale=0.3, size=n)
+    lower = -0.27846454276107385
+    domain = Box(np.full(d, lower), np.full(d, np.inf)).resolve(d)
+    found = screen.screen(weight.astype(np.float32), weight, bias, np.arange(n), domain)
+    proven = np.flatnonzero(found.gap > 0)
+    at_bound = [row for row in proven if (found.witness[row] < lower + 1e-6).any()]
+    assert len(at_bound) > 100  # points on the lower bound prove tokens
+    for row in at_bound[:50]:
+        point = found.witness[row]
+        assert np.all(point >= lower) and np.all(point.astype(np.float32) == point)
+        assert np.argmax(weight @ point + bias) == row
