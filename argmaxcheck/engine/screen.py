@@ -225,7 +225,7 @@ class _Context:
         # Casting the offset to float32 errs relatively, and absolutely where it underflows.
         self.offset_err = offset_err + U32 * self.offset_max + certify.ETA32
         if not self.rays:
-            lo, hi = self.lower, self.upper = domain.coordinate_bounds()
+            lo, hi = domain.coordinate_bounds()
             # Points are claimed as float32 numbers: clipped to a bound whose nearest float32 number
             # lies outside it (swish's minimum -0.2784645...), none survived the float32 round trip,
             # so every point that touched such a bound was thrown away (heads.py's swish_box: both
@@ -374,7 +374,7 @@ class _Context:
             cols = np.flatnonzero(best_gap <= 0)
             if cols.size == 0:
                 break
-        left = np.flatnonzero(best_gap <= 0)
+        left = cols  # the columns neither reach proved
         if self.has_offset and left.size and np.isinf(upper - lower).any():
             # A box open on some side, with a bias: the scale of a good point is set by the bias,
             # not by the box. Search scales as on R^d (float32, clipping ignored), then certify the
