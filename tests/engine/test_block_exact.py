@@ -125,6 +125,48 @@ def test_batched_ipm_agrees_with_the_single_one(rng, ball):
         assert np.all(res.duals[m][~rows] == 0)
 
 
+def test_few_rows_on_a_box_are_solved_through_the_pinned_coordinates_and_agree(rng, monkeypatch):
+    """A working set of at most d / 2 rows on a box goes through _PinnedSplit (k x k and |F| x |F|
+    factors instead of d x d) and reaches the single solver's optimum."""
+    size, k, d = 6, 12, 48
+    a = rng.normal(size=(size, k, d))
+    a /= np.linalg.norm(a, axis=2, keepdims=True)
+    c = 0.5 * rng.normal(size=(size, k))
+    mask = np.ones((size, k))
+    mask[2, 7:] = 0
+    lower, upper = -3 * np.ones((size, d)), 3 * np.ones((size, d))
+    used = []
+    factor = block_exact._PinnedSplit.factor
+    monkeypatch.setattr(block_exact._PinnedSplit, "factor",
+                        classmethod(lambda cls, *args: used.append(args[2].size) or factor(*args)))
+    res = block_exact.solve_chebyshev_batch(a, c, mask, lower, upper, stop_when_positive=10.0)
+    assert len(used) > 0 and min(used) < d // 2  # the split ran, with coordinates pinned
+    for m in range(size):
+        rows = mask[m] > 0
+        one = ipm.solve_chebyshev(a[m][rows], c[m][rows], lower[m], upper[m], stop_when_positive=10.0)
+        assert res.converged[m]
+        assert res.t[m] == pytest.approx(one.t, abs=1e-6)
+
+
+@pytest.mark.parametrize("pinned_share", [0.5, 0.8, 1.0])
+def test_the_pinned_split_solves_the_normal_equations(rng, pinned_share):
+    """Against a dense solve, with pinned diagonals from 1 to 1e12 times their column and free ones
+    down to 1e-8 of it (both ends of what box_bias 32768 x 512 showed)."""
+    k, d = 15, 60
+    u = rng.normal(size=(k, d))
+    columns = np.einsum("ij,ij->j", u, u)
+    pinned = rng.permutation(d) < round(pinned_share * d)  # at most d / 2 free: the split's own rule
+    e = columns * np.where(pinned, 10 ** rng.uniform(0, 12, d), 10 ** rng.uniform(-8, -0.01, d))
+    free = np.flatnonzero(~(e >= columns))
+    part = block_exact._PinnedSplit.factor(u, e, free, np.empty((d, d)))
+    normal = u.T @ u + np.diag(e)
+    r = rng.normal(size=d) * np.sqrt(e)
+    y = part.solve(r)
+    # Backward error: the matrix is far too ill-conditioned (1e20) for forward errors to compare.
+    dense = np.linalg.solve(normal, r)
+    assert np.abs(normal @ y - r).max() <= max(1e-12 * np.abs(r).max(), 10 * np.abs(normal @ dense - r).max())
+
+
 @pytest.mark.parametrize(("rounds", "fixed", "expected"), [
     ([1] * 6, 0, [300, 150, 75, 64, 64, 64]),  # settled at once: the start halves, down to 64
     ([1, 1, 3, 3, 3, 2], 0, [300, 150, 75, 150, 300, 300]),  # three rounds: doubles back, up to max(d, 100)
