@@ -237,20 +237,27 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared, start, exclud
         s = np.asarray(rows_times(comp.weight, xs[cols].T))
         if comp.bias is not None:
             s += comp.bias[:, None]
+        owners = pos[idx[cols]]
+        here = np.arange(cols.size)
+        own_scores = s[owners, here].copy()
+        s[owners, here] = -np.inf
+        wins = np.flatnonzero(np.isfinite(own_scores) & (own_scores > s.max(axis=0)))
+        s[owners, here] = own_scores
+        # What looks like a win is decided by the certified check, for all of them in one product.
+        gaps = np.full(cols.size, -np.inf)
+        if wins.size:
+            gaps[wins] = certify.check_witnesses(comp.weight, comp.bias, owners[wins], xs[cols[wins]], domain,
+                                                 comp.norms)
         for q, m in enumerate(cols):
             b = int(idx[m])
             p = int(pos[b])
             col = s[:, q]
             own = col[p]
-            col[p] = -np.inf
-            if np.isfinite(own) and own > col.max():  # looks like a win: the certified check decides
-                gap = certify.check_witness(comp.weight, comp.bias, p, xs[m], domain, comp.norms)
-                if gap > 0:
-                    out[b] = ExactResult(witness=xs[m].copy(), witness_gap=gap, rounds=rnd,
-                                         rows_used=int(working[b].size), chebyshev_radius=float(res.t[m]))
-                    live[b] = False
-                    continue
-            col[p] = own
+            if gaps[q] > 0:
+                out[b] = ExactResult(witness=xs[m].copy(), witness_gap=float(gaps[q]), rounds=rnd,
+                                     rows_used=int(working[b].size), chebyshev_radius=float(res.t[m]))
+                live[b] = False
+                continue
             with np.errstate(invalid="ignore"):
                 viol = (col - own) / a_norm[b] + max(float(res.t[m]), 0.0)
             viol[~eligible[b] | ~np.isfinite(viol)] = -np.inf
