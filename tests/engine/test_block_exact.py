@@ -220,3 +220,28 @@ def test_a_restricted_problem_infeasible_only_inside_the_stand_in_bounds_is_solv
     assert wide.stats.stage("block_exact").settled == len(ids) and wide.stats.stage("exact") is None
     assert [t.verdict for t in wide.tokens] == [t.verdict for t in narrow.tokens]
     assert not wide.undecided
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+def test_a_deep_infeasible_lp_ends_once_its_dual_bound_over_the_domain_is_negative(rng, bounded):
+    """On a box the row weights' dual bound over the domain's own bounds proves t* < 0 long before the
+    iterates converge; the solve ends there with weights whose bound is negative. On R^d (every side
+    open) no such bound exists until v = 0 exactly: nothing ends early."""
+    size, k, d = 4, 30, 8
+    a = rng.normal(size=(size, k, d))
+    a /= np.linalg.norm(a, axis=2, keepdims=True)
+    c = -1.0 - rng.random(size=(size, k))  # every row far out of reach: t* <= -1
+    mask = np.ones((size, k))
+    lower, upper = -np.ones((size, d)), np.ones((size, d))
+    domain_bounds = (-np.ones(d), np.ones(d)) if bounded else (np.full(d, -np.inf), np.full(d, np.inf))
+    full = block_exact.solve_chebyshev_batch(a, c, mask, lower, upper)
+    early = block_exact.solve_chebyshev_batch(a, c, mask, lower, upper, domain_bounds=domain_bounds)
+    assert (full.t < -0.5).all() and (early.t < 0).all() and early.converged.all()
+    if not bounded:
+        assert early.iterations == full.iterations and np.array_equal(early.t, full.t)
+        return
+    assert early.iterations < full.iterations
+    for m in range(size):
+        w = early.duals[m] / early.duals[m].sum()
+        bound = w @ c[m] + np.abs(w @ a[m]).sum()  # max over the box [-1, 1]^d of sum_j w_j (c_j - a_j x)
+        assert bound == pytest.approx(early.t[m]) and bound >= full.t[m] - 1e-9 and bound < 0
