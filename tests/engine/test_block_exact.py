@@ -222,6 +222,27 @@ def test_a_restricted_problem_infeasible_only_inside_the_stand_in_bounds_is_solv
     assert not wide.undecided
 
 
+def test_only_a_certificates_heavy_rows_join_the_next_blocks(monkeypatch):
+    """Interior-point weights spread a little over every row they saw: the next blocks start with the
+    rows that carry at least 1 % of the largest weight, not with all of them."""
+    from argmaxcheck.engine.competitors import Competitors  # noqa: PLC0415
+    from argmaxcheck.engine.exact import ExactResult  # noqa: PLC0415
+
+    d = 20
+    comp = Competitors(np.random.default_rng(0).normal(size=(500, d)), None)
+    seen = []
+    weights = np.array([0.5, 1e-6, 0.3, 1e-4, 0.2, 3e-3])
+
+    def recorded(comp_, pos, domain, points, options, kmax, shared, start, *args):
+        seen.append(np.sort(shared))
+        check = certify.CertificateCheck(True, -1.0, "test", "", np.array([10, 11, 12, 13, 14, 15]), weights)
+        return [ExactResult(certificate=check, rounds=1) for _ in pos]
+
+    monkeypatch.setattr(block_exact, "_solve_block", recorded)
+    block_exact.solve_blocks(comp, np.arange(100, 116), Unbounded().resolve(d), None, budget_bytes=1)
+    assert seen[0].size == 0 and seen[1].tolist() == [10, 12, 14]
+
+
 @pytest.mark.parametrize("bounded", [True, False])
 def test_a_deep_infeasible_lp_ends_once_its_dual_bound_over_the_domain_is_negative(rng, bounded):
     """On a box the row weights' dual bound over the domain's own bounds proves t* < 0 long before the
