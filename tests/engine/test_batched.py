@@ -404,3 +404,17 @@ def test_off_rd_a_few_deep_rows_are_left_to_the_exact_step():
                    options=AuditOptions(probability_seconds=0.0))
     assert report.stats.stage("batched") is None
     assert [t.verdict for t in report.tokens] == ["unargmaxable"] * 5
+
+
+def test_a_box_bounded_on_every_side_is_left_to_the_exact_step():
+    """On a bounded box a certificate need not balance the token's row and the exact step finds its few
+    rows cheaply: the phase does not run there. It still does with an open side (swish's box), where
+    certificates must balance the open coordinates exactly, as on R^d."""
+    bounded = _family("box_bias", "4096x128")
+    report = audit(bounded.weight, bounded.bias, bounded.domain, options=AuditOptions(probability_seconds=0.0))
+    assert report.stats.stage("batched") is None
+    assert report.stats.stage("block_exact").settled > 0
+    assert not any(t.verdict == "undecided" for t in report.tokens)
+    half_open = _family("swish_box", "4096x128")
+    report = audit(half_open.weight, half_open.bias, half_open.domain, options=AuditOptions(probability_seconds=0.0))
+    assert report.stats.stage("batched").settled > 0
