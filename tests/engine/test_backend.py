@@ -304,3 +304,43 @@ def test_on_a_box_whose_bounds_are_not_float32_numbers_clipped_points_still_coun
         point = found.witness[row]
         assert np.all(point >= lower) and np.all(point.astype(np.float32) == point)
         assert np.argmax(weight @ point + bias) == row
+
+
+def test_on_a_box_the_shorter_reach_stops_where_it_proves_nothing(rng, monkeypatch):
+    """heads.py's box_bias: the shorter reach proved nothing the longer one left, and is then tried only
+    on every 8th block, with the same tokens proven. On random rows with a bias it proves some, and is
+    tried on every block."""
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from argmaxcheck.engine import screen  # noqa: PLC0415
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import heads  # noqa: PLC0415
+
+    contexts = []
+    init = screen._Context.__init__
+    monkeypatch.setattr(screen._Context, "__init__", lambda self, *a: contexts.append(self) or init(self, *a))
+
+    def run(weight, bias, domain, always=False):
+        if always:
+            monkeypatch.setattr(screen._Context, "_short_reach_pays", lambda self: True)
+        n = weight.shape[0]
+        found = screen.screen(weight.astype(np.float32), weight, bias, np.arange(n), domain.resolve(weight.shape[1]),
+                              block_bytes=n * 4 * 128)  # blocks of 128 tokens
+        monkeypatch.undo()
+        monkeypatch.setattr(screen._Context, "__init__", lambda self, *a: contexts.append(self) or init(self, *a))
+        return found, contexts[-1].short_reach
+
+    head = heads.make("box_bias", (4096, 128), 0)
+    weight, bias = head.weight.astype(np.float64), head.bias.astype(np.float64)
+    found, (_, tried, proved) = run(weight, bias, head.domain)
+    every, (_, tried_always, proved_always) = run(weight, bias, head.domain, always=True)
+    assert proved == proved_always == 0 and tried < tried_always / 3  # 512 columns of trial, then every 8th block
+    assert np.array_equal(found.gap > 0, every.gap > 0)
+
+    n, d = 3000, 16
+    weight, bias = rng.normal(size=(n, d)), rng.normal(scale=0.3, size=n)
+    found, (_, tried, proved) = run(weight, bias, Box(-np.ones(d), np.ones(d)))
+    every, (_, tried_always, proved_always) = run(weight, bias, Box(-np.ones(d), np.ones(d)), always=True)
+    assert proved > tried / 100 and tried == tried_always and np.array_equal(found.gap, every.gap)
