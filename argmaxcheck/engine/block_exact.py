@@ -42,9 +42,11 @@ if TYPE_CHECKING:
 
 _NEAREST = 16  # rows nearest to the token in every first working set (near-duplicates bind first)
 _SMALLEST_START = 64  # the fewest most-violated rows a token starts with (see solve_blocks)
-# A certificate's rows that join the next blocks' first working sets carry at least this share of its
-# largest weight: interior-point weights spread 1e-4 to 1e-9 over every row they saw, and a swish_box
-# certificate of 150 such rows seeded 500 (32768 x 512: 104 instead of 119 ms a token; box_bias 17 instead of 20).
+# Where an LP's solve may end at its dual bound (a domain with real bounds), the certificate's rows that
+# join the next blocks' first working sets carry at least this share of its largest weight: weights not
+# converged spread 1e-4 to 1e-9 over every row they saw, and a swish_box certificate of 150 such rows
+# seeded 500 (32768 x 512: 104 instead of 119 ms a token; box_bias 17 instead of 20). Converged weights
+# (R^d) name their rows well: cut there, PP-OCRv5's cluster corners took 3.2 s instead of 1.9.
 _SHARED_WEIGHT = 1e-2
 _WIDENINGS = 3  # times a token's stand-in bounds on open sides are pushed out (see _solve_block)
 
@@ -110,6 +112,7 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
     # exact step went from 56 to 33 ms a token; starting small everywhere cost rows deep in the
     # hull 30 % more (undertrained 32768 x 512) and left 5 of 60 of layernorm_ball's to the per-token solver.
     start = options.initial_rows or max(d, 100)
+    ends_early = domain.solver_family == "lp" and bool(np.isfinite(np.concatenate(domain.coordinate_bounds())).any())
     first = 0
     while first < positions.size:
         size = min(block, max(8, first))  # 8, 8, 16, 32, ...: the shared rows refresh early on
@@ -135,7 +138,7 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
         certs = [f.certificate for f in found if f is not None and f.certificate is not None]
         if certs:
             cert = certs[-1]
-            heavy = cert.weights >= _SHARED_WEIGHT * cert.weights.max()
+            heavy = cert.weights >= (_SHARED_WEIGHT if ends_early else 0.0) * cert.weights.max()
             shared = cert.support[heavy][np.argsort(-cert.weights[heavy])[: d + 1]]
         first += size
     return out

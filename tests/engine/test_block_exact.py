@@ -222,9 +222,11 @@ def test_a_restricted_problem_infeasible_only_inside_the_stand_in_bounds_is_solv
     assert not wide.undecided
 
 
-def test_only_a_certificates_heavy_rows_join_the_next_blocks(monkeypatch):
-    """Interior-point weights spread a little over every row they saw: the next blocks start with the
-    rows that carry at least 1 % of the largest weight, not with all of them."""
+@pytest.mark.parametrize("bounded", [True, False])
+def test_on_a_bounded_domain_only_a_certificates_heavy_rows_join_the_next_blocks(monkeypatch, bounded):
+    """Where a solve may end at its dual bound, weights are not converged and spread a little over every
+    row they saw: the next blocks start with the rows that carry at least 1 % of the largest weight. On
+    R^d the converged weights name their rows, and all of them join."""
     from argmaxcheck.engine.competitors import Competitors  # noqa: PLC0415
     from argmaxcheck.engine.exact import ExactResult  # noqa: PLC0415
 
@@ -239,8 +241,10 @@ def test_only_a_certificates_heavy_rows_join_the_next_blocks(monkeypatch):
         return [ExactResult(certificate=check, rounds=1) for _ in pos]
 
     monkeypatch.setattr(block_exact, "_solve_block", recorded)
-    block_exact.solve_blocks(comp, np.arange(100, 116), Unbounded().resolve(d), None, budget_bytes=1)
-    assert seen[0].size == 0 and seen[1].tolist() == [10, 12, 14]
+    domain = Box.symmetric(1.0) if bounded else Unbounded()
+    block_exact.solve_blocks(comp, np.arange(100, 116), domain.resolve(d), None, budget_bytes=1)
+    assert seen[0].size == 0
+    assert seen[1].tolist() == ([10, 12, 14] if bounded else [10, 11, 12, 13, 14, 15])
 
 
 @pytest.mark.parametrize("bounded", [True, False])
