@@ -344,3 +344,54 @@ def test_on_a_box_the_shorter_reach_stops_where_it_proves_nothing(rng, monkeypat
     found, (_, tried, proved) = run(weight, bias, Box(-np.ones(d), np.ones(d)))
     every, (_, tried_always, proved_always) = run(weight, bias, Box(-np.ones(d), np.ones(d)), always=True)
     assert proved > tried / 100 and tried == tried_always and np.array_equal(found.gap, every.gap)
+
+
+def test_twins_are_found_by_their_neighbours_in_one_projection(rng):
+    """Pairs within the given share of the largest row norm (and bias) are found; rows farther apart,
+    or whose biases differ, are not."""
+    from argmaxcheck.engine import screen  # noqa: PLC0415
+
+    m, d = 600, 16
+    weight = rng.normal(size=(m, d))
+    bias = rng.normal(size=m)
+    twins = rng.choice(m, size=(30, 2), replace=False)
+    weight[twins[:, 1]] = weight[twins[:, 0]] * (1 + 1e-7 * rng.normal(size=(30, d)))
+    bias[twins[:, 1]] = bias[twins[:, 0]]
+    bias[twins[-5:, 1]] += 0.1  # five pairs whose biases differ: not twins
+    rows = np.arange(m)
+    found = screen._twins_within(weight, bias, rows, 1e-5)
+    expected = np.zeros(m, dtype=bool)
+    expected[twins[:-5].ravel()] = True
+    assert np.array_equal(found, expected)
+    assert not screen._twins_within(weight, bias, rows, 1e-9).any()
+
+
+def test_twins_get_no_more_guesses_and_nothing_more_is_proven_without_them(monkeypatch):
+    """heads.py's near_dup: the rows left by the first guess that have a twin within the products'
+    rounding get no second and third guesses; those proved none of them."""
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from argmaxcheck.engine import screen  # noqa: PLC0415
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import heads  # noqa: PLC0415
+
+    head = heads.make("near_dup", (4096, 64), 0)
+    weight, bias = head.weight.astype(np.float64), head.bias.astype(np.float64)
+    domain = head.domain.resolve(weight.shape[1])
+    scored = []
+    gaps = screen._Context._gaps
+
+    def counted(self, points32, own, *args, **kwargs):
+        scored.append(len(own))
+        return gaps(self, points32, own, *args, **kwargs)
+
+    monkeypatch.setattr(screen._Context, "_gaps", counted)
+    skipping = screen.screen(weight.astype(np.float32), weight, bias, np.arange(4096), domain)
+    columns = sum(scored)
+    scored.clear()
+    monkeypatch.setattr(screen, "_twins_within", lambda weight, bias, rows, relative: np.zeros(rows.size, bool))
+    trying = screen.screen(weight.astype(np.float32), weight, bias, np.arange(4096), domain)
+    assert columns < sum(scored) - 500
+    assert np.array_equal(skipping.gap > 0, trying.gap > 0)
