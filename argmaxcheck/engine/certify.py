@@ -115,7 +115,7 @@ def check_witnesses(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarra
     if not inside.any():
         return gaps
     at = np.flatnonzero(inside)
-    scores = np.array(rows_times(weight, points[at].T))
+    scores = rows_times(weight, points[at].T)  # a fresh array: shifted in place
     if bias is not None:
         scores += bias[:, None]
     err = _float64_score_error(np.linalg.norm(points[at], axis=1), np.abs(scores).max(axis=0), row_norms,
