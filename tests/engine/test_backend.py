@@ -395,3 +395,19 @@ def test_twins_get_no_more_guesses_and_nothing_more_is_proven_without_them(monke
     trying = screen.screen(weight.astype(np.float32), weight, bias, np.arange(4096), domain)
     assert columns < sum(scored) - 500
     assert np.array_equal(skipping.gap > 0, trying.gap > 0)
+
+
+def test_a_twin_the_first_guess_missed_by_far_still_gets_the_other_guesses(rng, monkeypatch):
+    """Only twins missed by about the products' rounding are left with their first point: with every
+    row taken for a twin, rows the first guess missed by far are tried as before (and proven as before)."""
+    from argmaxcheck.engine import screen  # noqa: PLC0415
+
+    n, d = 3000, 16
+    weight = rng.normal(size=(n, d)) * np.exp(rng.normal(size=(n, 1)))
+    bias = rng.normal(size=n)
+    domain = Unbounded().resolve(d)
+    plain = screen.screen(weight.astype(np.float32), weight, bias, np.arange(n), domain)
+    monkeypatch.setattr(screen, "_twins_within", lambda weight, bias, rows, relative: np.ones(rows.size, bool))
+    every_row_a_twin = screen.screen(weight.astype(np.float32), weight, bias, np.arange(n), domain)
+    assert (plain.gap <= 0).sum() > 50  # rows the guesses leave, missed by far
+    assert np.array_equal(plain.gap, every_row_a_twin.gap)
