@@ -270,3 +270,31 @@ def test_a_deep_infeasible_lp_ends_once_its_dual_bound_over_the_domain_is_negati
         w = early.duals[m] / early.duals[m].sum()
         bound = w @ c[m] + np.abs(w @ a[m]).sum()  # max over the box [-1, 1]^d of sum_j w_j (c_j - a_j x)
         assert bound == pytest.approx(early.t[m]) and bound >= full.t[m] - 1e-9 and bound < 0
+
+
+def test_a_start_beaten_by_most_rows_is_moved_towards_the_token_away_from_its_neighbours(rng):
+    """A token whose start most rows beat gets the point, along the direction from its nearest rows'
+    mean to its own row, that fewer rows beat; a start beaten by few rows is left as it is."""
+    from argmaxcheck.engine._blas import rows_times  # noqa: PLC0415
+    from argmaxcheck.engine.competitors import Competitors, row_distances  # noqa: PLC0415
+
+    n, d = 400, 8
+    w = rng.normal(size=(n, d))
+    comp = Competitors(w, None)
+    pos = np.arange(6)
+    good = w[pos] * 3.0  # each row's own direction: beaten by few rows
+    starts = np.vstack([-good[:3], good[3:]])  # the first three point away from their rows
+    a_norm = row_distances(comp, pos, np.asarray(rows_times(w, w[pos].T).T), None)
+    scores = block_exact._scores(comp, starts)
+
+    def beaten(points):
+        s = w @ points.T
+        return (s > s[pos, np.arange(pos.size)][None, :]).sum(axis=0)
+
+    before = beaten(starts)
+    assert (before[:3] > n // 2).all() and (before[3:] < n // 4).all()
+    moved, moved_scores = block_exact._nearer_starts(comp, pos, a_norm, starts, scores.copy(),
+                                                     Unbounded().resolve(d), 16)
+    after = beaten(moved)
+    assert (after[:3] < before[:3]).all() and np.array_equal(moved[3:], starts[3:])
+    assert np.allclose(moved_scores, w @ moved.T)
