@@ -155,7 +155,8 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared, start, exclud
     # The first working sets: the rows most violated at the start point, and the nearest rows.
     scores = _scores(comp, starts)
     k0 = min(n - 1, start, kmax)
-    starts, scores = _nearer_starts(comp, pos, a_norm, starts, scores, domain, k0)
+    if exclude is None:  # not a cluster's question: its corners, deep inside, took 3.1 s instead of 1.9 (PP-OCRv5)
+        starts, scores = _nearer_starts(comp, pos, a_norm, starts, scores, domain, k0)
     per_round = options.rows_per_round or max(d // 2, 50)
     working: list[np.ndarray] = []
     for b in range(size):
