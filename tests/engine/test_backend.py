@@ -259,6 +259,32 @@ def test_tokens_no_guess_proves_keep_the_point_of_an_exact_scale_search(rng, mon
     assert np.array_equal(refined.gap[~lost], bounded.gap[~lost])
 
 
+def _count_scored_columns(monkeypatch) -> list[int]:
+    """The number of columns of each screen product from now on (a list that fills as the screen runs)."""
+    from argmaxcheck.engine import screen  # noqa: PLC0415
+
+    scored: list[int] = []
+    gaps = screen._Context._gaps
+
+    def counted(self, points32, own, *args, **kwargs):
+        scored.append(len(own))
+        return gaps(self, points32, own, *args, **kwargs)
+
+    monkeypatch.setattr(screen._Context, "_gaps", counted)
+    return scored
+
+
+def _heads():
+    """benchmarks/heads.py, the seeded head families."""
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import heads  # noqa: PLC0415
+
+    return heads
+
+
 def test_on_a_box_the_shorter_reach_is_tried_only_for_the_columns_the_longer_one_left(rng, monkeypatch):
     """Each guess is scored at two reaches into a box; columns the first proves cost no second product.
     What the screen proves is the same as scoring every column at both reaches."""
@@ -269,14 +295,7 @@ def test_on_a_box_the_shorter_reach_is_tried_only_for_the_columns_the_longer_one
     weight[:200] *= 0.5  # rows that lose almost everywhere: the first reach leaves them
     bias = rng.normal(scale=0.3, size=n)
     domain = Box(-np.ones(d), np.ones(d)).resolve(d)
-    scored = []
-    gaps = screen._Context._gaps
-
-    def counted(self, points32, own, *args, **kwargs):
-        scored.append(len(own))
-        return gaps(self, points32, own, *args, **kwargs)
-
-    monkeypatch.setattr(screen._Context, "_gaps", counted)
+    scored = _count_scored_columns(monkeypatch)
     found = screen.screen(weight.astype(np.float32), weight, bias, np.arange(n), domain)
     assert scored[0] == n and 0 < scored[1] < n / 2  # the first guess: every column, then the unproven
     assert (found.gap > 0).sum() > n / 2
@@ -310,14 +329,9 @@ def test_on_a_box_the_shorter_reach_stops_where_it_proves_nothing(rng, monkeypat
     """heads.py's box_bias: the shorter reach proved nothing the longer one left, and is then tried only
     on every 8th block, with the same tokens proven. On random rows with a bias it proves some, and is
     tried on every block."""
-    import sys  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
     from argmaxcheck.engine import screen  # noqa: PLC0415
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import heads  # noqa: PLC0415
-
+    heads = _heads()
     contexts = []
     init = screen._Context.__init__
     monkeypatch.setattr(screen._Context, "__init__", lambda self, *a: contexts.append(self) or init(self, *a))
@@ -369,25 +383,13 @@ def test_twins_are_found_by_their_neighbours_in_one_projection(rng):
 def test_twins_get_no_more_guesses_and_nothing_more_is_proven_without_them(monkeypatch):
     """heads.py's near_dup: the rows left by the first guess that have a twin within the products'
     rounding get no second and third guesses; those proved none of them."""
-    import sys  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
     from argmaxcheck.engine import screen  # noqa: PLC0415
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import heads  # noqa: PLC0415
-
+    heads = _heads()
     head = heads.make("near_dup", (4096, 64), 0)
     weight, bias = head.weight.astype(np.float64), head.bias.astype(np.float64)
     domain = head.domain.resolve(weight.shape[1])
-    scored = []
-    gaps = screen._Context._gaps
-
-    def counted(self, points32, own, *args, **kwargs):
-        scored.append(len(own))
-        return gaps(self, points32, own, *args, **kwargs)
-
-    monkeypatch.setattr(screen._Context, "_gaps", counted)
+    scored = _count_scored_columns(monkeypatch)
     skipping = screen.screen(weight.astype(np.float32), weight, bias, np.arange(4096), domain)
     columns = sum(scored)
     scored.clear()
