@@ -243,9 +243,7 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared, start, exclud
         if cols.size == 0:
             continue
         # One product scores every point against every row: a witness test and the next rows.
-        s = np.asarray(rows_times(comp.weight, xs[cols].T))
-        if comp.bias is not None:
-            s += comp.bias[:, None]
+        s = _scores(comp, xs[cols])
         owners = pos[idx[cols]]
         here = np.arange(cols.size)
         own_scores = s[owners, here].copy()
