@@ -126,8 +126,10 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
             # twins, a third of the screen's time. Only twins that the first guess missed by about
             # that error are left there (their point is as good as a guess makes it); on whisper-base
             # the other guesses moved 4 twins that it missed by far to points the polish then proved.
-            scale = np.linalg.norm(witness[todo], axis=1) * max_norm + (0.0 if bias is None else np.abs(bias).max())
-            close = _twins_within(weight64, bias, positions[todo], ctx.kappa) & (-gaps[todo] <= 4 * ctx.kappa * scale)
+            top_bias = 0.0 if bias is None else float(np.abs(bias).max())
+            scale = np.linalg.norm(witness[todo], axis=1) * max_norm + top_bias
+            close = (_twins_within(weight64, bias, positions[todo], ctx.kappa * max_norm, ctx.kappa * top_bias)
+                     & (-gaps[todo] <= 4 * ctx.kappa * scale))
             todo = todo[~close]
         if todo.size == 0:
             break
@@ -144,13 +146,13 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
     return ScreenResult(gaps, witness)
 
 
-def _twins_within(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarray, relative: float,
-                  neighbours: int = 8) -> np.ndarray:
-    """Which of ``rows`` have another of them whose weights lie within ``relative`` of the largest
-    row norm, and whose bias within ``relative`` of the largest bias.
+def _twins_within(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarray, reach: float,
+                  bias_reach: float, neighbours: int = 8) -> np.ndarray:
+    """Which of ``rows`` have another of them whose weights lie within ``reach`` of theirs, and whose
+    bias within ``bias_reach``.
 
-    The float32 products' error bound at x is at least ``relative * max_norm * |x|``, so such a
-    pair's ``(w_p - w_j).x`` never clears it, and their biases barely differ: on near_dup's twins
+    With ``reach`` the float32 products' error bound at x per unit of ``|x|``, such a pair's
+    ``(w_p - w_j).x`` never clears it, and their biases barely differ: on near_dup's twins
     (1e-5 apart in weight and bias) the guesses after the first proved none. Only a hint (which
     tokens get more guesses); nothing is decided by it.
 
@@ -159,17 +161,16 @@ def _twins_within(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarray,
     A pair it misses is only tried by more guesses, as before.
     """
     found = np.zeros(rows.size, dtype=bool)
-    if rows.size < 2 or not relative > 0:
+    if rows.size < 2 or not reach > 0:
         return found
     w = weight[rows]
-    reach = relative * float(np.sqrt(np.einsum("ij,ij->i", weight, weight).max()))
     direction = np.random.default_rng(_TWIN_SEED).normal(size=w.shape[1])
     order = np.argsort(w @ (direction / np.linalg.norm(direction)), kind="stable")
     for shift in range(1, min(neighbours, rows.size - 1) + 1):
         a, b = order[:-shift], order[shift:]
         close = np.einsum("ij,ij->i", w[a] - w[b], w[a] - w[b]) <= reach * reach
         if bias is not None:
-            close &= np.abs(bias[rows[a]] - bias[rows[b]]) <= relative * float(np.abs(bias).max())
+            close &= np.abs(bias[rows[a]] - bias[rows[b]]) <= bias_reach
         found[a[close]] = found[b[close]] = True
     return found
 
@@ -398,24 +399,17 @@ class _Context:
         best_gap = np.full(unit.shape[0], -np.inf)
         best_pts = np.zeros_like(unit)
         cols = np.arange(unit.shape[0])
-        for reach in (self.box_half * np.sqrt(self.d), self.box_half):
+        for shorter, reach in enumerate((self.box_half * np.sqrt(self.d), self.box_half)):
             # The shorter reach only for the columns the longer one did not prove: a product fewer
             # for most of them (box_bias 32768 x 512: the screen was 3 products, 16.5 s). And only
             # while it proves some: on every box head measured it proved 1 column in all (box_bias,
             # swish_box 8192 x 256 and 32768 x 512, PP-OCRv4 and PP-OCRv5 on swish, ddddocr), and
             # cost a fifth of the screen (box_bias 32768 x 512: 7,170 columns, a fifth of a product).
-            if reach < self.box_half * np.sqrt(self.d) and not self._short_reach_pays():
+            if shorter and not self._short_reach_pays():
                 break
-            pts = np.clip(self.box_centre + reach * unit[cols], lower, upper)
-            # The claimed points are float32 numbers inside the box (rounding must not leave it).
-            pts32 = pts.astype(np.float32)
-            pts = np.clip(pts32.astype(np.float64), lower, upper)
-            pts32 = pts.astype(np.float32)
-            exact = np.all(pts32.astype(np.float64) == pts, axis=1)
-            gap = self._gaps(pts32, own[cols])
-            gap[~exact] = -np.inf
+            gap, pts = self._clipped_gaps(self.box_centre + reach * unit[cols], own[cols])
             better = gap > best_gap[cols]
-            if reach < self.box_half * np.sqrt(self.d):
+            if shorter:
                 self.short_reach[1] += int(cols.size)
                 self.short_reach[2] += int(np.count_nonzero(gap[better] > 0))
             best_gap[cols[better]], best_pts[cols[better]] = gap[better], pts[better]
@@ -434,16 +428,22 @@ class _Context:
             free /= np.where(norms > 0, norms, 1.0)[:, None]
             g32 = self.product(free.astype(np.float32))
             scale = self._best_scale(g32, own[left])
-            pts = np.clip(self.box_centre + scale[:, None] * free, lower, upper)
-            pts32 = pts.astype(np.float32)
-            pts = np.clip(pts32.astype(np.float64), lower, upper)
-            pts32 = pts.astype(np.float32)
-            exact = np.all(pts32.astype(np.float64) == pts, axis=1)
-            gap = self._gaps(pts32, own[left])
-            gap[~exact] = -np.inf
+            gap, pts = self._clipped_gaps(self.box_centre + scale[:, None] * free, own[left])
             better = gap > best_gap[left]
             best_gap[left[better]], best_pts[left[better]] = gap[better], pts[better]
         return best_gap, best_pts
+
+    def _clipped_gaps(self, points: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Certified gaps at ``points`` clipped into the box, and the points claimed: float32 numbers
+        inside it (rounding must not leave it; a point that cannot be one gets gap -inf)."""
+        lower, upper = self.clip_lower, self.clip_upper
+        pts32 = np.clip(points, lower, upper).astype(np.float32)
+        pts = np.clip(pts32.astype(np.float64), lower, upper)
+        pts32 = pts.astype(np.float32)
+        exact = np.all(pts32.astype(np.float64) == pts, axis=1)
+        gap = self._gaps(pts32, own)
+        gap[~exact] = -np.inf
+        return gap, pts
 
     def _short_reach_pays(self) -> bool:
         """Whether the shorter reach is worth a product for this block: until it has been tried on

@@ -373,11 +373,12 @@ def test_twins_are_found_by_their_neighbours_in_one_projection(rng):
     bias[twins[:, 1]] = bias[twins[:, 0]]
     bias[twins[-5:, 1]] += 0.1  # five pairs whose biases differ: not twins
     rows = np.arange(m)
-    found = screen._twins_within(weight, bias, rows, 1e-5)
+    top_norm, top_bias = np.linalg.norm(weight, axis=1).max(), np.abs(bias).max()
+    found = screen._twins_within(weight, bias, rows, 1e-5 * top_norm, 1e-5 * top_bias)
     expected = np.zeros(m, dtype=bool)
     expected[twins[:-5].ravel()] = True
     assert np.array_equal(found, expected)
-    assert not screen._twins_within(weight, bias, rows, 1e-9).any()
+    assert not screen._twins_within(weight, bias, rows, 1e-9 * top_norm, 1e-9 * top_bias).any()
 
 
 def test_twins_get_no_more_guesses_and_nothing_more_is_proven_without_them(monkeypatch):
@@ -393,7 +394,7 @@ def test_twins_get_no_more_guesses_and_nothing_more_is_proven_without_them(monke
     skipping = screen.screen(weight.astype(np.float32), weight, bias, np.arange(4096), domain)
     columns = sum(scored)
     scored.clear()
-    monkeypatch.setattr(screen, "_twins_within", lambda weight, bias, rows, relative: np.zeros(rows.size, bool))
+    monkeypatch.setattr(screen, "_twins_within", lambda weight, bias, rows, *reaches: np.zeros(rows.size, bool))
     trying = screen.screen(weight.astype(np.float32), weight, bias, np.arange(4096), domain)
     assert columns < sum(scored) - 500
     assert np.array_equal(skipping.gap > 0, trying.gap > 0)
@@ -409,7 +410,7 @@ def test_a_twin_the_first_guess_missed_by_far_still_gets_the_other_guesses(rng, 
     bias = rng.normal(size=n)
     domain = Unbounded().resolve(d)
     plain = screen.screen(weight.astype(np.float32), weight, bias, np.arange(n), domain)
-    monkeypatch.setattr(screen, "_twins_within", lambda weight, bias, rows, relative: np.ones(rows.size, bool))
+    monkeypatch.setattr(screen, "_twins_within", lambda weight, bias, rows, *reaches: np.ones(rows.size, bool))
     every_row_a_twin = screen.screen(weight.astype(np.float32), weight, bias, np.arange(n), domain)
     assert (plain.gap <= 0).sum() > 50  # rows the guesses leave, missed by far
     assert np.array_equal(plain.gap, every_row_a_twin.gap)
