@@ -136,6 +136,23 @@ class NumpyOps:
     def cho_solve(factor, rhs):
         return linalg.cho_solve(factor, rhs, check_finite=False)
 
+    @staticmethod
+    def softmax_moments(z, moves, step):
+        """Per column b, the mean and second moment of ``moves[:, b]`` under ``softmax(z[:, b] - step[b] moves[:, b])``.
+
+        In one scratch array, the sums taken by einsum without temporaries: written out in numpy
+        expressions it made ten passes over K x B arrays, and on undertrained 32768 x 512 (K = 4096,
+        B = 256) the batched phase spent 10 of its 25 s in them.
+        """
+        y = np.multiply(moves, step, order="K")
+        np.subtract(z, y, out=y)
+        y -= y.max(axis=0)
+        np.exp(y, out=y)
+        total = y.sum(axis=0)
+        mean = np.einsum("kb,kb->b", y, moves) / total
+        second = np.einsum("kb,kb,kb->b", y, moves, moves) / total
+        return mean, second
+
 
 class TorchOps:
     """The same operations with torch float64 on ``device``."""
@@ -199,6 +216,11 @@ class TorchOps:
 
     def cho_solve(self, factor, rhs):
         return self.torch.cholesky_solve(rhs, factor)
+
+    def softmax_moments(self, z, moves, step):
+        w = self.torch.softmax(z - step * moves, dim=0)
+        mean = (w * moves).sum(dim=0)
+        return mean, (w * moves * moves).sum(dim=0)
 
 
 NUMPY_OPS = NumpyOps()

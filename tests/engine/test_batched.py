@@ -418,3 +418,48 @@ def test_a_box_bounded_on_every_side_is_left_to_the_exact_step():
     half_open = _family("swish_box", "4096x128")
     report = audit(half_open.weight, half_open.bias, half_open.domain, options=AuditOptions(probability_seconds=0.0))
     assert report.stats.stage("batched").settled > 0
+
+
+def _ops_to_test():
+    from argmaxcheck.engine.backend import NUMPY_OPS, TorchOps
+    yield NUMPY_OPS
+    try:
+        import torch
+    except ImportError:
+        return
+    yield TorchOps(torch, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("ops", list(_ops_to_test()), ids=lambda ops: ops.name)
+def test_line_search_finds_each_column_s_minimum_and_stops_columns_already_there(ops, monkeypatch):
+    """The step is the 1-D minimum of each column's convex objective (against a fine grid), whether a
+    column converges at the first iteration or needs bisection, and columns that settled are not
+    computed again."""
+    from argmaxcheck.engine import batched
+
+    rng = np.random.default_rng(3)
+    k, cols = 300, 40
+    z = rng.normal(size=(k, cols)) * 3
+    moves = rng.normal(size=(k, cols)) * rng.uniform(0.1, 20, size=cols)
+    pull = rng.normal(size=cols) * 2
+    widths = []
+    original = ops.softmax_moments
+
+    def counted(zz, mm, step):
+        widths.append(zz.shape[1])
+        return original(zz, mm, step)
+
+    monkeypatch.setattr(ops, "softmax_moments", counted)
+    steps = ops.numpy(batched._line_search(ops.asarray(z), ops.asarray(moves), ops.asarray(pull), ops, iterations=40))
+
+    def objective(a):
+        y = z[:, None, :] - a[:, None] * moves[:, None, :] if a.ndim == 2 else z - a * moves
+        top = y.max(axis=0)
+        return top + np.log(np.exp(y - top).sum(axis=0)) + a * pull
+
+    grid = np.linspace(0, 5 * max(steps.max(), 1.0), 20001)[:, None] * np.ones((1, cols))
+    values = np.stack([objective(g) for g in grid])
+    best = values.min(axis=0)
+    assert (steps >= 0).all()
+    assert np.all(objective(steps) <= best + 1e-6 * np.maximum(1.0, np.abs(best)))
+    assert widths[0] == cols and min(widths) < cols  # settled columns left the later iterations
