@@ -98,8 +98,17 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
     # so that a block still holds several tokens.
     wide = 6 * (d + 1) * d * 16 <= 32 << 20
     kmax = min(n - 1, max_rows or (6 if wide else 3) * (d + 1))
-    per_token = 8 * (2 * kmax * d + 3 * d * d + 4 * n)
-    block = int(min(256, max(8, budget_bytes // per_token)))
+
+    def block_for(rows: int) -> int:
+        """Tokens a block takes within the budget while their working sets hold ``rows`` rows."""
+        return int(min(256, max(8, budget_bytes // (8 * (2 * rows * d + 3 * d * d + 4 * n)))))
+
+    # Blocks are sized for the working sets the last block used (twice its largest), at most four times
+    # what full working sets allow: every block reads the rows of W a few times (distances, scores), and
+    # where working sets stay small (box_bias 32768 x 512: 80 rows of 1,539) blocks of 12 tokens spent a
+    # third of the step reading W. A block whose sets then grow to kmax holds at most 4 x the budget.
+    widest = block_for(kmax)
+    block = widest
     # Tokens inside the hull tend to be surrounded by the same rows: the last certificate's rows join
     # the next blocks' first working sets (what Competitors.recent_support does for solve_token). A
     # small pilot block goes first so that most tokens start with them.
@@ -129,6 +138,9 @@ def solve_blocks(comp, positions: np.ndarray, domain, starts: np.ndarray | None,
         if progress is not None:
             progress(int(pos.size))
         rounds = [f.rounds for f in found if f is not None]
+        if rounds:
+            used = max(f.rows_used for f in found if f is not None)
+            block = min(4 * widest, block_for(min(kmax, 2 * used)))
         if rounds and not options.initial_rows:
             typical = float(np.median(rounds))
             if typical <= 1:
@@ -149,11 +161,15 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared, start, exclud
     n, d = comp.weight.shape
     size = pos.size
     ball = domain.solver_family == "socp"
-    a_norm = row_distances(comp, pos, np.asarray(rows_times(comp.weight, comp.weight[pos].T).T), exclude)
+    # One pass over the rows for the distances to every row and the scores at the start points.
+    both = rows_times(comp.weight, np.hstack([comp.weight[pos].T, starts.T]))
+    a_norm = row_distances(comp, pos, np.asarray(both[:, :size].T), exclude)
     eligible = np.isfinite(a_norm)
     out: list[ExactResult | None] = [None] * size
     # The first working sets: the rows most violated at the start point, and the nearest rows.
-    scores = _scores(comp, starts)
+    scores = both[:, size:]
+    if comp.bias is not None:
+        scores += comp.bias[:, None]
     k0 = min(n - 1, start, kmax)
     if exclude is None:  # not a cluster's question: its corners, deep inside, took 3.1 s instead of 1.9 (PP-OCRv5)
         starts, scores = _nearer_starts(comp, pos, a_norm, starts, scores, domain, k0)
@@ -243,18 +259,18 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared, start, exclud
         if cols.size == 0:
             continue
         # One product scores every point against every row: a witness test and the next rows.
-        s = _scores(comp, xs[cols])
+        s = certify.float64_scores(comp.weight, comp.bias, xs[cols])
         owners = pos[idx[cols]]
         here = np.arange(cols.size)
         own_scores = s[owners, here].copy()
         s[owners, here] = -np.inf
         wins = np.flatnonzero(np.isfinite(own_scores) & (own_scores > s.max(axis=0)))
         s[owners, here] = own_scores
-        # What looks like a win is decided by the certified check, for all of them in one product.
+        # What looks like a win is decided by the certified check, on these same float64 scores.
         gaps = np.full(cols.size, -np.inf)
         if wins.size:
             gaps[wins] = certify.check_witnesses(comp.weight, comp.bias, owners[wins], xs[cols[wins]], domain,
-                                                 comp.norms)
+                                                 comp.norms, scores=s[:, wins])
         for q, m in enumerate(cols):
             b = int(idx[m])
             p = int(pos[b])
@@ -294,14 +310,6 @@ def _checked(comp, p: int, rows: np.ndarray, weights: np.ndarray, domain) -> cer
     return certify.check_certificate(comp.weight, comp.bias, p, rows, weights, domain)
 
 
-def _scores(comp, points: np.ndarray) -> np.ndarray:
-    """Every row's score at each point (n x B, float64)."""
-    scores = np.asarray(rows_times(comp.weight, points.T))
-    if comp.bias is not None:
-        scores += comp.bias[:, None]
-    return scores
-
-
 def _nearer_starts(comp, pos: np.ndarray, a_norm: np.ndarray, starts: np.ndarray, scores: np.ndarray,
                    domain, first: int) -> tuple[np.ndarray, np.ndarray]:
     """For each token whose start more than ``first`` rows and a quarter of all rows beat (more than its
@@ -335,7 +343,7 @@ def _nearer_starts(comp, pos: np.ndarray, a_norm: np.ndarray, starts: np.ndarray
     # One pass over the rows for both: at 32768 x 512 a pass for a column or two costs 10 ms, the
     # rows read from memory each time (numpy's float32 product here, its BLAS pool beside scipy's,
     # was slower still).
-    both = _scores(comp, np.vstack(points))
+    both = certify.float64_scores(comp.weight, comp.bias, np.vstack(points))
     for k, candidate in enumerate(points):
         here = both[:, k * cols.size:(k + 1) * cols.size]
         count = (here > here[tokens, at][None, :]).sum(axis=0)

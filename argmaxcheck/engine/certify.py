@@ -101,12 +101,24 @@ def check_witness(weight: np.ndarray, bias: np.ndarray | None, row: int, x: np.n
     return witness_and_scores(weight, bias, row, x, domain, row_norms)[0]
 
 
+def float64_scores(weight: np.ndarray, bias: np.ndarray | None, points: np.ndarray) -> np.ndarray:
+    """Every row's score ``w_j . x + b_j`` at each point (n x B, float64), computed as
+    :func:`check_witnesses` bounds it: one product for all the points, then the bias."""
+    scores = rows_times(weight, np.asarray(points, dtype=np.float64).T)  # a fresh array: shifted in place
+    if bias is not None:
+        scores += bias[:, None]
+    return scores
+
+
 def check_witnesses(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarray, points: np.ndarray,
-                    domain, row_norms: np.ndarray) -> np.ndarray:
+                    domain, row_norms: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
     """:func:`check_witness` for a block: token ``rows[b]`` at ``points[b]``, one float64 product for all.
 
     The rounding bound of a dot product holds whatever the summation order, so one matrix
     product proves what B matrix-vector products would, reading the rows once instead of B times.
+    ``scores``, when the caller has them, are :func:`float64_scores` at these very points (the
+    exact step's round computes them to pick its next rows): the bound covers them as it covers a
+    fresh product, and the rows are not read a second time. Their columns are read, not changed.
     """
     points = np.asarray(points, dtype=np.float64)
     rows = np.asarray(rows, dtype=np.int64)
@@ -115,9 +127,7 @@ def check_witnesses(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarra
     if not inside.any():
         return gaps
     at = np.flatnonzero(inside)
-    scores = rows_times(weight, points[at].T)  # a fresh array: shifted in place
-    if bias is not None:
-        scores += bias[:, None]
+    scores = float64_scores(weight, bias, points[at]) if scores is None else scores[:, at]
     err = _float64_score_error(np.linalg.norm(points[at], axis=1), np.abs(scores).max(axis=0), row_norms,
                                weight.shape[1])
     gaps[at] = witness_gap_bounds(scores, rows[at], err)

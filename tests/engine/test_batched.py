@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
 from argmaxcheck import AuditOptions, Ball, Unbounded, audit
-from argmaxcheck.engine import certify
+from argmaxcheck.engine import batched, certify
+from argmaxcheck.engine.backend import NUMPY_OPS, TorchOps
 from argmaxcheck.engine.batched import _max_entropy_weights, _Support, interior_certificates, support_rows
 from argmaxcheck.engine.competitors import Competitors
 
@@ -421,13 +424,17 @@ def test_a_box_bounded_on_every_side_is_left_to_the_exact_step():
 
 
 def _ops_to_test():
-    from argmaxcheck.engine.backend import NUMPY_OPS, TorchOps
     yield NUMPY_OPS
+    torch = _torch_or_none()
+    if torch is not None:
+        yield TorchOps(torch, torch.device("cpu"))
+
+
+def _torch_or_none():
     try:
-        import torch
+        return importlib.import_module("torch")
     except ImportError:
-        return
-    yield TorchOps(torch, torch.device("cpu"))
+        return None
 
 
 @pytest.mark.parametrize("ops", list(_ops_to_test()), ids=lambda ops: ops.name)
@@ -435,8 +442,6 @@ def test_line_search_finds_each_column_s_minimum_and_stops_columns_already_there
     """The step is the 1-D minimum of each column's convex objective (against a fine grid), whether a
     column converges at the first iteration or needs bisection, and columns that settled are not
     computed again."""
-    from argmaxcheck.engine import batched
-
     rng = np.random.default_rng(3)
     k, cols = 300, 40
     z = rng.normal(size=(k, cols)) * 3

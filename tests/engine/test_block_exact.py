@@ -193,6 +193,32 @@ def test_the_start_rows_follow_the_rounds_the_blocks_needed(monkeypatch, rounds,
     assert starts == expected
 
 
+@pytest.mark.parametrize(("used", "expected"), [
+    (1, [8, 8, 16, 32, 32, 32]),  # small working sets: blocks grow, to at most 4 x what full ones allow
+    (None, [8] * 6),  # working sets that filled up: blocks stay sized for full ones
+])
+def test_blocks_are_sized_for_the_working_sets_the_last_block_used(monkeypatch, used, expected):
+    """Every block reads all rows a few times: where working sets stay small, more tokens share a block."""
+    from argmaxcheck.engine.competitors import Competitors  # noqa: PLC0415
+    from argmaxcheck.engine.exact import ExactResult  # noqa: PLC0415
+    from argmaxcheck.engine.options import ExactOptions  # noqa: PLC0415
+
+    n, d = 200, 30
+    comp = Competitors(np.random.default_rng(0).normal(size=(n, d)), None)
+    kmax = 6 * (d + 1)
+    sizes = []
+
+    def recorded(comp_, pos, *args):
+        sizes.append(pos.size)
+        return [ExactResult(witness=np.zeros(d), witness_gap=1.0, rounds=2, rows_used=used or kmax) for _ in pos]
+
+    monkeypatch.setattr(block_exact, "_solve_block", recorded)
+    full = 8 * (2 * kmax * d + 3 * d * d + 4 * n)
+    block_exact.solve_blocks(comp, np.arange(sum(expected)), Unbounded().resolve(d), None, ExactOptions(),
+                             budget_bytes=8 * full)  # full working sets: blocks of 8
+    assert sizes == expected
+
+
 def test_a_restricted_problem_infeasible_only_inside_the_stand_in_bounds_is_solved_again_wider(monkeypatch):
     """On an open box side the block solver bounds x by a stand-in; weights that prove infeasibility
     only inside it fail their check (some v_k of the wrong sign). Pushing the stand-in out settles
@@ -285,7 +311,7 @@ def test_a_start_beaten_by_most_rows_is_moved_towards_the_token_away_from_its_ne
     good = w[pos] * 3.0  # each row's own direction: beaten by few rows
     starts = np.vstack([-good[:3], good[3:]])  # the first three point away from their rows
     a_norm = row_distances(comp, pos, np.asarray(rows_times(w, w[pos].T).T), None)
-    scores = block_exact._scores(comp, starts)
+    scores = certify.float64_scores(w, None, starts)
 
     def beaten(points):
         s = w @ points.T

@@ -92,6 +92,31 @@ def test_witnesses_are_checked(rng):
         assert certify.check_witness(weight, bias, t.id, outside, dom, norms) == -np.inf
 
 
+def test_witnesses_checked_on_the_scores_a_caller_has_match_a_fresh_product(rng, monkeypatch):
+    """The exact step hands its round's float64 scores to the check: the same bounds, no second product."""
+    weight, bias = layer(rng)
+    dom = Box.symmetric(3.0).resolve(weight.shape[1])
+    norms = np.linalg.norm(weight, axis=1)
+    report = audit(weight, bias, domain=Box.symmetric(3.0))
+    found = [t for t in report.tokens if t.verdict == "argmaxable"][:8]
+    rows = np.array([t.id for t in found])
+    points = np.array([t.witness for t in found])
+    points[1] = points[0]  # a point that is some other token's witness: no proof for this one
+    points[2, 0] = 3.5  # outside the box
+    fresh = certify.check_witnesses(weight, bias, rows, points, dom, norms)
+    scores = certify.float64_scores(weight, bias, points)
+    kept = scores.copy()
+
+    def no_product(*args, **kwargs):
+        raise AssertionError("the rows were read again")
+
+    monkeypatch.setattr(certify, "rows_times", no_product)
+    given = certify.check_witnesses(weight, bias, rows, points, dom, norms, scores=scores)
+    np.testing.assert_array_equal(given, fresh)
+    np.testing.assert_array_equal(scores, kept)
+    assert (fresh[[0] + list(range(3, rows.size))] > 0).all() and fresh[1] <= 0 and fresh[2] == -np.inf
+
+
 def _readme_recheck_snippet() -> str:
     readme = Path(__file__).resolve().parents[2] / "docs" / "report-schema.md"
     blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), flags=re.S)
