@@ -426,9 +426,20 @@ class _Context:
                 np.isinf(lower), np.minimum(unit[left], 0.0), 0.0)
             norms = np.linalg.norm(free, axis=1)
             free /= np.where(norms > 0, norms, 1.0)[:, None]
-            g32 = self.product(free.astype(np.float32))
+            free32 = free.astype(np.float32)
+            g32 = self.product(free32)
             scale = self._best_scale(g32, own[left])
-            gap, pts = self._clipped_gaps(self.box_centre + scale[:, None] * free, own[left])
+            if self.box_centre.any():
+                gap, pts = self._clipped_gaps(self.box_centre + scale[:, None] * free, own[left])
+            else:
+                # 0 is in the box and a free direction moves only along open sides, away from their
+                # finite bound: scale * free is in the box as it is, and the product just made scores it
+                # (a second product of the clipped points cost swish_box 32768 x 512 a fifth of its screen).
+                scale = scale.astype(np.float32).astype(np.float64)  # float32 scale x float32 entries: exact
+                pts = free32.astype(np.float64) * scale[:, None]
+                gap = self._gaps(free32, own[left], scale, product=g32)
+                gap[~self.domain.certainly_contains(pts.T)] = -np.inf
+                gap[~np.isfinite(pts).all(axis=1)] = -np.inf
             better = gap > best_gap[left]
             best_gap[left[better]], best_pts[left[better]] = gap[better], pts[better]
         return best_gap, best_pts

@@ -325,6 +325,34 @@ def test_on_a_box_whose_bounds_are_not_float32_numbers_clipped_points_still_coun
         assert np.argmax(weight @ point + bias) == row
 
 
+def test_on_a_half_open_box_around_0_free_directions_are_proven_by_the_scale_search_s_own_product(rng, monkeypatch):
+    """Swish's box holds 0, and a free direction moves only up the open sides: its points need no
+    clipping, so the float32 product that picked their scale also proves them (no second product).
+    Every point claimed lies in the box and wins there in float64."""
+    from argmaxcheck.engine import screen  # noqa: PLC0415
+
+    n, d = 2000, 16
+    weight = rng.normal(size=(n, d))
+    bias = rng.normal(scale=2.0, size=n)  # a bias that sets the scale: the reaches leave many columns
+    lower = -0.27846454276107385
+    domain = Box(np.full(d, lower), np.full(d, np.inf)).resolve(d)
+    reused = []
+    gaps = screen._Context._gaps
+
+    def counted(self, points32, own, scale=None, product=None):
+        if product is not None:
+            reused.append(len(own))
+        return gaps(self, points32, own, scale, product)
+
+    monkeypatch.setattr(screen._Context, "_gaps", counted)
+    found = screen.screen(weight.astype(np.float32), weight, bias, np.arange(n), domain)
+    proven = np.flatnonzero(found.gap > 0)
+    assert sum(reused) > 100 and proven.size > n / 4
+    for row in proven[:: max(1, proven.size // 80)]:
+        point = found.witness[row]
+        assert np.all(point >= lower) and np.argmax(weight @ point + bias) == row
+
+
 def test_on_a_box_the_shorter_reach_stops_where_it_proves_nothing(rng, monkeypatch):
     """heads.py's box_bias: the shorter reach proved nothing the longer one left, and is then tried only
     on every 8th block, with the same tokens proven. On random rows with a bias it proves some, and is

@@ -114,7 +114,7 @@ def test_witnesses_checked_on_the_scores_a_caller_has_match_a_fresh_product(rng,
     given = certify.check_witnesses(weight, bias, rows, points, dom, norms, scores=scores)
     np.testing.assert_array_equal(given, fresh)
     np.testing.assert_array_equal(scores, kept)
-    assert (fresh[[0] + list(range(3, rows.size))] > 0).all() and fresh[1] <= 0 and fresh[2] == -np.inf
+    assert (fresh[[0, *range(3, rows.size)]] > 0).all() and fresh[1] <= 0 and fresh[2] == -np.inf
 
 
 def _readme_recheck_snippet() -> str:
