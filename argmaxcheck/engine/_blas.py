@@ -46,6 +46,12 @@ def rows_times(matrix: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return blas.dgemm(1.0, matrix.T, np.asfortranarray(columns, dtype=np.float64), trans_a=1)
 
 
+def rows_times32(matrix: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """:func:`rows_times` for a float32 ``matrix`` and float32 columns, in float32 (a hint or a
+    product whose rounding the caller bounds)."""
+    return blas.sgemm(1.0, matrix.T, np.asfortranarray(columns, dtype=np.float32), trans_a=1)
+
+
 def vecmat(vector: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """``vector @ matrix`` for a float64 matrix."""
     if matrix.dtype == np.float64 and matrix.flags.c_contiguous and matrix.ndim == 2 and matrix.size:

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.linalg
 
 from .._rounding import ETA32, ETA64, U32, U64, gamma
-from ._blas import matmat, matvec, rows_times, vecmat
+from ._blas import matmat, matvec, rows_times, rows_times32, vecmat
 from ._fingerprint import row_fingerprints
 
 # --------------------------------------------------------------------------- witnesses
@@ -132,6 +132,75 @@ def check_witnesses(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarra
                                weight.shape[1])
     gaps[at] = witness_gap_bounds(scores, rows[at], err)
     return gaps
+
+
+def check_witnesses_float32(weight: np.ndarray, weight32: np.ndarray, bias: np.ndarray | None, rows: np.ndarray,
+                            points: np.ndarray, domain, row_norms: np.ndarray,
+                            scores32: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`check_witnesses` from one float32 product, for points moved a hair past near-duplicate rows.
+
+    The points are rounded to float32 and claimed as they are then (returned, in float64). Every
+    row's float32 score is within a bound ``err`` of its exact score there (the product's rounding,
+    the weights' cast to float32, the bias's, underflow): a row whose float32 score trails the
+    token's by more than ``2 err`` is certainly beaten. Only the rows the float32 scores cannot
+    separate from the token (a twin 1e-5 away trails by 1e-6 of the scale) are scored again in
+    float64, with :func:`check_witnesses`' bound. The gap bound is the smaller of the two parts.
+    ``weight32`` is ``weight`` rounded to nearest float32 (:attr:`Competitors.weight32`): the bound
+    covers that rounding, so it is never assumed exact. ``scores32``,
+    when the caller has them, are ``weight32 @ points32.T`` plus the bias rounded to float32, all
+    in float32, in any summation order (:mod:`.polish` makes them to find the rows in the way); they
+    are read, not changed.
+    """
+    points32 = np.asarray(points, dtype=np.float32)
+    claimed = points32.astype(np.float64)
+    rows = np.asarray(rows, dtype=np.int64)
+    gaps = np.full(rows.size, -np.inf)
+    with np.errstate(invalid="ignore", over="ignore"):
+        inside = np.array([np.isfinite(x).all() and in_domain(x, domain) for x in claimed], dtype=bool)
+    if not inside.any():
+        return gaps, claimed
+    at = np.flatnonzero(inside)
+    own_rows = rows[at]
+    cols = np.arange(at.size)
+    d = weight.shape[1]
+    x_norms = np.linalg.norm(claimed[at], axis=1) * (1 + 4 * U64)
+    if scores32 is None:
+        scores = rows_times32(weight32, points32[at].T)
+        if bias is not None:
+            scores += bias.astype(np.float32)[:, None]
+    else:
+        scores = np.array(scores32[:, at], dtype=np.float32)  # a copy: own rows are masked below
+    top_bias = 0.0 if bias is None else float(np.abs(bias).max())
+    with np.errstate(invalid="ignore", over="ignore"):
+        top = np.abs(scores).max(axis=0).astype(np.float64)
+    # The float32 product with weights cast to float32 (score_error_bound), the cast's underflow
+    # (ETA32 / 2 an entry), the bias's cast and its float32 addition, and what underflows there.
+    err = (score_error_bound(x_norms, float(row_norms.max()), d, U32, U32) + 2 * d * ETA32 * (1.0 + x_norms)
+           + 2 * U32 * (top + top_bias) + 2 * ETA32) * 1.0001
+    own = scores[own_rows, cols].astype(np.float64)
+    scores[own_rows, cols] = -np.inf
+    # Float32 comparisons (a float32 threshold rounded down: never fewer rows than the exact test).
+    threshold = np.nextafter((own - 2.0 * err).astype(np.float32), np.float32(-np.inf))
+    with np.errstate(invalid="ignore"):
+        close = scores >= threshold[None, :]
+    near_rows, near_cols = np.nonzero(close)
+    scores[near_rows, near_cols] = -np.inf
+    far = gap_bounds(own, scores.max(axis=0), err)
+    # The rows it cannot separate, and the token's own row, in float64.
+    near = np.full(at.size, np.inf)
+    order = np.argsort(near_cols, kind="stable")
+    groups = np.split(near_rows[order], np.searchsorted(near_cols[order], np.arange(1, at.size)))
+    for c, close_rows in enumerate(groups):
+        if close_rows.size == 0:
+            continue
+        here = np.concatenate([[own_rows[c]], close_rows])
+        exact = matvec(weight[here], claimed[at[c]])
+        if bias is not None:
+            exact = exact + bias[here]
+        bound = _float64_score_error(x_norms[c:c + 1], np.abs(exact).max(), row_norms, d)
+        near[c] = witness_gap_bounds(exact[:, None], np.array([0]), bound)[0]
+    gaps[at] = np.minimum(far, near)
+    return gaps, claimed
 
 
 def witness_and_scores(weight: np.ndarray, bias: np.ndarray | None, row: int, x: np.ndarray,

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..report.stats import StageStats
 from . import certify
+from ._blas import rows_times32
 from .exact import ExactResult, settle_or_reopen
 
 if TYPE_CHECKING:
@@ -94,15 +95,23 @@ def polish(comp, positions: np.ndarray, domain, starts: np.ndarray) -> tuple[np.
     norm0 = np.linalg.norm(x0, axis=1)
     scale = norm0 * top_w + top_b  # the logits' scale at each start
     scale = np.where(scale > 0, scale, 1.0)
-    lead0 = _leads(comp, positions, x0)
-    active = _rows_per_column(lead0 > -_REACH * scale[None, :])
+    lead0 = _leads(positions, _scores32(comp, x0))
+    # Each token's rows closest to beating it (at most _FIRST_ROWS), among those within reach; a
+    # column with many such rows is searched on its own (each column of lead0 is contiguous).
+    within = lead0 > -_REACH * scale[None, :]
+    active = _rows_per_column(within, 4 * _FIRST_ROWS)
+    first = min(_FIRST_ROWS, lead0.shape[0] - 1)
     for b in range(size):
         close = active[b]
-        if close.size > _FIRST_ROWS:
-            active[b] = close[np.argpartition(-lead0[close, b], _FIRST_ROWS - 1)[:_FIRST_ROWS]]
+        if close is None:
+            close = np.argpartition(-lead0[:, b], first - 1)[:first]
+            active[b] = np.sort(close[within[close, b]])
+        elif close.size > first:
+            active[b] = np.sort(close[np.argpartition(-lead0[close, b], first - 1)[:first]])
     xs = x0.copy()
     live = np.ones(size, dtype=bool)  # still moving
     ready = np.zeros(size, dtype=bool)  # moved to where the float32 scores see no row in the way
+    final32 = np.empty((weight.shape[0], size), dtype=np.float32, order="F")  # those scores, for the check
     for _ in range(_ROUNDS):
         idx = np.flatnonzero(live)
         if idx.size == 0:
@@ -123,19 +132,22 @@ def polish(comp, positions: np.ndarray, domain, starts: np.ndarray) -> tuple[np.
             if u is None:
                 live[b] = False
         xs[idx] = domain.project(xs[idx].T).T
-        lead = _leads(comp, positions[idx], xs[idx])
+        xs[idx] = xs[idx].astype(np.float32)  # the points claimed: their float32 scores then prove them
+        scores = _scores32(comp, xs[idx])
+        lead = _leads(positions[idx], scores)
         for m, b in enumerate(idx):
             lead[active[b], m] = -np.inf  # held at eps by the move: rounding, not new rows
-        in_way = _rows_per_column(lead >= -_SLACK32 * scale[idx])
+        in_way = _rows_per_column(lead >= -_SLACK32 * scale[idx], 2 * _MAX_ROWS)
         for m, b in enumerate(idx):
             if not live[b]:
                 continue
             past = in_way[m]
-            if past.size == 0:
+            if past is not None and past.size == 0:
                 live[b], ready[b] = False, True
+                final32[:, b] = scores[:, m]
                 continue
             room = _MAX_ROWS - active[b].size
-            if past.size > 2 * _MAX_ROWS or room <= 0:
+            if past is None or room <= 0:
                 live[b] = False  # too many rows in the way: no near miss
                 continue
             if past.size > room:
@@ -143,28 +155,55 @@ def polish(comp, positions: np.ndarray, domain, starts: np.ndarray) -> tuple[np.
             active[b] = np.concatenate([active[b], past])
     gaps = np.full(size, -np.inf)
     if ready.any():
-        gaps[ready] = certify.check_witnesses(weight, bias, positions[ready], xs[ready], domain, comp.norms)
+        # Checked from one float32 product, with float64 for the rows it cannot separate (twins): a
+        # float64 product of every point was a third of the stage (near_dup 32768 x 512). A point
+        # whose float32 rounding loses is checked as it is, in float64.
+        at = np.flatnonzero(ready)
+        found, claimed = certify.check_witnesses_float32(weight, comp.weight32, bias, positions[at], xs[at],
+                                                         domain, comp.norms, scores32=final32[:, at])
+        proven = found > 0
+        gaps[at[proven]], xs[at[proven]] = found[proven], claimed[proven]
+        again = at[~proven]
+        if again.size:
+            gaps[again] = certify.check_witnesses(weight, bias, positions[again], xs[again], domain, comp.norms)
     return xs, gaps
 
 
-def _rows_per_column(mask: np.ndarray) -> list[np.ndarray]:
-    """For each column of an (n, B) mask, the rows where it holds (ascending): one pass over the mask,
-    not a strided pass down each column (B of them over n rows cost a fifth of the stage at 32768 rows)."""
-    rows, cols = np.nonzero(mask)  # row-major: a linear scan; few entries hold, so sorting them is cheap
-    order = np.argsort(cols, kind="stable")
-    return np.split(rows[order].astype(np.int64), np.searchsorted(cols[order], np.arange(1, mask.shape[1])))
+def _rows_per_column(mask: np.ndarray, most: int) -> list[np.ndarray | None]:
+    """For each column of an (n, B) mask, the rows where it holds (ascending), or None where it holds
+    for more than ``most`` rows (no near miss: the caller gives up on it).
+
+    Only the columns with few rows are read twice (one pass over the mask counts them): listing
+    every row of the others cost box_bias 32768 x 512 a quarter of the stage, in sorts."""
+    counts = np.count_nonzero(mask, axis=0)
+    out: list[np.ndarray | None] = [None] * mask.shape[1]
+    few = np.flatnonzero(counts <= most)
+    if few.size:
+        rows, cols = np.nonzero(mask[:, few])  # row-major: a linear scan
+        order = np.argsort(cols, kind="stable")
+        parts = np.split(rows[order].astype(np.int64), np.searchsorted(cols[order], np.arange(1, few.size)))
+        for c, part in zip(few.tolist(), parts, strict=True):
+            out[c] = part
+    return out
 
 
-def _leads(comp, positions, points) -> np.ndarray:
-    """``s_j(x) - s_p(x)`` for every row j (n x B, float32: hints, never a proof), the token's own row -inf."""
-    scores = comp.weight32 @ points.T.astype(np.float32)
+def _scores32(comp, points: np.ndarray) -> np.ndarray:
+    """Every row's score at each point rounded to float32 (n x B, float32, the bias rounded to float32
+    and added in float32): what :func:`certify.check_witnesses_float32` bounds."""
+    scores = rows_times32(comp.weight32, points.T.astype(np.float32))
     if comp.bias is not None:
         scores += comp.bias.astype(np.float32)[:, None]
-    cols = np.arange(positions.size)
-    own = scores[positions, cols].copy()
-    scores -= own
-    scores[positions, cols] = -np.inf
     return scores
+
+
+def _leads(positions, scores: np.ndarray) -> np.ndarray:
+    """``s_j(x) - s_p(x)`` for every row j from :func:`_scores32` (float32: hints, never a proof), the
+    token's own row -inf."""
+    cols = np.arange(positions.size)
+    own = scores[positions, cols]
+    leads = scores - own
+    leads[positions, cols] = -np.inf
+    return leads
 
 
 def _least_move(diff: np.ndarray, need: np.ndarray) -> np.ndarray | None:

@@ -117,6 +117,61 @@ def test_witnesses_checked_on_the_scores_a_caller_has_match_a_fresh_product(rng,
     assert (fresh[[0, *range(3, rows.size)]] > 0).all() and fresh[1] <= 0 and fresh[2] == -np.inf
 
 
+def _twins(rng, n=400, d=16, apart=1e-6):
+    """Rows with twins ``apart`` (relative) from them: a float32 score cannot tell a pair apart."""
+    weight = rng.normal(size=(n, d))
+    weight[1::2] = weight[0::2] * (1 + apart * rng.normal(size=(n // 2, d)))
+    return weight, rng.normal(scale=0.1, size=n) * 0
+
+
+def _exact_gap(weight, bias, row, x):
+    from fractions import Fraction  # noqa: PLC0415
+
+    xs = [Fraction(float(v)) for v in x]
+    scores = [sum(Fraction(float(w)) * v for w, v in zip(r, xs, strict=True)) + Fraction(float(b))
+              for r, b in zip(weight, bias, strict=True)]
+    return scores[row] - max(s for j, s in enumerate(scores) if j != row)
+
+
+def test_the_float32_witness_check_separates_twins_in_float64_and_is_never_fooled(rng):
+    """Points a hair inside a token's cell, past a twin 1e-6 away: float32 scores alone cannot prove
+    them; with the twin rescored in float64 they are proven, and every proven bound is below the exact
+    gap (Fractions). Points a hair on the twin's side, where float32 sees a tie, are never proven."""
+    weight, bias = _twins(rng)
+    norms = np.linalg.norm(weight, axis=1)
+    dom = Unbounded()
+    rows = np.arange(0, 40, 2)
+    towards = weight[rows] - weight[rows + 1]
+    hair = towards / np.linalg.norm(towards, axis=1)[:, None]
+    ahead = 30.0 * weight[rows] / norms[rows, None]
+    ahead -= np.einsum("kd,kd->k", ahead, hair)[:, None] * hair  # level with the twin there
+    inside = ahead + 0.5 * hair  # the token's side of the pair, ahead by 1e-8 of the logits
+    outside = ahead - 0.5 * hair  # the twin's side
+    gap_in, claimed_in = certify.check_witnesses_float32(weight, weight.astype(np.float32), bias, rows, inside, dom,
+                                                          norms)
+    gap_out, claimed_out = certify.check_witnesses_float32(weight, weight.astype(np.float32), bias, rows, outside,
+                                                            dom, norms)
+    lost = certify.check_witnesses(weight, bias, rows, claimed_out, dom, norms)
+    assert np.all(claimed_in == claimed_in.astype(np.float32))  # float32 points are what is claimed
+    # It proves what the float64 check proves at those points (some are beaten by other rows there),
+    # and none on the twin's side.
+    full = certify.check_witnesses(weight, bias, rows, claimed_in, dom, norms)
+    np.testing.assert_array_equal(gap_in > 0, full > 0)
+    assert (gap_in > 0).mean() > 0.5 and not (gap_out > 0).any()
+    for k in np.flatnonzero(gap_in > 0)[:8]:
+        assert gap_in[k] <= float(_exact_gap(weight, bias, rows[k], claimed_in[k]))
+    assert not (lost > 0).any()
+    for k in range(4):
+        assert _exact_gap(weight, bias, rows[k], claimed_out[k]) < 0
+    # The caller's own float32 scores of the claimed points give the same bounds, and stay as they were.
+    scores32 = weight.astype(np.float32) @ claimed_in.T.astype(np.float32) + bias.astype(np.float32)[:, None]
+    kept = scores32.copy()
+    given, _ = certify.check_witnesses_float32(weight, weight.astype(np.float32), bias, rows, inside, dom, norms,
+                                               scores32=scores32)
+    np.testing.assert_array_equal(given, gap_in)
+    np.testing.assert_array_equal(scores32, kept)
+
+
 def _readme_recheck_snippet() -> str:
     readme = Path(__file__).resolve().parents[2] / "docs" / "report-schema.md"
     blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), flags=re.S)

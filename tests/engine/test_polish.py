@@ -72,6 +72,35 @@ def test_twins_are_moved_into_their_cells_and_each_witness_wins_in_plain_float64
     assert [t.verdict for t in reference.tokens] == ["argmaxable"] * len(drawn)
 
 
+def test_moved_points_are_float32_numbers_proven_by_the_float32_scores_that_moved_them(monkeypatch):
+    """The last round's float32 scores prove the twins' points (their rows rescored in float64); no
+    float64 product of every row is made for points the float32 check proves."""
+    head = _family("near_dup", "2000x64")
+    fresh = []
+    check = certify.check_witnesses
+
+    def counted(*args, **kwargs):
+        fresh.append(len(args[2]))
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(certify, "check_witnesses", counted)
+    report = audit(head.weight, head.bias, options=_QUICK)
+    moved = [t for t in report.tokens if t.stage == "polish"]
+    assert len(moved) > 100 and sum(fresh) < len(moved) / 10
+    for t in moved:
+        assert np.array_equal(t.witness.astype(np.float32).astype(np.float64), t.witness)
+
+
+def test_rows_per_column_lists_the_few_and_gives_up_on_the_crowded(rng):
+    mask = rng.random((500, 6)) < 0.01
+    mask[:, 2] = True  # every row in the way
+    mask[:, 4] = False
+    lists = polish._rows_per_column(mask, 40)
+    assert lists[2] is None and lists[4].size == 0
+    for c in (0, 1, 3, 5):
+        np.testing.assert_array_equal(lists[c], np.flatnonzero(mask[:, c]))
+
+
 def test_rows_inside_the_hull_are_never_moved_into_a_verdict():
     head = _family("shallow", "2000x64")  # planted rows just inside a facet: unargmaxable
     comp = Competitors(head.weight.astype(np.float64), None)
