@@ -157,8 +157,8 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
     :attr:`~.state.Guesses.depth` of each token) decides, below d = 1024, which tokens the first
     pass left get the pass on 16d rows: those at least ``_WIDE_DEPTH`` deep, on a layer without bias.
     With ``give_up`` (positions sorted deepest first), each pass starts with a pilot block of
-    ``_GIVE_UP_BLOCK`` tokens; a block where fewer than ``_MIN_YIELD`` of them (off R^d
-    ``_MIN_YIELD_OFF_RD``) get a certificate ends the pass. The rest, shallower, go on to the wide
+    ``_GIVE_UP_BLOCK`` tokens; a block where fewer than ``_MIN_YIELD`` of them get a certificate
+    ends the pass. The rest, shallower, go on to the wide
     pass where one follows (below d = 1024, bias-free), else to the exact step (``spent["skipped"]``
     counts those). On PP-OCRv5, whose rows must also meet the bias inequality, the phase spent
     6.2 s on 6,189 rows and settled none.
@@ -223,7 +223,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
 
     def pilot(part: np.ndarray, steps: int, patience: int, size: int, kinds: tuple[str, ...], give_up: bool
               ) -> tuple[_Support | None, str, np.ndarray]:
-        """A pass's first block: each kind of support in turn, on the tokens still open, until ``min_yield``
+        """A pass's first block: each kind of support in turn, on the tokens still open, until ``_MIN_YIELD``
         of the block is settled. Returns the kind that settled most (the first, on a tie) with its
         support when that is the last one made (else None: the next block makes it again), and the
         positions the last search dropped as stalled.
@@ -244,7 +244,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
             base = make(kind, size)
             dropped = todo[settle(todo, steps, pilot_patience, base)]
             tried.append((sum(out[k] is not None for k in todo), kind))
-            if sum(out[k] is not None for k in part) >= min_yield * part.size:
+            if sum(out[k] is not None for k in part) >= _MIN_YIELD * part.size:
                 break
         best = max(tried, key=lambda t: t[0])[1] if tried else kinds[0]
         return (base if tried and best == tried[-1][1] else None), best, dropped
@@ -272,7 +272,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
             if report is not None:
                 report(int(part.size))
             proven = sum(out[k] is not None for k in part)
-            if give_up and part.size >= _GIVE_UP_BLOCK and proven < min_yield * part.size:
+            if give_up and part.size >= _GIVE_UP_BLOCK and proven < _MIN_YIELD * part.size:
                 skipped.extend(at[hi:].tolist())
                 if report is not None and at.size > hi:
                     report(int(at.size - hi))
@@ -281,7 +281,6 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
 
     out: list[certify.CertificateCheck | None] = [None] * positions.size
     skipped: list[int] = []
-    min_yield = _MIN_YIELD if domain.whole_space else _MIN_YIELD_OFF_RD
     # Two kinds of support, because neither holds on every head: the rows farthest from the mean in
     # whitened coordinates held 64 of 64 under-trained rows of a real-like 50k x 640 head where 8d
     # random rows held none; on heads.py's LM-like rows (norms spread log-normally around a shared
@@ -349,13 +348,13 @@ _WIDE_DEPTH = 0.04  # below d = 1024, tokens at least this deep get the 16d pass
 _GIVE_UP_BLOCK = 64  # the pilot: a pass's first block, of this many of the deepest tokens
 # A block of at least _GIVE_UP_BLOCK tokens of which fewer than this share get a certificate ends the
 # pass: the rest, shallower, do worse. Where the block costs less than the exact step would spend on
-# that share, the phase pays. Off R^d the exact step is often cheap (a bounded box), so more is asked:
-# per settled row the phase took 17 ms against the exact step's 12 on box_bias 8192 x 256 (48 %
-# settled), 80 against 54 ms at 32768 x 512 (21 of 64, then 68, 58, 69 of 256), but 75 against 225 ms
-# on layernorm_ball 32768 x 512 (46 of 64, then 153, 136 of 256) and 15 against 32 ms on swish_box
-# 8192 x 256 (191 of 246).
+# that share, the phase pays. Off R^d half of a block was once asked, for bounded boxes, where the exact
+# step is cheap (15 ms a token on box_bias 32768 x 512); the phase no longer runs there (see run). What
+# is left off R^d are balls and half-open boxes, where the exact step is dear: on swish_box 32768 x 512
+# (85 ms a token there) the half asked stopped the phase after 154 of its 983 rows, and a quarter let
+# it settle 388 in 9.8 s instead of 4.1 (the audit 84.8 -> 74.7 s); layernorm_ball (75 against 225 ms a
+# settled row) and the 8192 x 256 heads settle the same either way.
 _MIN_YIELD = 0.25
-_MIN_YIELD_OFF_RD = 0.5
 _PATIENCE = 8  # Newton steps before a token whose residual has not fallen tenfold is dropped (see below)
 # The same for a pass's pilot block, where a pass's own patience is longer (the wide pass: 5 * _PATIENCE).
 # On shallow 32768 x 512, whose 32 planted rows no support holds, the wide pass's pilot cost 3.7 s with

@@ -7,7 +7,7 @@ import importlib
 import numpy as np
 import pytest
 
-from argmaxcheck import AuditOptions, Ball, Unbounded, audit
+from argmaxcheck import AuditOptions, Ball, Box, Unbounded, audit
 from argmaxcheck.engine import batched, certify
 from argmaxcheck.engine.backend import NUMPY_OPS, TorchOps
 from argmaxcheck.engine.batched import _max_entropy_weights, _Support, interior_certificates, support_rows
@@ -343,6 +343,24 @@ def test_the_phase_gives_up_after_a_pilot_block_and_hands_the_rest_to_the_wide_p
     assert searched == ([64, 64] if with_bias else [64, 64, 64, 64])
     assert patience == ([8, 8] if with_bias else [8, 8, batched._PILOT_PATIENCE, batched._PILOT_PATIENCE])
     assert spent["skipped"] == 136
+
+
+@pytest.mark.parametrize(("share", "goes_on"), [(0.35, True), (0.15, False)])
+def test_off_rd_a_pass_goes_on_while_a_quarter_of_each_block_is_settled(rng, monkeypatch, share, goes_on):
+    """On a half-open box (where the exact step is dear) the pass asks what it asks on R^d: a quarter
+    of each block. It once asked half, and stopped on swish_box 32768 x 512 after 154 of 983 rows."""
+    weight = rng.normal(size=(600, 8))
+    comp = Competitors(weight, rng.normal(scale=0.01, size=600))
+    searched = []
+
+    def settled_share(comp_, pos, support, lams, converged, domain):
+        searched.append(pos.size)
+        return [object() if k < share * pos.size else None for k in range(pos.size)]
+
+    monkeypatch.setattr(batched, "_check_block", settled_share)
+    domain = Box(np.full(8, -0.25), np.full(8, np.inf)).resolve(8)
+    _, spent = interior_certificates(comp, np.arange(200), domain, block=64, depth=np.ones(200), give_up=True)
+    assert (spent.get("skipped", 0) == 0) == goes_on
 
 
 def test_the_wide_pass_pilot_has_a_short_patience_and_the_blocks_after_it_the_pass_s_own(rng, monkeypatch):
