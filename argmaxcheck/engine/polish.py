@@ -132,8 +132,7 @@ def polish(comp, positions: np.ndarray, domain, starts: np.ndarray) -> tuple[np.
             if u is None:
                 live[b] = False
         xs[idx] = domain.project(xs[idx].T).T
-        xs[idx] = xs[idx].astype(np.float32)  # the points claimed: their float32 scores then prove them
-        scores = _scores32(comp, xs[idx])
+        scores = _scores32(comp, xs[idx])  # at the points rounded to float32: those are claimed if they win
         lead = _leads(positions[idx], scores)
         for m, b in enumerate(idx):
             lead[active[b], m] = -np.inf  # held at eps by the move: rounding, not new rows
@@ -155,9 +154,10 @@ def polish(comp, positions: np.ndarray, domain, starts: np.ndarray) -> tuple[np.
             active[b] = np.concatenate([active[b], past])
     gaps = np.full(size, -np.inf)
     if ready.any():
-        # Checked from one float32 product, with float64 for the rows it cannot separate (twins): a
-        # float64 product of every point was a third of the stage (near_dup 32768 x 512). A point
-        # whose float32 rounding loses is checked as it is, in float64.
+        # Checked at their float32 roundings from the last round's float32 scores, with float64 for
+        # the rows those cannot separate (twins): a float64 product of every point was a third of the
+        # stage (near_dup 32768 x 512). A point whose rounding loses (or leaves a ball) is checked as
+        # it is, in float64.
         at = np.flatnonzero(ready)
         found, claimed = certify.check_witnesses_float32(weight, comp.weight32, bias, positions[at], xs[at],
                                                          domain, comp.norms, scores32=final32[:, at])
