@@ -91,6 +91,29 @@ def test_moved_points_are_float32_numbers_proven_by_the_float32_scores_that_move
         assert np.array_equal(t.witness.astype(np.float32).astype(np.float64), t.witness)
 
 
+def test_moves_past_a_balls_sphere_land_inside_it_where_the_check_accepts_them(monkeypatch):
+    """Twins on a ball: the screen's points lie on the sphere and so do the moves projected back onto
+    it, which the witness check refuses (a norm's rounding may put them outside). Projected a hair
+    inside, far more are proven; each claimed point lies in the ball and wins there in float64."""
+    head = _family("near_dup", "2000x64")
+    ball = Ball(8.0)
+
+    def polished():  # by the first polish, from the screen's points (polish_seeded gets the rest later)
+        report = audit(head.weight, head.bias, ball, options=_QUICK)
+        first = next(s for s in report.stats.stages if s.name == "polish")
+        return first.settled, [t for t in report.tokens if t.stage == "polish"]
+
+    inside, moved = polished()
+    monkeypatch.setattr(polish, "_INSET", 0.0)
+    on_sphere, _ = polished()
+    assert inside > 1.2 * on_sphere
+    w, b = head.weight.astype(np.float64), head.bias.astype(np.float64)
+    for t in moved:
+        assert np.linalg.norm(t.witness) <= 8.0
+        s = w @ t.witness + b
+        assert s[t.id] > np.delete(s, t.id).max()
+
+
 def test_rows_per_column_lists_the_few_and_gives_up_on_the_crowded(rng):
     mask = rng.random((500, 6)) < 0.01
     mask[:, 2] = True  # every row in the way
