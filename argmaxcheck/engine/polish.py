@@ -99,19 +99,21 @@ def polish(comp, positions: np.ndarray, domain, starts: np.ndarray) -> tuple[np.
     norm0 = np.linalg.norm(x0, axis=1)
     scale = norm0 * top_w + top_b  # the logits' scale at each start
     scale = np.where(scale > 0, scale, 1.0)
-    lead0 = _leads(positions, _scores32(comp, x0))
+    scores0 = _scores32(comp, x0)
+    within = _ahead(positions, scores0, _REACH * scale, strict=True)
+    scores0[positions, np.arange(size)] = -np.inf  # a token is never its own rival
     # Each token's rows closest to beating it (at most _FIRST_ROWS), among those within reach; a
-    # column with many such rows is searched on its own (each column of lead0 is contiguous).
-    within = lead0 > -_REACH * scale[None, :]
+    # column with many such rows is searched on its own (each column of the scores is contiguous).
     active = _rows_per_column(within, 4 * _FIRST_ROWS)
-    first = min(_FIRST_ROWS, lead0.shape[0] - 1)
+    first = min(_FIRST_ROWS, scores0.shape[0] - 1)
     for b in range(size):
         close = active[b]
         if close is None:
-            close = np.argpartition(-lead0[:, b], first - 1)[:first]
+            close = np.argpartition(-scores0[:, b], first - 1)[:first]
             active[b] = np.sort(close[within[close, b]])
         elif close.size > first:
-            active[b] = np.sort(close[np.argpartition(-lead0[close, b], first - 1)[:first]])
+            active[b] = np.sort(close[np.argpartition(-scores0[close, b], first - 1)[:first]])
+    del scores0, within
     xs = x0.copy()
     live = np.ones(size, dtype=bool)  # still moving
     ready = np.zeros(size, dtype=bool)  # moved to where the float32 scores see no row in the way
@@ -137,10 +139,10 @@ def polish(comp, positions: np.ndarray, domain, starts: np.ndarray) -> tuple[np.
                 live[b] = False
         xs[idx] = domain.project(xs[idx].T, inset=_INSET).T
         scores = _scores32(comp, xs[idx])  # at the points rounded to float32: those are claimed if they win
-        lead = _leads(positions[idx], scores)
+        way = _ahead(positions[idx], scores, _SLACK32 * scale[idx])
         for m, b in enumerate(idx):
-            lead[active[b], m] = -np.inf  # held at eps by the move: rounding, not new rows
-        in_way = _rows_per_column(lead >= -_SLACK32 * scale[idx], 2 * _MAX_ROWS)
+            way[active[b], m] = False  # held at eps by the move: rounding, not new rows
+        in_way = _rows_per_column(way, 2 * _MAX_ROWS)
         for m, b in enumerate(idx):
             if not live[b]:
                 continue
@@ -154,7 +156,7 @@ def polish(comp, positions: np.ndarray, domain, starts: np.ndarray) -> tuple[np.
                 live[b] = False  # too many rows in the way: no near miss
                 continue
             if past.size > room:
-                past = past[np.argpartition(-lead[past, m], room - 1)[:room]]
+                past = past[np.argpartition(-scores[past, m], room - 1)[:room]]
             active[b] = np.concatenate([active[b], past])
     gaps = np.full(size, -np.inf)
     if ready.any():
@@ -200,14 +202,15 @@ def _scores32(comp, points: np.ndarray) -> np.ndarray:
     return scores
 
 
-def _leads(positions, scores: np.ndarray) -> np.ndarray:
-    """``s_j(x) - s_p(x)`` for every row j from :func:`_scores32` (float32: hints, never a proof), the
-    token's own row -inf."""
+def _ahead(positions, scores: np.ndarray, reach: np.ndarray, strict: bool = False) -> np.ndarray:
+    """Which rows score within ``reach`` of each token or above it (n x B mask, from :func:`_scores32`:
+    hints, never a proof); the token's own row is not among them. No array of leads is made: at
+    262k rows a block's float32 scores are 134 MB, and the moved points' check keeps them."""
     cols = np.arange(positions.size)
-    own = scores[positions, cols]
-    leads = scores - own
-    leads[positions, cols] = -np.inf
-    return leads
+    limit = scores[positions, cols].astype(np.float64) - reach
+    mask = scores > limit[None, :] if strict else scores >= limit[None, :]
+    mask[positions, cols] = False
+    return mask
 
 
 def _least_move(diff: np.ndarray, need: np.ndarray) -> np.ndarray | None:
