@@ -389,9 +389,7 @@ class _Context:
             best_scale[at[better]] = scales[first:, at][best, np.arange(at.size)][better]
         gap = self._gaps(unit32, own, best_scale, product=g32)  # g32 becomes the scores: one GEMM a block
         points = base + unit * best_scale[:, None]
-        # Points must truly lie in the domain; drop any that rounding pushed out (or that overflowed).
-        gap[~dom.certainly_contains(points.T)] = -np.inf
-        gap[~np.isfinite(points).all(axis=1)] = -np.inf
+        self._drop_outside(gap, points)
         return gap, points
 
     def _box(self, unit: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -438,11 +436,16 @@ class _Context:
                 scale = scale.astype(np.float32).astype(np.float64)  # float32 scale x float32 entries: exact
                 pts = free32.astype(np.float64) * scale[:, None]
                 gap = self._gaps(free32, own[left], scale, product=g32)
-                gap[~self.domain.certainly_contains(pts.T)] = -np.inf
-                gap[~np.isfinite(pts).all(axis=1)] = -np.inf
+                self._drop_outside(gap, pts)
             better = gap > best_gap[left]
             best_gap[left[better]], best_pts[left[better]] = gap[better], pts[better]
         return best_gap, best_pts
+
+    def _drop_outside(self, gap: np.ndarray, points: np.ndarray) -> None:
+        """Points must truly lie in the domain: a gap is no proof (-inf, in place) where rounding pushed
+        the claimed point out, or where it overflowed."""
+        gap[~self.domain.certainly_contains(points.T)] = -np.inf
+        gap[~np.isfinite(points).all(axis=1)] = -np.inf
 
     def _clipped_gaps(self, points: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Certified gaps at ``points`` clipped into the box, and the points claimed: float32 numbers
