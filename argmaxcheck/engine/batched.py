@@ -13,7 +13,8 @@ time, by constraint generation and interior-point solves. Here, for a block of t
    real-like head the outermost rows held every under-trained row tried and random ones none; on
    LM-like rows whose norms vary around a shared mean, the reverse (figures in docs/benchmarks.md).
 2. **Maximum-entropy weights** on that support with mean ``w_q``: ``lam_j ~ exp(theta_q . w_j)``
-   (times a tilt towards rows of larger bias, with one: ``_TILT``),
+   (times a tilt towards rows of larger bias, with one: ``_TILT``; where those weights match the row
+   but fall short of its bias, once more with the bias as a coordinate to match: ``lifted``),
    found by preconditioned conjugate-gradient steps (with exact line searches) on the convex dual
    ``log sum_j exp(theta . w_j) - theta . w_q``.
    All tokens of the block share one Hessian (the block's average, refreshed every few steps), so
@@ -210,15 +211,29 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
         if comp.bias is not None and _TILT > 0:
             b = comp.bias[support.rows]
             tilt = _TILT * (b - b.max()) / max(float(b.std()), 1e-300)
-        lams, converged = backend.on_device(
-            lambda ops: _max_entropy_weights(support, comp.weight[pos], steps, refresh, patience=patience, ops=ops,
-                                             tilt=tilt),
-            "in the batched phase")
+        def search(targets, lifted=False):
+            return backend.on_device(
+                lambda ops: _max_entropy_weights(support, targets, steps, refresh, patience=patience, ops=ops,
+                                                 tilt=tilt, lifted=lifted),
+                "in the batched phase")
+
+        lams, converged = search(comp.weight[pos])
         t1 = time.perf_counter()
-        for k, check in zip(at, _check_block(comp, pos, support, lams, converged, domain), strict=True):
-            out[k] = check
+        checks = _check_block(comp, pos, support, lams, converged, domain)
         spent["search"] += t1 - t0
         spent["check"] += time.perf_counter() - t1
+        # Weights that met the row but not its bias: searched again with the bias matched as well.
+        again = np.flatnonzero(converged & np.array([c is None for c in checks]))
+        if again.size and support.bias_scale is not None:
+            t0 = time.perf_counter()
+            lifted, met = search(support.lifted_targets(comp.weight[pos[again]], comp.bias[pos[again]]), True)
+            t1 = time.perf_counter()
+            for k, check in zip(again, _check_block(comp, pos[again], support, lifted, met, domain), strict=True):
+                checks[k] = check
+            spent["search"] += t1 - t0
+            spent["check"] += time.perf_counter() - t1
+        for k, check in zip(at, checks, strict=True):
+            out[k] = check
         return ~np.isfinite(lams).all(axis=0)
 
     def pilot(part: np.ndarray, steps: int, patience: int, size: int, kinds: tuple[str, ...], give_up: bool
@@ -291,7 +306,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
     # settles under-trained rows the 8d one misses (8192 x 256: 1 of 246 on 8d rows, the rest on 16d).
     # Below d = 1024 that later pass is the wide one alone: a first pass that gives up hands it the
     # rest at once.
-    wide_next = d < _PERSIST_MIN_DIM and depth is not None and comp.bias is None
+    wide_next = d < _PERSIST_MIN_DIM and depth is not None
     later = d >= _PERSIST_MIN_DIM or wide_next
     stalled, kind = settle_blocks(np.arange(positions.size), steps, _PATIENCE, _FIRST * d, kinds, report=progress,
                                   give_up=give_up and (wide_next or not later))
@@ -313,11 +328,12 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
     left = np.setdiff1d(np.array([k for k, check in enumerate(out) if check is None], dtype=np.int64),
                         np.array(skipped, dtype=np.int64))
     if d < _PERSIST_MIN_DIM:
-        # Below it the exact step is quick: the pass is only for rows the screen found deep, of a
-        # layer without a bias. With one, the weights must also satisfy sum lam_j b_j >= b_q, which
-        # the search does not aim at, and a wider support settled none more (PP-OCRv4: 0 of 412).
-        wanted = depth is not None and comp.bias is None
-        left = left[depth[left] >= _WIDE_DEPTH] if wanted else left[:0]
+        # Below it the exact step is quick: the pass is only for rows the screen found deep. With a bias
+        # the weights must also give sum lam_j b_j >= b_q, which only the lifted search aims at (settle):
+        # without it a wider support settled none more (PP-OCRv4: 0 of 412); with it, on layernorm_ball
+        # 32768 x 512, 111 more rows at 0.16 s each against the exact step's 0.3-0.45 (audit 83 -> 75 s
+        # without probabilities), and about as dear as the exact step on swish_box 16384 x 384.
+        left = left[depth[left] >= _WIDE_DEPTH] if depth is not None else left[:0]
     if left.size and min(_WIDE * d, m) >= 1.5 * _FIRST * d:
         # The same rules as the first pass (a pilot on either kind of wide support, the yield of each
         # block); the kind the first pass used goes first.
@@ -340,6 +356,7 @@ _SUPPORT_KINDS = ("outermost", "sampled")  # tried in this order on a pass's fir
 # the 162 under-trained rows of layernorm_ball 8192 x 256, each a certificate on R^d: 0 settled 75 of
 # them, 1: 102, 2: 116, 2.5 and 3: 126, 4: none (the search stalls on weights that concentrated).
 _TILT = 2.0
+_BIAS_MARGIN = 3e-3  # how far above b_q, in the support's bias spread, the lifted search aims (_Support)
 _MIN_ROWS_OFF_RD = 16  # deep rows needed for the phase to run on a domain other than R^d
 # The screen's depth (Guesses.depth) below which a token skips the phase: near-duplicate twins lead by
 # 2e-5 to 6e-5 of the logits' scale, under-trained and planted rows by 0.03 to 1 (docs/benchmarks.md).
@@ -375,14 +392,44 @@ class _Support:
         self.mean = weight.mean(axis=0)
         self.system = np.vstack([weight.T, np.ones((1, rows.size))])  # [W_S^T; 1], what certificates solve
         self.inverse: certify.BasisInverse | None = None  # the basis that last proved tokens (_check_block)
-        self._centred: tuple[str, object] | None = None
+        self._centred: dict[bool, object] = {}
+        self._centred_on: str | None = None
+        self.bias = None if comp.bias is None else comp.bias[rows].astype(np.float64)
+        # The bias as one more coordinate (see lifted_targets), scaled to the rows' average coordinate:
+        # the search's tolerance is one number for every coordinate. None where it cannot help.
+        self.bias_scale: float | None = None
+        if self.bias is not None and float(self.bias.std()) > 0:
+            spread = float(np.mean(np.var(weight, axis=0)))
+            self.bias_scale = float(np.sqrt(spread) / self.bias.std()) if spread > 0 else None
 
-    def centred(self, ops):
-        """The centred rows where ``ops`` keep arrays (a GPU's memory), made once per place."""
-        if self._centred is None or self._centred[0] != ops.name:
-            self._centred = None  # a device copy is dropped before a host one is made (out of memory)
-            self._centred = (ops.name, ops.asarray(np.subtract(self.system[:-1].T, self.mean, order="C")))
-        return self._centred[1]
+    def centred(self, ops, lifted: bool = False):
+        """The centred rows where ``ops`` keep arrays (a GPU's memory), made once per place; ``lifted``
+        appends the scaled, centred bias as a last column (both kept: blocks alternate between them)."""
+        if self._centred_on != ops.name:
+            self._centred.clear()  # device copies are dropped before host ones are made (out of memory)
+            self._centred_on = ops.name
+        if lifted not in self._centred:
+            rows = np.subtract(self.system[:-1].T, self.mean, order="C")
+            if lifted:
+                rows = np.hstack([rows, (self.bias_scale * (self.bias - self.bias.mean()))[:, None]])
+            self._centred[lifted] = ops.asarray(rows)
+        return self._centred[lifted]
+
+    def centre(self, lifted: bool = False) -> np.ndarray:
+        """What :meth:`centred` subtracted from each row (0 for the lifted bias column: targets carry it)."""
+        return np.append(self.mean, 0.0) if lifted else self.mean
+
+    def lifted_targets(self, weight_rows: np.ndarray, bias_rows: np.ndarray) -> np.ndarray:
+        """Targets for weights that match a token's row and *exceed* its bias: ``(w_q, b_q + margin)`` in
+        :meth:`centred`'s lifted coordinates, the margin ``_BIAS_MARGIN`` of the support's bias spread.
+
+        The plain search matches the row and only leans towards larger biases (the tilt); where its
+        weights fall short of ``b_q`` (layernorm_ball 16384 x 384: 125 of 126 converged tokens, by a
+        median 0.2 of the biases' spread), matching the bias too is what the certificate needs. A margin
+        of 0 left the check a tie to decide (44 of 70 passed), 0.003 and 0.01 of the spread passed all.
+        """
+        above = bias_rows + _BIAS_MARGIN * float(self.bias.std()) - float(self.bias.mean())
+        return np.hstack([weight_rows, (self.bias_scale * above)[:, None]])
 
 
 def _check_block(comp: Competitors, pos: np.ndarray, support: _Support, lams: np.ndarray, converged: np.ndarray,
@@ -461,7 +508,7 @@ def _bases(support: _Support, lams: np.ndarray, chosen: np.ndarray, converged: n
 
 def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, refresh: int,
                          tol: float = 1e-10, stalled: float = 0.1, patience: int = _PATIENCE, ops=NUMPY_OPS,
-                         tilt: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                         tilt: np.ndarray | None = None, lifted: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Weights (K x B, columns on the simplex) ``lam ~ exp(theta_b . w_j)`` with ``W_S^T lam ~ targets[b]``.
 
     Newton directions from the average Hessian of the tokens still moving, made conjugate to
@@ -472,9 +519,10 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
     steps, a token whose residual is still above ``stalled`` times its first one leaves the
     block with NaN weights, which the enclosure refuses; converged tokens leave too, so later
     steps cost only what is left. Also returns which tokens converged (residual <= ``tol``).
-    ``ops`` (:mod:`.backend`) hold the arrays: numpy, or torch on a GPU.
+    ``ops`` (:mod:`.backend`) hold the arrays: numpy, or torch on a GPU. With ``lifted`` the rows
+    carry the bias as a last coordinate and ``targets`` come from :meth:`_Support.lifted_targets`.
     """
-    centred, mean = support.centred(ops), support.mean
+    centred, mean = support.centred(ops, lifted), support.centre(lifted)
     k, d = centred.shape
     goal = ops.asarray((targets - mean).T)  # d x B
     out = np.full((k, targets.shape[0]), np.nan)

@@ -338,10 +338,10 @@ def test_the_phase_gives_up_after_a_pilot_block_and_hands_the_rest_to_the_wide_p
     _, spent = interior_certificates(comp, np.arange(200), Unbounded().resolve(8), block=128, depth=np.ones(200),
                                      give_up=True)
     # A pilot block of 64 that no kind of support gives a certificate (outermost, then random rows) ends a
-    # pass. With a bias (below d = 1024) nothing runs after the first; without one, the 16d pass takes
-    # every row the first left, and gives up the same way, after a pilot's patience (not the pass's 40).
-    assert searched == ([64, 64] if with_bias else [64, 64, 64, 64])
-    assert patience == ([8, 8] if with_bias else [8, 8, batched._PILOT_PATIENCE, batched._PILOT_PATIENCE])
+    # pass. The 16d pass takes every row the first left, with a bias or without, and gives up the same
+    # way, after a pilot's patience (not the pass's 40). No weights converge: no lifted search follows.
+    assert searched == [64, 64, 64, 64]
+    assert patience == [8, 8, batched._PILOT_PATIENCE, batched._PILOT_PATIENCE]
     assert spent["skipped"] == 136
 
 
@@ -392,8 +392,9 @@ def test_the_wide_pass_pilot_has_a_short_patience_and_the_blocks_after_it_the_pa
 def test_deep_rows_of_a_ball_with_a_bias_get_certificates_that_hold_on_the_ball(monkeypatch):
     """Off R^d the phase takes the rows the screen found deepest: a LayerNorm-folded head's under-trained
     rows (a ball with a bias). Each certificate holds on R^d, so on the ball too; the check is redone here
-    and the verdicts are those of the per-token exact step. The search's tilt towards rows of larger bias
-    is what meets their bias inequality more often."""
+    and the verdicts are those of the per-token exact step. Their bias inequality is met by the search
+    again with the bias matched (4096 x 128: 79 settled; without it 59, and 39 without the tilt towards
+    rows of larger bias either)."""
     from argmaxcheck.engine import batched  # noqa: PLC0415
 
     head = _family("layernorm_ball", "4096x128")
@@ -409,10 +410,19 @@ def test_deep_rows_of_a_ball_with_a_bias_get_certificates_that_hold_on_the_ball(
     ids = [t.id for t in settled[:6]]
     exact = audit(head.weight, head.bias, head.domain, tokens=ids, options=AuditOptions(exact_all=True))
     assert [t.verdict for t in exact.tokens] == ["unargmaxable"] * len(ids)
+
+    class Unlifted(batched._Support):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.bias_scale = None  # no second search with the bias matched
+
+    monkeypatch.setattr(batched, "_Support", Unlifted)
+    unlifted = audit(head.weight, head.bias, head.domain, options=AuditOptions(probability_seconds=0.0))
     monkeypatch.setattr(batched, "_TILT", 0.0)
     untilted = audit(head.weight, head.bias, head.domain, options=AuditOptions(probability_seconds=0.0))
-    assert untilted.stats.stage("batched").settled < stage.settled
-    assert [t.verdict for t in untilted.tokens] == [t.verdict for t in report.tokens]
+    assert untilted.stats.stage("batched").settled < unlifted.stats.stage("batched").settled < stage.settled
+    for other in (unlifted, untilted):
+        assert [t.verdict for t in other.tokens] == [t.verdict for t in report.tokens]
 
 
 def test_off_rd_a_few_deep_rows_are_left_to_the_exact_step():
@@ -486,3 +496,49 @@ def test_line_search_finds_each_column_s_minimum_and_stops_columns_already_there
     assert (steps >= 0).all()
     assert np.all(objective(steps) <= best + 1e-6 * np.maximum(1.0, np.abs(best)))
     assert widths[0] == cols and min(widths) < cols  # settled columns left the later iterations
+
+
+def test_weights_that_fall_short_of_the_bias_are_searched_again_with_the_bias_matched(rng, monkeypatch):
+    """Deep rows whose bias lies between what the tilted weights reach and the most any weights matching
+    the row reach: unargmaxable, and the plain search's weights prove none of them. The second search,
+    with the bias as one more matched coordinate (aiming just above b_q), proves them; its certificates
+    recheck."""
+    from scipy.optimize import linprog  # noqa: PLC0415
+
+    n, d = 600, 8
+    weight = rng.normal(size=(n, d))
+    bias = rng.normal(size=n)
+    ids = np.arange(12)
+    pool = np.arange(12, n)
+    for i in ids:  # deep inside the hull of the other rows
+        weight[i] = rng.dirichlet(np.ones(40)) @ weight[rng.choice(pool, 40, replace=False)]
+    # 95 % of the way up the biases that weights over the (random) support matching its row can average to
+    others = np.setdiff1d(batched.sampled_rows(n, batched._FIRST * d), ids)
+    for i in ids:
+        system, target = np.vstack([weight[others].T, np.ones(others.size)]), np.append(weight[i], 1.0)
+        top = linprog(-bias[others], A_eq=system, b_eq=target, bounds=(0, None), method="highs")
+        low = linprog(bias[others], A_eq=system, b_eq=target, bounds=(0, None), method="highs")
+        bias[i] = low.fun + 0.95 * (-top.fun - low.fun)
+    comp = Competitors(weight, bias)
+    domain = Unbounded().resolve(d)
+    searches, proven = [], []
+    search, check_block = batched._max_entropy_weights, batched._check_block
+
+    def spy_search(support, targets, *args, **kwargs):
+        lams, converged = search(support, targets, *args, **kwargs)
+        searches.append((kwargs["lifted"], int(converged.sum())))
+        return lams, converged
+
+    def spy_check(*args):
+        checks = check_block(*args)
+        proven.append(sum(c is not None for c in checks))
+        return checks
+
+    monkeypatch.setattr(batched, "_max_entropy_weights", spy_search)
+    monkeypatch.setattr(batched, "_check_block", spy_check)
+    monkeypatch.setattr(batched, "_SUPPORT_KINDS", ("sampled",))
+    checks, _ = interior_certificates(comp, ids, domain)
+    assert searches[:2] == [(False, ids.size), (True, ids.size)]  # every row matched; then the bias too
+    assert proven[:2] == [0, ids.size]
+    for pos, check in zip(ids, checks, strict=True):
+        assert check.ok and certify.check_certificate(weight, bias, int(pos), check.support, check.weights, domain).ok
