@@ -7,6 +7,7 @@ import pytest
 
 from argmaxcheck import AuditOptions, Ball, Box, Unbounded, audit
 from argmaxcheck.engine import block_exact, certify, ipm
+from argmaxcheck.engine.competitors import Competitors
 
 FAST = dict(probability_seconds=0)
 
@@ -96,6 +97,7 @@ def test_tokens_it_cannot_settle_fall_back_to_solve_token(rng, monkeypatch):
                                        np.zeros(size, dtype=bool), 1e-7)
 
     monkeypatch.setattr(block_exact, "solve_chebyshev_batch", stuck)
+    monkeypatch.setattr(block_exact, "_beaten_by_one_row", lambda *args: {})  # settles some without a solve
     report = audit(w, b, domain, options=AuditOptions(**FAST))
     blocks = report.stats.stage("block_exact")
     assert blocks.settled == 0 and report.stats.stage("exact").tokens_in == blocks.tokens_in > 0
@@ -239,9 +241,11 @@ def test_a_restricted_problem_infeasible_only_inside_the_stand_in_bounds_is_solv
            2217, 2222, 2315, 2843, 3741, 3849, 3854, 3930]  # what the exact step gets on this head (a part)
     ids += [4044, 4059, 4249, 4297, 4538, 4683, 4879, 4931, 5070, 5127, 5803, 6326, 6372, 6968, 7278, 7430,
             7436, 7524, 7667, 7683, 7780, 8150]
-    wide = audit(head.weight, head.bias, head.domain, tokens=ids, options=AuditOptions(**FAST))
+    # Without the batched phase, which now settles most of them before (its search with the bias matched).
+    options = AuditOptions(batched=False, **FAST)
+    wide = audit(head.weight, head.bias, head.domain, tokens=ids, options=options)
     monkeypatch.setattr(block_exact, "_WIDENINGS", 0)
-    narrow = audit(head.weight, head.bias, head.domain, tokens=ids, options=AuditOptions(**FAST))
+    narrow = audit(head.weight, head.bias, head.domain, tokens=ids, options=options)
     assert narrow.stats.stage("exact").settled >= 1  # without: left to the per-token solver
     assert wide.stats.stage("block_exact").settled == len(ids) and wide.stats.stage("exact") is None
     assert [t.verdict for t in wide.tokens] == [t.verdict for t in narrow.tokens]
@@ -324,3 +328,40 @@ def test_a_start_beaten_by_most_rows_is_moved_towards_the_token_away_from_its_ne
     after = beaten(moved)
     assert (after[:3] < before[:3]).all() and np.array_equal(moved[3:], starts[3:])
     assert np.allclose(moved_scores, w @ moved.T)
+
+
+@pytest.mark.parametrize("kind", ["box", "ball"])
+def test_a_token_some_row_beats_everywhere_is_settled_by_that_row_without_a_solve(rng, monkeypatch, kind):
+    """Rows near a shared mean with spread biases, on a bounded domain: a row of larger bias beats such a
+    token on the whole domain when its lead exceeds what the token can gain anywhere there. Its one-row
+    certificate settles the token before any solve; the others are solved as before, and the verdicts
+    are the per-token exact step's."""
+    n, d = 300, 8
+    w = rng.normal(size=(n, d))
+    w[:40] = w.mean(axis=0) + 0.02 * rng.normal(size=(40, d))  # under-trained rows
+    b = 0.1 * rng.normal(size=n)
+    b[0] = 3.0  # beats every other under-trained row everywhere
+    domain = (Box.symmetric(1.0) if kind == "box" else Ball(1.0)).resolve(d)
+    comp = Competitors(w, b)
+    solved = []
+    solve = block_exact.solve_chebyshev_batch
+
+    def spy(a, *args, **kwargs):
+        solved.append(a.shape[0])
+        return solve(a, *args, **kwargs)
+
+    monkeypatch.setattr(block_exact, "solve_chebyshev_batch", spy)
+    ids = np.arange(1, 40)
+    outs = block_exact.solve_blocks(comp, ids, domain, None)
+    one_row = [k for k, out in enumerate(outs) if out is not None and out.rounds == 0]
+    assert len(one_row) == ids.size
+    for k in one_row:
+        cert = outs[k].certificate
+        assert cert.ok and cert.support.tolist() == [0]
+        assert certify.check_certificate(w, b, int(ids[k]), cert.support, cert.weights, domain).ok
+    assert sum(solved) == 0
+    reference = audit(w, b, domain, tokens=ids.tolist(), options=AuditOptions(exact_all=True, **FAST))
+    assert all(t.verdict == "unargmaxable" for t in reference.tokens)
+    monkeypatch.setattr(block_exact, "_beaten_by_one_row", lambda *args: {})
+    outs = block_exact.solve_blocks(comp, ids, domain, None)
+    assert sum(solved) >= ids.size and all(out is None or out.rounds >= 1 for out in outs)
