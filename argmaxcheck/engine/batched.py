@@ -8,8 +8,9 @@ time, by constraint generation and interior-point solves. Here, for a block of t
 
 1. **One support for every token**: the K = 8d rows farthest from the rows' mean in whitened
    coordinates, the outermost rows of the hull; if they certify under a quarter of a pass's first
-   block, K rows drawn at random (a fixed seed) are tried on the rest, and the pass keeps the kind
-   that certified more. Neither choice holds on every head: on a
+   block, K rows drawn at random (a fixed seed; with a bias, a quarter of them the rows whose bias
+   is highest for their weights: :func:`bias_leaders`) are tried on the rest, and the pass keeps the
+   kind that certified more. Neither choice holds on every head: on a
    real-like head the outermost rows held every under-trained row tried and random ones none; on
    LM-like rows whose norms vary around a shared mean, the reverse (figures in docs/benchmarks.md).
 2. **Maximum-entropy weights** on that support with mean ``w_q``: ``lam_j ~ exp(theta_q . w_j)``
@@ -82,6 +83,23 @@ def whitened_spread(comp: Competitors, sample: int = 20000, backend=None) -> np.
     keep = values > values.max() * 1e-12
     whiten = vectors[:, keep] / np.sqrt(values[keep])
     return backend.transformed_norms(mean.astype(np.float32), whiten.astype(np.float32))
+
+
+def bias_leaders(comp: Competitors, sample: int = 20000) -> np.ndarray:
+    """Every row, by how far its bias exceeds what a linear fit on its weights predicts (largest first).
+
+    A certificate's weights must give ``sum_j lam_j b_j >= b_q`` while matching ``w_q``: for a row whose
+    own bias is high for its place (a LayerNorm-folded head's bias is ``W beta`` plus a row's own part),
+    only rows whose bias is higher still for theirs can. The fit (least squares of b on [w, 1], on an
+    evenly spaced sample of at least 4(d + 1) rows) is a hint for choosing rows, never in a certificate.
+    """
+    weight, bias = comp.weight, comp.bias
+    m, d = weight.shape
+    picked = np.arange(0, m, max(1, m // max(sample, 4 * (d + 1))))
+    design = np.hstack([weight[picked], np.ones((picked.size, 1))])
+    coef = np.linalg.lstsq(design, bias[picked], rcond=None)[0]
+    residual = bias - (weight @ coef[:-1] + coef[-1])
+    return np.argsort(-residual, kind="stable")
 
 
 def sampled_rows(m: int, size: int) -> np.ndarray:
@@ -184,6 +202,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
     positions = np.asarray(positions, dtype=np.int64)
 
     spreads: list[np.ndarray] = []  # the whitened spread, once per call (every pass's outermost rows)
+    leaders: list[np.ndarray] = []  # the rows by bias beyond what their weights predict, once per call
 
     def make(kind: str, size: int) -> _Support:
         t0 = time.perf_counter()
@@ -191,6 +210,16 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
             if not spreads:
                 spreads.append(whitened_spread(comp, backend=backend))
             rows = support_rows(comp, size, spread=spreads[0])
+        elif comp.bias is not None:
+            # A share of the rows whose bias is highest for their place: the certificates of rows whose own
+            # bias is (see bias_leaders). On layernorm_ball 16384 x 384 the tokens left to the exact step
+            # went 29 -> 13 (audit without probabilities 18.5 -> 13.3 s), swish_box 31 -> 9 (14.5 -> 10.1 s),
+            # at 32768 x 512 56 -> 21 (74.6 -> 51.2 s); PP-OCRv4/v5, whose phase settles nothing, spent
+            # 0.2-0.4 s more. A half instead of a quarter did as well there.
+            if not leaders:
+                leaders.append(bias_leaders(comp))
+            share = int(size * _BIAS_LEADERS)
+            rows = np.union1d(sampled_rows(m, size - share), leaders[0][:share])
         else:
             rows = sampled_rows(m, size)
         found = _Support(comp, rows)
@@ -366,6 +395,7 @@ _SUPPORT_KINDS = ("outermost", "sampled")  # tried in this order on a pass's fir
 _TILT = 2.0
 _BIAS_MARGIN = 3e-3  # how far above b_q, in the support's bias spread, the lifted search aims (_Support)
 _SHORT = 1e-6  # weights whose bias falls this far (in that spread) below b_q skip the plain check
+_BIAS_LEADERS = 0.25  # share of a sampled support, with a bias, taken from bias_leaders
 _MIN_ROWS_OFF_RD = 16  # deep rows needed for the phase to run on a domain other than R^d
 # The screen's depth (Guesses.depth) below which a token skips the phase: near-duplicate twins lead by
 # 2e-5 to 6e-5 of the logits' scale, under-trained and planted rows by 0.03 to 1 (docs/benchmarks.md).
