@@ -349,8 +349,11 @@ def _beaten_by_one_row(comp, pos: np.ndarray, a_norm: np.ndarray, domain,
     size, d = pos.size, comp.weight.shape[1]
     near = np.argpartition(a_norm, min(_NEAREST, a_norm.shape[1] - 1), axis=1)[:, :_NEAREST]  # (B, near)
     top = np.hstack([np.broadcast_to(strongest, (size, strongest.size)), near])  # (B, rows)
-    diffs = comp.weight[top] - comp.weight[pos][:, None]
-    values = domain.linear_min(diffs.reshape(-1, d).T)[0].reshape(top.shape)
+    values = np.empty(top.shape)
+    step = max(1, (4 << 20) // (top.shape[1] * d))  # tokens at a time: 32 MB of differences
+    for lo in range(0, size, step):
+        diffs = comp.weight[top[lo:lo + step]] - comp.weight[pos[lo:lo + step]][:, None]
+        values[lo:lo + step] = domain.linear_min(diffs.reshape(-1, d).T)[0].reshape(diffs.shape[:2])
     if comp.bias is not None:
         values = values + (comp.bias[top] - comp.bias[pos][:, None])
     values[~np.isfinite(np.take_along_axis(a_norm, top, axis=1))] = -np.inf  # the token itself, excluded rows
