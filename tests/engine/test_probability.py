@@ -44,3 +44,38 @@ def test_max_probability_cone_phase_agrees_with_frank_wolfe(rng, domain):
     for found in (fw, cone):
         assert found.upper >= found.reached and found.upper <= found.reached * (1 + 2e-4)
     assert cone.reached <= fw.upper * (1 + 1e-9) and fw.reached <= cone.upper * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("left", [0.1, 30.0])
+def test_a_restricted_solve_starts_only_where_the_budget_holds_it(rng, monkeypatch, left):
+    """cvxpy's set-up is not under the solver's time limit: a restricted solve starts only while the
+    budget left holds twice what the Frank-Wolfe phase took (a bracket from that phase is returned
+    instead), so the stage keeps its deadline."""
+    import time  # noqa: PLC0415
+
+    import cvxpy as cp  # noqa: PLC0415
+
+    from argmaxcheck.engine import probability  # noqa: PLC0415
+
+    weight = rng.normal(size=(200, 5))
+    weight[3] = weight[:6].mean(axis=0)
+    domain = Ball(1.0).resolve(5)
+    phase = probability._frank_wolfe
+
+    def slow_phase(*args, **kwargs):  # 0.2 s, and a bracket left wide open
+        time.sleep(0.2)
+        x, lower, _ = phase(*args, **kwargs)
+        return x, lower - 1.0, lower + 1.0
+
+    solves = []
+    solve = cp.Problem.solve
+
+    def counted(self, *args, **kwargs):
+        solves.append(kwargs.get("time_limit"))
+        return solve(self, *args, **kwargs)
+
+    monkeypatch.setattr(probability, "_frank_wolfe", slow_phase)
+    monkeypatch.setattr(cp.Problem, "solve", counted)
+    found = max_probability(weight, None, 3, domain, rows=16, deadline=time.perf_counter() + 0.2 + left)
+    assert found is not None and 0 < found.reached <= found.upper
+    assert (len(solves) > 0) == (left > 1)
