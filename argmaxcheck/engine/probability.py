@@ -130,8 +130,6 @@ def max_probability(weight: np.ndarray, bias: np.ndarray | None, p: int, domain,
     that beat the token where it comes closest). ``deadline`` is a ``time.perf_counter()`` value;
     ``fw_steps`` caps the Frank-Wolfe phase.
     """
-    import cvxpy as cp  # noqa: PLC0415 - heavy import, only needed here
-
     m, d = weight.shape
     b = np.zeros(m) if bias is None else bias
     x = domain.centre() if x0 is None else np.asarray(x0, dtype=np.float64)
@@ -149,13 +147,18 @@ def max_probability(weight: np.ndarray, bias: np.ndarray | None, p: int, domain,
     working = _top_rows(weight @ x + b, p, np.zeros(m, dtype=bool), rows)  # mass ranks as the scores do
     if seed_rows is not None:
         working[np.asarray(seed_rows, dtype=np.int64)] = True
-    var = cp.Variable(d)
-    constraints = domain.cvxpy_constraints(var)
     polish_end = time.perf_counter() + _POLISH_SECONDS
+    var = constraints = None
     for _ in range(max_rounds):
         now = time.perf_counter()
         if now > min(polish_end, deadline or np.inf) or (deadline is not None and deadline - now < needed):
             break
+        # Imported only for a solve: the first import costs about 0.8 s, more than the whole stage's
+        # budget on a small head (where Frank-Wolfe alone uses it up).
+        import cvxpy as cp  # noqa: PLC0415
+        if var is None:
+            var = cp.Variable(d)
+            constraints = domain.cvxpy_constraints(var)
         ids = np.flatnonzero(working)
         scores = weight[ids] @ var + b[ids]
         objective = weight[p] @ var + b[p] - cp.log_sum_exp(scores)
