@@ -49,7 +49,7 @@ def test_max_probability_cone_phase_agrees_with_frank_wolfe(rng, domain):
 @pytest.mark.parametrize("left", [0.1, 30.0])
 def test_a_restricted_solve_starts_only_where_the_budget_holds_it(rng, monkeypatch, left):
     """cvxpy's set-up is not under the solver's time limit: a restricted solve starts only while the
-    budget left holds twice what the Frank-Wolfe phase took (a bracket from that phase is returned
+    budget left holds four times what the Frank-Wolfe phase took (a bracket from that phase is returned
     instead), so the stage keeps its deadline."""
     import time  # noqa: PLC0415
 
