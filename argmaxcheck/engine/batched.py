@@ -272,9 +272,11 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
             t0 = time.perf_counter()
             # From the plain search's weights (theta and eta = 0): only the bias is off there.
             start = np.log(np.maximum(lams[:, again], 1e-300))
-            lifted, met = search(support.lifted_targets(comp.weight[pos[again]], comp.bias[pos[again]]), True, start)
+            lifted_lams, lifted_met = search(support.lifted_targets(comp.weight[pos[again]], comp.bias[pos[again]]),
+                                             True, start)
             t1 = time.perf_counter()
-            for k, check in zip(again, _check_block(comp, pos[again], support, lifted, met, domain), strict=True):
+            for k, check in zip(again, _check_block(comp, pos[again], support, lifted_lams, lifted_met, domain),
+                                strict=True):
                 checks[k] = check
             spent["search"] += t1 - t0
             spent["check"] += time.perf_counter() - t1
