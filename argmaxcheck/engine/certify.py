@@ -110,6 +110,15 @@ def float64_scores(weight: np.ndarray, bias: np.ndarray | None, points: np.ndarr
     return scores
 
 
+def float32_scores(weight32: np.ndarray, bias: np.ndarray | None, points: np.ndarray) -> np.ndarray:
+    """Every row's float32 score at each point rounded to float32 (n x B, float32): one float32 product,
+    then the bias rounded to float32 and added in float32, as :func:`check_witnesses_float32` bounds it."""
+    scores = rows_times32(weight32, np.asarray(points, dtype=np.float32).T)
+    if bias is not None:
+        scores += bias.astype(np.float32)[:, None]
+    return scores
+
+
 def check_witnesses(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarray, points: np.ndarray,
                     domain, row_norms: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
     """:func:`check_witness` for a block: token ``rows[b]`` at ``points[b]``, one float64 product for all.
@@ -147,9 +156,8 @@ def check_witnesses_float32(weight: np.ndarray, weight32: np.ndarray, bias: np.n
     float64, with :func:`check_witnesses`' bound. The gap bound is the smaller of the two parts.
     ``weight32`` is ``weight`` rounded to nearest float32 (:attr:`Competitors.weight32`): the bound
     covers that rounding, so it is never assumed exact. ``scores32``,
-    when the caller has them, are ``weight32 @ points32.T`` plus the bias rounded to float32, all
-    in float32, in any summation order (:mod:`.polish` makes them to find the rows in the way); they
-    are read, not changed.
+    when the caller has them, are :func:`float32_scores` at these points (in any summation order:
+    :mod:`.polish` makes them to find the rows in the way); they are read, not changed.
     """
     points32 = np.asarray(points, dtype=np.float32)
     claimed = points32.astype(np.float64)
@@ -165,9 +173,7 @@ def check_witnesses_float32(weight: np.ndarray, weight32: np.ndarray, bias: np.n
     d = weight.shape[1]
     x_norms = np.linalg.norm(claimed[at], axis=1) * (1 + 4 * U64)
     if scores32 is None:
-        scores = rows_times32(weight32, points32[at].T)
-        if bias is not None:
-            scores += bias.astype(np.float32)[:, None]
+        scores = float32_scores(weight32, bias, points32[at])
     else:
         scores = np.array(scores32[:, at], dtype=np.float32)  # a copy: own rows are masked below
     top_bias = 0.0 if bias is None else float(np.abs(bias).max())

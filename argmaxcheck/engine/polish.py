@@ -29,7 +29,6 @@ import numpy as np
 
 from ..report.stats import StageStats
 from . import certify
-from ._blas import rows_times32
 from .exact import ExactResult, settle_or_reopen
 
 if TYPE_CHECKING:
@@ -99,7 +98,7 @@ def polish(comp, positions: np.ndarray, domain, starts: np.ndarray) -> tuple[np.
     norm0 = np.linalg.norm(x0, axis=1)
     scale = norm0 * top_w + top_b  # the logits' scale at each start
     scale = np.where(scale > 0, scale, 1.0)
-    scores0 = _scores32(comp, x0)
+    scores0 = certify.float32_scores(comp.weight32, comp.bias, x0)
     within = _ahead(positions, scores0, _REACH * scale, strict=True)
     scores0[positions, np.arange(size)] = -np.inf  # a token is never its own rival
     # Each token's rows closest to beating it (at most _FIRST_ROWS), among those within reach; a
@@ -138,7 +137,8 @@ def polish(comp, positions: np.ndarray, domain, starts: np.ndarray) -> tuple[np.
             if u is None:
                 live[b] = False
         xs[idx] = domain.project(xs[idx].T, inset=_INSET).T
-        scores = _scores32(comp, xs[idx])  # at the points rounded to float32: those are claimed if they win
+        # At the points rounded to float32: those are claimed if they win.
+        scores = certify.float32_scores(comp.weight32, comp.bias, xs[idx])
         way = _ahead(positions[idx], scores, _SLACK32 * scale[idx])
         for m, b in enumerate(idx):
             way[active[b], m] = False  # held at eps by the move: rounding, not new rows
@@ -193,19 +193,11 @@ def _rows_per_column(mask: np.ndarray, most: int) -> list[np.ndarray | None]:
     return out
 
 
-def _scores32(comp, points: np.ndarray) -> np.ndarray:
-    """Every row's score at each point rounded to float32 (n x B, float32, the bias rounded to float32
-    and added in float32): what :func:`certify.check_witnesses_float32` bounds."""
-    scores = rows_times32(comp.weight32, points.T.astype(np.float32))
-    if comp.bias is not None:
-        scores += comp.bias.astype(np.float32)[:, None]
-    return scores
-
-
 def _ahead(positions, scores: np.ndarray, reach: np.ndarray, strict: bool = False) -> np.ndarray:
-    """Which rows score within ``reach`` of each token or above it (n x B mask, from :func:`_scores32`:
-    hints, never a proof); the token's own row is not among them. No array of leads is made: at
-    262k rows a block's float32 scores are 134 MB, and the moved points' check keeps them."""
+    """Which rows score within ``reach`` of each token or above it (an n x B mask, from
+    :func:`certify.float32_scores`: hints, never a proof); the token's own row is not among them. No
+    array of leads is made: at 262k rows a block's float32 scores are 134 MB, and the moved points'
+    check keeps them."""
     cols = np.arange(positions.size)
     limit = scores[positions, cols].astype(np.float64) - reach
     mask = scores > limit[None, :] if strict else scores >= limit[None, :]
