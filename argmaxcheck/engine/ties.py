@@ -17,7 +17,7 @@ from ..layer import OutputLayer
 from ..report.model import UNARGMAXABLE, TokenResult
 from ..report.stats import StageStats
 from . import certify
-from ._fingerprint import row_fingerprints
+from ._fingerprint import row_groups
 
 if TYPE_CHECKING:
     from .state import AuditState
@@ -75,30 +75,6 @@ def run(state: AuditState) -> StageStats | None:
     return StageStats("ties", len(state.targets), sum(1 for i in state.targets if i in state.results))
 
 
-def _row_groups(weight: np.ndarray, block: int = 8192, mult: np.ndarray | None = None) -> np.ndarray:
-    """A group id per row, equal exactly for rows with identical bits, in O(n) extra memory.
-
-    Rows are fingerprinted by their bits (:func:`row_fingerprints`: identical rows always
-    collide); rows that share a fingerprint are then compared bit for bit, so a chance collision
-    of different rows never merges them.
-    """
-    bits = np.ascontiguousarray(weight).view(np.uint64)
-    _, group = np.unique(row_fingerprints(bits, mult, block), return_inverse=True)
-    group = group.ravel().astype(np.int64)
-    counts = np.bincount(group)
-    next_id = counts.size
-    for g in np.flatnonzero(counts > 1):  # shared fingerprints: split by exact comparison
-        members = np.flatnonzero(group == g)
-        same = np.all(bits[members] == bits[members[0]], axis=1)
-        members = members[~same]  # the rows equal to the first keep the id g
-        while members.size:
-            same = np.all(bits[members] == bits[members[0]], axis=1)
-            group[members[same]] = next_id
-            next_id += 1
-            members = members[~same]
-    return group
-
-
 def _group_identical_rows(layer: OutputLayer):
     """Split rows into representatives (one per distinct weight row, the best bias) and the rest.
 
@@ -107,7 +83,7 @@ def _group_identical_rows(layer: OutputLayer):
     another row with identical weights *and* bias, for rows in such a tie.
     """
     n = layer.weight.shape[0]
-    group = _row_groups(layer.weight)
+    group = row_groups(layer.weight)
     bias = layer.bias if layer.bias is not None else np.zeros(n)
     ids = np.arange(n)
     order = np.lexsort((ids, -bias, group))  # by group, best bias first, then lowest id

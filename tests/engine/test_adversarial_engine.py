@@ -164,13 +164,13 @@ def test_explain_never_proposes_a_negative_bias_increase():
 
 
 def test_identical_rows_are_grouped_exactly_even_when_fingerprints_collide():
-    from argmaxcheck.engine.ties import _row_groups  # noqa: PLC0415
+    from argmaxcheck.engine._fingerprint import row_groups  # noqa: PLC0415
 
     w = np.array([[1.0, 2.0], [2.0, 1.0], [1.0, 2.0], [3.0, 0.5], [2.0, 1.0]])
     # Multipliers of 1 make the fingerprint the sum of the bit patterns: (a, b) and (b, a) collide.
-    group = _row_groups(w, mult=np.ones(2, dtype=np.uint64))
+    group = row_groups(w, mult=np.ones(2, dtype=np.uint64))
     assert group[0] == group[2] and group[1] == group[4] and len({group[0], group[1], group[3]}) == 3
-    assert len(set(_row_groups(w).tolist())) == 3
+    assert len(set(row_groups(w).tolist())) == 3
 
 
 def test_biases_at_the_bottom_of_float32_never_give_a_false_witness():
