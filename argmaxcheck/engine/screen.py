@@ -81,8 +81,11 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
     witness = np.zeros((k, d))
     if k == 0:
         return ScreenResult(gaps, witness)
-    block = int(max(1, min(k, block_bytes // (4 * max(m, 1)))))
     backend = backend or NumpyBackend(weight32)
+    # ``block`` columns of scores fit in ``block_bytes`` (the passes that hold a whole m x B product);
+    # guesses go ``wide`` columns at a time where the backend reduces scores as it makes them.
+    block = int(max(1, min(k, block_bytes // (4 * max(m, 1)))))
+    wide = int(min(k, backend.score_columns(block)))
     made: dict[str, list] = {}  # the guess functions, per place their arrays live (a GPU, or numpy after it)
 
     def guesses(ops) -> list[Callable[[np.ndarray], np.ndarray]]:
@@ -98,13 +101,13 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
         return made_here[min(number, len(made_here)) - 1](pos)
 
     count = len(backend.on_device(guesses, "whitening the rows"))
-    ctx = _Context(weight32, bias, max_norm, cast_unit, domain, d, backend)
+    ctx = _Context(weight32, bias, max_norm, cast_unit, domain, d, backend, block)
     source = np.ones(k, dtype=np.int64)  # the guess that gave each token's best point
 
     def try_guess(number: int, at: np.ndarray) -> None:
         """Guess ``number`` for the tokens ``at``, a block at a time; keep each one's best point."""
-        for start in range(0, at.size, block):
-            idx = at[start:start + block]
+        for start in range(0, at.size, wide):
+            idx = at[start:start + wide]
             dirs = backend.on_device(lambda ops, pos=positions[idx]: direction(ops, number, pos), "computing guesses")
             g, x = ctx.best_points(dirs, positions[idx])
             better = g > gaps[idx]
@@ -235,8 +238,9 @@ class _Context:
     anchor with one product per direction; ``"clip"`` clips guesses into ``coordinate_bounds()``.
     """
 
-    def __init__(self, weight32, bias, max_norm, cast_unit, domain, d, backend):
+    def __init__(self, weight32, bias, max_norm, cast_unit, domain, d, backend, block):
         self.weight32 = weight32
+        self.block = block  # the most columns of one whole m x B product held at once
         self.product = backend.product  # weight32 @ points.T, on the CPU or a GPU
         self.rival_scores = backend.rival_scores  # the same, reduced to own score and best rival
         self.max_norm = max_norm
@@ -328,7 +332,16 @@ class _Context:
             return self._centred_ball(unit32, own, dom.origin_ball_radius)
         if not np.isfinite(dom.ray_reach) and not self.has_offset:  # R^d without bias: scale is irrelevant
             return self._gaps(unit32, own), unit
-        return self._scaled(unit32, own)
+        return self._by_block(self._scaled, unit32, own)
+
+    def _by_block(self, score, unit: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``score(unit, own)`` (gaps and points) on at most :attr:`block` columns at a time: ``score``
+        holds a whole m x B product."""
+        if unit.shape[0] <= self.block:
+            return score(unit, own)
+        parts = [score(unit[lo:lo + self.block], own[lo:lo + self.block])
+                 for lo in range(0, unit.shape[0], self.block)]
+        return np.concatenate([g for g, _ in parts]), np.concatenate([x for _, x in parts])
 
     def _centred_ball(self, unit32: np.ndarray, own: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
         """A ball around 0 (a folded LayerNorm or RMSNorm): the whole radius first, scored by one product
@@ -345,7 +358,7 @@ class _Context:
         gap[~inside] = -np.inf
         left = np.flatnonzero(gap <= 0)
         if self.has_offset and left.size:
-            g, x = self._scaled(unit32[left], own[left])
+            g, x = self._by_block(self._scaled, unit32[left], own[left])
             better = g > gap[left]
             gap[left[better]], pts[left[better]] = g[better], x[better]
         return gap, pts
@@ -416,30 +429,34 @@ class _Context:
                 break
         left = cols  # the columns neither reach proved
         if self.has_offset and left.size and np.isinf(upper - lower).any():
-            # A box open on some side, with a bias: the scale of a good point is set by the bias,
-            # not by the box. Search scales as on R^d (float32, clipping ignored), then certify the
-            # clipped point at the chosen scale.
-            # Along the direction's part that the open sides allow (the rest stays at the finite bound).
-            free = np.where(np.isinf(upper), np.maximum(unit[left], 0.0), 0.0) + np.where(
-                np.isinf(lower), np.minimum(unit[left], 0.0), 0.0)
-            norms = np.linalg.norm(free, axis=1)
-            free /= np.where(norms > 0, norms, 1.0)[:, None]
-            free32 = free.astype(np.float32)
-            g32 = self.product(free32)
-            scale = self._best_scale(g32, own[left])
-            if self.box_centre.any():
-                gap, pts = self._clipped_gaps(self.box_centre + scale[:, None] * free, own[left])
-            else:
-                # 0 is in the box and a free direction moves only along open sides, away from their
-                # finite bound: scale * free is in the box as it is, and the product just made scores it
-                # (a second product of the clipped points cost swish_box 32768 x 512 a fifth of its screen).
-                scale = scale.astype(np.float32).astype(np.float64)  # float32 scale x float32 entries: exact
-                pts = free32.astype(np.float64) * scale[:, None]
-                gap = self._gaps(free32, own[left], scale, product=g32)
-                self._drop_outside(gap, pts)
+            gap, pts = self._by_block(self._open_sides, unit[left], own[left])
             better = gap > best_gap[left]
             best_gap[left[better]], best_pts[left[better]] = gap[better], pts[better]
         return best_gap, best_pts
+
+    def _open_sides(self, unit: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A box open on some side, with a bias: the scale of a good point is set by the bias, not by
+        the box. Scales are searched as on R^d (float32, clipping ignored), then the clipped point at
+        the chosen scale is certified."""
+        lower, upper = self.clip_lower, self.clip_upper
+        # Along the direction's part that the open sides allow (the rest stays at the finite bound).
+        free = np.where(np.isinf(upper), np.maximum(unit, 0.0), 0.0) + np.where(
+            np.isinf(lower), np.minimum(unit, 0.0), 0.0)
+        norms = np.linalg.norm(free, axis=1)
+        free /= np.where(norms > 0, norms, 1.0)[:, None]
+        free32 = free.astype(np.float32)
+        g32 = self.product(free32)
+        scale = self._best_scale(g32, own)
+        if self.box_centre.any():
+            return self._clipped_gaps(self.box_centre + scale[:, None] * free, own)
+        # 0 is in the box and a free direction moves only along open sides, away from their
+        # finite bound: scale * free is in the box as it is, and the product just made scores it
+        # (a second product of the clipped points cost swish_box 32768 x 512 a fifth of its screen).
+        scale = scale.astype(np.float32).astype(np.float64)  # float32 scale x float32 entries: exact
+        pts = free32.astype(np.float64) * scale[:, None]
+        gap = self._gaps(free32, own, scale, product=g32)
+        self._drop_outside(gap, pts)
+        return gap, pts
 
     def _drop_outside(self, gap: np.ndarray, points: np.ndarray) -> None:
         """Points must truly lie in the domain: a gap is no proof (-inf, in place) where rounding pushed

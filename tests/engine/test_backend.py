@@ -107,12 +107,12 @@ def test_rival_scores_reduce_on_the_device_as_numpy_does(with_scale, with_offset
 def test_numpy_rival_scores_in_row_parts_equal_the_whole_product_reduced(with_offset):
     rng = np.random.default_rng(5)
     w32 = rng.normal(size=(3000, 16)).astype(np.float32)
-    x32 = rng.normal(size=(2100, 16)).astype(np.float32)  # wide enough that the rows go 256 at a time
-    own = rng.integers(0, 3000, size=2100)
+    x32 = rng.normal(size=(8200, 16)).astype(np.float32)  # wide enough that the rows go 256 at a time
+    own = rng.integers(0, 3000, size=8200)
     own[:3] = [0, 255, 2999]  # part boundaries
     w32[own[:3]] *= 10  # far longer than any other row: each of these wins at its own row,
     x32[:3] = w32[own[:3]]  # so the rival must be another row
-    scale32 = rng.uniform(0.5, 2, size=2100).astype(np.float32)
+    scale32 = rng.uniform(0.5, 2, size=8200).astype(np.float32)
     offset32 = rng.normal(size=3000).astype(np.float32) if with_offset else None
     backend = NumpyBackend(w32)
     mine, best = backend.rival_scores(x32, own, scale32, offset32)
@@ -442,3 +442,35 @@ def test_a_twin_the_first_guess_missed_by_far_still_gets_the_other_guesses(rng, 
     every_row_a_twin = screen.screen(weight.astype(np.float32), weight, bias, np.arange(n), domain)
     assert (plain.gap <= 0).sum() > 50  # rows the guesses leave, missed by far
     assert np.array_equal(plain.gap, every_row_a_twin.gap)
+
+
+@pytest.mark.parametrize("domain", [Unbounded(), Ball(2.0, np.full(8, 0.1)), Box(-np.ones(8), np.full(8, np.inf))])
+def test_screen_scores_wide_blocks_and_holds_whole_products_a_memory_block_at_a_time(rng, domain, monkeypatch):
+    """Guesses go 4,096 columns at a time where scores are reduced as they are made; the passes that
+    hold a whole m x B product (scale searches: R^d or a ball with a bias, a box's open sides) split
+    them into blocks within ``block_bytes``: the same gaps and points (to float32 rounding) whatever
+    that block is."""
+    from argmaxcheck.engine import screen  # noqa: PLC0415
+
+    m, d = 1500, 8
+    weight, bias = rng.normal(size=(m, d)), rng.normal(size=m)
+    held = []
+    for name in ("_scaled", "_open_sides"):  # the passes that hold a whole product of their columns
+        method = getattr(screen._Context, name)
+        monkeypatch.setattr(screen._Context, name,
+                            lambda self, unit, own, method=method: held.append(unit.shape[0]) or method(self, unit, own))
+
+    def run(block):
+        held.clear()
+        found = screen.screen(weight.astype(np.float32), weight, bias, np.arange(m), domain.resolve(d),
+                              block_bytes=m * 4 * block)
+        return found, max(held, default=0)
+
+    wide, held_wide = run(4096)
+    narrow, held_narrow = run(7)
+    assert held_wide > 7 and 0 < held_narrow <= 7  # each scale search held at most 7 columns' product
+    # float32 GEMMs of other widths may round otherwise in the last bit; every gap is a proof either way.
+    np.testing.assert_allclose(wide.gap, narrow.gap, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(wide.witness, narrow.witness, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(wide.gap > 0, narrow.gap > 0)
+    assert np.count_nonzero(wide.gap > 0) > m / 10
