@@ -215,6 +215,20 @@ def test_scaling_by_a_power_of_two_matches_ldexp_bit_for_bit(exponent):
         assert _scaled_exactly(values, exponent) is None
 
 
+def test_margins_are_scaled_back_as_ldexp_rounds_them():
+    """Results return to the layer's units with Python's ldexp: the same numbers as numpy's, signed
+    zeros, NaN and overflow to infinity included."""
+    from argmaxcheck.engine.scaling import _ldexp  # noqa: PLC0415
+
+    values = np.array([0.5, -3.0, np.nan, np.inf, -np.inf, 1e308, -1e308, 5e-324, 0.0, -0.0])
+    for exponent in (-1100, -3, 0, 5, 1100):
+        with np.errstate(over="ignore"):
+            expected = np.ldexp(values, exponent)
+        got = np.array([_ldexp(float(v), exponent) for v in values])
+        np.testing.assert_array_equal(got, expected)
+        assert np.array_equal(np.signbit(got), np.signbit(expected))
+
+
 def test_float32_copy_check_is_exact_in_blocks():
     from argmaxcheck.engine.screen import _same_values  # noqa: PLC0415
 
