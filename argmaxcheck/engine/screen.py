@@ -83,9 +83,10 @@ def screen(weight32: np.ndarray, weight64: np.ndarray, bias: np.ndarray | None, 
         return ScreenResult(gaps, witness)
     backend = backend or NumpyBackend(weight32)
     # ``block`` columns of scores fit in ``block_bytes`` (the passes that hold a whole m x B product);
-    # guesses go ``wide`` columns at a time where the backend reduces scores as it makes them.
+    # guesses go ``wide`` columns at a time where the backend reduces scores as it makes them, as long
+    # as their points (about six float64 copies of a B x d array on the way) fit there too.
     block = int(max(1, min(k, block_bytes // (4 * max(m, 1)))))
-    wide = int(min(k, backend.score_columns(block)))
+    wide = int(min(k, backend.score_columns(block), max(block, block_bytes // (48 * d))))
     made: dict[str, list] = {}  # the guess functions, per place their arrays live (a GPU, or numpy after it)
 
     def guesses(ops) -> list[Callable[[np.ndarray], np.ndarray]]:

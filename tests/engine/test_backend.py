@@ -454,11 +454,13 @@ def test_screen_scores_wide_blocks_and_holds_whole_products_a_memory_block_at_a_
 
     m, d = 1500, 8
     weight, bias = rng.normal(size=(m, d)), rng.normal(size=m)
+    # A box's shorter reach is tried or not by the yield of the blocks so far: tried on every block here.
+    monkeypatch.setattr(screen._Context, "_short_reach_pays", lambda self: True)
     held = []
     for name in ("_scaled", "_open_sides"):  # the passes that hold a whole product of their columns
         method = getattr(screen._Context, name)
-        monkeypatch.setattr(screen._Context, name,
-                            lambda self, unit, own, method=method: held.append(unit.shape[0]) or method(self, unit, own))
+        monkeypatch.setattr(screen._Context, name, lambda self, unit, own, method=method:
+                            held.append(unit.shape[0]) or method(self, unit, own))
 
     def run(block):
         held.clear()
@@ -474,3 +476,21 @@ def test_screen_scores_wide_blocks_and_holds_whole_products_a_memory_block_at_a_
     np.testing.assert_allclose(wide.witness, narrow.witness, rtol=1e-5, atol=1e-6)
     assert np.array_equal(wide.gap > 0, narrow.gap > 0)
     assert np.count_nonzero(wide.gap > 0) > m / 10
+
+
+def test_screen_keeps_its_wide_blocks_within_the_memory_budget(rng, monkeypatch):
+    """Points are scored 4,096 at a time only while about six float64 copies of them fit in
+    ``block_bytes``; below that, in blocks of what a whole product would allow, if more."""
+    from argmaxcheck.engine import screen  # noqa: PLC0415
+
+    d = 64
+    widths = []
+    scores = NumpyBackend.rival_scores
+    monkeypatch.setattr(NumpyBackend, "rival_scores",
+                        lambda self, p, *a: widths.append(p.shape[0]) or scores(self, p, *a))
+    for m, block_bytes, widest in ((300, 1 << 30, 300), (3000, 48 * d * 40, 40), (300, 4 * 300 * 10, 10)):
+        weight = rng.normal(size=(m, d))
+        widths.clear()
+        screen.screen(weight.astype(np.float32), weight, None, np.arange(m), Unbounded().resolve(d),
+                      block_bytes=block_bytes)
+        assert max(widths) == widest
