@@ -50,13 +50,20 @@ class OutputLayer:
     @classmethod
     def from_arrays(cls, weight, bias=None, tokens: Sequence[str] | None = None,
                     *, name: str = "weight", bias_name: str = "bias",
-                    source_dtype: str | None = None) -> OutputLayer:
+                    source_dtype: str | None = None, copy: bool = True) -> OutputLayer:
         """Validate raw arrays (numpy, torch, lists) and widen them to float64.
 
         ``source_dtype`` names the precision the weights were stored in when the arrays given
         are already converted (e.g. folded from a float16 checkpoint); default: their own dtype.
+        ``copy=False`` lets the layer keep a float64, C-ordered numpy ``weight`` as it is given (its
+        -0.0 entries become 0.0 in place): for an array nobody else holds, such as a folded head
+        (a second 200 MB copy cost whisper-base's load 0.3 s in first-touch page faults).
         """
-        w, own_dtype = _to_float64(weight, name)
+        if not copy and isinstance(weight, np.ndarray) and weight.dtype == np.float64 and weight.flags.c_contiguous \
+                and weight.flags.writeable:
+            w, own_dtype = weight, "float64"
+        else:
+            w, own_dtype = _to_float64(weight, name)
         source_dtype = source_dtype or own_dtype
         if w.ndim != 2:
             raise InputError(f"{name} must be 2-D [num_classes, dim], got shape {w.shape}")
@@ -83,11 +90,13 @@ class OutputLayer:
             if len(names) != n:
                 raise InputError(f"got {len(names)} token names for {n} rows of {name}")
         # +0.0 turns -0.0 into 0.0 so that byte-level duplicate detection sees equal rows as equal.
-        # +0.0 also copies: the layer never aliases the caller's array. A copy made by the widening
+        # +0.0 also copies: the layer never aliases the caller's array (unless told it may, with
+        # copy=False). A copy made by the widening
         # above is reused in place rather than copied again (a 262k x 640 head is 1.3 GB in float64).
         # Only a numpy input is known not to share memory with a fresh widening; a torch tensor's
         # numpy view does share it (float64 on the CPU), so anything else is copied.
-        if not isinstance(weight, np.ndarray) or np.may_share_memory(w, weight) or not w.flags.c_contiguous:
+        if w is not weight and (not isinstance(weight, np.ndarray) or np.may_share_memory(w, weight)
+                                or not w.flags.c_contiguous):
             w = np.ascontiguousarray(w + 0.0)
         else:
             w += 0.0

@@ -65,11 +65,12 @@ def fold_norm(raw: OutputLayer, norm: str, gamma: np.ndarray, beta: np.ndarray |
         if distinct is not weight:
             folded, bias = folded[inverse], bias[inverse]
         bias = bias + (0.0 if head_bias is None else head_bias)
-        layer = OutputLayer.from_arrays(folded, bias, raw.tokens, source_dtype=raw.source_dtype)
+        layer = OutputLayer.from_arrays(folded, bias, raw.tokens, source_dtype=raw.source_dtype, copy=False)
         domain_text = f"LayerNorm output: |z| <= sqrt({d}) in the {d - 1}-dim mean-zero subspace"
     else:
         scale = 1.0 + gamma if norm == "rmsnorm1p" else gamma
-        layer = OutputLayer.from_arrays(weight * scale, head_bias, raw.tokens, source_dtype=raw.source_dtype)
+        layer = OutputLayer.from_arrays(weight * scale, head_bias, raw.tokens, source_dtype=raw.source_dtype,
+                                        copy=False)
         domain_text = f"RMSNorm output: |z| <= sqrt({d})"
     # The head as stored: ``raw`` itself when its bias is the head's (a second validated copy of the
     # weights cost whisper-base 0.3 s and 200 MB).

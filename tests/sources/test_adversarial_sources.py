@@ -477,3 +477,28 @@ def test_library_warnings_are_one_line_after_a_verdict_and_silent_after_a_failur
     lines = capsys.readouterr().err.splitlines()
     warning = "argmaxcheck: warning: Detected pickle protocol 4 return Unpickler(file).load()\\x1b[2J"
     assert (warning in lines) == shown and len(lines) == (1 if code >= 2 else 1 if shown else 0)
+
+
+def test_a_layer_copies_its_weights_unless_told_it_may_keep_them():
+    """By default a layer never aliases the caller's array; with copy=False it keeps a float64, C-ordered
+    one (a folded head nobody else holds) and still turns -0.0 into 0.0 and refuses non-finite values."""
+    weight = np.array([[1.0, -0.0], [2.0, 3.0]])
+    copied = OutputLayer.from_arrays(weight)
+    assert not np.shares_memory(copied.weight, weight) and np.signbit(weight[0, 1])
+    kept = OutputLayer.from_arrays(weight, copy=False)
+    assert kept.weight is weight and not np.signbit(weight[0, 1])
+    strided = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])[:, ::2]  # not C-ordered: copied whatever copy says
+    assert not np.shares_memory(OutputLayer.from_arrays(strided, copy=False).weight, strided)
+    with pytest.raises(InputError, match=r"non-finite|inf"):
+        OutputLayer.from_arrays(np.array([[1.0, np.inf], [2.0, 3.0]]), copy=False)
+
+
+def test_the_mean_zero_basis_folds_a_block_of_rows_at_a_time_as_it_folds_them_all(rng):
+    small = 9
+    weight, gamma = rng.normal(size=(11, small)), rng.normal(size=small)
+    basis = MeanZeroBasis(small)
+    whole = basis.apply(weight * gamma)
+    # BLAS may round a row otherwise in a block of another size (so the fold folds distinct rows once).
+    np.testing.assert_allclose(basis.apply(weight, gamma, block=3), whole, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(whole, (weight * gamma) @ basis.to_dense(), rtol=1e-13, atol=1e-14)
+    assert basis.apply(weight[None], gamma).shape == (1, 11, small - 1)  # leading axes kept
