@@ -8,6 +8,7 @@ import pytest
 from argmaxcheck import AuditOptions, Ball, Box, Unbounded, audit
 from argmaxcheck.engine import block_exact, certify, ipm
 from argmaxcheck.engine.competitors import Competitors
+from argmaxcheck.engine.options import ExactOptions
 
 FAST = dict(probability_seconds=0)
 
@@ -169,14 +170,17 @@ def test_the_pinned_split_solves_the_normal_equations(rng, pinned_share):
     assert np.abs(normal @ y - r).max() <= max(1e-12 * np.abs(r).max(), 10 * np.abs(normal @ dense - r).max())
 
 
-@pytest.mark.parametrize(("rounds", "fixed", "expected"), [
-    ([1] * 6, 0, [300, 150, 75, 64, 64, 64]),  # settled at once: the start halves, down to 64
-    ([1, 1, 3, 3, 3, 2], 0, [300, 150, 75, 150, 300, 300]),  # three rounds: doubles back, up to max(d, 100)
-    ([2] * 6, 0, [300] * 6),  # two rounds: as it is
-    ([1] * 6, 200, [200] * 6),  # the options fix it: never changed
+@pytest.mark.parametrize(("rounds", "fixed", "ball", "expected"), [
+    ([1] * 6, 0, True, [300, 150, 75, 64, 64, 64]),  # settled at once: the start halves, down to 64
+    ([1, 1, 3, 3, 3, 2], 0, True, [300, 150, 75, 150, 300, 300]),  # three rounds: doubles back, to max(d, 100)
+    ([2] * 6, 0, True, [300] * 6),  # two rounds: as it is
+    ([1] * 6, 200, True, [200] * 6),  # the options fix it: never changed
+    ([1, 1, 3, 3, 3, 2], 0, False, [64] * 6),  # an LP starts small, whatever the rounds
+    ([1] * 6, 200, False, [200] * 6),
 ])
-def test_the_start_rows_follow_the_rounds_the_blocks_needed(monkeypatch, rounds, fixed, expected):
-    """How many most-violated rows a token starts with adapts to what the blocks before needed."""
+def test_the_start_rows_follow_the_rounds_the_blocks_needed(monkeypatch, rounds, fixed, ball, expected):
+    """How many most-violated rows a token starts with adapts, on a ball, to what the blocks before
+    needed; on an LP it is the smallest start."""
     from argmaxcheck.engine.competitors import Competitors  # noqa: PLC0415
     from argmaxcheck.engine.exact import ExactResult  # noqa: PLC0415
     from argmaxcheck.engine.options import ExactOptions  # noqa: PLC0415
@@ -190,7 +194,8 @@ def test_the_start_rows_follow_the_rounds_the_blocks_needed(monkeypatch, rounds,
         return [ExactResult(witness=np.zeros(d), witness_gap=1.0, rounds=rounds[len(starts) - 1]) for _ in pos]
 
     monkeypatch.setattr(block_exact, "_solve_block", recorded)
-    block_exact.solve_blocks(comp, np.arange(8 * 6), Unbounded().resolve(d), None, ExactOptions(initial_rows=fixed),
+    domain = (Ball(1.0) if ball else Unbounded()).resolve(d)
+    block_exact.solve_blocks(comp, np.arange(8 * 6), domain, None, ExactOptions(initial_rows=fixed),
                              budget_bytes=1)  # blocks of 8 tokens
     assert starts == expected
 
@@ -241,8 +246,10 @@ def test_a_restricted_problem_infeasible_only_inside_the_stand_in_bounds_is_solv
            2217, 2222, 2315, 2843, 3741, 3849, 3854, 3930]  # what the exact step gets on this head (a part)
     ids += [4044, 4059, 4249, 4297, 4538, 4683, 4879, 4931, 5070, 5127, 5803, 6326, 6372, 6968, 7278, 7430,
             7436, 7524, 7667, 7683, 7780, 8150]
-    # Without the batched phase, which now settles most of them before (its search with the bias matched).
-    options = AuditOptions(batched=False, **FAST)
+    # Without the batched phase, which now settles most of them before (its search with the bias matched),
+    # and from as many rows as the blocks started with then (an LP now starts from 64: other restricted
+    # problems, none of them infeasible only inside the stand-in bounds).
+    options = AuditOptions(batched=False, exact=ExactOptions(initial_rows=256), **FAST)
     wide = audit(head.weight, head.bias, head.domain, tokens=ids, options=options)
     monkeypatch.setattr(block_exact, "_WIDENINGS", 0)
     narrow = audit(head.weight, head.bias, head.domain, tokens=ids, options=options)
