@@ -3,9 +3,10 @@
 Each head is written to a temporary .npz (real heads are read from their own files) and audited by the
 CLI, ``argmaxcheck audit FILE --json OUT --quiet ...``, in a FRESH SUBPROCESS, as a user runs it (through
 cli_child.py, which only adds every token's stage to the JSON report); its peak resident memory is
-that child's own ``ru_maxrss`` (``os.wait4``). In the same run, this process times one n x n x d float32
-product (``W32 @ W32.T`` in row blocks; with ``--product-rows R`` only R rows of it, scaled by n / R: its
-cost is linear in the rows).
+that child's own high-water mark (``VmHWM`` in /proc, read while it runs; ``ru_maxrss`` where there is
+no /proc, which also counts what this process held when it started the child). In the same run, this
+process times one n x n x d float32 product (``W32 @ W32.T`` in row blocks; with ``--product-rows R``
+only R rows of it, scaled by n / R: its cost is linear in the rows).
 
 One table row per head: n x d, domain, audit seconds (the report's own), wall seconds of the whole
 command (start-up and loading included), the product's seconds, audit / product, peak RSS against the
@@ -180,9 +181,11 @@ def run_cli(path: Path, cli_args, out_json: Path, extra: list[str], device: str,
                "--quiet", "--format", "text", "--output", os.devnull, "--device", device, *extra]
     err_path = out_json.with_suffix(".stderr")
     t0 = time.perf_counter()
+    high = 0  # the child's own peak (VmHWM), read while it runs
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
         while True:
+            high = max(high, _high_water(proc.pid))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -198,8 +201,24 @@ def run_cli(path: Path, cli_args, out_json: Path, extra: list[str], device: str,
     if out_json.exists() and rc in (0, 1):  # 1: the gate failed (unargmaxable tokens), the report is fine
         report = json.loads(out_json.read_text())
     stderr = err_path.read_text(errors="replace")[-2000:]
-    return {"wall": wall, "peak": usage.ru_maxrss * 1024, "rc": rc, "report": report, "stderr": stderr,
+    # ru_maxrss of a child counts the memory its parent held when it forked (Linux carries the old
+    # image's high-water mark across exec): after this script had loaded whisper-base and SmolLM2 for
+    # their products, every later child showed 1.17 GB. /proc's VmHWM is the child's own image.
+    peak = high if high else usage.ru_maxrss * 1024
+    return {"wall": wall, "peak": peak, "rc": rc, "report": report, "stderr": stderr,
             "command": command}
+
+
+def _high_water(pid: int) -> int:
+    """A running process's peak resident memory in bytes (VmHWM), 0 where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def measure_product(case: Case, rows: int | None, device: str, repeats: int) -> tuple[float, int, int]:

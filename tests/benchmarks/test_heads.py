@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import heads
-from bench_families import per_token_share, stage_rows
+from bench_families import _high_water, per_token_share, stage_rows
 
 from argmaxcheck import AuditOptions, Ball, Box, Unbounded, audit
 
@@ -75,3 +75,15 @@ def test_stage_rows_count_the_tokens_sent_to_per_token_solvers():
     assert [(r["name"], r["tokens_in"], r["settled"], r["per_token"]) for r in rows] == [
         ("screen", 10, 7, 0), ("block_exact", 3, 2, 0), ("exact", 1, 1, 1), ("practical", 4, 1, 1)]
     assert per_token_share(rows, 10) == 0.2
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_child_s_peak_is_its_own_high_water_mark():
+    """The benchmark reads a running child's VmHWM: this process's is at least the array it holds, and
+    a process that does not exist reads 0 (ru_maxrss is then the fallback)."""
+    import os  # noqa: PLC0415
+
+    held = np.ones(64 << 17)  # 64 MB, touched
+    assert _high_water(os.getpid()) >= held.nbytes
+    assert _high_water(2**31 - 1) == 0
+
