@@ -91,8 +91,8 @@ class OutputLayer:
                 raise InputError(f"got {len(names)} token names for {n} rows of {name}")
         # +0.0 turns -0.0 into 0.0 so that byte-level duplicate detection sees equal rows as equal.
         # +0.0 also copies: the layer never aliases the caller's array (unless told it may, with
-        # copy=False). A copy made by the widening
-        # above is reused in place rather than copied again (a 262k x 640 head is 1.3 GB in float64).
+        # copy=False). A copy made by the widening above is reused in place rather than copied again
+        # (a 262k x 640 head is 1.3 GB in float64).
         # Only a numpy input is known not to share memory with a fresh widening; a torch tensor's
         # numpy view does share it (float64 on the CPU), so anything else is copied.
         if w is not weight and (not isinstance(weight, np.ndarray) or np.may_share_memory(w, weight)
