@@ -296,6 +296,65 @@ def check_certificate(weight: np.ndarray, bias: np.ndarray | None, row: int, sup
     return _check_exactly(weight, bias, row, support, lam, domain, [undecided, undecided | near_zero], rows)
 
 
+def check_certificates(weight: np.ndarray, bias: np.ndarray | None, rows: np.ndarray, support: np.ndarray,
+                       lams: np.ndarray, domain) -> list[CertificateCheck]:
+    """:func:`check_certificate` for tokens ``rows`` whose weights share one ``support`` (``lams``: one
+    column per token), their combinations made by two matrix products for all of them.
+
+    Token p's ``v = sum_j lam_j w_j - S w_p`` with ``S = sum_j lam_j`` (and ``beta`` likewise) is
+    computed as ``P - fl(S^ w_p)`` from ``P = fl(Lam^T W_S)`` and ``S^ = fl(sum lam)``: with
+    ``lam >= 0`` and ``g = gamma(K + 5)`` over the K support rows, ``|P - sum lam_j w_j| <= g
+    sum lam_j |w_j|``, ``|S^ - S| <= g S^``, the product and the difference rounding once each, so
+    ``|v - v_exact| <= g (sum lam_j |w_j| + (1 + g) S^ |w_p|) + 2 u |v|`` (``u`` the unit roundoff),
+    the second sum also a product. That is looser than :func:`_combination`'s bound (relative to
+    ``|w_j|``, not to ``|w_j - w_p|``), so only what it proves is kept: a token it leaves undecided or
+    unproven goes through :func:`check_certificate` itself, whose answer stands. PP-OCRv5's 3,337
+    cluster mates on its swish box took 1.3 ms each one at a time, mostly gathering the support
+    and its differences again for every token.
+    """
+    domain = domain.resolve(weight.shape[1])
+    support = np.asarray(support, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    lams = np.asarray(lams, dtype=np.float64)
+
+    def alone(k: int) -> CertificateCheck:
+        return check_certificate(weight, bias, int(rows[k]), support, lams[:, k], domain)
+
+    if (support.size == 0 or np.any(support < 0) or np.any(support >= weight.shape[0])
+            or not np.isfinite(lams).all() or np.isin(rows, support).any()):
+        return [alone(k) for k in range(rows.size)]
+    lam = np.maximum(lams, 0.0)  # check_certificate keeps the positive weights only
+    total = lam.sum(axis=0)
+    lam = lam / np.where(total > 0, total, 1.0)
+    g = gamma(support.size + 5, U64)
+    s_hat = lam.sum(axis=0)
+    gathered = weight[support]
+    w_rows = weight[rows]
+    v = lam.T @ gathered - s_hat[:, None] * w_rows
+    v_err = g * (lam.T @ np.abs(gathered) + (1 + g) * s_hat[:, None] * np.abs(w_rows)) + 2 * U64 * np.abs(v)
+    if bias is not None:
+        b_rows = bias[rows]
+        beta = lam.T @ bias[support] - s_hat * b_rows
+        beta_err = g * (lam.T @ np.abs(bias[support]) + (1 + g) * s_hat * np.abs(b_rows)) + 2 * U64 * np.abs(beta)
+    else:
+        beta = beta_err = np.zeros(rows.size)
+    out: list[CertificateCheck] = []
+    for k in range(rows.size):
+        keep = lam[:, k] > 0
+        if not keep.any():
+            out.append(alone(k))
+            continue
+        bound, undecided = _bound_from_interval(v[k], v_err[k], float(beta[k]), float(beta_err[k]), domain)
+        if undecided.any() or not bound <= 0.0:
+            out.append(alone(k))
+            continue
+        weights = lam[keep, k]
+        sum_hi = float(weights.sum()) * (1.0 + g)
+        out.append(CertificateCheck(True, min(bound / sum_hi, 0.0), "float64 with rounding bounds", "",
+                                    support[keep], weights))
+    return out
+
+
 def best_gap_bound(weight: np.ndarray, bias: np.ndarray | None, row: int, support: np.ndarray,
                    lam: np.ndarray, domain) -> float:
     """Certified upper bound on token ``row``'s best gap ``max_{x in D} s_row(x) - max_{j != row} s_j(x)``

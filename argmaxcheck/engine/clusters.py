@@ -92,8 +92,8 @@ def run(state: AuditState) -> StageStats | None:
             mates = mates[[check is None for check in found]]
         if no_equalities:  # a domain without open sides: the representative's weights may do
             cert = out.certificate
-            found = [certify.check_certificate(comp.weight, comp.bias, int(positions[k]), cert.support, cert.weights,
-                                               domain) for k in mates]
+            found = certify.check_certificates(comp.weight, comp.bias, positions[mates], cert.support,
+                                               np.repeat(cert.weights[:, None], mates.size, axis=1), domain)
             found = [check if check.ok else None for check in found]
             settled += _record(state, ids[mates], found)
             mates = mates[[check is None for check in found]]
@@ -184,8 +184,7 @@ def simplex_certificates(comp: Competitors, rows: np.ndarray, cluster: np.ndarra
         basis = np.sort(pivots[: d + 1])
         checks = certify.check_on_shared_basis(comp.weight, comp.bias, rows[at], real, lams, basis, domain)
     else:
-        checks = [certify.check_certificate(comp.weight, comp.bias, int(rows[k]), real, lams[:, m], domain)
-                  for m, k in enumerate(at.tolist())]
+        checks = certify.check_certificates(comp.weight, comp.bias, rows[at], real, lams, domain)
         checks = [check if check.ok else None for check in checks]
     out = list(none)
     for k, check in zip(at.tolist(), checks, strict=True):

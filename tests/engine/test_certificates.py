@@ -290,3 +290,40 @@ def test_exact_differences_agree_with_rational_arithmetic(rng):
     nan = a32.copy()
     nan[3, 2] = np.nan
     assert not certify._exact_differences(nan, b32, nan - b32)
+
+
+@pytest.mark.parametrize("domain", [Box(np.full(6, -0.3), np.full(6, np.inf)), Box(-np.ones(6), np.ones(6)),
+                                    Ball(2.0)])
+def test_certificates_sharing_one_support_are_checked_together_as_one_at_a_time(rng, domain, monkeypatch):
+    """check_certificates (one support, a column of weights per token) proves what check_certificate
+    proves: weights that hold, and weights that fail, which it hands to check_certificate itself (as
+    it does any token whose intervals leave an open side undecided)."""
+    n, d = 400, 6
+    weight, bias = rng.normal(size=(n, d)), rng.normal(size=n)
+    support = np.arange(100, 400)
+    tokens = np.arange(40)
+    lams = rng.dirichlet(np.ones(support.size), size=tokens.size).T  # the support's mean row, roughly
+    weight[tokens] = lams.T @ weight[support] - 1e-3  # v = 1e-3 in every coordinate: signed for open sides
+    bias[tokens] = lams.T @ bias[support] - 0.05 * (1 + rng.random(tokens.size))  # below its bias there
+    lams[:, :5] = rng.dirichlet(np.ones(support.size), size=5).T  # other weights: some of these fail
+    bias[35:40] += 10.0  # a bias no weights on the support reach
+    resolved = domain.resolve(d)
+    single = certify.check_certificate
+    handed = []  # the tokens check_certificates leaves to check_certificate
+    monkeypatch.setattr(certify, "check_certificate", lambda *a: handed.append(a[2]) or single(*a))
+    together = certify.check_certificates(weight, bias, tokens, support, lams, resolved)
+    monkeypatch.undo()
+    assert len(handed) < tokens.size / 2  # most are decided together
+    alone = [certify.check_certificate(weight, bias, int(t), support, lams[:, k], resolved)
+             for k, t in enumerate(tokens)]
+    assert [c.ok for c in together] == [c.ok for c in alone]
+    assert sum(c.ok for c in together) >= 25 and not any(c.ok for c in together[35:])
+    for a, b in zip(together, alone, strict=True):
+        if a.ok:
+            assert a.bound <= 0 and b.bound <= 0 and abs(a.bound - b.bound) <= 1e-9 * max(1.0, abs(b.bound))
+            np.testing.assert_allclose(a.weights.sum(), 1.0, rtol=1e-12)
+        else:
+            assert a.reason == b.reason
+    # A token named in its own support is refused as check_certificate refuses it.
+    own = certify.check_certificates(weight, bias, np.array([150]), support, lams[:, :1], resolved)
+    assert not own[0].ok and "token itself" in own[0].reason
