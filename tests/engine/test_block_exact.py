@@ -309,6 +309,26 @@ def test_a_deep_infeasible_lp_ends_once_its_dual_bound_over_the_domain_is_negati
         assert bound == pytest.approx(early.t[m]) and bound >= full.t[m] - 1e-9 and bound < 0
 
 
+def test_an_lp_iterate_that_already_beats_its_rows_is_handed_back_as_a_witness_candidate(rng):
+    """A witness candidate needs a point that beats every working row by ``stop_when_positive``, not
+    a primal-feasible iterate: the first iterate (the middle of the bounds) that does is returned at
+    once, with its own margin as t, and one that does not is solved as before."""
+    size, k, d = 4, 30, 8
+    a = rng.normal(size=(size, k, d))
+    a /= np.linalg.norm(a, axis=2, keepdims=True)
+    c = 0.5 + rng.random(size=(size, k))  # x = 0 beats every row by at least 0.5
+    c[2:] -= 2.0  # ... but not these: x = 0 is beaten there
+    mask = np.ones((size, k))
+    lower, upper = -np.ones((size, d)), np.ones((size, d))
+    res = block_exact.solve_chebyshev_batch(a, c, mask, lower, upper, stop_when_positive=1e-3)
+    for m in range(size):
+        margin = float(np.min(c[m] - a[m] @ res.x[m]))
+        assert res.t[m] == pytest.approx(min(margin, 1.0)) if m < 2 else res.t[m] <= margin + 1e-9
+    assert np.array_equal(res.x[:2], np.zeros((2, d))) and res.t[:2].min() >= 0.5
+    alone = block_exact.solve_chebyshev_batch(a[:2], c[:2], mask[:2], lower[:2], upper[:2], stop_when_positive=1e-3)
+    assert alone.iterations == 1
+
+
 def test_a_start_beaten_by_most_rows_is_moved_towards_the_token_away_from_its_neighbours(rng):
     """A token whose start most rows beat gets the point, along the direction from its nearest rows'
     mean to its own row, that fewer rows beat; a start beaten by few rows is left as it is."""
