@@ -511,7 +511,7 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
     act = np.arange(bsz)  # the problems still iterating; the others have left the batch
     store = np.empty((bsz, d, d))  # their normal matrices' factors, in place
     scaled_buf = np.empty((max(k, 1) + 1, d))
-    st = dict(c=c, mask=mask, x=x, t=t, s_r=s_r, l_r=l_r, s_u=s_u, l_u=l_u, s_l=s_l, l_l=l_l, s_q=s_q, nu=nu,
+    st = dict(c=c, mask=mask, x=x, ax=ax, t=t, s_r=s_r, l_r=l_r, s_u=s_u, l_u=l_u, s_l=s_l, l_l=l_l, s_q=s_q, nu=nu,
               s_c=s_c, l_c=l_c, count=count, scale=scale, ones=ones,
               rows=(mask > 0).sum(axis=1))  # real rows come first: padding is left out of the products
     if not unit_ball:
@@ -542,14 +542,13 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
             break
         iterations += 1
         A, C, M, R = _Rows(a, act), st["c"], st["mask"], st["rows"]  # the rows themselves are never copied
-        x, t = st["x"], st["t"]
+        x, t, ax = st["x"], st["t"], st["ax"]
         s_r, l_r, s_u, l_u, s_l, l_l = st["s_r"], st["l_r"], st["s_u"], st["l_u"], st["s_l"], st["l_l"]
         s_q, nu, s_c, l_c = st["s_q"], st["nu"], st["s_c"], st["l_c"]
         # Residuals of the KKT conditions (dual, primal, complementarity).
         atl = _atv(A, l_r, R)
         r_dx = atl + (2 * nu[:, None] * x if unit_ball else l_u - l_l)
         r_dt = -1.0 + l_r.sum(axis=1) + l_c
-        ax = _av(A, x, R)
         r_pr = (ax + t[:, None] + s_r - C) * M
         r_pc = t + s_c - cap
         if unit_ball:
@@ -570,15 +569,18 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
         done = feasible & (d_inf <= tol) & (mu <= tol * sc)
         if unit_ball:
             glob = act
+            # The point pulled into the ball and the normalised weights: their products are A x and
+            # A^T lambda scaled, no pass over the rows of their own.
             norm = np.sqrt(np.einsum("bd,bd->b", x, x))
-            xb = x / np.maximum(1.0, norm * (1 + 1e-12))[:, None]
-            value = np.minimum(cap, np.where(M > 0, C - _av(A, xb, R), np.inf).min(axis=1))
+            shrink = np.maximum(1.0, norm * (1 + 1e-12))[:, None]
+            xb = x / shrink
+            value = np.minimum(cap, np.where(M > 0, C - ax / shrink, np.inf).min(axis=1))
             better = value > best_lo[glob]
             best_lo[glob[better]], best_x[glob[better]] = value[better], xb[better]
             total = (l_r * M).sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
                 w = (l_r * M) / total[:, None]
-                bound = (w * C).sum(axis=1) + np.linalg.norm(_atv(A, w, R), axis=1)
+                bound = (w * C).sum(axis=1) + np.linalg.norm(atl / total[:, None], axis=1)
             better = (total > 0) & np.isfinite(bound) & (bound < best_hi[glob])
             best_hi[glob[better]], best_w[glob[better]] = bound[better], w[better]
             lo_b, hi_b = best_lo[glob], best_hi[glob]
@@ -617,11 +619,25 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
         if done.any() or broken.any():
             leave = np.flatnonzero(done | broken)
             finish(leave, done[leave] & ~broken[leave])
-            continue  # the residuals are recomputed for the smaller batch
+            if act.size == 0:
+                break
+            # The others go on from this iteration's residuals (the rows' products are the dear part).
+            keep = ~(done | broken)
+            A, C, M, R = _Rows(a, act), st["c"], st["mask"], st["rows"]
+            x, t, ax = st["x"], st["t"], st["ax"]
+            s_r, l_r, s_u, l_u, s_l, l_l = st["s_r"], st["l_r"], st["s_u"], st["l_u"], st["s_l"], st["l_l"]
+            s_q, nu, s_c, l_c = st["s_q"], st["nu"], st["s_c"], st["l_c"]
+            r_dx, r_dt, r_pr, r_pc, r_pu, r_pl, r_q, mu = (
+                v[keep] for v in (r_dx, r_dt, r_pr, r_pc, r_pu, r_pl, r_q, mu))
 
         # Normal matrix [[N, g], [g^T, sigma]] over (x, t), factored by blocks (N by Cholesky).
         dg_r = l_r / s_r * M
-        border = _atv(A, dg_r, R)
+        zero_q = np.zeros(act.size)
+        rc_aff = (-s_r * l_r * M, -s_u * l_u, -s_l * l_l, -s_c * l_c, -s_q * nu if unit_ball else zero_q)
+        # One pass over the rows for the border g and the predictor's right-hand side.
+        v_aff = (rc_aff[0] + l_r * r_pr) / s_r * M
+        both = _atv(A, np.stack([dg_r, v_aff], axis=2), R)
+        border, at_aff = both[..., 0], both[..., 1]
         corner = dg_r.sum(axis=1) + l_c / s_c
         if unit_ball:
             jac = 2 * x
@@ -634,28 +650,36 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
         if bad.any():
             finish(np.flatnonzero(bad), False)
             continue
-        across = factor.solve(border)
+
+        def right_side(rc_r, rc_u, rc_l, rc_c, rc_q, at_v=None, s_r=s_r, l_r=l_r, s_u=s_u, l_u=l_u, s_l=s_l,
+                       l_l=l_l, s_c=s_c, l_c=l_c, s_q=s_q, nu=nu, r_pr=r_pr, r_pu=r_pu, r_pl=r_pl, r_pc=r_pc,
+                       r_q=r_q, r_dx=r_dx, r_dt=r_dt, jac=jac, A=A, M=M, R=R):
+            v_r = (rc_r + l_r * r_pr) / s_r * M
+            v_c = (rc_c + l_c * r_pc) / s_c
+            rhs_x = -r_dx - (_atv(A, v_r, R) if at_v is None else at_v)
+            if unit_ball:
+                rhs_x -= jac * ((rc_q + nu * r_q) / s_q)[:, None]
+            else:
+                rhs_x -= (rc_u + l_u * r_pu) / s_u - (rc_l + l_l * r_pl) / s_l
+            return rhs_x, -r_dt - v_r.sum(axis=1) - v_c
+
+        rhs_x, rhs_t = right_side(*rc_aff, at_v=at_aff)
+        solved = factor.solve(np.stack([border, rhs_x], axis=2))  # one solve for both right-hand sides
+        across, head = solved[..., 0], solved[..., 1]
         schur = corner + ridge - np.einsum("bd,bd->b", border, across)
         bad = ~(schur > 0) | ~np.isfinite(across).all(axis=1)
         if bad.any():
             finish(np.flatnonzero(bad), False)
             continue
 
-        def newton(rc_r, rc_u, rc_l, rc_c, rc_q, factor=factor, border=border, across=across, schur=schur,
-                   jac=jac, s_r=s_r, l_r=l_r, s_u=s_u, l_u=l_u, s_l=s_l, l_l=l_l, s_c=s_c, l_c=l_c, s_q=s_q, nu=nu,
-                   r_pr=r_pr, r_pu=r_pu, r_pl=r_pl, r_pc=r_pc, r_q=r_q, r_dx=r_dx, r_dt=r_dt, A=A, M=M, R=R):
-            v_r = (rc_r + l_r * r_pr) / s_r * M
-            v_c = (rc_c + l_c * r_pc) / s_c
-            rhs_x = -r_dx - _atv(A, v_r, R)
-            if unit_ball:
-                rhs_x -= jac * ((rc_q + nu * r_q) / s_q)[:, None]
-            else:
-                rhs_x -= (rc_u + l_u * r_pu) / s_u - (rc_l + l_l * r_pl) / s_l
-            rhs_t = -r_dt - v_r.sum(axis=1) - v_c
-            head = factor.solve(rhs_x)
+        def steps(head, rhs_t, rc_r, rc_u, rc_l, rc_c, rc_q, border=border, across=across, schur=schur, jac=jac,
+                  s_r=s_r, l_r=l_r, s_u=s_u, l_u=l_u, s_l=s_l, l_l=l_l, s_c=s_c, l_c=l_c, s_q=s_q, nu=nu,
+                  r_pr=r_pr, r_pu=r_pu, r_pl=r_pl, r_pc=r_pc, r_q=r_q, A=A, M=M, R=R):
+            """The Newton step from the solved head: dx, dt, A dx, and the slacks' and multipliers' steps."""
             dt = (rhs_t - np.einsum("bd,bd->b", border, head)) / schur
             dx = head - across * dt[:, None]
-            ds_r = (-r_pr - _av(A, dx, R) - dt[:, None]) * M
+            a_dx = _av(A, dx, R)
+            ds_r = (-r_pr - a_dx - dt[:, None]) * M
             dl_r = (rc_r - l_r * ds_r) / s_r * M
             ds_c = -r_pc - dt
             dl_c = (rc_c - l_c * ds_c) / s_c
@@ -667,7 +691,7 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
                 ds_u, ds_l = -r_pu - dx, -r_pl + dx
                 dl_u, dl_l = (rc_u - l_u * ds_u) / s_u, (rc_l - l_l * ds_l) / s_l
                 ds_q = dl_q = np.zeros_like(s_q)
-            return dx, dt, (ds_r, dl_r, ds_u, dl_u, ds_l, dl_l, ds_c, dl_c, ds_q, dl_q)
+            return dx, dt, a_dx, (ds_r, dl_r, ds_u, dl_u, ds_l, dl_l, ds_c, dl_c, ds_q, dl_q)
 
         pairs = [(s_r, l_r), (s_u, l_u), (s_l, l_l), (s_c[:, None], l_c[:, None])]
         if unit_ball:
@@ -687,8 +711,7 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
                         alpha = np.minimum(alpha, ratio.min(axis=1))
             return alpha, dd
 
-        zero_q = np.zeros(act.size)
-        _, _, aff = newton(-s_r * l_r * M, -s_u * l_u, -s_l * l_l, -s_c * l_c, -s_q * nu if unit_ball else zero_q)
+        _, _, _, aff = steps(head, rhs_t, *rc_aff)
         alpha, dd = step_length(aff)
         mu_aff = np.zeros(act.size)
         for (sv, lv), (dsv, dlv) in zip(pairs, dd, strict=True):
@@ -698,17 +721,19 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
         with np.errstate(divide="ignore", invalid="ignore"):
             sigma = np.where(mu > 0, (mu_aff / mu) ** 3, 0.0)
         sm = sigma * mu
-        dx, dt, delta = newton(
-            (-s_r * l_r + sm[:, None] - aff[0] * aff[1]) * M,
-            -s_u * l_u + sm[:, None] - aff[2] * aff[3],
-            -s_l * l_l + sm[:, None] - aff[4] * aff[5],
-            -s_c * l_c + sm - aff[6] * aff[7],
-            (-s_q * nu + sm - aff[8] * aff[9]) if unit_ball else zero_q)
+        rc = ((-s_r * l_r + sm[:, None] - aff[0] * aff[1]) * M,
+              -s_u * l_u + sm[:, None] - aff[2] * aff[3],
+              -s_l * l_l + sm[:, None] - aff[4] * aff[5],
+              -s_c * l_c + sm - aff[6] * aff[7],
+              (-s_q * nu + sm - aff[8] * aff[9]) if unit_ball else zero_q)
+        rhs_x, rhs_t = right_side(*rc)
+        dx, dt, a_dx, delta = steps(factor.solve(rhs_x), rhs_t, *rc)
         alpha, _ = step_length(delta)
         alpha = np.minimum(1.0, 0.99 * alpha)
         alpha = np.where(np.isfinite(alpha), alpha, 0.0)
         al = alpha[:, None]
         st["x"] = x + al * dx
+        st["ax"] = ax + al * a_dx  # A x follows x along the step: no product of its own
         st["t"] = t + alpha * dt
         st["s_r"] = np.where(M > 0, s_r + al * delta[0], 1.0)
         st["l_r"] = (l_r + al * delta[1]) * M
@@ -735,12 +760,14 @@ class _Rows:
 
 
 def _atv(a: np.ndarray, v: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``v[b] @ a[b]`` for each b, over its real rows only (one BLAS call each)."""
-    out = np.zeros((a.shape[0], a.shape[2]))
+    """``v[b] @ a[b]`` for each b, over its real rows only (one BLAS call each); ``v`` of shape (B, k),
+    or (B, k, c) for c vectors in one pass over the rows (then (B, d, c))."""
+    out = np.zeros((a.shape[0], a.shape[2], *v.shape[2:]))
     for m in range(a.shape[0]):
         k = int(rows[m])
         if k:
-            out[m] = blas.dgemv(1.0, a[m][:k].T, v[m, :k])
+            a_t = a[m][:k].T
+            out[m] = blas.dgemv(1.0, a_t, v[m, :k]) if v.ndim == 2 else blas.dgemm(1.0, a_t, v[m, :k])
     return out
 
 
@@ -814,10 +841,16 @@ class _Factors:
         self.store, self.split = store, split
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
+        """``rhs`` of shape (B, d), or (B, d, c) for c right-hand sides at once."""
         out = np.empty_like(rhs)
         for m in range(rhs.shape[0]):
             part = self.split.get(m)
-            out[m] = lapack.dpotrs(self.store[m].T, rhs[m], lower=1)[0] if part is None else part.solve(rhs[m])
+            if part is None:
+                out[m] = lapack.dpotrs(self.store[m].T, rhs[m], lower=1)[0]
+            elif rhs.ndim == 2:
+                out[m] = part.solve(rhs[m])
+            else:
+                out[m] = np.column_stack([part.solve(col) for col in rhs[m].T])
         return out
 
 

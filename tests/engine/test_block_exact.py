@@ -392,3 +392,16 @@ def test_a_token_some_row_beats_everywhere_is_settled_by_that_row_without_a_solv
     monkeypatch.setattr(block_exact, "_beaten_by_one_row", lambda *args: {})
     outs = block_exact.solve_blocks(comp, ids, domain, None)
     assert sum(solved) >= ids.size and all(out is None or out.rounds >= 1 for out in outs)
+
+
+def test_several_vectors_in_one_pass_over_the_rows_equal_one_pass_each(rng):
+    """The batched solve takes the border and the predictor's right-hand side in one product over each
+    problem's real rows (padding left out); each column must equal its own product."""
+    a = rng.normal(size=(3, 7, 5))
+    rows = np.array([7, 4, 0])
+    v = rng.normal(size=(3, 7, 2))
+    both = block_exact._atv(a, v, rows)
+    for col in range(2):
+        one = block_exact._atv(a, np.ascontiguousarray(v[..., col]), rows)
+        assert np.allclose(both[..., col], one, rtol=1e-14, atol=1e-14)
+    assert np.allclose(both[1], a[1][:4].T @ v[1][:4]) and np.all(both[2] == 0)
