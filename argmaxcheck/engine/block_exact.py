@@ -217,11 +217,12 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared, start, exclud
     live = np.array([w.size > 0 for w in working])
     open_sides = not ball and comp.bias is not None and bool(domain.open_coordinates().any())
     widened = np.zeros(size, dtype=np.int64)
+    stack = _Stack(comp, pos, a_norm, domain, ball, kmax)
     for rnd in range(1, options.max_rounds + 1):
         idx = np.flatnonzero(live)
         if idx.size == 0:
             break
-        a, c, mask = _stack(comp, pos[idx], [working[b] for b in idx], a_norm[idx], domain, ball)
+        a, c, mask = stack.rows(idx, working)
         if ball:
             lower = upper = None
         else:
@@ -235,7 +236,7 @@ def _solve_block(comp, pos, domain, starts, options, kmax, shared, start, exclud
                 hi.append(u_b)
             lower, upper = np.array(lo), np.array(hi)
         res = solve_chebyshev_batch(a, c, mask, lower, upper, unit_ball=ball,
-                                    domain_bounds=None if ball else domain.coordinate_bounds())
+                                    domain_bounds=None if ball else domain.coordinate_bounds(), members=idx)
         xs = np.zeros((idx.size, d))
         check_x = np.zeros(idx.size, dtype=bool)
         for m, b in enumerate(idx):
@@ -425,26 +426,51 @@ def _top(values: np.ndarray, k: int) -> np.ndarray:
     return finite[np.argpartition(-values[finite], k - 1)[:k]]
 
 
-def _stack(comp, pos, rows_list, a_norm, domain, ball):
-    """The tokens' unit constraint rows padded to a common count: (B, K, d), (B, K) and the mask of real rows."""
-    size, d = pos.size, comp.weight.shape[1]
-    k = max(r.size for r in rows_list)
-    a = np.zeros((size, k, d))
-    c = np.zeros((size, k))
-    mask = np.zeros((size, k))
-    anchor = domain.anchor() if ball else None
-    for m, rows in enumerate(rows_list):
-        p = int(pos[m])
-        norm = a_norm[m, rows]
-        a_m = (comp.weight[rows] - comp.weight[p]) / norm[:, None]
-        c_m = np.zeros(rows.size) if comp.bias is None else (comp.bias[p] - comp.bias[rows]) / norm
-        if ball:  # x = anchor + R u
-            c_m = c_m - a_m @ anchor
-            a_m = domain.ray_reach * a_m
-        a[m, :rows.size] = a_m
-        c[m, :rows.size] = c_m
-        mask[m, :rows.size] = 1.0
-    return a, c, mask
+class _Stack:
+    """The block's unit constraint rows, one slab per token, kept from round to round.
+
+    A token's working set only grows, so each round computes only the rows it added (re-stacking
+    every row each round was a tenth of layernorm_ball's exact step). ``rows`` hands the whole
+    buffer to :func:`solve_chebyshev_batch` with ``members``: nothing is gathered per round.
+    """
+
+    def __init__(self, comp, pos, a_norm, domain, ball, most: int):
+        self.comp, self.pos, self.a_norm, self.ball, self.most = comp, pos, a_norm, ball, most
+        self.anchor = domain.anchor() if ball else None
+        self.reach = domain.ray_reach if ball else 1.0
+        d = comp.weight.shape[1]
+        self.a = np.zeros((pos.size, 0, d))
+        self.c = np.zeros((pos.size, 0))
+        self.filled = np.zeros(pos.size, dtype=np.int64)
+
+    def rows(self, idx: np.ndarray, working: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The buffer (all tokens, each slab padded), and the ``idx`` tokens' (B, K) constants and mask."""
+        need = max(working[b].size for b in idx)
+        if need > self.a.shape[1]:  # room for twice as many (at most ``most``): a few copies a block
+            grown = max(need, min(2 * self.a.shape[1], self.most))
+            a, c = self.a, self.c
+            self.a = np.zeros((a.shape[0], grown, a.shape[2]))
+            self.c = np.zeros((c.shape[0], grown))
+            self.a[:, :a.shape[1]], self.c[:, :c.shape[1]] = a, c
+        comp = self.comp
+        for b in idx:
+            done, rows = int(self.filled[b]), working[b]
+            if rows.size == done:
+                continue
+            new = rows[done:]
+            p = int(self.pos[b])
+            norm = self.a_norm[b, new]
+            a_new = (comp.weight[new] - comp.weight[p]) / norm[:, None]
+            c_new = np.zeros(new.size) if comp.bias is None else (comp.bias[p] - comp.bias[new]) / norm
+            if self.ball:  # x = anchor + R u
+                c_new = c_new - a_new @ self.anchor
+                a_new = self.reach * a_new
+            self.a[b, done:rows.size] = a_new
+            self.c[b, done:rows.size] = c_new
+            self.filled[b] = rows.size
+        k = max(int(self.filled[b]) for b in idx)
+        mask = (np.arange(k)[None, :] < self.filled[idx][:, None]).astype(np.float64)
+        return self.a, self.c[idx, :k] * mask, mask
 
 
 class BatchResult:
@@ -459,21 +485,26 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
                           upper: np.ndarray | None, cap: float = 1.0, tol: float = 1e-9, max_iter: int = 80,
                           stop_when_positive: float = 1e-3, unit_ball: bool = False,
                           t_zero: float = 1e-7,
-                          domain_bounds: tuple[np.ndarray, np.ndarray] | None = None) -> BatchResult:
+                          domain_bounds: tuple[np.ndarray, np.ndarray] | None = None,
+                          members: np.ndarray | None = None) -> BatchResult:
     """:func:`ipm.solve_chebyshev` for B problems at once (rows ``a[b][mask[b] > 0]``).
 
     LPs need finite ``lower`` and ``upper`` of shape (B, d); with ``unit_ball`` they are None and
     each x lies in the unit ball, judged (as in :mod:`ipm`) by a primal value and a dual bound
     that hold at any iterate. A token whose factorisation fails or whose iterates stop being
-    finite is returned as not converged, where it stood.
+    finite is returned as not converged, where it stood. With ``members``, ``a`` holds the rows of
+    more problems than the batch (each slab at least as long as ``mask``'s rows, its real rows first)
+    and problem b's are ``a[members[b]]``.
     """
     a = np.ascontiguousarray(a, dtype=np.float64)
-    bsz, k, d = a.shape
+    d = a.shape[2]
     mask = np.asarray(mask, dtype=np.float64)
+    bsz, k = mask.shape
+    members = np.arange(bsz) if members is None else np.asarray(members, dtype=np.int64)
     c = np.where(mask > 0, c, 0.0)
     ones = mask  # the t column of every real row is 1
     x = np.zeros((bsz, d)) if unit_ball else (lower + upper) / 2
-    ax = _av(a, x, (mask > 0).sum(axis=1))
+    ax = _av(_Rows(a, members, k), x, (mask > 0).sum(axis=1))
     t = np.minimum(np.where(mask > 0, c - ax, np.inf).min(axis=1), cap) - 1.0
     s_r = np.where(mask > 0, np.maximum(c - ax - t[:, None], 1.0), 1.0)
     if unit_ball:
@@ -541,7 +572,7 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
         if act.size == 0:
             break
         iterations += 1
-        A, C, M, R = _Rows(a, act), st["c"], st["mask"], st["rows"]  # the rows themselves are never copied
+        A, C, M, R = _Rows(a, members[act], k), st["c"], st["mask"], st["rows"]  # the rows themselves are never copied
         x, t, ax = st["x"], st["t"], st["ax"]
         s_r, l_r, s_u, l_u, s_l, l_l = st["s_r"], st["l_r"], st["s_u"], st["l_u"], st["s_l"], st["l_l"]
         s_q, nu, s_c, l_c = st["s_q"], st["nu"], st["s_c"], st["l_c"]
@@ -623,7 +654,7 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
                 break
             # The others go on from this iteration's residuals (the rows' products are the dear part).
             keep = ~(done | broken)
-            A, C, M, R = _Rows(a, act), st["c"], st["mask"], st["rows"]
+            A, C, M, R = _Rows(a, members[act], k), st["c"], st["mask"], st["rows"]
             x, t, ax = st["x"], st["t"], st["ax"]
             s_r, l_r, s_u, l_u, s_l, l_l = st["s_r"], st["l_r"], st["s_u"], st["l_u"], st["s_l"], st["l_l"]
             s_q, nu, s_c, l_c = st["s_q"], st["nu"], st["s_c"], st["l_c"]
@@ -749,11 +780,12 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
 
 
 class _Rows:
-    """The stacked rows of the problems still in the batch: ``view[m]`` is ``a[active[m]]``, no copy."""
+    """The stacked rows of the problems still in the batch: ``view[m]`` is ``a[active[m]]``, no copy.
+    ``width``, where given, is how many rows a problem may have (its slab may hold more)."""
 
-    def __init__(self, a: np.ndarray, active: np.ndarray):
+    def __init__(self, a: np.ndarray, active: np.ndarray, width: int | None = None):
         self.a, self.active = a, active
-        self.shape = (active.size, *a.shape[1:])
+        self.shape = (active.size, a.shape[1] if width is None else width, *a.shape[2:])
 
     def __getitem__(self, m: int) -> np.ndarray:
         return self.a[self.active[m]]

@@ -405,3 +405,33 @@ def test_several_vectors_in_one_pass_over_the_rows_equal_one_pass_each(rng):
         one = block_exact._atv(a, np.ascontiguousarray(v[..., col]), rows)
         assert np.allclose(both[..., col], one, rtol=1e-14, atol=1e-14)
     assert np.allclose(both[1], a[1][:4].T @ v[1][:4]) and np.all(both[2] == 0)
+
+
+@pytest.mark.parametrize("ball", [False, True])
+def test_rows_kept_from_round_to_round_equal_rows_stacked_afresh(rng, ball):
+    """The block keeps each token's constraint rows and adds only what a round added; the slab a token
+    ends with, and a solve on the shared buffer (``members``), equal those of rows built in one go."""
+    w = rng.normal(size=(40, 6))
+    b = rng.normal(size=40)
+    comp = Competitors(w, b)
+    domain = (Ball(3.0, center=rng.normal(size=6)) if ball else Unbounded()).resolve(6)
+    pos = np.array([3, 17, 25])
+    a_norm = np.linalg.norm(w[None, :, :] - w[pos][:, None, :], axis=2)
+    a_norm[np.arange(3), pos] = np.inf
+    stack = block_exact._Stack(comp, pos, a_norm, domain, ball, most=30)
+    working = [np.array([0, 1, 2]), np.array([5]), np.array([7, 8])]
+    stack.rows(np.arange(3), working)
+    working = [np.concatenate([working[0], [9, 10, 11, 12]]), working[1], np.concatenate([working[2], [30]])]
+    a, c, mask = stack.rows(np.array([0, 2]), working)
+    for m, t in enumerate((0, 2)):
+        rows = working[t]
+        unit = (w[rows] - w[pos[t]]) / a_norm[t, rows][:, None]
+        const = (b[pos[t]] - b[rows]) / a_norm[t, rows]
+        if ball:
+            const, unit = const - unit @ domain.anchor(), domain.ray_reach * unit
+        assert np.allclose(a[t, :rows.size], unit, rtol=1e-15, atol=0) and np.allclose(c[m, :rows.size], const)
+        assert mask[m].sum() == rows.size
+    lower, upper = (None, None) if ball else (-2 * np.ones((2, 6)), 2 * np.ones((2, 6)))
+    shared = block_exact.solve_chebyshev_batch(a, c, mask, lower, upper, unit_ball=ball, members=np.array([0, 2]))
+    alone = block_exact.solve_chebyshev_batch(a[[0, 2], :mask.shape[1]], c, mask, lower, upper, unit_ball=ball)
+    assert np.array_equal(shared.t, alone.t) and np.array_equal(shared.x, alone.x)
