@@ -430,8 +430,9 @@ class _Stack:
     """The block's unit constraint rows, one slab per token, kept from round to round.
 
     A token's working set only grows, so each round computes only the rows it added (re-stacking
-    every row each round was a tenth of layernorm_ball's exact step). ``rows`` hands the whole
-    buffer to :func:`solve_chebyshev_batch` with ``members``: nothing is gathered per round.
+    every row each round was a tenth of layernorm_ball's exact step), and a slab that fills up is
+    copied into one twice its size (at most ``most`` rows). :meth:`rows` hands the slabs to
+    :func:`solve_chebyshev_batch` with ``members``: nothing is gathered per round.
     """
 
     def __init__(self, comp, pos, a_norm, domain, ball, most: int):
@@ -439,24 +440,22 @@ class _Stack:
         self.anchor = domain.anchor() if ball else None
         self.reach = domain.ray_reach if ball else 1.0
         d = comp.weight.shape[1]
-        self.a = np.zeros((pos.size, 0, d))
-        self.c = np.zeros((pos.size, 0))
+        self.slabs = [np.empty((0, d)) for _ in range(pos.size)]
+        self.consts = [np.empty(0) for _ in range(pos.size)]
         self.filled = np.zeros(pos.size, dtype=np.int64)
 
-    def rows(self, idx: np.ndarray, working: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The buffer (all tokens, each slab padded), and the ``idx`` tokens' (B, K) constants and mask."""
-        need = max(working[b].size for b in idx)
-        if need > self.a.shape[1]:  # room for twice as many (at most ``most``): a few copies a block
-            grown = max(need, min(2 * self.a.shape[1], self.most))
-            a, c = self.a, self.c
-            self.a = np.zeros((a.shape[0], grown, a.shape[2]))
-            self.c = np.zeros((c.shape[0], grown))
-            self.a[:, :a.shape[1]], self.c[:, :c.shape[1]] = a, c
+    def rows(self, idx: np.ndarray, working: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Every token's slab (real rows first), and the ``idx`` tokens' (B, K) constants and mask."""
         comp = self.comp
         for b in idx:
             done, rows = int(self.filled[b]), working[b]
             if rows.size == done:
                 continue
+            if rows.size > self.slabs[b].shape[0]:
+                room = max(rows.size, min(2 * self.slabs[b].shape[0], self.most))
+                slab, const = np.empty((room, comp.weight.shape[1])), np.empty(room)
+                slab[:done], const[:done] = self.slabs[b][:done], self.consts[b][:done]
+                self.slabs[b], self.consts[b] = slab, const
             new = rows[done:]
             p = int(self.pos[b])
             norm = self.a_norm[b, new]
@@ -465,12 +464,15 @@ class _Stack:
             if self.ball:  # x = anchor + R u
                 c_new = c_new - a_new @ self.anchor
                 a_new = self.reach * a_new
-            self.a[b, done:rows.size] = a_new
-            self.c[b, done:rows.size] = c_new
+            self.slabs[b][done:rows.size] = a_new
+            self.consts[b][done:rows.size] = c_new
             self.filled[b] = rows.size
-        k = max(int(self.filled[b]) for b in idx)
-        mask = (np.arange(k)[None, :] < self.filled[idx][:, None]).astype(np.float64)
-        return self.a, self.c[idx, :k] * mask, mask
+        counts = self.filled[idx]
+        mask = (np.arange(int(counts.max()))[None, :] < counts[:, None]).astype(np.float64)
+        c = np.zeros(mask.shape)
+        for m, b in enumerate(idx):
+            c[m, :counts[m]] = self.consts[b][:counts[m]]
+        return self.slabs, c, mask
 
 
 class BatchResult:
@@ -492,12 +494,13 @@ def solve_chebyshev_batch(a: np.ndarray, c: np.ndarray, mask: np.ndarray, lower:
     LPs need finite ``lower`` and ``upper`` of shape (B, d); with ``unit_ball`` they are None and
     each x lies in the unit ball, judged (as in :mod:`ipm`) by a primal value and a dual bound
     that hold at any iterate. A token whose factorisation fails or whose iterates stop being
-    finite is returned as not converged, where it stood. With ``members``, ``a`` holds the rows of
-    more problems than the batch (each slab at least as long as ``mask``'s rows, its real rows first)
-    and problem b's are ``a[members[b]]``.
+    finite is returned as not converged, where it stood. With ``members``, ``a`` (an array, or a list
+    of C-ordered (K_b, d) slabs) holds the rows of more problems than the batch, each slab's real
+    rows first, and problem b's are ``a[members[b]]``.
     """
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    d = a.shape[2]
+    if members is None:
+        a = np.ascontiguousarray(a, dtype=np.float64)
+    d = a.shape[2] if isinstance(a, np.ndarray) else a[0].shape[1]
     mask = np.asarray(mask, dtype=np.float64)
     bsz, k = mask.shape
     members = np.arange(bsz) if members is None else np.asarray(members, dtype=np.int64)
@@ -785,7 +788,8 @@ class _Rows:
 
     def __init__(self, a: np.ndarray, active: np.ndarray, width: int | None = None):
         self.a, self.active = a, active
-        self.shape = (active.size, a.shape[1] if width is None else width, *a.shape[2:])
+        rows, d = a.shape[1:] if isinstance(a, np.ndarray) else a[0].shape
+        self.shape = (active.size, rows if width is None else width, d)
 
     def __getitem__(self, m: int) -> np.ndarray:
         return self.a[self.active[m]]

@@ -74,7 +74,7 @@ def test_garbage_from_the_batched_solver_never_becomes_a_verdict(rng, monkeypatc
     noise = np.random.default_rng(7)
 
     def garbage(a, c, mask, lower, upper, **kw):
-        size, k, d = a.shape
+        (size, k), d = mask.shape, a[0].shape[1]
         x = noise.normal(scale=3.0, size=(size, d))
         x[::3] = np.nan
         t = noise.choice([-1.0, -1e-9, 0.5, np.nan], size=size)
@@ -93,7 +93,7 @@ def test_tokens_it_cannot_settle_fall_back_to_solve_token(rng, monkeypatch):
     reference = audit(w, b, domain, options=AuditOptions(exact_all=True, **FAST))
 
     def stuck(a, c, mask, lower, upper, **kw):  # never converges, no sign: every token is handed back
-        size, k, d = a.shape
+        (size, k), d = mask.shape, a[0].shape[1]
         return block_exact.BatchResult(np.zeros((size, d)), np.full(size, -1.0), np.zeros((size, k)),
                                        np.zeros(size, dtype=bool), 1e-7)
 
@@ -373,9 +373,9 @@ def test_a_token_some_row_beats_everywhere_is_settled_by_that_row_without_a_solv
     solved = []
     solve = block_exact.solve_chebyshev_batch
 
-    def spy(a, *args, **kwargs):
-        solved.append(a.shape[0])
-        return solve(a, *args, **kwargs)
+    def spy(a, c, mask, *args, **kwargs):
+        solved.append(mask.shape[0])
+        return solve(a, c, mask, *args, **kwargs)
 
     monkeypatch.setattr(block_exact, "solve_chebyshev_batch", spy)
     ids = np.arange(1, 40)
@@ -423,15 +423,18 @@ def test_rows_kept_from_round_to_round_equal_rows_stacked_afresh(rng, ball):
     stack.rows(np.arange(3), working)
     working = [np.concatenate([working[0], [9, 10, 11, 12]]), working[1], np.concatenate([working[2], [30]])]
     a, c, mask = stack.rows(np.array([0, 2]), working)
+    assert mask.shape == (2, 7) and a[0].shape[0] >= 7 and a[2].shape[0] >= 3
     for m, t in enumerate((0, 2)):
         rows = working[t]
         unit = (w[rows] - w[pos[t]]) / a_norm[t, rows][:, None]
         const = (b[pos[t]] - b[rows]) / a_norm[t, rows]
         if ball:
             const, unit = const - unit @ domain.anchor(), domain.ray_reach * unit
-        assert np.allclose(a[t, :rows.size], unit, rtol=1e-15, atol=0) and np.allclose(c[m, :rows.size], const)
+        assert np.allclose(a[t][:rows.size], unit, rtol=1e-15, atol=0) and np.allclose(c[m, :rows.size], const)
         assert mask[m].sum() == rows.size
     lower, upper = (None, None) if ball else (-2 * np.ones((2, 6)), 2 * np.ones((2, 6)))
     shared = block_exact.solve_chebyshev_batch(a, c, mask, lower, upper, unit_ball=ball, members=np.array([0, 2]))
-    alone = block_exact.solve_chebyshev_batch(a[[0, 2], :mask.shape[1]], c, mask, lower, upper, unit_ball=ball)
+    padded = np.zeros((2, 7, 6))
+    padded[0], padded[1, :3] = a[0][:7], a[2][:3]
+    alone = block_exact.solve_chebyshev_batch(padded, c, mask, lower, upper, unit_ball=ball)
     assert np.array_equal(shared.t, alone.t) and np.array_equal(shared.x, alone.x)
