@@ -28,11 +28,12 @@ from .state import AuditState
 from .ties import RowGroups
 
 #: The stages, in the order they run: exact ties, guessed witnesses, shared-basis certificates
-#: for rows deep inside the hull (R^d), one exact question per cluster of near-duplicate rows, near
-#: misses moved into their cells, start points on balls (and near misses moved from them), the
+#: for rows deep inside the hull (R^d), near misses moved into their cells (near-duplicate twins that
+#: both win somewhere among them), one exact question per cluster of the near-duplicate rows left,
+#: start points on balls (and near misses moved from them), the
 #: exact step for blocks of tokens, the per-token exact step for what the blocks leave, the
 #: practical label, probability brackets.
-STAGES = (ties.run, screen.run, batched.run, clusters.run, polish.run, seeding.run, polish.run_seeded,
+STAGES = (ties.run, screen.run, batched.run, polish.run, clusters.run, seeding.run, polish.run_seeded,
           block_exact.run, exact.run, narrow.run, probability.run)
 
 
