@@ -182,12 +182,12 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
     a support of 16d rows. ``progress`` is called with the number of tokens of each block done. ``backend``
     (:mod:`.backend`) runs the search for weights (on a GPU when the audit has one); the
     certificates are checked on the CPU in float64 whatever it is. ``depth`` (the screen's
-    :attr:`~.state.Guesses.depth` of each token) decides, below d = 1024, which tokens the first
-    pass left get the pass on 16d rows: those at least ``_WIDE_DEPTH`` deep, on a layer without bias.
+    :attr:`~.state.Guesses.depth` of each token) orders them; without it, below d = 1024, the
+    tokens the first pass left get no pass on 16d rows.
     With ``give_up`` (positions sorted deepest first), each pass starts with a pilot block of
     ``_GIVE_UP_BLOCK`` tokens; a block where fewer than ``_MIN_YIELD`` of them get a certificate
     ends the pass. The rest, shallower, go on to the wide
-    pass where one follows (below d = 1024, bias-free), else to the exact step (``spent["skipped"]``
+    pass where one follows, else to the exact step (``spent["skipped"]``
     counts those). On PP-OCRv5, whose rows must also meet the bias inequality, the phase spent
     6.2 s on 6,189 rows and settled none.
     """
@@ -375,13 +375,16 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
     # has too few rows for a support much wider than the first.
     left = np.setdiff1d(np.array([k for k, check in enumerate(out) if check is None], dtype=np.int64),
                         np.array(skipped, dtype=np.int64))
-    if d < _PERSIST_MIN_DIM:
-        # Below it the exact step is quick: the pass is only for rows the screen found deep. With a bias
-        # the weights must also give sum lam_j b_j >= b_q, which only the lifted search aims at (settle):
-        # without it a wider support settled none more (PP-OCRv4: 0 of 412); with it, on layernorm_ball
-        # 32768 x 512, 111 more rows at 0.16 s each against the exact step's 0.3-0.45 (audit 83 -> 75 s
-        # without probabilities), and about as dear as the exact step on swish_box 16384 x 384.
-        left = left[depth[left] >= _WIDE_DEPTH] if depth is not None else left[:0]
+    if d < _PERSIST_MIN_DIM and depth is None:
+        left = left[:0]  # below it, only rows the screen found deep are worth the wide pass
+    # Every row the first pass left takes it, deepest first, and the pilot's yield decides whether the
+    # pass goes on (give_up). It was only rows at least 0.04 deep: where the layer has few rows for its
+    # width the 8d rows' hull misses rows less deep (undertrained 16384 x 768: 240 of 492 under-trained
+    # rows, 0.4 s each in the exact step, audit 120 s); the wide pass settles 182 of them (audit 67 s;
+    # its ball twin 120 -> 72 s), and the 32768 x 512 heads and biased 16384 x 768 ones took the same.
+    # With a bias the weights must also give sum lam_j b_j >= b_q, which only the lifted search aims at
+    # (settle): on layernorm_ball 32768 x 512 the pass settled 111 more rows at 0.16 s each against the
+    # exact step's 0.3-0.45.
     if left.size and min(_WIDE * d, m) >= 1.5 * _FIRST * d:
         # The same rules as the first pass (a pilot on either kind of wide support, the yield of each
         # block); the kind the first pass used goes first.
@@ -411,7 +414,7 @@ _MIN_ROWS_OFF_RD = 16  # deep rows needed for the phase to run on a domain other
 # The screen's depth (Guesses.depth) below which a token skips the phase: near-duplicate twins lead by
 # 2e-5 to 6e-5 of the logits' scale, under-trained and planted rows by 0.03 to 1 (docs/benchmarks.md).
 _SHALLOW = 1e-3
-_WIDE_DEPTH = 0.04  # below d = 1024, tokens at least this deep get the 16d pass
+_WIDE_DEPTH = 0.04  # off R^d, only tokens at least this deep enter the phase
 _GIVE_UP_BLOCK = 64  # the pilot: a pass's first block, of this many of the deepest tokens
 # A block of at least _GIVE_UP_BLOCK tokens of which fewer than this share get a certificate ends the
 # pass: the rest, shallower, do worse. Where the block costs less than the exact step would spend on

@@ -281,7 +281,7 @@ def test_a_pass_whose_first_support_holds_nothing_tries_random_rows(monkeypatch)
 
     head = _family("undertrained", "8192x256")
     ids = np.argsort(np.linalg.norm(head.weight - head.weight.mean(axis=0), axis=1))[:200].tolist()
-    monkeypatch.setattr(batched, "_WIDE_DEPTH", np.inf)  # the 8d pass alone
+    monkeypatch.setattr(batched, "_WIDE", batched._FIRST)  # no wider support: the 8d pass alone
     report = audit(head.weight, tokens=ids, options=AuditOptions(probability_seconds=0.0))
     assert report.stats.stage("batched").settled == 200
     assert all(t.verdict == "unargmaxable" and t.stage == "batched" for t in report.tokens)
@@ -290,17 +290,23 @@ def test_a_pass_whose_first_support_holds_nothing_tries_random_rows(monkeypatch)
     assert alone.stats.stage("batched").settled < 8
 
 
-def test_deep_rows_below_d_1024_get_the_wide_pass_by_their_depth(monkeypatch):
+def test_rows_the_8d_pass_leaves_get_the_wide_pass_however_deep_the_screen_found_them(monkeypatch):
     """At 8192 x 256 the 8d outermost rows' hull misses under-trained rows (0.05 of their deviation from
-    the mean); the 16d pass settles them, and runs only for rows the screen found deep."""
+    the mean); the 16d pass settles them. It once ran only for rows the screen found at least 0.04 deep,
+    and where a layer has few rows for its width (16384 x 768) half the under-trained rows were less
+    deep and went to the exact step at 0.4 s each: every row left takes it now, the pilot's yield
+    deciding whether the pass goes on."""
     from argmaxcheck.engine import batched  # noqa: PLC0415
+    from argmaxcheck.engine.state import Guesses  # noqa: PLC0415
 
     monkeypatch.setattr(batched, "_SUPPORT_KINDS", ("outermost",))  # the support that misses them at 8d
     head = _family("undertrained", "8192x256")
     ids = np.argsort(np.linalg.norm(head.weight - head.weight.mean(axis=0), axis=1))[:64].tolist()
+    shallow = Guesses.depth_at
+    monkeypatch.setattr(Guesses, "depth_at", lambda self, at: np.minimum(shallow(self, at), 0.01))
     report = audit(head.weight, tokens=ids, options=AuditOptions(probability_seconds=0.0))
     assert report.stats.stage("batched").settled == 64
-    monkeypatch.setattr(batched, "_WIDE_DEPTH", np.inf)  # no token deep enough: the 8d pass alone
+    monkeypatch.setattr(batched, "_WIDE", batched._FIRST)  # no wider support: the 8d pass alone
     narrow = audit(head.weight, tokens=ids, options=AuditOptions(probability_seconds=0.0))
     assert narrow.stats.stage("batched").settled < 8
     assert [t.verdict for t in narrow.tokens] == [t.verdict for t in report.tokens] == ["unargmaxable"] * 64
