@@ -30,7 +30,7 @@ def test_bad_exact_options_are_refused(kwargs):
 def test_good_options_and_the_stage_list():
     AuditOptions(device="torch-cpu", precision="torch.bfloat16", exact=ExactOptions(max_rounds=5))
     assert [s.__module__.rsplit(".", 1)[1] for s in STAGES] == [
-        "ties", "screen", "batched", "clusters", "polish", "seeding", "polish", "block_exact", "exact", "narrow",
+        "ties", "screen", "batched", "polish", "clusters", "seeding", "polish", "block_exact", "exact", "narrow",
         "probability"]
     with pytest.raises(InputError, match="must be an AuditOptions"):
         audit([[1.0, 0.0], [0.0, 1.0]], options={"device": "cpu"})
