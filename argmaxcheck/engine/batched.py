@@ -182,8 +182,9 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
     a support of 16d rows. ``progress`` is called with the number of tokens of each block done. ``backend``
     (:mod:`.backend`) runs the search for weights (on a GPU when the audit has one); the
     certificates are checked on the CPU in float64 whatever it is. ``depth`` (the screen's
-    :attr:`~.state.Guesses.depth` of each token) orders them; without it, below d = 1024, the
-    tokens the first pass left get no pass on 16d rows.
+    :attr:`~.state.Guesses.depth` of each token) decides, below d = 1024, which tokens the first
+    pass left get the pass on 16d rows: every one where the first pass settled a good share of what
+    it tried, else those at least ``_WIDE_DEPTH`` deep.
     With ``give_up`` (positions sorted deepest first), each pass starts with a pilot block of
     ``_GIVE_UP_BLOCK`` tokens; a block where fewer than ``_MIN_YIELD`` of them get a certificate
     ends the pass. The rest, shallower, go on to the wide
@@ -358,6 +359,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
     later = d >= _PERSIST_MIN_DIM or wide_next
     stalled, kind = settle_blocks(np.arange(positions.size), steps, _PATIENCE, _FIRST * d, kinds, report=progress,
                                   give_up=give_up and (wide_next or not later))
+    first_yield = sum(check is not None for check in out) / max(positions.size - len(skipped), 1)
     if wide_next:
         skipped.clear()
     if give_up:
@@ -375,16 +377,21 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
     # has too few rows for a support much wider than the first.
     left = np.setdiff1d(np.array([k for k, check in enumerate(out) if check is None], dtype=np.int64),
                         np.array(skipped, dtype=np.int64))
-    if d < _PERSIST_MIN_DIM and depth is None:
-        left = left[:0]  # below it, only rows the screen found deep are worth the wide pass
-    # Every row the first pass left takes it, deepest first, and the pilot's yield decides whether the
-    # pass goes on (give_up). It was only rows at least 0.04 deep: where the layer has few rows for its
-    # width the 8d rows' hull misses rows less deep (undertrained 16384 x 768: 240 of 492 under-trained
-    # rows, 0.4 s each in the exact step, audit 120 s); the wide pass settles 182 of them (audit 67 s;
-    # its ball twin 120 -> 72 s), and the 32768 x 512 heads and biased 16384 x 768 ones took the same.
-    # With a bias the weights must also give sum lam_j b_j >= b_q, which only the lifted search aims at
-    # (settle): on layernorm_ball 32768 x 512 the pass settled 111 more rows at 0.16 s each against the
-    # exact step's 0.3-0.45.
+    if d < _PERSIST_MIN_DIM:
+        # Below it the exact step is quicker: the wide pass takes the rows the screen found deep
+        # (_WIDE_DEPTH) and, where the first pass settled at least _MIN_YIELD of the rows it tried (they
+        # are rows deep inside the hull, which a wider support holds too), every row it left. Where the
+        # layer has few rows for its width the 8d rows' hull misses under-trained rows less deep than
+        # that: undertrained 16384 x 768 sent 240 of its 492 to the exact step at 0.4 s each (audit
+        # 120 s), and the wide pass settles 182 of them (audit 67 s; its ball twin 120 -> 72 s). Every
+        # row left whatever the first pass settled cost SmolLM2 6 s for none of its 26 (1e-3 to 0.04
+        # deep). With a bias the weights must also give sum lam_j b_j >= b_q, which only the lifted
+        # search aims at (settle): on layernorm_ball 32768 x 512 the pass settled 111 more rows at
+        # 0.16 s each against the exact step's 0.3-0.45.
+        if depth is None:
+            left = left[:0]
+        elif first_yield < _MIN_YIELD:
+            left = left[depth[left] >= _WIDE_DEPTH]
     if left.size and min(_WIDE * d, m) >= 1.5 * _FIRST * d:
         # The same rules as the first pass (a pilot on either kind of wide support, the yield of each
         # block); the kind the first pass used goes first.
@@ -414,7 +421,7 @@ _MIN_ROWS_OFF_RD = 16  # deep rows needed for the phase to run on a domain other
 # The screen's depth (Guesses.depth) below which a token skips the phase: near-duplicate twins lead by
 # 2e-5 to 6e-5 of the logits' scale, under-trained and planted rows by 0.03 to 1 (docs/benchmarks.md).
 _SHALLOW = 1e-3
-_WIDE_DEPTH = 0.04  # off R^d, only tokens at least this deep enter the phase
+_WIDE_DEPTH = 0.04  # off R^d, tokens this deep enter the phase; below d = 1024, the 16d pass (see above)
 _GIVE_UP_BLOCK = 64  # the pilot: a pass's first block, of this many of the deepest tokens
 # A block of at least _GIVE_UP_BLOCK tokens of which fewer than this share get a certificate ends the
 # pass: the rest, shallower, do worse. Where the block costs less than the exact step would spend on

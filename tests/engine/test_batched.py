@@ -290,26 +290,28 @@ def test_a_pass_whose_first_support_holds_nothing_tries_random_rows(monkeypatch)
     assert alone.stats.stage("batched").settled < 8
 
 
-def test_rows_the_8d_pass_leaves_get_the_wide_pass_however_deep_the_screen_found_them(monkeypatch):
+def test_the_wide_pass_takes_shallow_rows_only_after_a_first_pass_that_settled_enough(monkeypatch):
     """At 8192 x 256 the 8d outermost rows' hull misses under-trained rows (0.05 of their deviation from
-    the mean); the 16d pass settles them. It once ran only for rows the screen found at least 0.04 deep,
-    and where a layer has few rows for its width (16384 x 768) half the under-trained rows were less
-    deep and went to the exact step at 0.4 s each: every row left takes it now, the pilot's yield
-    deciding whether the pass goes on."""
+    the mean); the 16d pass settles them. Rows the screen found at least 0.04 deep always take it; less
+    deep ones only where the first pass settled at least _MIN_YIELD of what it tried (a layer with few
+    rows for its width: undertrained 16384 x 768 sent half its under-trained rows, less deep, to the
+    exact step at 0.4 s each), not where it settled none (SmolLM2's 26: 6 s for nothing)."""
     from argmaxcheck.engine import batched  # noqa: PLC0415
     from argmaxcheck.engine.state import Guesses  # noqa: PLC0415
 
     monkeypatch.setattr(batched, "_SUPPORT_KINDS", ("outermost",))  # the support that misses them at 8d
     head = _family("undertrained", "8192x256")
     ids = np.argsort(np.linalg.norm(head.weight - head.weight.mean(axis=0), axis=1))[:64].tolist()
-    shallow = Guesses.depth_at
-    monkeypatch.setattr(Guesses, "depth_at", lambda self, at: np.minimum(shallow(self, at), 0.01))
-    report = audit(head.weight, tokens=ids, options=AuditOptions(probability_seconds=0.0))
-    assert report.stats.stage("batched").settled == 64
-    monkeypatch.setattr(batched, "_WIDE", batched._FIRST)  # no wider support: the 8d pass alone
-    narrow = audit(head.weight, tokens=ids, options=AuditOptions(probability_seconds=0.0))
-    assert narrow.stats.stage("batched").settled < 8
-    assert [t.verdict for t in narrow.tokens] == [t.verdict for t in report.tokens] == ["unargmaxable"] * 64
+    deep = audit(head.weight, tokens=ids, options=AuditOptions(probability_seconds=0.0))
+    assert deep.stats.stage("batched").settled == 64
+    screen_depth = Guesses.depth_at
+    monkeypatch.setattr(Guesses, "depth_at", lambda self, at: np.minimum(screen_depth(self, at), 0.01))
+    shallow = audit(head.weight, tokens=ids, options=AuditOptions(probability_seconds=0.0))
+    assert shallow.stats.stage("batched").settled < 8  # the 8d pass settled under a quarter: no wide pass
+    monkeypatch.setattr(batched, "_MIN_YIELD", 0.0)  # as if it had settled enough
+    wide = audit(head.weight, tokens=ids, options=AuditOptions(probability_seconds=0.0))
+    assert wide.stats.stage("batched").settled == 64
+    assert [t.verdict for t in shallow.tokens] == [t.verdict for t in wide.tokens] == ["unargmaxable"] * 64
 
 
 def test_tokens_the_screen_missed_by_a_hair_skip_the_phase():
