@@ -189,7 +189,7 @@ def test_the_start_rows_follow_the_rounds_the_blocks_needed(monkeypatch, rounds,
     comp = Competitors(np.random.default_rng(0).normal(size=(2000, d)), None)
     starts = []
 
-    def recorded(comp_, pos, domain, points, options, kmax, shared, start, *args):
+    def recorded(comp_, pos, domain, points, options, kmax, shared, start, *args, **kwargs):
         starts.append(start)
         return [ExactResult(witness=np.zeros(d), witness_gap=1.0, rounds=rounds[len(starts) - 1]) for _ in pos]
 
@@ -215,7 +215,7 @@ def test_blocks_are_sized_for_the_working_sets_the_last_block_used(monkeypatch, 
     kmax = 6 * (d + 1)
     sizes = []
 
-    def recorded(comp_, pos, *args):
+    def recorded(comp_, pos, *args, **kwargs):
         sizes.append(pos.size)
         return [ExactResult(witness=np.zeros(d), witness_gap=1.0, rounds=2, rows_used=used or kmax) for _ in pos]
 
@@ -272,7 +272,7 @@ def test_on_a_bounded_domain_only_a_certificates_heavy_rows_join_the_next_blocks
     seen = []
     weights = np.array([0.5, 1e-6, 0.3, 1e-4, 0.2, 3e-3])
 
-    def recorded(comp_, pos, domain, points, options, kmax, shared, start, *args):
+    def recorded(comp_, pos, domain, points, options, kmax, shared, start, *args, **kwargs):
         seen.append(np.sort(shared))
         check = certify.CertificateCheck(True, -1.0, "test", "", np.array([10, 11, 12, 13, 14, 15]), weights)
         return [ExactResult(certificate=check, rounds=1) for _ in pos]
@@ -438,3 +438,24 @@ def test_rows_kept_from_round_to_round_equal_rows_stacked_afresh(rng, ball):
     padded[0], padded[1, :3] = a[0][:7], a[2][:3]
     alone = block_exact.solve_chebyshev_batch(padded, c, mask, lower, upper, unit_ball=ball)
     assert np.array_equal(shared.t, alone.t) and np.array_equal(shared.x, alone.x)
+
+
+def test_a_token_out_of_room_takes_twice_the_rows_while_the_block_has_bytes_to_spare():
+    rng = np.random.default_rng(0)
+    n, d, cap = 400, 10, 12
+    w, b = rng.normal(size=(n, d)), rng.normal(size=n)
+    pos = np.arange(8)
+    w[pos] *= 0.3  # deep inside a ball's hull: certificates of more than `cap` rows
+    comp, domain = Competitors(w, b), Ball(np.sqrt(d)).resolve(d)
+    one_more = (2 * cap - cap) * d * 8  # what one token's doubled cap takes
+    for spare, most_grown in [(0, 0), (one_more, 1), (256 << 20, pos.size)]:
+        out = block_exact.solve_blocks(comp, pos, domain, None, max_rows=cap, budget_bytes=spare)
+        grown = [o for o in out if o is not None and o.rows_used > cap]
+        assert len(grown) <= most_grown and all(o.rows_used <= 2 * cap for o in grown)
+        for p, o in zip(pos.tolist(), out, strict=True):
+            if o is not None and o.certificate is not None:
+                assert certify.check_certificate(w, b, p, o.certificate.support, o.certificate.weights, domain).ok
+        if spare == 0:
+            left = sum(o is None for o in out)
+            assert left > 0
+    assert sum(o is None for o in out) < left and grown
