@@ -24,8 +24,13 @@ time, by constraint generation and interior-point solves. Here, for a block of t
 3. **One basis for the block** (the d + 1 rows of largest average weight):
    :func:`certify.check_on_shared_basis` inverts it once and encloses each token's exact weights.
 
-Nothing is decided here but by a checked certificate. Tokens it does not settle (argmaxable
-ones, rows outside the support's hull, and anything the enclosure cannot prove) go on to the
+4. **The other answer** (R^d and balls): for the tokens left, the same search without its rule
+   for stalled tokens; a token outside the support's hull gets the direction its dual variable
+   grows along, and a point along it from the domain's anchor is tried as a witness
+   (:func:`_witness_pass`).
+
+Nothing is decided here but by a checked certificate or witness. Tokens it does not settle
+(argmaxable ones it found no point for, and anything the checks cannot prove) go on to the
 exact step as before.
 """
 
@@ -41,8 +46,10 @@ from scipy import linalg
 
 from ..report.stats import StageStats
 from . import certify
+from ._blas import rows_times
 from .backend import NUMPY_OPS, NumpyBackend
 from .competitors import Competitors
+from .exact import ExactResult, settle_or_reopen
 
 if TYPE_CHECKING:
     from .state import AuditState
@@ -118,7 +125,8 @@ def sampled_rows(m: int, size: int) -> np.ndarray:
 
 
 def run(state: AuditState) -> StageStats | None:
-    """Stage 3: shared-basis certificates for the open rows deep inside their competitors' hull.
+    """Stage 3: shared-basis certificates for the open rows deep inside their competitors' hull, and
+    witnesses for those its search finds outside the support's hull (R^d and balls).
 
     Such a certificate (``sum_j lam_j w_j = w_q``, ``sum_j lam_j b_j >= b_q``) holds on every
     domain. On R^d it is the only kind there is; on any other domain a token may also be beaten
@@ -155,21 +163,29 @@ def run(state: AuditState) -> StageStats | None:
             order = np.argsort(-depth, kind="stable")
             ids, depth = ids[order], depth[order]
     state.progress.stage("batched phase: rows inside the hull", int(ids.size))
+    witnesses: dict[int, tuple[np.ndarray, float]] = {}
     checks, spent = interior_certificates(state.comp, state.position[ids], domain,
                                           progress=state.progress.advance, backend=state.backend, depth=depth,
-                                          give_up=depth is not None)
+                                          give_up=depth is not None, witnesses=witnesses)
     for i, cert in zip(ids.tolist(), checks, strict=True):
         if cert is not None:
             state.unargmaxable(i, cert, "batched")
+    # A witness of the solve domain (a bias-free layer's cone) is rescaled into the audit's and checked again.
+    found = sum(settle_or_reopen(state, int(ids[k]), ExactResult(witness=x, witness_gap=gap), "batched")
+                for k, (x, gap) in witnesses.items())
     skipped = int(spent.pop("skipped", 0))
-    return StageStats("batched", int(ids.size), sum(c is not None for c in checks), parts=spent,
-                      counts={"skipped": skipped} if skipped else {})
+    counts = {"skipped": skipped} if skipped else {}
+    if found:
+        counts["witnesses"] = found
+    return StageStats("batched", int(ids.size), sum(c is not None for c in checks) + found, parts=spent,
+                      counts=counts)
 
 
 def interior_certificates(comp: Competitors, positions: np.ndarray, domain, block: int = 256,
                           steps: int = 120, refresh: int = 4,
                           progress: Callable[[int], None] | None = None, backend=None,
-                          depth: np.ndarray | None = None, give_up: bool = False
+                          depth: np.ndarray | None = None, give_up: bool = False,
+                          witnesses: dict[int, tuple[np.ndarray, float]] | None = None
                           ) -> tuple[list[certify.CertificateCheck | None], dict[str, float]]:
     """A checked certificate, or None, for each position (rows of ``comp``) on R^d, and the seconds
     spent choosing the support, searching and checking.
@@ -191,18 +207,22 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
     pass where one follows, else to the exact step (``spent["skipped"]``
     counts those). On PP-OCRv5, whose rows must also meet the bias inequality, the phase spent
     6.2 s on 6,189 rows and settled none.
+    With ``witnesses`` (a dict, filled in) on a domain of rays (R^d, a ball), the tokens left
+    without a certificate are searched once more for the other answer (:func:`_witness_pass`): a
+    token outside the support's hull gets the direction that separates it, and a point along it
+    that :func:`certify.check_witnesses` proves goes into ``witnesses[k] = (point, gap)``.
     """
     spent = {"support": 0.0, "search": 0.0, "check": 0.0}
     # The search only proposes weights; overflow there (rows far outside a token's reach) gives inf or
     # NaN weights that the stall rule drops and the checks refuse, so numpy's warnings say nothing to a user.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         out = _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent,
-                                     depth, give_up)
+                                     depth, give_up, witnesses)
     return out, spent
 
 
 def _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent, depth,
-                           give_up=False):
+                           give_up=False, witnesses=None):
     m, d = comp.weight.shape
     if m < 2 * (d + 1):  # a deep certificate needs well over d + 1 rows; and no d x d work for wide layers
         if progress is not None and len(positions):
@@ -399,6 +419,85 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
                       give_up=give_up)
         if give_up:
             spent["skipped"] = float(len(skipped))
+    if witnesses is not None and domain.screen_search == "rays":
+        left = np.array([k for k, check in enumerate(out) if check is None], dtype=np.int64)
+        if left.size:
+            t0 = time.perf_counter()
+            _witness_pass(comp, positions, left, make(kind, _FIRST * d), domain, backend, witnesses, block)
+            spent["witnesses"] = time.perf_counter() - t0
+    return out
+
+
+def _witness_pass(comp: Competitors, positions: np.ndarray, left: np.ndarray, base: _Support, domain, backend,
+                  witnesses: dict[int, tuple[np.ndarray, float]], block: int) -> None:
+    """Checked witnesses for the tokens ``positions[left]`` that lie outside the support's hull.
+
+    Where a layer has few rows for its width, rows that look interior (under-trained rows near the
+    mean) are often still vertices of the hull, by a hair: on undertrained 8192 x 1024 137 of the
+    246 rows the screen left are argmaxable, and the exact step took 1.3 s for each. The search for
+    certificate weights already tells them apart: for such a token its dual ``theta`` grows along a
+    direction that separates the token's row from the support's (:func:`_max_entropy_weights` with
+    ``directions``). Along that direction from the domain's anchor the token's score rises faster
+    than any support row's; :func:`_ray_points` picks a point there, and only a point that
+    :func:`certify.check_witnesses` proves against every row settles anything. Blocks go in the
+    order given, the first of ``_GIVE_UP_BLOCK`` tokens: a block in which fewer than ``_MIN_YIELD``
+    get a witness ends the pass.
+    """
+    d = comp.weight.shape[1]
+    bounds = [0, *range(min(_GIVE_UP_BLOCK, left.size), left.size, block), left.size]
+    for lo, hi in itertools.pairwise(bounds):
+        part = left[lo:hi]
+        pos = positions[part]
+        support = base if not np.isin(pos, base.rows).any() else _Support(comp, np.setdiff1d(base.rows, pos))
+        if support.rows.size <= d + 1:
+            return
+        found = np.empty((d, pos.size))
+        backend.on_device(lambda ops, pos=pos, found=found, support=support: _max_entropy_weights(
+            support, comp.weight[pos], _SEPARATE_STEPS, 4, ops=ops, directions=found), "in the batched phase")
+        points = _ray_points(comp, pos, found.T, domain)
+        ok = np.isfinite(points).all(axis=1)
+        gaps = np.full(pos.size, -np.inf)
+        if ok.any():
+            gaps[ok] = certify.check_witnesses(comp.weight, comp.bias, pos[ok], points[ok], domain, comp.norms)
+        for k, x, gap in zip(part.tolist(), points, gaps, strict=True):
+            if gap > 0:
+                witnesses[k] = (x, float(gap))
+        if np.count_nonzero(gaps > 0) < _MIN_YIELD * part.size:
+            return
+
+
+def _ray_points(comp: Competitors, pos: np.ndarray, directions: np.ndarray, domain) -> np.ndarray:
+    """For each token, a point ``anchor + r u`` (u its unit direction, a row of ``directions``) where the
+    token's score beats every row's, as float64 scores see it; NaN where none is seen in the domain.
+
+    Along the ray every score is linear in r: the token's lead over row j is ``c_j + r s_j``. Where every
+    slope s_j is positive the lead grows with r, so on a ball the point goes as far as it may (just inside
+    the sphere) and on R^d to twice the r where the last lead turns positive. A hint: the caller's
+    check proves the point or nothing.
+    """
+    out = np.full((pos.size, comp.weight.shape[1]), np.nan)
+    length = np.linalg.norm(directions, axis=1)
+    usable = np.isfinite(length) & (length > 0)
+    if not usable.any():
+        return out
+    at = np.flatnonzero(usable)
+    unit = directions[at] / length[at, None]
+    anchor = domain.anchor()
+    slopes = rows_times(comp.weight, unit.T)  # m x B
+    base = comp.weight @ anchor
+    if comp.bias is not None:
+        base = base + comp.bias
+    cols = np.arange(at.size)
+    own = pos[at]
+    slope = slopes[own, cols] - slopes  # the token's lead's slope over each row
+    lead = base[own][None, :] - base[:, None]
+    slope[own, cols], lead[own, cols] = np.inf, 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        turns = np.where(slope > 0, -lead / slope, np.inf).max(axis=0)  # r beyond which every lead is > 0
+    reach = domain.ray_reach
+    far = reach * (1.0 - _INSET) if np.isfinite(reach) else np.where(turns > 0, 2.0 * turns, 1.0)
+    ok = (slope > 0).all(axis=0) & (turns < far)
+    out[at[ok]] = anchor + far[ok, None] * unit[ok] if np.ndim(far) else anchor + far * unit[ok]
     return out
 
 
@@ -438,6 +537,11 @@ _PATIENCE = 8  # Newton steps before a token whose residual has not fallen tenfo
 # 40 steps of patience (both kinds of support) and 1.4 s with 16; on undertrained 32768 x 512 the pilot
 # with 16 settled 63 of 64, with 40 all 64 (8 steps: 60).
 _PILOT_PATIENCE = 16
+# Steps of the search for separating directions (_witness_pass): on undertrained 8192 x 1024, 64 rows
+# of which 35 are argmaxable, 12 had one after 10 steps, 28 after 30, 33 after 40, 35 after 55; the
+# whole head's 137 argmaxable rows left 108 witnesses with 40 steps (audit 208 s), 126 with 80 (166 s).
+_SEPARATE_STEPS = 80
+_INSET = 1e-6  # a ray's point on a ball stays this far (relative to the radius) inside its sphere
 _QR_RETRY_MAX_DIM = 1024  # above this, a pivoted QR of the support costs more than it saves (see _check_block)
 
 
@@ -569,7 +673,8 @@ def _bases(support: _Support, lams: np.ndarray, chosen: np.ndarray, converged: n
 def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, refresh: int,
                          tol: float = 1e-10, stalled: float = 0.1, patience: int = _PATIENCE, ops=NUMPY_OPS,
                          tilt: np.ndarray | None = None, lifted: bool = False,
-                         start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                         start: np.ndarray | None = None,
+                         directions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weights (K x B, columns on the simplex) ``lam ~ exp(theta_b . w_j)`` with ``W_S^T lam ~ targets[b]``.
 
     Newton directions from the average Hessian of the tokens still moving, made conjugate to
@@ -585,6 +690,14 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
     ``start`` (K x B) are the first scores ``z`` (``lam ~ exp(z)``) in place of the tilt: the lifted
     search starts from the plain search's weights, whose row already matches (layernorm_ball
     16384 x 384: its searches 1.09 -> 0.79 s and 2.33 -> 2.10 s, the same tokens settled but one).
+
+    With ``directions`` (a d x B array, filled in), the search looks for the other answer too: the
+    dual variable ``theta`` of a token whose target lies outside the rows' hull grows along a
+    direction that separates it from every row, and ``log sum_j exp(theta . c_j) - theta . g`` falls
+    without bound. Tokens are then never dropped as stalled; one leaves as soon as its ``theta``
+    scores its own row above every support row (``theta . g > max_j theta . c_j``), and each token's
+    ``theta`` at the end goes into ``directions`` (NaN for those that converged: they are inside).
+    Only without a tilt or a start, whose scores are not ``theta``'s.
     """
     centred, mean = support.centred(ops, lifted), support.centre(lifted)
     k, d = centred.shape
@@ -603,19 +716,29 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
     first_residual = None
     factor = None
     prev = None  # the last step's gradient, preconditioned gradient and direction
+    separate = directions is not None
+    theta = ops.full((d, active.size), 0.0) if separate else None
+    if separate:
+        directions[:] = np.nan
     for step in range(steps):
         grad = ops.t_times(centred, lams) - goal  # d x B
         residual = ops.amax(abs(grad), 0)
         if first_residual is None:
             first_residual = residual
         done = ops.numpy(residual <= tol * scale)
-        lost = (step >= patience) & ops.numpy(residual > stalled * first_residual)
+        if separate:  # theta beats every support row: its token is outside their hull
+            lost = ops.numpy((theta * goal).sum(axis=0) > ops.amax(z, 0)) & ~done
+            directions[:, active[lost]] = ops.numpy(theta[:, lost])
+        else:
+            lost = (step >= patience) & ops.numpy(residual > stalled * first_residual)
         if (done | lost).any():
             out[:, active[done]] = ops.numpy(lams[:, done])
             converged[active[done]] = True
             keep = ~(done | lost)
             active, goal, z, lams = active[keep], goal[:, keep], z[:, keep], lams[:, keep]
             grad, first_residual = grad[:, keep], first_residual[keep]
+            if separate:
+                theta = theta[:, keep]
             if prev is not None:
                 prev = tuple(x[:, keep] for x in prev)
             if active.size == 0:
@@ -643,9 +766,13 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
         moves = ops.rows_times(centred, direction)  # how each score changes per unit step
         alpha = _line_search(z, moves, (direction * goal).sum(axis=0), ops)
         z = z - alpha * moves
+        if separate:
+            theta = theta - alpha * direction
         lams = ops.exp(z - ops.amax(z, 0))
         lams = lams / lams.sum(axis=0)
     out[:, active] = ops.numpy(lams)  # out of steps: the enclosure judges what they reached
+    if separate:
+        directions[:, active] = ops.numpy(theta)
     return out, converged
 
 

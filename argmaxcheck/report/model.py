@@ -84,7 +84,8 @@ class TokenResult:
         See :data:`MARGIN_DOC`; NaN when undecided.
     stage : str
         What decided it: ``"tie"``, ``"dominated"``, ``"screen"``, ``"batched"`` (the batched
-        phase's shared-basis certificates, :mod:`argmaxcheck.engine.batched`), ``"cluster"``
+        phase's shared-basis certificates, or a witness along the separating direction its search
+        found, :mod:`argmaxcheck.engine.batched`), ``"cluster"``
         (a cluster of near-duplicates, :mod:`argmaxcheck.engine.clusters`), ``"polish"`` (a near
         miss of the screen moved into its cell, :mod:`argmaxcheck.engine.polish`), ``"exact"``.
     witness : ndarray or None

@@ -160,10 +160,13 @@ def test_batched_phase_on_torch_settles_what_numpy_settles(with_bias):
     got = audit(weight, bias, options=AuditOptions(device="torch-cpu", **options))
     assert [t.verdict for t in got.tokens] == [t.verdict for t in ref.tokens]
     assert [t.stage for t in got.tokens] == [t.stage for t in ref.tokens]
-    assert {t.id for t in got.tokens if t.stage == "batched"} == set(ids.tolist())
+    assert {t.id for t in got.tokens if t.stage == "batched" and t.verdict == "unargmaxable"} == set(ids.tolist())
+    norms = np.linalg.norm(weight, axis=1)
     for t in got.tokens:
         if t.verdict == "unargmaxable":
             assert certify.check_certificate(weight, bias, t.id, t.support, t.weights, Unbounded()).ok
+        elif t.stage == "batched":  # a witness along the search's separating direction
+            assert certify.check_witness(weight, bias, t.id, t.witness, Unbounded(), norms) > 0
 
 
 def test_guess_directions_on_torch_agree_with_numpy():

@@ -76,10 +76,13 @@ def test_labels_equal_the_per_token_path(monkeypatch, domain, with_bias, dtype, 
     # The per-token path agrees but where its best margin, an upper bound, was left loose by an
     # unconverged solve (a 2x bound kept two box tokens argmaxable whose checked bounds are below tau;
     # on the float32 box, four: a witness the exact step found a few ulps lower, 6.45173031e-08 instead
-    # of 6.45173033e-08, let the fast path bracket one more below tau, [6.4517e-08, 6.5810e-08] < 6.97e-08).
+    # of 6.45173033e-08, let the fast path bracket one more below tau, [6.4517e-08, 6.5810e-08] < 6.97e-08;
+    # since the batched phase hands out witnesses of its own (points along a separating direction, not the
+    # exact step's most central ones), five: tokens 18-22 bracketed from [3.0e-09, 3.5e-09] up to
+    # [4.86e-08, 5.64e-08], each below its tau of 5.9e-08 to 7.0e-08, where the per-token solve found nothing).
     assert _labels(fast)[:K + 2] == _labels(slow)[:K + 2]
     differ = [i for i in narrow_ids if fast.tokens[i].verdict != slow.tokens[i].verdict]
-    assert len(differ) <= 4
+    assert len(differ) <= 5
     for i in differ:  # each difference rests on a checked bound below tau, or a checked point above it
         tok = fast.tokens[i]
         assert (tok.verdict == "practically_unreachable" and tok.bracket_upper < tok.threshold) or \

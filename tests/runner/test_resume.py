@@ -101,7 +101,7 @@ def test_chunked_run_has_the_verdicts_of_one_call(rng):
     assert {k: v for k, v in chunked.summary().items() if k != "seconds"} == \
         {k: v for k, v in whole.summary().items() if k != "seconds"}
     assert chunked.timings["chunks"] == 13
-    assert chunked.timings["exact_tokens"] + chunked.timings.get("batched_tokens", 0) >= 20
+    assert chunked.timings.get("exact_tokens", 0) + chunked.timings.get("batched_tokens", 0) >= 20
 
 
 def _child(flags: list[str], hook: str) -> subprocess.Popen:
