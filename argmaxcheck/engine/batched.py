@@ -421,7 +421,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
             spent["skipped"] = float(len(skipped))
     if witnesses is not None and domain.screen_search == "rays":
         left = np.array([k for k, check in enumerate(out) if check is None], dtype=np.int64)
-        if left.size:
+        if left.size >= _MIN_WITNESS_ROWS:
             t0 = time.perf_counter()
             _witness_pass(comp, positions, left, make(kind, _FIRST * d), domain, backend, witnesses, block)
             spent["witnesses"] = time.perf_counter() - t0
@@ -541,6 +541,10 @@ _PILOT_PATIENCE = 16
 # of which 35 are argmaxable, 12 had one after 10 steps, 28 after 30, 33 after 40, 35 after 55; the
 # whole head's 137 argmaxable rows left 108 witnesses with 40 steps (audit 208 s), 126 with 80 (166 s).
 _SEPARATE_STEPS = 80
+# Tokens left for the witness pass to run: its cost is mostly the block's (a K x d x d Hessian every 4
+# steps), so a handful are cheaper in the exact step. shallow 8192 x 1024: 3 s of search for none of
+# its 6 planted rows (audit 14.9 -> 17.5 s); SmolLM2's 26 got 16 witnesses for 0.2 s more.
+_MIN_WITNESS_ROWS = 16
 _INSET = 1e-6  # a ray's point on a ball stays this far (relative to the radius) inside its sphere
 _QR_RETRY_MAX_DIM = 1024  # above this, a pivoted QR of the support costs more than it saves (see _check_block)
 

@@ -593,9 +593,9 @@ def test_with_a_bias_a_quarter_of_the_sampled_support_is_the_bias_leaders(rng, m
 
 
 def _few_rows_for_their_width():
-    """heads.py's under-trained rows at n/d = 3: in that many dimensions some of them are still
+    """heads.py's under-trained rows at n/d = 3.2: in that many dimensions some of them are still
     vertices of the hull (argmaxable), the rest inside it."""
-    head = _family("undertrained", "768x256")
+    head = _family("undertrained", "1024x320")
     return np.asarray(head.weight, dtype=np.float64), head.planted
 
 
@@ -647,3 +647,22 @@ def test_points_along_wrong_directions_settle_nothing(monkeypatch):
     reference = audit(weight, tokens=under.tolist(), options=AuditOptions(exact_all=True, probability_seconds=0))
     mine = {t.id: t.verdict for t in report.tokens}
     assert all(mine[t.id] == t.verdict for t in reference.tokens)
+
+
+def test_a_handful_of_tokens_left_gets_no_witness_search(monkeypatch):
+    """Below _MIN_WITNESS_ROWS tokens the pass's shared cost buys less than the exact step spends."""
+    from argmaxcheck.engine import batched  # noqa: PLC0415
+
+    head = _family("undertrained", "768x256")  # 23 rows the screen leaves; the first pass certifies 14
+    searched = []
+    search = batched._max_entropy_weights
+
+    def spy(*args, directions=None, **kwargs):
+        searched.append(directions is not None)
+        return search(*args, directions=directions, **kwargs)
+
+    monkeypatch.setattr(batched, "_max_entropy_weights", spy)
+    report = audit(np.asarray(head.weight, dtype=np.float64), options=AuditOptions(probability_seconds=0))
+    stats = report.stats.stage("batched")
+    assert 0 < stats.tokens_in - stats.settled < batched._MIN_WITNESS_ROWS
+    assert searched and not any(searched)
