@@ -46,7 +46,7 @@ from scipy import linalg
 
 from ..report.stats import StageStats
 from . import certify
-from ._blas import rows_times
+from ._blas import matvec, rows_times
 from .backend import NUMPY_OPS, NumpyBackend
 from .competitors import Competitors
 from .exact import ExactResult, settle_or_reopen
@@ -484,7 +484,7 @@ def _ray_points(comp: Competitors, pos: np.ndarray, directions: np.ndarray, doma
     unit = directions[at] / length[at, None]
     anchor = domain.anchor()
     slopes = rows_times(comp.weight, unit.T)  # m x B
-    base = comp.weight @ anchor
+    base = matvec(comp.weight, anchor)
     if comp.bias is not None:
         base = base + comp.bias
     cols = np.arange(at.size)
@@ -495,9 +495,12 @@ def _ray_points(comp: Competitors, pos: np.ndarray, directions: np.ndarray, doma
     with np.errstate(divide="ignore", invalid="ignore"):
         turns = np.where(slope > 0, -lead / slope, np.inf).max(axis=0)  # r beyond which every lead is > 0
     reach = domain.ray_reach
-    far = reach * (1.0 - _INSET) if np.isfinite(reach) else np.where(turns > 0, 2.0 * turns, 1.0)
+    if np.isfinite(reach):
+        far = np.full(at.size, reach * (1.0 - _INSET))
+    else:
+        far = np.where(turns > 0, 2.0 * turns, 1.0)
     ok = (slope > 0).all(axis=0) & (turns < far)
-    out[at[ok]] = anchor + far[ok, None] * unit[ok] if np.ndim(far) else anchor + far * unit[ok]
+    out[at[ok]] = anchor + far[ok, None] * unit[ok]
     return out
 
 
