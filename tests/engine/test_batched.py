@@ -666,3 +666,21 @@ def test_a_handful_of_tokens_left_gets_no_witness_search(monkeypatch):
     stats = report.stats.stage("batched")
     assert 0 < stats.tokens_in - stats.settled < batched._MIN_WITNESS_ROWS
     assert searched and not any(searched)
+
+
+def test_a_layer_too_narrow_for_certificates_still_gets_witnesses():
+    """Under 2(d + 1) rows the phase looks for no certificate weights, but its witness search runs on
+    every row: heads.py's under-trained rows at 600 x 320 are all still vertices of the hull."""
+    head = _family("undertrained", "600x320")
+    weight = np.asarray(head.weight, dtype=np.float64)
+    assert weight.shape[0] < 2 * (weight.shape[1] + 1)
+    report = audit(weight, options=AuditOptions(probability_seconds=0))
+    stats = report.stats.stage("batched")
+    assert stats.counts["witnesses"] == stats.settled > 0
+    norms, dom = np.linalg.norm(weight, axis=1), Unbounded().resolve(weight.shape[1])
+    for t in report.tokens:
+        if t.stage == "batched":
+            assert t.verdict == "argmaxable" and certify.check_witness(weight, None, t.id, t.witness, dom, norms) > 0
+    reference = audit(weight, tokens=head.planted.tolist(), options=AuditOptions(exact_all=True, probability_seconds=0))
+    mine = {t.id: t.verdict for t in report.tokens}
+    assert all(mine[t.id] == t.verdict for t in reference.tokens)
