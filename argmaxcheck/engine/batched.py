@@ -224,15 +224,18 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
 def _interior_certificates(comp, positions, domain, block, steps, refresh, progress, backend, spent, depth,
                            give_up=False, witnesses=None):
     m, d = comp.weight.shape
-    backend = backend if backend is not None else NumpyBackend(comp.weight32)
-    positions = np.asarray(positions, dtype=np.int64)
-    if m < 2 * (d + 1):  # a deep certificate needs well over d + 1 rows: only witnesses, on every row
+    # A certificate needs d + 1 rows besides the token's own (and a witness search as many to separate
+    # from). Below 2(d + 1) rows the phase once stopped here, taking a deep certificate to need well over
+    # d + 1 rows: at 2048 x 1024, fp16's 61 rows near the mean then took the exact step 28.6 s, where the
+    # search on every row certifies all 61 in 0.8 s, and undertrained's 59 argmaxable rows 14.8 s, where
+    # the witness search settles 58 (undertrained, undertrained_ball and layernorm_ball spend 1.9 s more
+    # each on certificates their argmaxable rows do not have, shallow 1.3 s).
+    if m < d + 2:
         if progress is not None and len(positions):
             progress(len(positions))  # the stage was announced: complete it
-        out = [None] * len(positions)
-        _witnesses_for_the_rest(comp, positions, out, lambda: _Support(comp, np.arange(m)), domain, backend,
-                                witnesses, block, spent)
-        return out
+        return [None] * len(positions)
+    backend = backend if backend is not None else NumpyBackend(comp.weight32)
+    positions = np.asarray(positions, dtype=np.int64)
 
     spreads: list[np.ndarray] = []  # the whitened spread, once per call (every pass's outermost rows)
     leaders: list[np.ndarray] = []  # the rows by bias beyond what their weights predict, once per call
@@ -422,22 +425,13 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
                       give_up=give_up)
         if give_up:
             spent["skipped"] = float(len(skipped))
-    _witnesses_for_the_rest(comp, positions, out, lambda: make(kind, _FIRST * d), domain, backend, witnesses,
-                            block, spent)
+    if witnesses is not None and domain.screen_search == "rays":
+        left = np.array([k for k, check in enumerate(out) if check is None], dtype=np.int64)
+        if left.size >= _MIN_WITNESS_ROWS:
+            t0 = time.perf_counter()
+            _witness_pass(comp, positions, left, make(kind, _FIRST * d), domain, backend, witnesses, block)
+            spent["witnesses"] = time.perf_counter() - t0
     return out
-
-
-def _witnesses_for_the_rest(comp, positions, out, support: Callable[[], _Support], domain, backend, witnesses,
-                            block, spent) -> None:
-    """:func:`_witness_pass` for the tokens ``out`` holds no certificate for, where it may run: a domain of
-    rays, a dict to fill, and at least ``_MIN_WITNESS_ROWS`` tokens left. ``support`` makes its rows."""
-    if witnesses is None or domain.screen_search != "rays":
-        return
-    left = np.array([k for k, check in enumerate(out) if check is None], dtype=np.int64)
-    if left.size >= _MIN_WITNESS_ROWS:
-        t0 = time.perf_counter()
-        _witness_pass(comp, positions, left, support(), domain, backend, witnesses, block)
-        spent["witnesses"] = time.perf_counter() - t0
 
 
 def _witness_pass(comp: Competitors, positions: np.ndarray, left: np.ndarray, base: _Support, domain, backend,
