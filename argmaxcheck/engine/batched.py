@@ -267,7 +267,7 @@ def _interior_certificates(comp, positions, domain, block, steps, refresh, progr
         pos = positions[at]
         t0 = time.perf_counter()
         # A token never supports its own certificate: a block holding support rows gets its own support.
-        support = base if not np.isin(pos, base.rows).any() else _Support(comp, np.setdiff1d(base.rows, pos))
+        support = base.without(comp, pos)
         spent["support"] += time.perf_counter() - t0
         if support.rows.size <= d + 1:
             return np.zeros(pos.size, dtype=bool)
@@ -454,7 +454,7 @@ def _witness_pass(comp: Competitors, positions: np.ndarray, left: np.ndarray, ba
     for lo, hi in itertools.pairwise(bounds):
         part = left[lo:hi]
         pos = positions[part]
-        support = base if not np.isin(pos, base.rows).any() else _Support(comp, np.setdiff1d(base.rows, pos))
+        support = base.without(comp, pos)  # a token is never its own rival
         if support.rows.size <= d + 1:
             return
         found = np.empty((d, pos.size))
@@ -578,6 +578,10 @@ class _Support:
         if self.bias is not None and float(self.bias.std()) > 0:
             spread = float(np.mean(np.var(weight, axis=0)))
             self.bias_scale = float(np.sqrt(spread) / self.bias.std()) if spread > 0 else None
+
+    def without(self, comp: Competitors, rows: np.ndarray) -> _Support:
+        """This support where it holds none of ``rows``, else one made of its other rows."""
+        return self if not np.isin(rows, self.rows).any() else _Support(comp, np.setdiff1d(self.rows, rows))
 
     def centred(self, ops, lifted: bool = False):
         """The centred rows where ``ops`` keep arrays (a GPU's memory), made once per place; ``lifted``
