@@ -101,9 +101,20 @@ class NumpyOps:
 
     @staticmethod
     def covariance(centred, weights):
-        """``sum_j weights_j c_j c_j^T - m m^T`` with ``m = sum_j weights_j c_j`` (lower triangle)."""
+        """``sum_j weights_j c_j c_j^T - m m^T`` with ``m = sum_j weights_j c_j`` (lower triangle), in
+        float64; from float32 rows (:meth:`single`) in float32 arithmetic, then widened."""
+        if centred.dtype == np.float32:
+            weights = weights.astype(np.float32)
+            first = blas.sgemv(1.0, centred.T, weights)
+            gram = blas.ssyrk(1.0, (centred * np.sqrt(weights)[:, None]).T, lower=1)
+            return gram.astype(np.float64) - np.outer(first, first).astype(np.float64)
         first = blas.dgemv(1.0, centred.T, weights)
         return blas.dsyrk(1.0, (centred * np.sqrt(weights)[:, None]).T, lower=1) - np.outer(first, first)
+
+    @staticmethod
+    def single(array):
+        """``array`` in float32, for products whose rounding only slows a search (a preconditioner)."""
+        return np.asarray(array, dtype=np.float32)
 
     @staticmethod
     def centred_gram(weight: np.ndarray, mean: np.ndarray, block: int = 4096):
@@ -189,6 +200,9 @@ class TorchOps:
 
     def t_times(self, matrix, columns):
         return matrix.T @ columns
+
+    def single(self, array):
+        return array  # float64 products cost a GPU little, and keep a searched step exact
 
     def covariance(self, centred, weights):
         first = centred.T @ weights

@@ -18,7 +18,8 @@ time, by constraint generation and interior-point solves. Here, for a block of t
    but fall short of its bias, once more with the bias as a coordinate to match: ``lifted``),
    found by preconditioned conjugate-gradient steps (with exact line searches) on the convex dual
    ``log sum_j exp(theta . w_j) - theta . w_q``.
-   All tokens of the block share one Hessian (the block's average, refreshed every few steps), so
+   All tokens of the block share one Hessian (under the block's average weights, built again once
+   they have moved; from float32 rows on the CPU: it only preconditions), so
    each step is a few K x d x B matrix products and no per-token loop. The weights come out
    strictly positive and spread: a "deep" certificate that survives the exact correction below.
 3. **One basis for the block** (the d + 1 rows of largest average weight):
@@ -182,7 +183,7 @@ def run(state: AuditState) -> StageStats | None:
 
 
 def interior_certificates(comp: Competitors, positions: np.ndarray, domain, block: int = 256,
-                          steps: int = 120, refresh: int = 4,
+                          steps: int = 120, refresh: int = 16,
                           progress: Callable[[int], None] | None = None, backend=None,
                           depth: np.ndarray | None = None, give_up: bool = False,
                           witnesses: dict[int, tuple[np.ndarray, float]] | None = None
@@ -192,25 +193,24 @@ def interior_certificates(comp: Competitors, positions: np.ndarray, domain, bloc
 
     ``block`` tokens share each Newton search: its K x d x d Hessian is the costly part at
     large d, and is shared by the block (256 beat 64 in docs/benchmarks.md's measurements).
-    ``steps`` bounds the Newton steps per block, ``refresh`` how often the shared Hessian is
-    rebuilt. From d = 1024 on, tokens dropped as stalled are searched once more at the end,
-    together, with twice the steps and five times the patience; then whatever is left, once, on
-    a support of 16d rows. ``progress`` is called with the number of tokens of each block done. ``backend``
-    (:mod:`.backend`) runs the search for weights (on a GPU when the audit has one); the
-    certificates are checked on the CPU in float64 whatever it is. ``depth`` (the screen's
-    :attr:`~.state.Guesses.depth` of each token) decides, below d = 1024, which tokens the first
-    pass left get the pass on 16d rows: every one where the first pass settled a good share of what
-    it tried, else those at least ``_WIDE_DEPTH`` deep.
-    With ``give_up`` (positions sorted deepest first), each pass starts with a pilot block of
-    ``_GIVE_UP_BLOCK`` tokens; a block where fewer than ``_MIN_YIELD`` of them get a certificate
-    ends the pass. The rest, shallower, go on to the wide
-    pass where one follows, else to the exact step (``spent["skipped"]``
-    counts those). On PP-OCRv5, whose rows must also meet the bias inequality, the phase spent
-    6.2 s on 6,189 rows and settled none.
-    With ``witnesses`` (a dict, filled in) on a domain of rays (R^d, a ball), the tokens left
-    without a certificate are searched once more for the other answer (:func:`_witness_pass`): a
-    token outside the support's hull gets the direction that separates it, and a point along it
-    that :func:`certify.check_witnesses` proves goes into ``witnesses[k] = (point, gap)``.
+    ``steps`` bounds the Newton steps per block, ``refresh`` the steps between builds of the shared
+    Hessian (it is built sooner where the block's average weights move: ``_REBUILD_MOVE``). From
+    d = 1024 on, tokens dropped as stalled are searched once more at the end, together, with twice the
+    steps and five times the patience; then whatever is left, once, on a support of 16d rows.
+    ``progress`` is called with the number of tokens of each block done. ``backend`` (:mod:`.backend`)
+    runs the search for weights (on a GPU when the audit has one); the certificates are checked on the
+    CPU in float64 whatever it is. ``depth`` (the screen's :attr:`~.state.Guesses.depth` of each token)
+    decides, below d = 1024, which tokens the first pass left get the pass on 16d rows: every one where
+    the first pass settled a good share of what it tried, else those at least ``_WIDE_DEPTH`` deep. With
+    ``give_up`` (positions sorted deepest first), each pass starts with a pilot block of
+    ``_GIVE_UP_BLOCK`` tokens; a block where fewer than ``_MIN_YIELD`` of them get a certificate ends
+    the pass. The rest, shallower, go on to the wide pass where one follows, else to the exact step
+    (``spent["skipped"]`` counts those). On PP-OCRv5, whose rows must also meet the bias inequality, the
+    phase spent 6.2 s on 6,189 rows and settled none. With ``witnesses`` (a dict, filled in) on a domain
+    of rays (R^d, a ball), the tokens left without a certificate are searched once more for the other
+    answer (:func:`_witness_pass`): a token outside the support's hull gets the direction that separates
+    it, and a point along it that :func:`certify.check_witnesses` proves goes into ``witnesses[k] =
+    (point, gap)``.
     """
     spent = {"support": 0.0, "search": 0.0, "check": 0.0}
     # The search only proposes weights; overflow there (rows far outside a token's reach) gives inf or
@@ -540,6 +540,15 @@ _GIVE_UP_BLOCK = 64  # the pilot: a pass's first block, of this many of the deep
 # it settle 388 in 9.8 s instead of 4.1 (the audit 84.8 -> 74.7 s); layernorm_ball (75 against 225 ms a
 # settled row) and the 8192 x 256 heads settle the same either way.
 _MIN_YIELD = 0.25
+# The shared Hessian is built again once the block's average weights have moved this far (L1; they sum to
+# 1) since it was last built, and at least every ``refresh`` steps: it only preconditions, and a token's
+# own Hessian is far from any average (measured below). Every 4 steps, as before, built it 295 times on
+# layernorm_ball 32768 x 512 (the search 20.1 s); on moves of 0.2, 170 times (16.9 s), the same steps to
+# converge (median 39 -> 38); on 0.4, 110 times, but the tilted weights then took more (median 42).
+# Undertrained there: its 147 builds every 4 steps -> 101, the same steps. A Hessian per group of 16
+# tokens left the steps as they were (median 38 -> 37); each token's own (every 4 steps) 9, at 8 times
+# the time.
+_REBUILD_MOVE = 0.2
 _PATIENCE = 8  # Newton steps before a token whose residual has not fallen tenfold is dropped (see below)
 # The same for a pass's pilot block, where a pass's own patience is longer (the wide pass: 5 * _PATIENCE).
 # On shallow 32768 x 512, whose 32 planted rows no support holds, the wide pass's pilot cost 3.7 s with
@@ -550,8 +559,8 @@ _PILOT_PATIENCE = 16
 # of which 35 are argmaxable, 12 had one after 10 steps, 28 after 30, 33 after 40, 35 after 55; the
 # whole head's 137 argmaxable rows left 108 witnesses with 40 steps (audit 208 s), 126 with 80 (166 s).
 _SEPARATE_STEPS = 80
-# Tokens left for the witness pass to run: its cost is mostly the block's (a K x d x d Hessian every 4
-# steps), so a handful are cheaper in the exact step. shallow 8192 x 1024: 3 s of search for none of
+# Tokens left for the witness pass to run: its cost is mostly the block's (its K x d x d Hessians and
+# products), so a handful are cheaper in the exact step. shallow 8192 x 1024: 3 s of search for none of
 # its 6 planted rows (audit 14.9 -> 17.5 s); SmolLM2's 26 got 16 witnesses for 0.2 s more.
 _MIN_WITNESS_ROWS = 16
 _INSET = 1e-6  # a ray's point on a ball stays this far (relative to the radius) inside its sphere
@@ -583,18 +592,22 @@ class _Support:
         """This support where it holds none of ``rows``, else one made of its other rows."""
         return self if not np.isin(rows, self.rows).any() else _Support(comp, np.setdiff1d(self.rows, rows))
 
-    def centred(self, ops, lifted: bool = False):
+    def centred(self, ops, lifted: bool = False, single: bool = False):
         """The centred rows where ``ops`` keep arrays (a GPU's memory), made once per place; ``lifted``
-        appends the scaled, centred bias as a last column (both kept: blocks alternate between them)."""
+        appends the scaled, centred bias as a last column (both kept: blocks alternate between them);
+        ``single``: a copy in the precision ``ops`` build the search's Hessian in (``ops.single``)."""
         if self._centred_on != ops.name:
             self._centred.clear()  # device copies are dropped before host ones are made (out of memory)
             self._centred_on = ops.name
-        if lifted not in self._centred:
-            rows = np.subtract(self.system[:-1].T, self.mean, order="C")
-            if lifted:
-                rows = np.hstack([rows, (self.bias_scale * (self.bias - self.bias.mean()))[:, None]])
-            self._centred[lifted] = ops.asarray(rows)
-        return self._centred[lifted]
+        if (lifted, single) not in self._centred:
+            if single:
+                self._centred[lifted, single] = ops.single(self.centred(ops, lifted))
+            else:
+                rows = np.subtract(self.system[:-1].T, self.mean, order="C")
+                if lifted:
+                    rows = np.hstack([rows, (self.bias_scale * (self.bias - self.bias.mean()))[:, None]])
+                self._centred[lifted, single] = ops.asarray(rows)
+        return self._centred[lifted, single]
 
     def centre(self, lifted: bool = False) -> np.ndarray:
         """What :meth:`centred` subtracted from each row (0 for the lifted bias column: targets carry it)."""
@@ -731,7 +744,7 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
     lams = lams / lams.sum(axis=0)
     scale = max(1.0, float(np.abs(targets - mean).max()))
     first_residual = None
-    factor = None
+    factor, built, built_on = None, 0, None  # the shared Hessian's factor, its step and weights
     prev = None  # the last step's gradient, preconditioned gradient and direction
     separate = directions is not None
     theta = ops.full((d, active.size), 0.0) if separate else None
@@ -760,10 +773,10 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
                 prev = tuple(x[:, keep] for x in prev)
             if active.size == 0:
                 return out, converged
-        if step % refresh == 0 or factor is None:
-            hessian = ops.covariance(centred, lams.mean(axis=1))  # under the block's average weights
-            hessian[np.arange(d), np.arange(d)] += 1e-12 * max(float(hessian.diagonal().sum()) / d, 1e-300)
-            factor = ops.cholesky(hessian)
+        average = lams.mean(axis=1)
+        if factor is None or step - built >= refresh or float(abs(average - built_on).sum()) > _REBUILD_MOVE:
+            built, built_on = step, average
+            factor = _shared_factor(support, ops, lifted, average)
             if factor is None:
                 break
         # The shared Hessian is each token's only roughly, so plain steps along it converge linearly.
@@ -791,6 +804,24 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
     if separate:
         directions[:, active] = ops.numpy(theta)
     return out, converged
+
+
+def _shared_factor(support: _Support, ops, lifted: bool, weights):
+    """A Cholesky factor of the support's covariance under ``weights`` (the search's shared Hessian),
+    or None where it is not positive definite even in float64.
+
+    Built from float32 rows where ``ops`` allow (it only preconditions; the steps and gradients stay
+    float64): undertrained 32768 x 512, 18 -> 8 ms a build (K = 4096). Where float32 rounding makes it
+    indefinite, it is built again in float64.
+    """
+    d = support.centred(ops, lifted).shape[1]
+    for single in (True, False):
+        hessian = ops.covariance(support.centred(ops, lifted, single=single), weights)
+        hessian[np.arange(d), np.arange(d)] += 1e-12 * max(float(hessian.diagonal().sum()) / d, 1e-300)
+        factor = ops.cholesky(hessian)
+        if factor is not None:
+            return factor
+    return None
 
 
 def _line_search(z, moves, pull, ops=NUMPY_OPS, iterations: int = 6, settled: float = 1e-3):

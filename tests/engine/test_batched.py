@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 
 import numpy as np
 import pytest
@@ -689,3 +690,54 @@ def test_a_layer_with_under_2d_rows_gets_the_batched_phase(name, verdict):
     ids = [t.id for t in batched_tokens]
     reference = audit(weight, tokens=ids, options=AuditOptions(exact_all=True, probability_seconds=0))
     assert all(t.verdict == verdict for t in reference.tokens)
+
+
+def test_the_shared_hessian_is_built_from_float32_rows_and_again_in_float64_where_that_fails(rng):
+    comp = Competitors(rng.normal(size=(400, 12)), None)
+    support = _Support(comp, np.arange(300))
+    weights = rng.dirichlet(np.ones(300))
+    exact = NUMPY_OPS.covariance(support.centred(NUMPY_OPS), weights)
+    single = NUMPY_OPS.covariance(support.centred(NUMPY_OPS, single=True), weights)
+    assert support.centred(NUMPY_OPS, single=True).dtype == np.float32
+    assert single.dtype == np.float64
+    lower = np.tril_indices(12)
+    np.testing.assert_allclose(single[lower], exact[lower], rtol=0, atol=1e-5 * np.abs(exact).max())
+    # Two coordinates equal to 1e-5: the spread of their difference (1e-10 of the others) is below
+    # float32's rounding of the products, not float64's, so only the float64 Hessian is positive
+    # definite, and the factor is its.
+    fixed = np.random.default_rng(8)  # a draw whose float32 Hessian is indefinite (asserted below)
+    flat = fixed.normal(size=(400, 12))
+    flat[:, 1] = flat[:, 0] + 1e-5 * fixed.normal(size=400)
+    weights = fixed.dirichlet(np.ones(300))
+    flat_support = _Support(Competitors(flat, None), np.arange(300))
+    low = NUMPY_OPS.covariance(flat_support.centred(NUMPY_OPS, single=True), weights)
+    assert np.linalg.eigvalsh(low, UPLO="L")[0] < -1e-8
+    assert NUMPY_OPS.cholesky(low) is None
+    factor = batched._shared_factor(flat_support, NUMPY_OPS, False, weights)
+    assert factor is not None
+    hessian = NUMPY_OPS.covariance(flat_support.centred(NUMPY_OPS), weights)
+    rebuilt = np.tril(factor[0]) @ np.tril(factor[0]).T
+    np.testing.assert_allclose(rebuilt[lower], hessian[lower], rtol=1e-6, atol=1e-20)
+
+
+def test_the_shared_hessian_is_built_again_only_once_the_weights_move(rng, monkeypatch):
+    weight, _, ids = _planted(rng, planted=8)
+    comp = Competitors(weight, None)
+    support = _Support(comp, np.setdiff1d(support_rows(comp, 8 * weight.shape[1]), ids))
+    built = []
+    original = batched._shared_factor
+
+    def counted(support, ops, lifted, weights):
+        built.append(weights.copy())
+        return original(support, ops, lifted, weights)
+
+    monkeypatch.setattr(batched, "_shared_factor", counted)
+    _, converged = _max_entropy_weights(support, weight[ids], steps=120, refresh=1000)
+    assert converged.all()
+    # Each build but the first follows a move of the average weights of more than _REBUILD_MOVE.
+    assert len(built) >= 2
+    assert all(np.abs(a - b).sum() > batched._REBUILD_MOVE for a, b in itertools.pairwise(built))
+    built.clear()
+    _max_entropy_weights(support, weight[ids], steps=120, refresh=1)
+    steps = len(built)
+    assert steps > 10  # every step, whatever the move
