@@ -741,3 +741,20 @@ def test_the_shared_hessian_is_built_again_only_once_the_weights_move(rng, monke
     _max_entropy_weights(support, weight[ids], steps=120, refresh=1)
     steps = len(built)
     assert steps > 10  # every step, whatever the move
+
+
+def test_the_pivoted_basis_is_chosen_among_the_heaviest_columns(rng):
+    d = 6
+    weight = rng.normal(size=(300, d))
+    weight[:10] *= 1e3  # long rows of light weight: the heaviest columns once multiplied by it
+    support = _Support(Competitors(weight, None), np.arange(300))
+    lams = rng.dirichlet(np.ones(300), size=4).T
+    lams[:10] = 1e-5
+    lams /= lams.sum(axis=0)
+    everyone = np.ones(4, dtype=bool)
+    bases = list(batched._bases(support, lams, everyone, everyone, everyone.copy()))
+    pivoted = bases[-1]
+    heaviest = np.argsort(-lams.mean(axis=1))[: batched._QR_COLUMNS * (d + 1)]
+    assert pivoted.size == d + 1 and np.unique(pivoted).size == d + 1
+    assert set(pivoted.tolist()) <= set(heaviest.tolist())
+    assert np.linalg.cond(support.system[:, pivoted]) < 1e6
