@@ -549,6 +549,10 @@ _MIN_YIELD = 0.25
 # tokens left the steps as they were (median 38 -> 37); each token's own (every 4 steps) 9, at 8 times
 # the time.
 _REBUILD_MOVE = 0.2
+# ... but never sooner than this many steps after the last build: tokens outside the support's hull move
+# their weights by more than that every step, and SmolLM2's 26 rows, all outside, built it at every step
+# (search 0.46 -> 1.8 s).
+_REBUILD_AFTER = 4
 _PATIENCE = 8  # Newton steps before a token whose residual has not fallen tenfold is dropped (see below)
 # The same for a pass's pilot block, where a pass's own patience is longer (the wide pass: 5 * _PATIENCE).
 # On shallow 32768 x 512, whose 32 planted rows no support holds, the wide pass's pilot cost 3.7 s with
@@ -784,7 +788,9 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
             if active.size == 0:
                 return out, converged
         average = lams.mean(axis=1)
-        if factor is None or step - built >= refresh or float(abs(average - built_on).sum()) > _REBUILD_MOVE:
+        since = step - built
+        if factor is None or since >= refresh or (since >= _REBUILD_AFTER
+                                                  and float(abs(average - built_on).sum()) > _REBUILD_MOVE):
             built, built_on = step, average
             factor = _shared_factor(support, ops, lifted, average)
             if factor is None:

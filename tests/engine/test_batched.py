@@ -724,19 +724,28 @@ def test_the_shared_hessian_is_built_again_only_once_the_weights_move(rng, monke
     weight, _, ids = _planted(rng, planted=8)
     comp = Competitors(weight, None)
     support = _Support(comp, np.setdiff1d(support_rows(comp, 8 * weight.shape[1]), ids))
-    built = []
-    original = batched._shared_factor
+    built, at, steps = [], [], []
+    original, line_search = batched._shared_factor, batched._line_search
 
     def counted(support, ops, lifted, weights):
         built.append(weights.copy())
+        at.append(len(steps))
         return original(support, ops, lifted, weights)
 
+    def stepped(*args, **kwargs):
+        steps.append(1)
+        return line_search(*args, **kwargs)
+
     monkeypatch.setattr(batched, "_shared_factor", counted)
+    monkeypatch.setattr(batched, "_line_search", stepped)
     _, converged = _max_entropy_weights(support, weight[ids], steps=120, refresh=1000)
     assert converged.all()
-    # Each build but the first follows a move of the average weights of more than _REBUILD_MOVE.
+    # Each build but the first follows a move of the average weights of more than _REBUILD_MOVE, at
+    # least _REBUILD_AFTER steps after the last.
     assert len(built) >= 2
     assert all(np.abs(a - b).sum() > batched._REBUILD_MOVE for a, b in itertools.pairwise(built))
+    assert all(b - a >= batched._REBUILD_AFTER for a, b in itertools.pairwise(at))
+    assert len(built) < len(steps) / batched._REBUILD_AFTER + 1
     built.clear()
     _max_entropy_weights(support, weight[ids], steps=120, refresh=1)
     steps = len(built)
