@@ -759,6 +759,7 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
     scale = max(1.0, float(np.abs(targets - mean).max()))
     first_residual = None
     factor, built, built_on = None, 0, None  # the shared Hessian's factor, its step and weights
+    single = True  # built from float32 rows, until that fails once
     prev = None  # the last step's gradient, preconditioned gradient and direction
     separate = directions is not None
     theta = ops.full((d, active.size), 0.0) if separate else None
@@ -792,7 +793,7 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
         if factor is None or since >= refresh or (since >= _REBUILD_AFTER
                                                   and float(abs(average - built_on).sum()) > _REBUILD_MOVE):
             built, built_on = step, average
-            factor = _shared_factor(support, ops, lifted, average)
+            factor, single = _shared_factor(support, ops, lifted, average, single)
             if factor is None:
                 break
         # The shared Hessian is each token's only roughly, so plain steps along it converge linearly.
@@ -822,22 +823,23 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
     return out, converged
 
 
-def _shared_factor(support: _Support, ops, lifted: bool, weights):
+def _shared_factor(support: _Support, ops, lifted: bool, weights, single: bool = True):
     """A Cholesky factor of the support's covariance under ``weights`` (the search's shared Hessian),
-    or None where it is not positive definite even in float64.
+    or None where it is not positive definite even in float64; and whether float32 rows built it.
 
-    Built from float32 rows where ``ops`` allow (it only preconditions; the steps and gradients stay
-    float64): undertrained 32768 x 512, 18 -> 8 ms a build (K = 4096). Where float32 rounding makes it
-    indefinite, it is built again in float64.
+    Built from float32 rows where ``ops`` allow and ``single`` (it only preconditions; the steps and
+    gradients stay float64): undertrained 32768 x 512, 18 -> 8 ms a build (K = 4096). Where float32
+    rounding makes it indefinite, it is built again in float64, and the caller asks for float64 from
+    then on: undertrained 2048 x 1024 (K about 2d, weights gathering on few rows) failed 7 of 21.
     """
     d = support.centred(ops, lifted).shape[1]
-    for single in (True, False):
-        hessian = ops.covariance(support.centred(ops, lifted, single=single), weights)
+    for low in (True, False) if single else (False,):
+        hessian = ops.covariance(support.centred(ops, lifted, single=low), weights)
         hessian[np.arange(d), np.arange(d)] += 1e-12 * max(float(hessian.diagonal().sum()) / d, 1e-300)
         factor = ops.cholesky(hessian)
         if factor is not None:
-            return factor
-    return None
+            return factor, low
+    return None, False
 
 
 def _line_search(z, moves, pull, ops=NUMPY_OPS, iterations: int = 6, settled: float = 1e-3):

@@ -713,8 +713,26 @@ def test_the_shared_hessian_is_built_from_float32_rows_and_again_in_float64_wher
     low = NUMPY_OPS.covariance(flat_support.centred(NUMPY_OPS, single=True), weights)
     assert np.linalg.eigvalsh(low, UPLO="L")[0] < -1e-8
     assert NUMPY_OPS.cholesky(low) is None
-    factor = batched._shared_factor(flat_support, NUMPY_OPS, False, weights)
-    assert factor is not None
+    factor, single = batched._shared_factor(flat_support, NUMPY_OPS, False, weights)
+    assert factor is not None and not single
+    assert batched._shared_factor(support, NUMPY_OPS, False, weights)[1]  # float32 where it holds
+    # In a search, once float32 has failed (the search reaches weights where it does), every later
+    # build is float64 at once.
+    asked = []
+
+    def recorded(support, ops, lifted, weights, single):
+        asked.append(single)
+        return batched._shared_factor.__wrapped__(support, ops, lifted, weights, single)
+
+    recorded.__wrapped__ = batched._shared_factor
+    batched._shared_factor, original = recorded, batched._shared_factor
+    try:
+        targets = fixed.dirichlet(np.ones(300), size=3) @ flat[:300]
+        _max_entropy_weights(flat_support, targets, steps=40, refresh=1)
+    finally:
+        batched._shared_factor = original
+    assert asked[0] and False in asked
+    assert not any(asked[asked.index(False):])
     hessian = NUMPY_OPS.covariance(flat_support.centred(NUMPY_OPS), weights)
     rebuilt = np.tril(factor[0]) @ np.tril(factor[0]).T
     np.testing.assert_allclose(rebuilt[lower], hessian[lower], rtol=1e-6, atol=1e-20)
@@ -727,10 +745,10 @@ def test_the_shared_hessian_is_built_again_only_once_the_weights_move(rng, monke
     built, at, steps = [], [], []
     original, line_search = batched._shared_factor, batched._line_search
 
-    def counted(support, ops, lifted, weights):
+    def counted(support, ops, lifted, weights, single):
         built.append(weights.copy())
         at.append(len(steps))
-        return original(support, ops, lifted, weights)
+        return original(support, ops, lifted, weights, single)
 
     def stepped(*args, **kwargs):
         steps.append(1)
