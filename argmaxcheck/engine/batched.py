@@ -828,7 +828,7 @@ def _shared_factor(support: _Support, ops, lifted: bool, weights, single: bool =
     or None where it is not positive definite even in float64; and whether float32 rows built it.
 
     Built from float32 rows where ``ops`` allow and ``single`` (it only preconditions; the steps and
-    gradients stay float64): undertrained 32768 x 512, 18 -> 8 ms a build (K = 4096). Where float32
+    gradients stay float64): undertrained 32768 x 512, 18 -> 11 ms a build (K = 4096). Where float32
     rounding makes it indefinite, it is built again in float64, and the caller asks for float64 from
     then on: undertrained 2048 x 1024 (K about 2d, weights gathering on few rows) failed 7 of 21.
     """
