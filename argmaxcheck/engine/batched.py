@@ -788,14 +788,15 @@ def _max_entropy_weights(support: _Support, targets: np.ndarray, steps: int, ref
                 prev = tuple(x[:, keep] for x in prev)
             if active.size == 0:
                 return out, converged
-        average = lams.mean(axis=1)
         since = step - built
-        if factor is None or since >= refresh or (since >= _REBUILD_AFTER
-                                                  and float(abs(average - built_on).sum()) > _REBUILD_MOVE):
-            built, built_on = step, average
-            factor, single = _shared_factor(support, ops, lifted, average, single)
-            if factor is None:
-                break
+        if factor is None or since >= min(refresh, _REBUILD_AFTER):  # the average only when it may count
+            average = lams.mean(axis=1)
+            if (factor is None or since >= refresh
+                    or (since >= _REBUILD_AFTER and float(abs(average - built_on).sum()) > _REBUILD_MOVE)):
+                built, built_on = step, average
+                factor, single = _shared_factor(support, ops, lifted, average, single)
+                if factor is None:
+                    break
         # The shared Hessian is each token's only roughly, so plain steps along it converge linearly.
         # Conjugate directions (Polak-Ribiere+, preconditioned by it) cost two sums a token: on 256
         # under-trained rows against 4096 random ones (32768 x 512) 231 converged within the 120
